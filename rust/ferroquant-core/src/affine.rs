@@ -1,0 +1,248 @@
+//! Quantize, dequantize and fake-quant (spec §0), per tensor or per channel along any axis.
+//!
+//! `q = clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`, `x_hat = (q - zero_point) * scale`.
+//! `x / scale` is computed in f32 (not `x * (1/scale)`), so the NumPy twin gives the same bits.
+
+use crate::error::{QuantError, Result};
+use crate::layout::ChannelLayout;
+use crate::par::{zip_chunks_mut, CHUNK};
+use crate::scheme::Scheme;
+
+/// An integer type that holds codes: i8 for bits <= 8, i16 up to 16 bits, i32 for anything.
+pub trait Code: Copy + Send + Sync + Default {
+    const BITS: u32;
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+macro_rules! impl_code {
+    ($t:ty) => {
+        impl Code for $t {
+            const BITS: u32 = <$t>::BITS;
+            #[inline(always)]
+            fn from_f32(v: f32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+        }
+    };
+}
+impl_code!(i8);
+impl_code!(i16);
+impl_code!(i32);
+
+/// 1.5 * 2^23: adding then subtracting it rounds any |v| < 2^22 to the nearest integer, halves to even, in
+/// the default IEEE mode. It vectorizes, where `f32::round_ties_even` is a libm call on baseline x86-64.
+const MAGIC: f32 = 12_582_912.0;
+
+/// The per-channel constants of the inner loop.
+#[derive(Clone, Copy)]
+struct Grid {
+    scale: f32,
+    zp: f32,
+    /// `x / scale` is clamped to `[lo, hi]` before rounding; the bounds are one step outside the code range,
+    /// so the result after the final clamp is the same and the rounding input stays small.
+    lo: f32,
+    hi: f32,
+    qmin: f32,
+    qmax: f32,
+}
+
+impl Grid {
+    #[inline(always)]
+    fn code(&self, x: f32) -> f32 {
+        let t = (x / self.scale).max(self.lo).min(self.hi);
+        let r = (t + MAGIC) - MAGIC;
+        (r + self.zp).max(self.qmin).min(self.qmax)
+    }
+}
+
+fn grids(scales: &[f32], zero_points: &[i32], scheme: &Scheme, layout: &ChannelLayout) -> Result<Vec<Grid>> {
+    let c = layout.channels;
+    if scales.len() != c {
+        return Err(QuantError::ShapeMismatch { what: "scale (one per channel)", expected: c, got: scales.len() });
+    }
+    if zero_points.len() != c {
+        return Err(QuantError::ShapeMismatch {
+            what: "zero_point (one per channel)",
+            expected: c,
+            got: zero_points.len(),
+        });
+    }
+    let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
+    scales
+        .iter()
+        .zip(zero_points)
+        .enumerate()
+        .map(|(i, (&s, &z))| {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
+            }
+            if z < qmin || z > qmax {
+                return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
+            }
+            Ok(Grid {
+                scale: s,
+                zp: z as f32,
+                lo: (qmin - z - 1) as f32,
+                hi: (qmax - z + 1) as f32,
+                qmin: qmin as f32,
+                qmax: qmax as f32,
+            })
+        })
+        .collect()
+}
+
+fn check_codes_fit<T: Code>(scheme: &Scheme) -> Result<()> {
+    if scheme.bits > T::BITS {
+        return Err(QuantError::InvalidParameter {
+            name: "bits",
+            reason: format!("{} bits do not fit the {}-bit output type", scheme.bits, T::BITS),
+        });
+    }
+    Ok(())
+}
+
+/// Run `body(grid, x_run, out_run)` over every channel run, fixed chunks in parallel; returns the first
+/// non-finite input as an error.
+fn for_runs<U: Send>(
+    x: &[f32],
+    out: &mut [U],
+    layout: &ChannelLayout,
+    grids: &[Grid],
+    body: impl Fn(&Grid, &[f32], &mut [U]) + Sync + Send,
+) -> Result<()> {
+    layout.check_len("input", x.len())?;
+    layout.check_len("output", out.len())?;
+    let bad = zip_chunks_mut(x, out, CHUNK, |start, xc, oc| {
+        let mut finite = true;
+        layout.for_each_run(start, xc.len(), |off, n, ch| {
+            let xr = &xc[off..off + n];
+            finite &= xr.iter().fold(true, |a, v| a & v.is_finite());
+            body(&grids[ch], xr, &mut oc[off..off + n]);
+        });
+        if finite {
+            None
+        } else {
+            xc.iter().position(|v| !v.is_finite()).map(|i| (start + i, xc[i]))
+        }
+    });
+    match bad.into_iter().flatten().next() {
+        Some((index, value)) => Err(QuantError::NonFinite { index, value }),
+        None => Ok(()),
+    }
+}
+
+/// Quantize `x` into `out` with one (scale, zero point) per channel of `layout`.
+pub fn quantize<T: Code>(
+    x: &[f32],
+    layout: &ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    scheme: &Scheme,
+    out: &mut [T],
+) -> Result<()> {
+    check_codes_fit::<T>(scheme)?;
+    let g = grids(scales, zero_points, scheme, layout)?;
+    for_runs(x, out, layout, &g, |g, xr, or| {
+        for (o, &v) in or.iter_mut().zip(xr) {
+            *o = T::from_f32(g.code(v));
+        }
+    })
+}
+
+/// Quantize then dequantize: the float the deployed integer stands for.
+pub fn fake_quant(
+    x: &[f32],
+    layout: &ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    scheme: &Scheme,
+    out: &mut [f32],
+) -> Result<()> {
+    let g = grids(scales, zero_points, scheme, layout)?;
+    for_runs(x, out, layout, &g, |g, xr, or| {
+        for (o, &v) in or.iter_mut().zip(xr) {
+            *o = (g.code(v) - g.zp) * g.scale;
+        }
+    })
+}
+
+/// `(q - zero_point) * scale` per channel.
+pub fn dequantize<T: Code>(
+    q: &[T],
+    layout: &ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    scheme: &Scheme,
+    out: &mut [f32],
+) -> Result<()> {
+    let g = grids(scales, zero_points, scheme, layout)?;
+    layout.check_len("input", q.len())?;
+    layout.check_len("output", out.len())?;
+    zip_chunks_mut(q, out, CHUNK, |start, qc, oc| {
+        layout.for_each_run(start, qc.len(), |off, n, ch| {
+            let g = &g[ch];
+            for (o, &v) in oc[off..off + n].iter_mut().zip(&qc[off..off + n]) {
+                *o = (v.to_f32() - g.zp) * g.scale;
+            }
+        });
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_round_to_even() {
+        let s = Scheme::new(8, true).unwrap();
+        let l = ChannelLayout::per_tensor(6);
+        let x = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5];
+        let mut q = [0i8; 6];
+        quantize(&x, &l, &[1.0], &[0], &s, &mut q).unwrap();
+        assert_eq!(q, [0, 2, 2, 0, -2, -2]);
+    }
+
+    #[test]
+    fn clamps_and_handles_huge_values() {
+        let s = Scheme::new(8, false).unwrap();
+        let l = ChannelLayout::per_tensor(4);
+        let x = [1e30f32, -1e30, 3.0e38, 0.0];
+        let mut q = [0i8; 4];
+        quantize(&x, &l, &[1e-3], &[-5], &s, &mut q).unwrap();
+        assert_eq!(q, [127, -128, 127, -5]);
+    }
+
+    #[test]
+    fn per_channel_axis1() {
+        let s = Scheme::new(8, true).unwrap();
+        let l = ChannelLayout::along(&[2, 2, 2], 1).unwrap();
+        let x = [1.0f32, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
+        let mut out = [0f32; 8];
+        fake_quant(&x, &l, &[1.0, 0.5], &[0, 0], &s, &mut out).unwrap();
+        assert_eq!(out, x);
+        let mut q = [0i8; 8];
+        quantize(&x, &l, &[1.0, 0.5], &[0, 0], &s, &mut q).unwrap();
+        assert_eq!(q, [1, 2, 2, 4, 1, 2, 2, 4]);
+    }
+
+    #[test]
+    fn errors() {
+        let s = Scheme::new(8, true).unwrap();
+        let l = ChannelLayout::per_tensor(2);
+        let mut q = [0i8; 2];
+        assert!(matches!(
+            quantize(&[1.0, f32::NAN], &l, &[1.0], &[0], &s, &mut q),
+            Err(QuantError::NonFinite { index: 1, .. })
+        ));
+        assert!(matches!(quantize(&[1.0, 2.0], &l, &[0.0], &[0], &s, &mut q), Err(QuantError::InvalidScale { .. })));
+        assert!(matches!(quantize(&[1.0, 2.0], &l, &[1.0], &[300], &s, &mut q), Err(QuantError::InvalidZeroPoint { .. })));
+        let s16 = Scheme::new(16, true).unwrap();
+        assert!(quantize(&[1.0, 2.0], &l, &[1.0], &[0], &s16, &mut q).is_err());
+    }
+}

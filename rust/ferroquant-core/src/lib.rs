@@ -1,0 +1,19 @@
+//! ferroquant-core: the element loops of ferroquant, with no Python in sight.
+//!
+//! Every public function takes slices and returns a `Result`; nothing here may panic on input that a caller
+//! can construct. The NumPy reference in `ferroquant.reference` specifies each function, and the Python tests
+//! check that the two agree bit for bit on integer codes.
+
+pub mod affine;
+pub mod arq;
+pub mod error;
+pub mod layout;
+pub mod nuq;
+pub mod par;
+pub mod qparams;
+pub mod scheme;
+
+pub use error::QuantError;
+pub use layout::ChannelLayout;
+pub use qparams::QParams;
+pub use scheme::Scheme;

@@ -1,0 +1,164 @@
+//! Bindings of `core::affine` and `core::arq`: quantize, dequantize, fake-quant, ARQ.
+
+use ferroquant_core::affine::{self, Code};
+use ferroquant_core::{arq as core_arq, Scheme};
+use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
+use pyo3::prelude::*;
+
+use crate::arrays::{layout, shape_of, slice, zeros};
+use crate::errors::run;
+
+/// Integer codes as they come from Python.
+#[derive(FromPyObject)]
+enum Codes<'py> {
+    I8(PyReadonlyArrayDyn<'py, i8>),
+    I16(PyReadonlyArrayDyn<'py, i16>),
+    I32(PyReadonlyArrayDyn<'py, i32>),
+}
+
+fn quantize_into<'py, T: Code + Element>(
+    py: Python<'py>,
+    xs: &[f32],
+    shape: &[usize],
+    scales: &[f32],
+    zps: &[i32],
+    scheme: Scheme,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let out = zeros::<T>(py, shape);
+    {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        run(py, || affine::quantize(xs, &layout(shape, axis)?, scales, zps, &scheme, os))?;
+    }
+    Ok(out)
+}
+
+/// Integer codes of `x`: int8 for bits <= 8, int16 above.
+#[pyfunction]
+#[pyo3(signature = (x, scale, zero_point, bits=8, axis=None))]
+fn quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    bits: u32,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
+    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
+    let scheme = run(py, || Scheme::new(bits, true))?;
+    Ok(if bits <= 8 {
+        quantize_into::<i8>(py, xs, &shape, ss, zs, scheme, axis)?.into_any()
+    } else {
+        quantize_into::<i16>(py, xs, &shape, ss, zs, scheme, axis)?.into_any()
+    })
+}
+
+fn dequantize_from<'py, T: Code + Element>(
+    py: Python<'py>,
+    q: &PyReadonlyArrayDyn<'py, T>,
+    scales: &[f32],
+    zps: &[i32],
+    scheme: Scheme,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (qs, shape) = (slice(py, q, "q")?, shape_of(q));
+    let out = zeros::<f32>(py, &shape);
+    {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        run(py, || affine::dequantize(qs, &layout(&shape, axis)?, scales, zps, &scheme, os))?;
+    }
+    Ok(out)
+}
+
+/// `(q - zero_point) * scale` as float32.
+#[pyfunction]
+#[pyo3(signature = (q, scale, zero_point, bits=8, axis=None))]
+fn dequantize<'py>(
+    py: Python<'py>,
+    q: Codes<'py>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    bits: u32,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
+    let scheme = run(py, || Scheme::new(bits, true))?;
+    match &q {
+        Codes::I8(a) => dequantize_from(py, a, ss, zs, scheme, axis),
+        Codes::I16(a) => dequantize_from(py, a, ss, zs, scheme, axis),
+        Codes::I32(a) => dequantize_from(py, a, ss, zs, scheme, axis),
+    }
+}
+
+/// Quantize then dequantize, float32 out.
+#[pyfunction]
+#[pyo3(signature = (x, scale, zero_point, bits=8, axis=None))]
+fn fake_quant<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    bits: u32,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
+    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
+    let out = zeros::<f32>(py, &shape);
+    {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        run(py, || affine::fake_quant(xs, &layout(&shape, axis)?, ss, zs, &Scheme::new(bits, true)?, os))?;
+    }
+    Ok(out)
+}
+
+type ArqOut<'py> =
+    (Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyAny>, Bound<'py, PyArrayDyn<f32>>);
+
+fn arq_into<'py, T: Code + Element>(
+    py: Python<'py>,
+    ws: &[f32],
+    shape: &[usize],
+    scheme: Scheme,
+    axis: Option<isize>,
+) -> PyResult<ArqOut<'py>> {
+    let codes = zeros::<T>(py, shape);
+    let fake = zeros::<f32>(py, shape);
+    let qp = {
+        let (mut cw, mut fw) = (codes.readwrite(), fake.readwrite());
+        let (cs, fs) = (cw.as_slice_mut()?, fw.as_slice_mut()?);
+        run(py, || core_arq::arq(ws, &layout(shape, axis)?, &scheme, cs, fs))?
+    };
+    let (s, z): (Vec<f32>, Vec<i32>) = qp.iter().map(|p| (p.scale, p.zero_point)).unzip();
+    Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, z), codes.into_any(), fake))
+}
+
+/// ARQ: (scale, zero_point, codes, fake-quantized weights); per channel along `axis`, per tensor if None.
+#[pyfunction(name = "arq")]
+#[pyo3(signature = (w, axis=Some(0), bits=8, symmetric=true))]
+fn arq_py<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArrayDyn<'py, f32>,
+    axis: Option<isize>,
+    bits: u32,
+    symmetric: bool,
+) -> PyResult<ArqOut<'py>> {
+    let (ws, shape) = (slice(py, &w, "w")?, shape_of(&w));
+    let scheme = run(py, || Scheme::new(bits, symmetric))?;
+    if bits <= 8 {
+        arq_into::<i8>(py, ws, &shape, scheme, axis)
+    } else {
+        arq_into::<i16>(py, ws, &shape, scheme, axis)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize, m)?)?;
+    m.add_function(wrap_pyfunction!(fake_quant, m)?)?;
+    m.add_function(wrap_pyfunction!(arq_py, m)?)?;
+    Ok(())
+}

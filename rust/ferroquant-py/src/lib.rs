@@ -1,0 +1,21 @@
+//! `ferroquant._native`: thin bindings over ferroquant-core. Each function borrows its arrays, releases the
+//! GIL, calls the core inside the configured thread pool, and maps errors. No math lives here.
+
+use pyo3::prelude::*;
+
+mod affine;
+mod arrays;
+mod errors;
+mod nuq;
+mod pool;
+mod qparams;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    pool::register(m)?;
+    qparams::register(m)?;
+    affine::register(m)?;
+    nuq::register(m)?;
+    Ok(())
+}
