@@ -4,6 +4,7 @@
 //! `x / scale` is computed in f32 (not `x * (1/scale)`), so the NumPy twin gives the same bits.
 
 use crate::error::{QuantError, Result};
+use crate::kernels::{any_non_finite, dequantize_run, fake_quant_run, quantize_run, Grid};
 use crate::layout::ChannelLayout;
 use crate::par::{zip_chunks_mut, CHUNK};
 use crate::scheme::Scheme;
@@ -12,6 +13,8 @@ use crate::scheme::Scheme;
 pub trait Code: Copy + Send + Sync + Default {
     const BITS: u32;
     fn from_f32(v: f32) -> Self;
+    /// Wrapping conversion of a value known to be in range.
+    fn from_i32(v: i32) -> Self;
     fn to_f32(self) -> f32;
 }
 
@@ -24,6 +27,10 @@ macro_rules! impl_code {
                 v as $t
             }
             #[inline(always)]
+            fn from_i32(v: i32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
             fn to_f32(self) -> f32 {
                 self as f32
             }
@@ -33,32 +40,6 @@ macro_rules! impl_code {
 impl_code!(i8);
 impl_code!(i16);
 impl_code!(i32);
-
-/// 1.5 * 2^23: adding then subtracting it rounds any |v| < 2^22 to the nearest integer, halves to even, in
-/// the default IEEE mode. It vectorizes, where `f32::round_ties_even` is a libm call on baseline x86-64.
-const MAGIC: f32 = 12_582_912.0;
-
-/// The per-channel constants of the inner loop.
-#[derive(Clone, Copy)]
-struct Grid {
-    scale: f32,
-    zp: f32,
-    /// `x / scale` is clamped to `[lo, hi]` before rounding; the bounds are one step outside the code range,
-    /// so the result after the final clamp is the same and the rounding input stays small.
-    lo: f32,
-    hi: f32,
-    qmin: f32,
-    qmax: f32,
-}
-
-impl Grid {
-    #[inline(always)]
-    fn code(&self, x: f32) -> f32 {
-        let t = (x / self.scale).max(self.lo).min(self.hi);
-        let r = (t + MAGIC) - MAGIC;
-        (r + self.zp).max(self.qmin).min(self.qmax)
-    }
-}
 
 fn grids(scales: &[f32], zero_points: &[i32], scheme: &Scheme, layout: &ChannelLayout) -> Result<Vec<Grid>> {
     let c = layout.channels;
@@ -118,13 +99,10 @@ fn for_runs<U: Send>(
     layout.check_len("input", x.len())?;
     layout.check_len("output", out.len())?;
     let bad = zip_chunks_mut(x, out, CHUNK, |start, xc, oc| {
-        let mut finite = true;
         layout.for_each_run(start, xc.len(), |off, n, ch| {
-            let xr = &xc[off..off + n];
-            finite &= xr.iter().fold(true, |a, v| a & v.is_finite());
-            body(&grids[ch], xr, &mut oc[off..off + n]);
+            body(&grids[ch], &xc[off..off + n], &mut oc[off..off + n]);
         });
-        if finite {
+        if !any_non_finite(xc) {
             None
         } else {
             xc.iter().position(|v| !v.is_finite()).map(|i| (start + i, xc[i]))
@@ -147,11 +125,7 @@ pub fn quantize<T: Code>(
 ) -> Result<()> {
     check_codes_fit::<T>(scheme)?;
     let g = grids(scales, zero_points, scheme, layout)?;
-    for_runs(x, out, layout, &g, |g, xr, or| {
-        for (o, &v) in or.iter_mut().zip(xr) {
-            *o = T::from_f32(g.code(v));
-        }
-    })
+    for_runs(x, out, layout, &g, |g, xr, or| quantize_run(g, xr, or))
 }
 
 /// Quantize then dequantize: the float the deployed integer stands for.
@@ -164,11 +138,7 @@ pub fn fake_quant(
     out: &mut [f32],
 ) -> Result<()> {
     let g = grids(scales, zero_points, scheme, layout)?;
-    for_runs(x, out, layout, &g, |g, xr, or| {
-        for (o, &v) in or.iter_mut().zip(xr) {
-            *o = (g.code(v) - g.zp) * g.scale;
-        }
-    })
+    for_runs(x, out, layout, &g, |g, xr, or| fake_quant_run(g, xr, or))
 }
 
 /// `(q - zero_point) * scale` per channel.
@@ -185,10 +155,7 @@ pub fn dequantize<T: Code>(
     layout.check_len("output", out.len())?;
     zip_chunks_mut(q, out, CHUNK, |start, qc, oc| {
         layout.for_each_run(start, qc.len(), |off, n, ch| {
-            let g = &g[ch];
-            for (o, &v) in oc[off..off + n].iter_mut().zip(&qc[off..off + n]) {
-                *o = (v.to_f32() - g.zp) * g.scale;
-            }
+            dequantize_run(&g[ch], &qc[off..off + n], &mut oc[off..off + n]);
         });
     });
     Ok(())

@@ -2,6 +2,7 @@
 //! widened to include zero, and AMCT's scale guard.
 
 use crate::error::{QuantError, Result};
+use crate::kernels::min_max_run;
 use crate::layout::ChannelLayout;
 use crate::par::{map_chunks, CHUNK};
 use crate::scheme::{Scheme, FLT_EPSILON};
@@ -86,19 +87,13 @@ pub fn min_max_per_channel(x: &[f32], layout: &ChannelLayout) -> Result<(Vec<f32
         let mut bad = None;
         layout.for_each_run(start, chunk.len(), |off, n, ch| {
             let run = &chunk[off..off + n];
-            let (mut l, mut h) = (lo[ch], hi[ch]);
-            let mut finite = true;
-            for &v in run {
-                finite &= v.is_finite();
-                l = l.min(v);
-                h = h.max(v);
-            }
-            if !finite && bad.is_none() {
+            let (l, h, non_finite) = min_max_run(run);
+            if bad.is_none() && non_finite {
                 let i = run.iter().position(|v| !v.is_finite()).unwrap_or(0);
                 bad = Some((start + off + i, run[i]));
             }
-            lo[ch] = l;
-            hi[ch] = h;
+            lo[ch] = if l < lo[ch] { l } else { lo[ch] };
+            hi[ch] = if h > hi[ch] { h } else { hi[ch] };
         });
         (lo, hi, bad)
     });
@@ -109,8 +104,8 @@ pub fn min_max_per_channel(x: &[f32], layout: &ChannelLayout) -> Result<(Vec<f32
             return Err(QuantError::NonFinite { index, value });
         }
         for k in 0..c {
-            lo[k] = lo[k].min(pl[k]);
-            hi[k] = hi[k].max(ph[k]);
+            lo[k] = if pl[k] < lo[k] { pl[k] } else { lo[k] };
+            hi[k] = if ph[k] > hi[k] { ph[k] } else { hi[k] };
         }
     }
     Ok((lo, hi))

@@ -1,0 +1,5 @@
+import sys
+
+from ferroquant.cli import main
+
+sys.exit(main())
