@@ -1,0 +1,80 @@
+"""Config: precedence layer > type > common > defaults; validation names layer and field; JSON round trip."""
+
+import json
+
+import pytest
+
+from ferroquant.config import build_config, load_config
+from ferroquant.errors import ConfigError
+
+LAYERS = [("conv1", "Conv"), ("deconv", "ConvTranspose"), ("fc", "Gemm"), ("proj", "MatMul")]
+
+
+def test_defaults_and_precedence(tmp_path):
+    cfg = build_config(
+        LAYERS,
+        skip_layers=["proj"],
+        activation_offset=False,
+        common_config={"activation_quant_params": {"act_algo": "hfmg", "num_of_bins": 2048},
+                       "weight_quant_params": {"num_bits": 6}},
+        override_layer_types={"Gemm": {"weight_quant_params": {"channel_wise": False, "num_bits": 7}}},
+        override_layer_configs={"fc": {"weight_quant_params": {"num_bits": 4}},
+                                "conv1": {"activation_quant_params": {"asymmetric": True}}},
+    )
+    c, fc = cfg.layers["conv1"], cfg.layers["fc"]
+    assert c.activation.act_algo == "hfmg" and c.activation.num_of_bins == 2048  # common
+    assert c.weight.num_bits == 6 and c.weight.channel_wise  # common, default
+    assert fc.weight.channel_wise is False and fc.weight.num_bits == 4  # type, then layer wins
+    assert cfg.activation_asymmetric("conv1") is True  # layer beats activation_offset
+    assert cfg.activation_asymmetric("fc") is False  # activation_offset
+    assert not cfg.layers["proj"].quant_enable and cfg.enabled_layers() == ["conv1", "deconv", "fc"]
+    path = tmp_path / "cfg.json"
+    cfg.save(path)
+    again = load_config(path)
+    assert again == cfg
+    assert json.loads(path.read_text())["layers"]["fc"]["weight_quant_params"]["num_bits"] == 4
+
+
+def test_hand_written_minimal_config():
+    cfg = load_config({"layers": {"conv1": {"layer_type": "Conv", "weight_quant_params": {"wts_algo": "nuq"}}}})
+    assert cfg.layers["conv1"].weight.wts_algo == "nuq_quantize"
+    assert cfg.layers["conv1"].activation.search_range == (0.7, 1.3)
+
+
+@pytest.mark.parametrize(
+    "entry, pattern",
+    [
+        ({"activation_quant_params": {"act_algo": "kl"}}, r"layer 'conv1', field 'act_algo'"),
+        ({"activation_quant_params": {"num_bits": 5}}, r"field 'num_bits': must be one of \[4, 8, 16\]"),
+        ({"activation_quant_params": {"max_percentile": 0.3}}, r"field 'max_percentile'"),
+        ({"activation_quant_params": {"search_range": [1.3, 0.7]}}, r"field 'search_range'"),
+        ({"activation_quant_params": {"search_step": 0}}, r"field 'search_step'"),
+        ({"activation_quant_params": {"num_of_bins": 1000}}, r"field 'num_of_bins'"),
+        ({"activation_quant_params": {"serch_step": 0.1}}, r"field 'activation_quant_params.serch_step': unknown key"),
+        ({"weight_quant_params": {"wts_algo": "ada"}}, r"field 'wts_algo'"),
+        ({"weight_quant_params": {"num_of_iteration": 9}}, r"field 'num_of_iteration'"),
+        ({"weight_quant_params": {"channel_wise": "yes"}}, r"field 'channel_wise': must be true or false"),
+        ({"quant_enable": 1}, r"field 'quant_enable'"),
+        ({"wieght_quant_params": {}}, r"field 'wieght_quant_params': unknown key"),
+    ],
+)
+def test_errors_name_layer_and_field(entry, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config({"layers": {"conv1": {"layer_type": "Conv", **entry}}})
+
+
+def test_global_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown top-level keys"):
+        load_config({"batch_nums": 2})
+    with pytest.raises(ConfigError, match="batch_num"):
+        load_config({"batch_num": 0})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="skip_layers: no quantizable layer named"):
+        build_config(LAYERS, skip_layers=["nope"])
+    with pytest.raises(ConfigError, match="layer_type"):
+        load_config({"layers": {"x": {"layer_type": "Relu"}}})
