@@ -3,6 +3,9 @@ tests check that the two agree. Slow on purpose: clarity first, vectorized where
 
 from ferroquant.reference.affine import dequantize, fake_quant, quantize
 from ferroquant.reference.arq import arq
+from ferroquant.reference.baselines import fold_abs, kl_divergences, kl_search, percentile_clip
+from ferroquant.reference.hfmg import hfmg_candidates, hfmg_losses, hfmg_search
+from ferroquant.reference.histogram import histogram_build, histogram_merge, histogram_observe
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
 
@@ -10,8 +13,18 @@ __all__ = [
     "arq",
     "dequantize",
     "fake_quant",
+    "fold_abs",
+    "hfmg_candidates",
+    "hfmg_losses",
+    "hfmg_search",
+    "histogram_build",
+    "histogram_merge",
+    "histogram_observe",
+    "kl_divergences",
+    "kl_search",
     "min_max",
     "nuq",
+    "percentile_clip",
     "qparams_from_data",
     "qparams_from_range",
     "quantize",

@@ -7,6 +7,7 @@
 pub mod affine;
 pub mod arq;
 pub mod error;
+pub mod histogram;
 pub mod kernels;
 pub mod layout;
 pub mod nuq;

@@ -1,0 +1,402 @@
+//! The streaming histogram of HFMG (spec §4.1, decisions 7 and 8): fixed `nbins`, exact `u64` counts, a range
+//! that is always the min and max of everything seen, and the count-preserving re-binning that lets batches
+//! and partial histograms combine in any order.
+//!
+//! Bin positions are computed in f64, so ranges near the float32 limits (`hi - lo` overflows f32) work:
+//! `pos(v) = (v - lo) * (nbins / (hi - lo))`, and the bin is `min(max(pos, 0), nbins - 1)` truncated (equal to
+//! the floor of the clamped position). Multiplying by `nbins / (hi - lo)` instead of dividing by the width is a
+//! ferroquant choice (one multiply per element); the NumPy twin uses the same formula, so counts are identical.
+//! Bin `k` covers `[lo + k*w, lo + k*w + w)` with `w = (hi - lo) / nbins`. When `w < FLT_EPSILON` (constant
+//! data) every count goes to bin `nbins / 2`.
+
+pub mod baselines;
+pub mod hfmg;
+
+use crate::error::{QuantError, Result};
+use crate::kernels::min_max_run;
+use multiversion::multiversion;
+use crate::par::map_chunks;
+use crate::scheme::FLT_EPSILON;
+
+/// Largest accepted bin count (2^20); spec §4.4 uses 1024..8192.
+pub const MAX_BINS: usize = 1 << 20;
+/// Elements per chunk when histogramming a batch (each chunk owns its count array).
+const HIST_CHUNK: usize = 1 << 18;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    lo: f32,
+    hi: f32,
+    counts: Vec<u64>,
+    total: u64,
+}
+
+/// The grid `[lo, hi]` split into `n` bins, with the f64 constants of the bin formula.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grid {
+    pub lo: f64,
+    pub width: f64,
+    inv: f64,
+    last: f64,
+    pub n: usize,
+}
+
+impl Grid {
+    pub fn new(lo: f32, hi: f32, n: usize) -> Self {
+        let (l, h) = (lo as f64, hi as f64);
+        let span = h - l;
+        Self { lo: l, width: span / n as f64, inv: n as f64 / span, last: (n - 1) as f64, n }
+    }
+
+    /// True when the bins are narrower than `FLT_EPSILON`: everything goes to the middle bin.
+    pub fn is_constant(&self) -> bool {
+        self.width.is_nan() || self.width < FLT_EPSILON as f64
+    }
+
+    /// Bin of position `v` (f64), clamped into `[0, n-1]`.
+    #[inline(always)]
+    pub fn bin(&self, v: f64) -> usize {
+        // Comparisons rather than f64::max/min (no NaN reaches here): they compile to plain maxsd/minsd.
+        let p = (v - self.lo) * self.inv;
+        let p = if p > 0.0 { p } else { 0.0 };
+        (if p < self.last { p } else { self.last }) as usize
+    }
+
+    /// Lower edge of bin `k`.
+    #[inline]
+    pub fn edge(&self, k: usize) -> f64 {
+        self.lo + k as f64 * self.width
+    }
+}
+
+/// `nbins` must be a power of two in `[2, MAX_BINS]`.
+pub fn check_nbins(nbins: usize) -> Result<()> {
+    if (2..=MAX_BINS).contains(&nbins) && nbins.is_power_of_two() {
+        Ok(())
+    } else {
+        Err(QuantError::InvalidParameter {
+            name: "nbins",
+            reason: format!("must be a power of two in [2, {MAX_BINS}], got {nbins}"),
+        })
+    }
+}
+
+fn sum_counts(counts: &[u64]) -> Result<u64> {
+    counts.iter().try_fold(0u64, |a, &c| a.checked_add(c)).ok_or_else(|| QuantError::InvalidParameter {
+        name: "counts",
+        reason: "total count overflows u64".into(),
+    })
+}
+
+/// `(min, max)` of the batch; `None` when it holds no (finite) value. Without `drop_nonfinite` the first NaN or
+/// Inf is an error.
+pub fn batch_range(x: &[f32], drop_nonfinite: bool) -> Result<Option<(f32, f32)>> {
+    let parts = map_chunks(x, HIST_CHUNK, |start, c| {
+        let (l, h, non_finite) = min_max_run(c);
+        if !non_finite {
+            return (l, h, None);
+        }
+        if !drop_nonfinite {
+            let i = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return (l, h, Some((start + i, c[i])));
+        }
+        let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &v in c.iter().filter(|v| v.is_finite()) {
+            l = l.min(v);
+            h = h.max(v);
+        }
+        (l, h, None)
+    });
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for (l, h, bad) in parts {
+        if let Some((index, value)) = bad {
+            return Err(QuantError::NonFinite { index, value });
+        }
+        lo = lo.min(l);
+        hi = hi.max(h);
+    }
+    Ok(if lo <= hi { Some((lo, hi)) } else { None })
+}
+
+/// Bin indices of a block (exactly `Grid::bin`), written so the loop vectorizes.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn bins_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
+    for (o, &v) in out.iter_mut().zip(c) {
+        let p = (v as f64 - lo) * inv;
+        let p = if p > 0.0 { p } else { 0.0 };
+        let p = if p < last { p } else { last };
+        *o = p as u32;
+    }
+}
+
+/// Interleaved sub-histograms break the store-to-load chain when neighbours fall in the same bin.
+const SUB: usize = 4;
+const BLOCK: usize = 256;
+
+fn count_chunk<const DROP: bool>(c: &[f32], g: &Grid) -> Vec<u64> {
+    let mut counts = vec![0u64; g.n];
+    if g.is_constant() {
+        let n = if DROP { c.iter().filter(|v| v.is_finite()).count() } else { c.len() };
+        counts[g.n / 2] = n as u64;
+        return counts;
+    }
+    if DROP {
+        for &v in c.iter().filter(|v| v.is_finite()) {
+            counts[g.bin(v as f64)] += 1;
+        }
+        return counts;
+    }
+    let n = g.n;
+    let mut sub = vec![0u32; SUB * n];
+    let mut idx = [0u32; BLOCK];
+    for blk in c.chunks(BLOCK) {
+        let ix = &mut idx[..blk.len()];
+        bins_block(blk, g.lo, g.inv, g.last, ix);
+        let mut quads = ix.chunks_exact(SUB);
+        for q in &mut quads {
+            for (k, &b) in q.iter().enumerate() {
+                if let Some(slot) = sub.get_mut(k * n + b as usize) {
+                    *slot += 1;
+                }
+            }
+        }
+        for &b in quads.remainder() {
+            if let Some(slot) = sub.get_mut(b as usize) {
+                *slot += 1;
+            }
+        }
+    }
+    for k in 0..SUB {
+        for (d, &v) in counts.iter_mut().zip(&sub[k * n..(k + 1) * n]) {
+            *d += v as u64;
+        }
+    }
+    counts
+}
+
+/// Add the histogram of the batch on grid `g` into `dst` (fixed chunks in parallel, summed in chunk order).
+fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
+    let chunk = HIST_CHUNK.max(4 * g.n);
+    let parts = if drop_nonfinite {
+        map_chunks(x, chunk, |_, c| count_chunk::<true>(c, g))
+    } else {
+        map_chunks(x, chunk, |_, c| count_chunk::<false>(c, g))
+    };
+    let mut added = 0u64;
+    for p in parts {
+        for (d, c) in dst.iter_mut().zip(&p) {
+            *d += c;
+            added += c;
+        }
+    }
+    added
+}
+
+/// Re-bin `src` (range `[lo, hi]`) onto grid `g` and add it into `dst`, preserving the total exactly
+/// (spec §4.1). A source range within `FLT_EPSILON` of the grid's range is added bin by bin.
+fn rebin_into(src: &[u64], lo: f32, hi: f32, g: &Grid, hi_new: f32, dst: &mut [u64]) {
+    let eps = FLT_EPSILON as f64;
+    if (lo as f64 - g.lo).abs() <= eps && (hi as f64 - hi_new as f64).abs() <= eps {
+        dst.iter_mut().zip(src).for_each(|(d, &c)| *d += c);
+        return;
+    }
+    if g.is_constant() {
+        dst[g.n / 2] += src.iter().sum::<u64>();
+        return;
+    }
+    let old = Grid::new(lo, hi, src.len());
+    for (k, &c) in src.iter().enumerate().filter(|(_, &c)| c > 0) {
+        let a = old.edge(k);
+        let i = g.bin(a);
+        let j = g.bin(a + old.width);
+        if i == j {
+            dst[i] += c;
+        } else {
+            let e = g.edge(i + 1);
+            let frac = (e - a) / old.width;
+            let ci = ((c as f64 * frac).floor() as u64).min(c);
+            dst[i] += ci;
+            dst[j] += c - ci;
+        }
+    }
+}
+
+impl Histogram {
+    /// A histogram from saved state (for example from Python). Checks `nbins`, the range and the total.
+    pub fn from_parts(counts: Vec<u64>, lo: f32, hi: f32) -> Result<Self> {
+        check_nbins(counts.len())?;
+        for v in [lo, hi] {
+            if !v.is_finite() {
+                return Err(QuantError::NonFinite { index: 0, value: v });
+            }
+        }
+        if lo > hi {
+            return Err(QuantError::InvalidParameter { name: "range", reason: format!("lo {lo} > hi {hi}") });
+        }
+        let total = sum_counts(&counts)?;
+        Ok(Self { lo, hi, counts, total })
+    }
+
+    /// An empty histogram over a fixed range `[lo, hi]`.
+    pub fn with_range(lo: f32, hi: f32, nbins: usize) -> Result<Self> {
+        check_nbins(nbins)?;
+        Self::from_parts(vec![0; nbins], lo, hi)
+    }
+
+    /// The histogram of a first batch over its own `[min, max]`.
+    pub fn build(x: &[f32], nbins: usize, drop_nonfinite: bool) -> Result<Self> {
+        check_nbins(nbins)?;
+        let Some((lo, hi)) = batch_range(x, drop_nonfinite)? else {
+            return Err(QuantError::EmptyInput { what: "no finite value to build a histogram from" });
+        };
+        let mut counts = vec![0u64; nbins];
+        let total = add_batch(x, &Grid::new(lo, hi, nbins), drop_nonfinite, &mut counts);
+        Ok(Self { lo, hi, counts, total })
+    }
+
+    pub fn lo(&self) -> f32 {
+        self.lo
+    }
+    pub fn hi(&self) -> f32 {
+        self.hi
+    }
+    pub fn nbins(&self) -> usize {
+        self.counts.len()
+    }
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+    pub fn into_counts(self) -> Vec<u64> {
+        self.counts
+    }
+    pub(crate) fn grid(&self) -> Grid {
+        Grid::new(self.lo, self.hi, self.nbins())
+    }
+
+    /// Add a later batch: widen the range to cover it, re-bin the old counts, histogram the batch on the new
+    /// grid. A batch with no (finite) value leaves the histogram unchanged.
+    pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
+        let Some((bmin, bmax)) = batch_range(x, drop_nonfinite)? else {
+            return Ok(());
+        };
+        let (lo, hi) = (self.lo.min(bmin), self.hi.max(bmax));
+        let g = Grid::new(lo, hi, self.nbins());
+        let mut counts = vec![0u64; self.nbins()];
+        rebin_into(&self.counts, self.lo, self.hi, &g, hi, &mut counts);
+        let added = add_batch(x, &g, drop_nonfinite, &mut counts);
+        self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
+            name: "counts",
+            reason: "total count overflows u64".into(),
+        })?;
+        (self.lo, self.hi, self.counts) = (lo, hi, counts);
+        Ok(())
+    }
+
+    /// Merge another histogram: both are re-binned onto the union of the two ranges and added, so the result
+    /// does not depend on which side is `self`.
+    pub fn merge(&mut self, other: &Histogram) -> Result<()> {
+        if other.nbins() != self.nbins() {
+            return Err(QuantError::ShapeMismatch { what: "nbins of merged histogram", expected: self.nbins(), got: other.nbins() });
+        }
+        let total = self.total.checked_add(other.total).ok_or_else(|| QuantError::InvalidParameter {
+            name: "counts",
+            reason: "total count overflows u64".into(),
+        })?;
+        let (lo, hi) = (self.lo.min(other.lo), self.hi.max(other.hi));
+        let g = Grid::new(lo, hi, self.nbins());
+        let mut counts = vec![0u64; self.nbins()];
+        rebin_into(&self.counts, self.lo, self.hi, &g, hi, &mut counts);
+        rebin_into(&other.counts, other.lo, other.hi, &g, hi, &mut counts);
+        *self = Self { lo, hi, counts, total };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn build_basic_and_edges() {
+        let h = Histogram::build(&[0.0, 1.0, 2.0, 3.0, 4.0], 4, false).unwrap();
+        assert_eq!(h.counts(), &[1, 1, 1, 2]);
+        assert_eq!((h.lo(), h.hi(), h.total()), (0.0, 4.0, 5));
+        let h = Histogram::build(&[7.0], 8, false).unwrap();
+        assert_eq!(h.counts()[4], 1);
+        let h = Histogram::build(&[2.5; 10], 8, false).unwrap();
+        assert_eq!(h.counts()[4], 10);
+    }
+
+    #[test]
+    fn nbins_and_nonfinite_errors() {
+        for n in [0, 1, 3, 100, MAX_BINS * 2, usize::MAX] {
+            assert!(matches!(Histogram::build(&[1.0], n, false), Err(QuantError::InvalidParameter { .. })));
+        }
+        let x = [1.0, 2.0, f32::NAN, f32::INFINITY];
+        assert!(matches!(Histogram::build(&x, 4, false), Err(QuantError::NonFinite { index: 2, .. })));
+        let h = Histogram::build(&x, 4, true).unwrap();
+        assert_eq!(h.total(), 2);
+        assert!(matches!(Histogram::build(&[f32::NAN], 4, true), Err(QuantError::EmptyInput { .. })));
+        assert!(Histogram::build(&[], 4, false).is_err());
+    }
+
+    #[test]
+    fn huge_range_does_not_overflow() {
+        let h = Histogram::build(&[-3e38, 0.0, 3e38, f32::MAX, f32::MIN], 16, false).unwrap();
+        assert_eq!(h.counts()[0], 2);
+        assert_eq!(h.counts()[15], 2);
+        assert_eq!(h.counts()[8], 1);
+        assert_eq!(h.total(), 5);
+    }
+
+    #[test]
+    fn observe_preserves_total_and_fixed_range_is_exact() {
+        let x = lcg(300_000, 1, 8.0);
+        let mut h = Histogram::build(&x[..1000], 64, false).unwrap();
+        for c in x[1000..].chunks(7777) {
+            h.observe(c, false).unwrap();
+        }
+        assert_eq!(h.total(), 300_000);
+        assert_eq!(h.counts().iter().sum::<u64>(), 300_000);
+        let one = Histogram::build(&x, 64, false).unwrap();
+        let mut fixed = Histogram::with_range(one.lo(), one.hi(), 64).unwrap();
+        for c in x.chunks(10_000).rev() {
+            fixed.observe(c, false).unwrap();
+        }
+        assert_eq!(fixed, one);
+    }
+
+    #[test]
+    fn merge_is_symmetric_and_preserves_total() {
+        let a = Histogram::build(&lcg(5000, 2, 3.0), 128, false).unwrap();
+        let b = Histogram::build(&lcg(7000, 3, 10.0), 128, false).unwrap();
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(&b).unwrap();
+        ba.merge(&a).unwrap();
+        assert_eq!(ab, ba);
+        assert_eq!(ab.counts().iter().sum::<u64>(), 12_000);
+        let c = Histogram::build(&[1.0; 4], 64, false).unwrap();
+        assert!(matches!(ab.clone().merge(&c), Err(QuantError::ShapeMismatch { .. })));
+    }
+
+    #[test]
+    fn from_parts_validates() {
+        assert!(Histogram::from_parts(vec![u64::MAX, 1], 0.0, 1.0).is_err());
+        assert!(Histogram::from_parts(vec![1, 1], 1.0, 0.0).is_err());
+        assert!(Histogram::from_parts(vec![1, 1], 0.0, f32::NAN).is_err());
+        assert!(Histogram::from_parts(vec![1, 1, 1], 0.0, 1.0).is_err());
+    }
+}

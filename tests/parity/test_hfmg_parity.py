@@ -1,0 +1,82 @@
+"""Native HFMG (candidates, losses, search) against the NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ferroquant import _native as N
+from ferroquant import reference as R
+from ferroquant.errors import BitsError, ScaleError
+
+data = arrays(np.float32, st.integers(1, 2000), elements=st.floats(-1e4, 1e4, width=32))
+
+
+def ulp_close(a: float, b: float) -> bool:
+    a32, b32 = np.float32(a), np.float32(b)
+    return a32 == b32 or abs(int(a32.view(np.int32)) - int(b32.view(np.int32))) <= 1
+
+
+def check(h, bits, symmetric):
+    n, r = N.hfmg_search(*h, bits, symmetric), R.hfmg_search(*h, bits, symmetric)
+    assert n[5] == r[5]  # same candidate
+    assert (n[0], n[1], n[3]) == (r[0], r[1], r[3])
+    assert ulp_close(n[2], r[2])
+    assert n[4] == r[4]
+    return n
+
+
+@settings(max_examples=50, deadline=None)
+@given(x=data, nbins=st.sampled_from([2, 4, 64, 256]), bits=st.sampled_from([4, 8, 16]), symmetric=st.booleans())
+def test_search_parity(x, nbins, bits, symmetric):
+    h = N.histogram_observe(None, 0, 0, x, nbins)
+    for a, b in zip(N.hfmg_candidates(h[0]), R.hfmg_candidates(h[0])):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(N.hfmg_losses(*h, bits), R.hfmg_losses(*h, bits))
+    s = check(h, bits, symmetric)
+    assert h[1] <= s[0] <= s[1] <= h[2]
+
+
+@pytest.mark.parametrize("kind", ["gauss", "relu", "neg", "constant", "single", "huge"])
+@pytest.mark.parametrize("nbins", [1024, 4096])
+def test_search_parity_shapes(kind, nbins):
+    rng = np.random.default_rng(7)
+    x = {
+        "gauss": rng.standard_normal(20000),
+        "relu": np.maximum(rng.standard_t(3, 20000), 0),
+        "neg": -np.abs(rng.standard_normal(5000)) * 1e-3,
+        "constant": np.full(100, -4.0),
+        "single": np.array([3.0]),
+        "huge": np.array([-1e38, 0.0, 1e38] + [1e30] * 10),
+    }[kind].astype(np.float32)
+    h = N.histogram_observe(None, 0, 0, x, nbins)
+    if kind == "huge":  # the clip is found, but no scale can represent it: both sides raise ScaleError
+        for f in (N.hfmg_search, R.hfmg_search):
+            with pytest.raises(ScaleError):
+                f(*h, 8, True)
+        np.testing.assert_array_equal(N.hfmg_losses(*h, 8), R.hfmg_losses(*h, 8))
+        return
+    check(h, 4, False)
+    check(h, 8, True)
+
+
+def test_thread_count_independence():
+    x = np.random.default_rng(1).standard_t(4, 200_000).astype(np.float32)
+    h = N.histogram_observe(None, 0, 0, x, 2048)
+    try:
+        N.set_num_threads(1)
+        one = (N.hfmg_search(*h, 8, False), N.hfmg_losses(*h, 8).tobytes())
+        N.set_num_threads(0)
+        assert one == (N.hfmg_search(*h, 8, False), N.hfmg_losses(*h, 8).tobytes())
+    finally:
+        N.set_num_threads(0)
+
+
+def test_bad_bits_no_panic():
+    h = N.histogram_observe(None, 0, 0, np.arange(10, dtype=np.float32), 16)
+    for bits in (0, 1, 17, 64):
+        with pytest.raises(BitsError):
+            N.hfmg_search(*h, bits)
