@@ -7,6 +7,7 @@
 pub mod affine;
 pub mod arq;
 pub mod error;
+pub mod ifmr;
 pub mod layout;
 pub mod nuq;
 pub mod par;

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod affine;
 mod arrays;
 mod errors;
+mod ifmr;
 mod nuq;
 mod pool;
 mod qparams;
@@ -17,5 +18,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     qparams::register(m)?;
     affine::register(m)?;
     nuq::register(m)?;
+    ifmr::register(m)?;
     Ok(())
 }
