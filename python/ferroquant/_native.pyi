@@ -1,6 +1,6 @@
 """Type stubs of the native module (rust/ferroquant-py). Private: use ferroquant.ops."""
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -48,3 +48,30 @@ def kl_divergences(counts: U64, lo: float, hi: float, num_quantized_bins: int = 
 def kl_search(
     counts: U64, lo: float, hi: float, bits: int = 8, symmetric: bool = True, num_quantized_bins: int = 128
 ) -> tuple[float, float, float, int, float]: ...
+def ifmr(
+    x: F32,
+    bits: int = 8,
+    symmetric: bool = False,
+    max_percentile: float = 0.999999,
+    min_percentile: float = 0.999999,
+    search_start: float = 0.7,
+    search_end: float = 1.3,
+    search_step: float = 0.01,
+    search_extend: bool = True,
+    search_2d: bool = False,
+) -> dict[str, Any]: ...
+def ifmr_histogram(
+    counts: Union[npt.NDArray[np.int64], npt.NDArray[np.uint64]],
+    lo: float,
+    hi: float,
+    x: Optional[F32] = None,
+    bits: int = 8,
+    symmetric: bool = False,
+    max_percentile: float = 0.999999,
+    min_percentile: float = 0.999999,
+    search_start: float = 0.7,
+    search_end: float = 1.3,
+    search_step: float = 0.01,
+    search_extend: bool = True,
+    search_2d: bool = False,
+) -> dict[str, Any]: ...

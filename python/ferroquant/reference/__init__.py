@@ -6,6 +6,7 @@ from ferroquant.reference.arq import arq
 from ferroquant.reference.baselines import fold_abs, kl_divergences, kl_search, percentile_clip
 from ferroquant.reference.hfmg import hfmg_candidates, hfmg_losses, hfmg_search
 from ferroquant.reference.histogram import histogram_build, histogram_merge, histogram_observe
+from ferroquant.reference.ifmr import histogram_init, ifmr, ifmr_histogram, percentile_init
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
 
@@ -18,13 +19,17 @@ __all__ = [
     "hfmg_losses",
     "hfmg_search",
     "histogram_build",
+    "histogram_init",
     "histogram_merge",
     "histogram_observe",
+    "ifmr",
+    "ifmr_histogram",
     "kl_divergences",
     "kl_search",
     "min_max",
     "nuq",
     "percentile_clip",
+    "percentile_init",
     "qparams_from_data",
     "qparams_from_range",
     "quantize",

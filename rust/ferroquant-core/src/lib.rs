@@ -9,6 +9,7 @@ pub mod arq;
 pub mod error;
 pub mod histogram;
 pub mod kernels;
+pub mod ifmr;
 pub mod layout;
 pub mod nuq;
 pub mod par;

@@ -7,6 +7,7 @@ mod affine;
 mod arrays;
 mod errors;
 mod histogram;
+mod ifmr;
 mod nuq;
 mod pool;
 mod qparams;
@@ -19,5 +20,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     affine::register(m)?;
     nuq::register(m)?;
     histogram::register(m)?;
+    ifmr::register(m)?;
     Ok(())
 }

@@ -1,0 +1,262 @@
+"""Specifies rust/ferroquant-core/src/ifmr/ (spec §3, decisions 2 and 10): IFMR clip search.
+
+The loss of a candidate ``(lo, hi, s)`` is ``mean(((rint(clip(x, lo, hi) / s) * s - x) as f64) ** 2)`` with the
+quantize step in float32. The sum is taken in the same fixed order as the Rust kernel (chunks of ``CHUNK``,
+``LANES`` sequential lanes per chunk combined pairwise, chunks added in order), so both give the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError
+from ferroquant.reference._common import FLT_EPSILON, check_finite, qrange
+from ferroquant.reference.qparams import guard, qparams_from_range
+
+f32 = np.float32
+CHUNK = 1 << 15
+LANES = 16
+MAX_CANDIDATES = 100_000
+EXTEND_MIN_RATIO, EXTEND_MAX_RATIO = 0.01, 2.0
+EXTEND_BATCH = 8
+RATIO_TOL = 1e-9
+
+
+def count(start: float, end: float, step: float) -> int:
+    """Specifies ifmr/mod.rs::IfmrOptions::count: ``floor((end - start) / step + 1e-6) + 1``."""
+    return int(math.floor((end - start) / step + 1e-6)) + 1
+
+
+def _validate(bits, symmetric, max_percentile, min_percentile, start, end, step, search_2d) -> None:
+    """Specifies ifmr/mod.rs::IfmrOptions::validate."""
+    qrange(bits)
+    for name, p in (("max_percentile", max_percentile), ("min_percentile", min_percentile)):
+        if not (p > 0.5 and p <= 1.0):
+            raise ParameterError(f"invalid parameter {name}: must be in (0.5, 1], got {p}")
+    if not (math.isfinite(start) and start > 0):
+        raise ParameterError(f"invalid parameter search_start: must be finite and > 0, got {start}")
+    if not (math.isfinite(end) and end > start):
+        raise ParameterError(f"invalid parameter search_end: must be finite and > search_start, got {end}")
+    if not (step > 0 and step <= (end - start) * (1.0 + 1e-9)):
+        raise ParameterError(f"invalid parameter search_step: must be in (0, search_end - search_start], got {step}")
+    n = count(start, end, step)
+    if (n * n if search_2d else n) > MAX_CANDIDATES:
+        raise ParameterError(f"invalid parameter search_step: more than {MAX_CANDIDATES} candidates")
+    if search_2d and symmetric:
+        raise ParameterError("invalid parameter search_2d: the 2-D search needs an offset (symmetric=False)")
+
+
+def rank(p: float, n: int) -> int:
+    """Specifies ifmr/init.rs::rank: 1 when ``|p - 1| < FLT_EPSILON``, else ``n - floor(p * n)``."""
+    k = 1 if abs(p - 1.0) < float(FLT_EPSILON) else n - min(int(math.floor(p * n)), n)
+    return min(max(k, 1), max(n, 1))
+
+
+def percentile_init(x, max_percentile: float, min_percentile: float) -> tuple[np.float32, np.float32]:
+    """Specifies ifmr/init.rs::percentile_init: k-th largest, k-th smallest (from the bottom), clamped to 0."""
+    x = np.asarray(x, np.float32).reshape(-1)
+    check_finite(x)
+    n = x.size
+    k_max, k_min = rank(max_percentile, n), rank(min_percentile, n)
+    max0 = np.partition(x, n - k_max)[n - k_max]
+    min0 = np.partition(x, k_min - 1)[k_min - 1]
+    return max(max0, f32(0)), min(min0, f32(0))
+
+
+def _check_histogram(counts, lo, hi) -> np.ndarray:
+    c = np.asarray(counts).reshape(-1)
+    if c.size == 0:
+        raise EmptyInputError("input is empty: histogram has no bins")
+    if not (np.isfinite(f32(lo)) and np.isfinite(f32(hi))):
+        raise NonFiniteError(f"histogram range [{lo}, {hi}] is not finite")
+    if f32(hi) < f32(lo):
+        raise ParameterError(f"invalid parameter hi: histogram range [{lo}, {hi}] has hi < lo")
+    if np.any(c < 0):
+        raise ParameterError("invalid parameter counts: a histogram count is negative")
+    if int(c.sum()) == 0:
+        raise EmptyInputError("input is empty: histogram counts sum to zero")
+    return c.astype(np.int64)
+
+
+def histogram_init(counts, lo, hi, max_percentile: float, min_percentile: float) -> tuple[np.float32, np.float32]:
+    """Specifies ifmr/init.rs::histogram_init: ``lo + (#bins with cdf < p) / nbins * (hi - lo)``."""
+    c = _check_histogram(counts, lo, hi)
+    cdf = np.cumsum(c) / float(c.sum())
+    l, h, nb = float(f32(lo)), float(f32(hi)), float(c.size)
+
+    def at(p: float) -> np.float32:
+        return f32(l + int(np.count_nonzero(cdf < p)) / nb * (h - l))
+
+    return max(at(max_percentile), f32(0)), min(at(1.0 - min_percentile), f32(0))
+
+
+def _combine_lanes(lanes: np.ndarray) -> np.ndarray:
+    while lanes.shape[-1] > 1:
+        lanes = lanes[..., 0::2] + lanes[..., 1::2]
+    return lanes[..., 0]
+
+
+def data_losses(x: np.ndarray, cands: list) -> list:
+    """Specifies ifmr/loss.rs::DataLoss::losses."""
+    n = x.size
+    nch = -(-n // CHUNK)
+    buf = np.zeros(nch * CHUNK, np.float64)
+    out = []
+    for lo, hi, s in cands:
+        e = np.rint(np.clip(x, lo, hi) / s) * s - x
+        buf[:n] = e
+        np.multiply(buf, buf, out=buf)
+        b = buf.reshape(nch, CHUNK // LANES, LANES)
+        np.cumsum(b, axis=1, out=b)  # sequential per lane
+        chunk_sums = _combine_lanes(b[:, -1, :])
+        out.append(float(np.cumsum(chunk_sums)[-1]) / max(n, 1))
+        buf[n:] = 0.0
+    return out
+
+
+def hist_losses(counts: np.ndarray, lo, hi, cands: list) -> list:
+    """Specifies ifmr/loss.rs::HistLoss: bin centres weighted by counts, bins added in order."""
+    nb = counts.size
+    l, h = float(f32(lo)), float(f32(hi))
+    centres = (l + (np.arange(nb, dtype=np.float64) + 0.5) * (h - l) / nb).astype(np.float32)
+    w = counts.astype(np.float64)
+    total = max(float(w.sum()), 1.0)
+    out = []
+    for clo, chi, s in cands:
+        e = (np.rint(np.clip(centres, clo, chi) / s) * s - centres).astype(np.float64)
+        out.append(float(np.cumsum(w * (e * e))[-1]) / total)
+    return out
+
+
+def _cand(bound: str, r: float, max0, min0, bits: int, symmetric: bool, r_min: Optional[float] = None):
+    """Specifies ifmr/search.rs::Space::cand and cand_2d: ``(lo, hi, guarded scale)``."""
+    qmin, qmax = qrange(bits)
+    levels = f32((1 << bits) - 1)
+
+    def g(s):
+        return guard(f32(s), 0, bits, symmetric)[0]
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        if bound == "both":
+            lo, hi = f32(r_min * float(min0)), f32(r * float(max0))
+            return lo, hi, g((hi - lo) / levels)
+        if bound == "max":
+            hi = f32(r * float(max0))
+            return f32(min0), hi, g((hi - f32(min0)) / levels)
+        if bound == "min":
+            lo = f32(r * float(min0))
+            return lo, f32(0), g((f32(0) - lo) / levels)
+        a = max0 if abs(max0) >= abs(min0) else min0
+        big_l = f32(qmax if a > 0 else -qmin)
+        c = f32(r * float(abs(a)))
+        return -c, c, g(c / big_l)
+
+
+def _walk(losses, make, pick: dict, start, step, direction: int) -> bool:
+    """Specifies ifmr/search.rs::walk."""
+    moved = False
+    while True:
+        idx, cands = [], []
+        i = pick["index"] + direction
+        while len(cands) < EXTEND_BATCH:
+            r = start + i * step
+            if not (EXTEND_MIN_RATIO - RATIO_TOL <= r <= EXTEND_MAX_RATIO + RATIO_TOL):
+                break
+            try:
+                cands.append(make(r))
+            except ValueError:
+                break
+            idx.append(i)
+            i += direction
+        if not cands:
+            return moved
+        ls = losses(cands)
+        pick["candidates"] += len(cands)
+        for loss, c, k in zip(ls, cands, idx):
+            if loss < pick["loss"]:
+                pick.update(loss=loss, cand=c, index=k)
+                moved = True
+            else:
+                return moved
+
+
+def _search(losses, max0, min0, bits, symmetric, start, end, step, search_extend, search_2d) -> dict:
+    """Specifies ifmr/mod.rs::search_from."""
+    qmin, qmax = qrange(bits)
+    if symmetric:
+        bound = "symmetric"
+    elif search_2d:
+        bound = "both"
+    elif max0 == 0 and min0 < 0:
+        bound = "min"
+    else:
+        bound = "max"
+    n = count(start, end, step)
+    index_min = None
+    if bound == "both":
+        cands = [_cand(bound, start + i * step, max0, min0, bits, False, start + j * step)
+                 for j in range(n) for i in range(n)]
+        ls = losses(cands)
+        best = int(np.argmin(ls))
+        index_min, i = divmod(best, n)
+        pick = dict(cand=cands[best], index=i, loss=ls[best], candidates=len(cands))
+    else:
+        def make(r):
+            return _cand(bound, r, max0, min0, bits, symmetric)
+
+        cands = [make(start + i * step) for i in range(n)]
+        ls = losses(cands)
+        best = int(np.argmin(ls))
+        pick = dict(cand=cands[best], index=best, loss=ls[best], candidates=n)
+        if search_extend:
+            moved = pick["index"] == 0 and _walk(losses, make, pick, start, step, -1)
+            if not moved and pick["index"] == n - 1:
+                _walk(losses, make, pick, start, step, 1)
+    lo, hi, s = pick["cand"]
+    if symmetric:
+        scale, zp = f32(s), 0
+    else:
+        scale, zp = qparams_from_range(lo, hi, bits, False)
+    index = pick["index"]
+    extension = index if index < 0 else max(index - (n - 1), 0)
+    return dict(
+        scale=float(scale), zero_point=int(zp),
+        clip_min=float(f32(scale) * f32(qmin - zp)), clip_max=float(f32(scale) * f32(qmax - zp)),
+        max_init=float(max0), min_init=float(min0), bound=bound,
+        ratio=start + index * step, index=index,
+        ratio_min=None if index_min is None else start + index_min * step, index_min=index_min,
+        extended=extension != 0, extension=extension, candidates=pick["candidates"], window=n,
+        loss=pick["loss"], search_extend=search_extend, search_2d=search_2d,
+    )
+
+
+def ifmr(x, bits: int = 8, symmetric: bool = False, max_percentile: float = 0.999999,
+         min_percentile: float = 0.999999, search_start: float = 0.7, search_end: float = 1.3,
+         search_step: float = 0.01, search_extend: bool = True, search_2d: bool = False) -> dict:
+    """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr. Returns the same dict as ``_native.ifmr``."""
+    _validate(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step, search_2d)
+    x = np.asarray(x, np.float32).reshape(-1)
+    max0, min0 = percentile_init(x, max_percentile, min_percentile)
+    return _search(lambda c: data_losses(x, c), max0, min0, bits, symmetric, search_start, search_end,
+                   search_step, search_extend, search_2d)
+
+
+def ifmr_histogram(counts, lo: float, hi: float, x=None, bits: int = 8, symmetric: bool = False,
+                   max_percentile: float = 0.999999, min_percentile: float = 0.999999,
+                   search_start: float = 0.7, search_end: float = 1.3, search_step: float = 0.01,
+                   search_extend: bool = True, search_2d: bool = False) -> dict:
+    """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr_histogram (losses on ``x`` when given)."""
+    _validate(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step, search_2d)
+    c = _check_histogram(counts, lo, hi)
+    max0, min0 = histogram_init(c, lo, hi, max_percentile, min_percentile)
+    if x is not None:
+        x = np.asarray(x, np.float32).reshape(-1)
+        check_finite(x)
+        losses = lambda cs: data_losses(x, cs)  # noqa: E731
+    else:
+        losses = lambda cs: hist_losses(c, lo, hi, cs)  # noqa: E731
+    return _search(losses, max0, min0, bits, symmetric, search_start, search_end, search_step,
+                   search_extend, search_2d)

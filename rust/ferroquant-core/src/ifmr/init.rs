@@ -1,0 +1,172 @@
+//! The initial clip range of IFMR from percentiles (spec §3.2), exactly or from a histogram (§3.5).
+
+use rayon::prelude::*;
+
+use crate::error::{QuantError, Result};
+use crate::par::{PAR_THRESHOLD, CHUNK};
+use crate::qparams::min_max;
+use crate::scheme::FLT_EPSILON;
+
+/// `k` of a percentile over `n` values: 1 when `|p - 1| < FLT_EPSILON`, else `n - floor(p * n)` (in f64),
+/// at least 1 and at most `n`.
+pub fn rank(p: f64, n: usize) -> usize {
+    let k = if (p - 1.0).abs() < FLT_EPSILON as f64 { 1 } else { n - ((p * n as f64).floor() as usize).min(n) };
+    k.clamp(1, n.max(1))
+}
+
+/// The `k_max`-th largest and the `k_min`-th smallest value of `chunk`, as the two ends of a copy that
+/// holds at least those values: the bottom `k_min` and the top `k_max` (the whole chunk when they overlap).
+fn extremes(chunk: &[f32], k_max: usize, k_min: usize) -> Vec<f32> {
+    let mut v = chunk.to_vec();
+    let n = v.len();
+    if k_max + k_min >= n {
+        return v;
+    }
+    v.select_nth_unstable_by(k_min - 1, f32::total_cmp);
+    let rest = &mut v[k_min..];
+    let m = rest.len();
+    rest.select_nth_unstable_by(m - k_max, f32::total_cmp);
+    let mut out = v[..k_min].to_vec();
+    out.extend_from_slice(&v[n - k_max..]);
+    out
+}
+
+/// `(max0, min0)` of §3.2: `max0` is the `k_max`-th largest value, `min0` the `k_min`-th smallest (the min
+/// side is counted from the bottom: `min_percentile=0.999999` trims 1e-6 of the mass below), then
+/// `max0 = max(max0, 0)`, `min0 = min(min0, 0)`. Non-finite data is an error.
+pub fn percentile_init(x: &[f32], max_percentile: f64, min_percentile: f64) -> Result<(f32, f32)> {
+    let (lo, hi) = min_max(x)?;
+    let n = x.len();
+    let (k_max, k_min) = (rank(max_percentile, n), rank(min_percentile, n));
+    let (max0, min0) = if k_max == 1 && k_min == 1 {
+        (hi, lo)
+    } else {
+        // Each fixed chunk keeps only its own candidates for the two order statistics; the k-th values of
+        // the union are the k-th values of the data. Values, not positions, so the chunking cannot matter.
+        let keep = |c: &[f32]| extremes(c, k_max.min(c.len()), k_min.min(c.len()));
+        let parts: Vec<Vec<f32>> = if n < PAR_THRESHOLD || k_max + k_min > CHUNK / 4 {
+            vec![x.to_vec()]
+        } else {
+            x.par_chunks(CHUNK).map(keep).collect()
+        };
+        let mut all: Vec<f32> = parts.concat();
+        let m = all.len();
+        let (_, &mut mx, _) = all.select_nth_unstable_by(m - k_max, f32::total_cmp);
+        let (_, &mut mn, _) = all.select_nth_unstable_by(k_min - 1, f32::total_cmp);
+        (mx, mn)
+    };
+    Ok((max0.max(0.0), min0.min(0.0)))
+}
+
+/// Signed histogram counts (NumPy's int64) as u64; a negative count is an error.
+pub fn counts_from_i64(counts: &[i64]) -> Result<Vec<u64>> {
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            u64::try_from(c).map_err(|_| QuantError::InvalidParameter {
+                name: "counts",
+                reason: format!("histogram count {c} at bin {i} is negative"),
+            })
+        })
+        .collect()
+}
+
+/// Checks of a histogram `(counts, lo, hi)`; returns the total count.
+pub fn check_histogram(counts: &[u64], lo: f32, hi: f32) -> Result<u64> {
+    if counts.is_empty() {
+        return Err(QuantError::EmptyInput { what: "histogram has no bins" });
+    }
+    for (i, v) in [lo, hi].into_iter().enumerate() {
+        if !v.is_finite() {
+            return Err(QuantError::NonFinite { index: i, value: v });
+        }
+    }
+    if hi < lo {
+        return Err(QuantError::InvalidParameter {
+            name: "hi",
+            reason: format!("histogram range [{lo}, {hi}] has hi < lo"),
+        });
+    }
+    let total = counts.iter().try_fold(0u64, |a, &c| a.checked_add(c)).ok_or(QuantError::InvalidParameter {
+        name: "counts",
+        reason: "histogram counts overflow u64".into(),
+    })?;
+    if total == 0 {
+        return Err(QuantError::EmptyInput { what: "histogram counts sum to zero" });
+    }
+    Ok(total)
+}
+
+/// `(max_init, min_init)` from a histogram of `nbins` equal bins over `[lo, hi]` (torch_npu `npu_ifmr`,
+/// MindSpore `IFMR`): with `cdf[k] = cumsum(counts)[k] / N` (f64), `max_init = lo + (#bins with cdf <
+/// p_max) / nbins * (hi - lo)` and `min_init` the same with `cdf < 1 - p_min`; computed in f64, rounded to
+/// f32, then clamped as in §3.2 (`max_init >= 0`, `min_init <= 0`).
+pub fn histogram_init(counts: &[u64], lo: f32, hi: f32, max_percentile: f64, min_percentile: f64) -> Result<(f32, f32)> {
+    let total = check_histogram(counts, lo, hi)? as f64;
+    let below = |p: f64| {
+        let mut run = 0u64;
+        counts
+            .iter()
+            .take_while(|&&c| {
+                run += c;
+                (run as f64) / total < p
+            })
+            .count()
+    };
+    let nb = counts.len() as f64;
+    let at = |k: usize| (lo as f64 + k as f64 / nb * (hi as f64 - lo as f64)) as f32;
+    let max0 = at(below(max_percentile));
+    let min0 = at(below(1.0 - min_percentile));
+    Ok((max0.max(0.0), min0.min(0.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_follows_amct() {
+        assert_eq!(rank(0.999999, 1000), 1);
+        assert_eq!(rank(1.0, 10), 1);
+        assert_eq!(rank(0.99, 1000), 10);
+        assert_eq!(rank(0.75, 1), 1);
+        assert_eq!(rank(0.999999, 5_000_000), 5);
+    }
+
+    #[test]
+    fn min_is_counted_from_the_bottom() {
+        let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.0).collect();
+        // k = 10: the 10th largest of -500..=499 is 490 and the 10th smallest -491 (not the 0.99 quantile).
+        let (mx, mn) = percentile_init(&x, 0.99, 0.99).unwrap();
+        assert_eq!((mx, mn), (490.0, -491.0));
+    }
+
+    #[test]
+    fn large_inputs_use_chunk_candidates() {
+        let n = 300_000usize;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % n) as f32 - 1000.0).collect();
+        let k = rank(0.9999, n) as f32;
+        assert!(k > 1.0);
+        // The values are a permutation of -1000..=298999.
+        let (mx, mn) = percentile_init(&x, 0.9999, 0.9999).unwrap();
+        assert_eq!((mx, mn), (298_999.0 - (k - 1.0), -1000.0 + (k - 1.0)));
+    }
+
+    #[test]
+    fn clamps_to_include_zero_and_rejects_nan() {
+        assert_eq!(percentile_init(&[1.0, 2.0], 0.999999, 0.999999).unwrap(), (2.0, 0.0));
+        assert_eq!(percentile_init(&[-1.0, -2.0], 0.999999, 0.999999).unwrap(), (0.0, -2.0));
+        assert!(matches!(percentile_init(&[1.0, f32::NAN], 0.9, 0.9), Err(QuantError::NonFinite { index: 1, .. })));
+    }
+
+    #[test]
+    fn histogram_percentiles() {
+        // 4 bins over [-2, 2]; cdf = [0.1, 0.5, 0.9, 1.0].
+        let c = [1u64, 4, 4, 1];
+        assert_eq!(histogram_init(&c, -2.0, 2.0, 0.95, 0.95).unwrap(), (1.0, -2.0));
+        assert_eq!(histogram_init(&c, -2.0, 2.0, 0.85, 0.85).unwrap(), (0.0, -1.0));
+        assert!(histogram_init(&[0, 0], 0.0, 1.0, 0.9, 0.9).is_err());
+        assert!(histogram_init(&[1], 1.0, 0.0, 0.9, 0.9).is_err());
+    }
+}

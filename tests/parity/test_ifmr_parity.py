@@ -1,0 +1,221 @@
+"""IFMR (spec §3): rust/ferroquant-core/src/ifmr/ against its NumPy twin ferroquant.reference.ifmr."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ferroquant import _native
+from ferroquant import reference as ref
+from ferroquant.errors import BitsError, EmptyInputError, NonFiniteError, ParameterError, QuantError, ScaleError
+
+f32 = np.float32
+KEYS = ("index", "index_min", "zero_point", "bound", "candidates", "extension", "max_init", "min_init")
+
+
+def assert_parity(a: dict, b: dict) -> None:
+    for k in KEYS:
+        assert a[k] == b[k], (k, a[k], b[k])
+    assert abs(int(np.float32(a["scale"]).view(np.int32)) - int(np.float32(b["scale"]).view(np.int32))) <= 1
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-12, abs=0)
+
+
+def both(x, **kw) -> tuple[dict, dict]:
+    a, b = _native.ifmr(x, **kw), ref.ifmr(x, **kw)
+    assert_parity(a, b)
+    return a, b
+
+
+def datasets() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "gaussian": rng.standard_normal(50_000).astype(f32),
+        "relu_t3": np.maximum(rng.standard_t(3, 50_000), 0).astype(f32),
+        "all_zero": np.zeros(1000, f32),
+        "constant": np.full(333, 1.75, f32),
+        "negative_only": -np.abs(rng.standard_normal(4000)).astype(f32) - 0.1,
+        "positive_only": np.abs(rng.standard_normal(4000)).astype(f32) + 0.1,
+        "single": np.array([-2.5], f32),
+        "huge": (rng.standard_normal(3000) * 1e6).astype(f32),
+        "odd_tail": rng.uniform(-3, 5, (1 << 15) + 37).astype(f32),
+    }
+
+
+OPTIONS = [
+    {},
+    {"symmetric": True},
+    {"bits": 4},
+    {"bits": 16, "search_extend": False},
+    {"search_2d": True, "search_step": 0.1},
+    {"max_percentile": 0.999, "min_percentile": 0.99},
+]
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+@pytest.mark.parametrize("name", list(datasets()))
+def test_parity_on_datasets(name, opts):
+    both(datasets()[name], **opts)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    x=arrays(f32, st.integers(1, 300), elements=st.floats(-1e3, 1e3, width=32)),
+    symmetric=st.booleans(),
+    bits=st.sampled_from([4, 8]),
+    p=st.sampled_from([1.0, 0.999999, 0.99, 0.9]),
+)
+def test_parity_random(x, symmetric, bits, p):
+    both(x, symmetric=symmetric, bits=bits, max_percentile=p, min_percentile=p)
+
+
+def test_default_window_has_61_candidates():
+    a, _ = both(np.linspace(-1, 2, 100, dtype=f32), search_extend=False)
+    assert a["candidates"] == a["window"] == 61
+    assert ref.ifmr.__module__ == "ferroquant.reference.ifmr"
+
+
+def test_min_percentile_counts_from_the_bottom():
+    # 1000 values -500..499; p = 0.99 keeps k = 10 from each end: the min is the 10th smallest (-491), not
+    # the 0.99 quantile (near +489).
+    x = np.arange(-500, 500, dtype=f32)
+    np.random.default_rng(1).shuffle(x)
+    a, _ = both(x, max_percentile=0.99, min_percentile=0.99)
+    assert (a["max_init"], a["min_init"]) == (490.0, -491.0)
+    assert ref.percentile_init(x, 0.99, 0.99) == (490.0, -491.0)
+
+
+def test_all_zero_gives_scale_one():
+    a, _ = both(np.zeros(64, f32))
+    assert (a["scale"], a["zero_point"]) == (1.0, -128)
+    a, _ = both(np.zeros(64, f32), symmetric=True)
+    assert (a["scale"], a["zero_point"]) == (1.0, 0)
+
+
+def test_constant_is_reproduced():
+    c = f32(3.7)
+    a, _ = both(np.full(500, c))
+    s = f32(a["scale"])
+    back = (np.rint(c / s) + a["zero_point"] - a["zero_point"]) * s
+    assert abs(back - c) <= 4 * np.spacing(c)
+    assert a["ratio"] == pytest.approx(1.0)
+
+
+def test_negative_only_searches_the_lower_bound():
+    x = -np.maximum(np.random.default_rng(2).standard_t(3, 20_000), 0).astype(f32)
+    a, _ = both(x)
+    assert a["bound"] == "min" and a["zero_point"] == 127 and a["max_init"] == 0.0
+    assert a["clip_max"] == 0.0 and a["clip_min"] < 0
+
+
+def test_positive_only_uses_full_range():
+    a, _ = both(np.abs(np.random.default_rng(3).standard_normal(1000)).astype(f32) + 0.5)
+    assert a["zero_point"] == -128 and a["min_init"] == 0.0 and a["clip_min"] == 0.0
+
+
+def test_window_extension_on_heavy_tails():
+    """ReLU'd Student-t (df=3), 1M values: the best clip lies below 0.7 x max; AMCT stops at 0.7."""
+    x = np.maximum(np.random.default_rng(2).standard_t(3, 1_000_000), 0).astype(f32)
+    amct = _native.ifmr(x, search_extend=False)
+    ext = _native.ifmr(x)
+    assert amct["index"] == 0 and amct["ratio"] == pytest.approx(0.7) and not amct["extended"]
+    assert amct["candidates"] == 61
+    assert ext["extended"] and ext["extension"] < 0 and ext["ratio"] < 0.7
+    assert ext["loss"] < amct["loss"]
+    assert ext["index"] == ext["extension"]
+    # The twin agrees on the subsample (the full 1M run is the native one only, to keep the suite fast).
+    both(x[:100_000])
+
+
+def test_window_extension_upward():
+    # Constant data and a window [0.5, 0.9] below it: the best window candidate is the last one, the walk
+    # goes up to ratio 1.0 (which reproduces the constant) and stops there because 1.1 is worse.
+    x = np.full(100, 2.0, f32)
+    a, _ = both(x, search_start=0.5, search_end=0.9, search_step=0.1, bits=4)
+    assert a["window"] == 5 and a["index"] == 5 and a["extension"] == 1 and a["ratio"] == pytest.approx(1.0)
+    b, _ = both(x, search_start=0.5, search_end=0.9, search_step=0.1, bits=4, search_extend=False)
+    assert b["index"] == 4 and not b["extended"] and b["loss"] > a["loss"]
+
+
+def test_thread_count_does_not_change_bits():
+    x = np.random.default_rng(4).standard_normal(300_000).astype(f32)
+    try:
+        _native.set_num_threads(1)
+        one = _native.ifmr(x, search_2d=True, search_step=0.1)
+        one1 = _native.ifmr(x)
+    finally:
+        _native.set_num_threads(0)
+    assert one == _native.ifmr(x, search_2d=True, search_step=0.1)
+    assert one1 == _native.ifmr(x)
+
+
+def test_histogram_percentiles_and_search():
+    x = np.maximum(np.random.default_rng(5).standard_t(3, 200_000), 0).astype(f32)
+    lo, hi = float(x.min()), float(x.max())
+    counts, _ = np.histogram(x, 128, (lo, hi))
+    for kw in [{}, {"symmetric": True}, {"max_percentile": 0.99, "min_percentile": 0.99}]:
+        a, b = _native.ifmr_histogram(counts, lo, hi, **kw), ref.ifmr_histogram(counts, lo, hi, **kw)
+        assert_parity(a, b)
+        a, b = _native.ifmr_histogram(counts, lo, hi, x, **kw), ref.ifmr_histogram(counts, lo, hi, x, **kw)
+        assert_parity(a, b)
+    assert _native.ifmr_histogram(counts.astype(np.uint64), lo, hi) == _native.ifmr_histogram(counts, lo, hi)
+    # cdf = [0.1, 0.5, 0.9, 1.0] over [-2, 2]
+    assert ref.histogram_init([1, 4, 4, 1], -2.0, 2.0, 0.95, 0.95) == (1.0, -2.0)
+    a = _native.ifmr_histogram(np.array([1, 4, 4, 1]), -2.0, 2.0, max_percentile=0.95, min_percentile=0.95)
+    assert (a["max_init"], a["min_init"]) == (1.0, -2.0)
+
+
+def test_nan_raises_nonfinite():
+    x = np.array([1.0, np.nan, 2.0], f32)
+    for f in (_native.ifmr, ref.ifmr):
+        with pytest.raises(NonFiniteError):
+            f(x)
+    with pytest.raises(NonFiniteError):
+        _native.ifmr_histogram(np.array([1, 2]), 0.0, 1.0, np.array([np.inf], f32))
+
+
+def test_huge_values_raise_scale_error_on_both_sides():
+    x = np.array([1e9, -1e9], f32)
+    for f in (_native.ifmr, ref.ifmr):
+        with pytest.raises(ScaleError):
+            f(x)
+
+
+BAD = [
+    ({"max_percentile": 0.5}, "max_percentile"),
+    ({"min_percentile": 1.5}, "min_percentile"),
+    ({"min_percentile": float("nan")}, "min_percentile"),
+    ({"search_start": 0.0}, "search_start"),
+    ({"search_end": 0.7}, "search_end"),
+    ({"search_step": 0.0}, "search_step"),
+    ({"search_step": 0.61}, "search_step"),
+    ({"search_step": 1e-9}, "search_step"),
+    ({"search_2d": True, "symmetric": True}, "search_2d"),
+]
+
+
+@pytest.mark.parametrize("kw,name", BAD)
+def test_bad_options_raise_parameter_error(kw, name):
+    x = np.ones(4, f32)
+    for f in (_native.ifmr, ref.ifmr):
+        with pytest.raises(ParameterError, match=name):
+            f(x, **kw)
+    assert issubclass(ParameterError, ValueError)
+
+
+def test_other_errors_are_typed():
+    for f in (_native.ifmr, ref.ifmr):
+        with pytest.raises(BitsError):
+            f(np.ones(4, f32), bits=1)
+    with pytest.raises(EmptyInputError):
+        _native.ifmr(np.zeros(0, f32))
+    with pytest.raises(EmptyInputError):
+        _native.ifmr_histogram(np.zeros(4, np.int64), 0.0, 1.0)
+    with pytest.raises(ParameterError):
+        _native.ifmr_histogram(np.array([1, -1]), 0.0, 1.0)
+    with pytest.raises(ParameterError):
+        _native.ifmr_histogram(np.array([1, 1]), 1.0, 0.0)
+    with pytest.raises(QuantError):
+        _native.ifmr_histogram(np.array([1, 1]), 0.0, float("inf"))
