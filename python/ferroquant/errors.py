@@ -68,6 +68,7 @@ __all__ = [
     "EmptyInputError",
     "InternalError",
     "LayoutError",
+    "MemoryBudgetError",
     "NonFiniteError",
     "ParameterError",
     "QuantError",
@@ -75,3 +76,7 @@ __all__ = [
     "ShapeError",
     "ZeroPointError",
 ]
+
+
+class MemoryBudgetError(QuantError, MemoryError):
+    """A calibrator asked to stay exact would store more samples than its memory budget allows."""
