@@ -125,8 +125,15 @@ fn bins_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
         let p = (v as f64 - lo) * inv;
         let p = if p > 0.0 { p } else { 0.0 };
         let p = if p < last { p } else { last };
-        *o = p as u32;
+        *o = trunc_small(p);
     }
+}
+
+/// `p as u32` for `p` in `[0, 2^31)`: floor, then read the integer out of the mantissa of `floor + 2^52`.
+/// The same value as the cast, without its saturation checks, which keep the loop from vectorizing (4x here).
+#[inline(always)]
+pub(crate) fn trunc_small(p: f64) -> u32 {
+    (p.floor() + 4_503_599_627_370_496.0).to_bits() as u32
 }
 
 /// Interleaved sub-histograms break the store-to-load chain when neighbours fall in the same bin.

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::Histogram;
+use super::{trunc_small, Histogram};
 use crate::error::{QuantError, Result};
 use crate::qparams::{from_range, QParams};
 use crate::scheme::{Scheme, FLT_EPSILON};
@@ -90,6 +90,10 @@ pub fn loss(rho: &[f64], w: f64, l: usize, r: usize, dst: usize) -> f64 {
     let last = (dst - 1) as f64;
     let half = dw / 2.0;
     let mid_norm = dw * dw * dw / 12.0;
+    // Bins left of l lie wholly below 0, so they clamp to destination bin 0; bins right of r start at or past
+    // dst * dw, so they clamp to the last one. Their terms are computed exactly as in the general case (same
+    // operations, same order of summation), without the divisions that only found those clamped indices.
+    let (c_first, c_last) = (half, (last + 0.5) * dw);
     let mut total = 0.0f64;
     for (k, &rho) in rho.iter().enumerate() {
         if rho == 0.0 {
@@ -97,9 +101,16 @@ pub fn loss(rho: &[f64], w: f64, l: usize, r: usize, dst: usize) -> f64 {
         }
         let beg = (k as f64 - l as f64) * w;
         let end = beg + w;
-        // Clamped to [0, dst-1] first, so truncation is the floor.
-        let d0 = (beg / dw).max(0.0).min(last) as usize;
-        let d1 = (end / dw).max(0.0).min(last) as usize;
+        if k < l {
+            total += norm(rho, beg - c_first, end - c_first);
+            continue;
+        }
+        if k > r {
+            total += norm(rho, beg - c_last, end - c_last);
+            continue;
+        }
+        let d0 = trunc_small((beg / dw).max(0.0).min(last)) as usize;
+        let d1 = trunc_small((end / dw).max(0.0).min(last)) as usize;
         let c0 = (d0 as f64 + 0.5) * dw;
         total += if d0 == d1 {
             norm(rho, beg - c0, end - c0)
@@ -112,7 +123,6 @@ pub fn loss(rho: &[f64], w: f64, l: usize, r: usize, dst: usize) -> f64 {
     total
 }
 
-/// Loss of every candidate, in candidate order.
 pub fn losses(h: &Histogram, cands: &[(usize, usize)], bits: u32) -> Result<Vec<f64>> {
     crate::scheme::check_bits(bits)?;
     let w = h.grid().width;
