@@ -56,6 +56,21 @@ class ConfigError(QuantError, ValueError):
     """A configuration field with a bad value; the message names the layer and the field."""
 
 
+class ModelError(QuantError, ValueError):
+    """A model file or graph ferroquant cannot use: missing, malformed, unsupported or ill-formed.
+
+    ``node`` names the graph node at fault when there is one (it is also in the message).
+    """
+
+    def __init__(self, message: str, node: "str | None" = None) -> None:
+        super().__init__(f"node {node!r}: {message}" if node else message)
+        self.node = node
+
+
+class DataError(QuantError, ValueError):
+    """Sample data that cannot be found or loaded (for example no package that ships photos is installed)."""
+
+
 class InternalError(QuantError, RuntimeError):
     """A bug in ferroquant: a native kernel failed in a way it should not. Please report it."""
 
@@ -65,10 +80,12 @@ __all__ = [
     "BitsError",
     "ConfigError",
     "DTypeError",
+    "DataError",
     "EmptyInputError",
     "InternalError",
     "LayoutError",
     "MemoryBudgetError",
+    "ModelError",
     "NonFiniteError",
     "ParameterError",
     "QuantError",

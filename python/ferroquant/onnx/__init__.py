@@ -1,0 +1,40 @@
+"""ONNX front end: load/check/upgrade/save models, a small graph view, and BatchNormalization fusion.
+
+Needs the ``onnx`` extra (``pip install ferroquant[onnx]``); the core package does not import this module.
+"""
+
+from __future__ import annotations
+
+try:
+    import onnx as _onnx  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("ferroquant.onnx needs the onnx package: pip install 'ferroquant[onnx]'") from e
+
+from ferroquant.onnx.fusion import (
+    Folded,
+    FusionReport,
+    Skipped,
+    fold_batch_norm_add,
+    fold_batch_norm_mul,
+    fold_conv_batch_norm,
+    fuse,
+)
+from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
+from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_model
+
+__all__ = [
+    "ConstantsReport",
+    "Folded",
+    "FusionReport",
+    "GraphView",
+    "Skipped",
+    "constants_to_initializers",
+    "ensure_node_names",
+    "fold_batch_norm_add",
+    "fold_batch_norm_mul",
+    "fold_conv_batch_norm",
+    "fuse",
+    "load_model",
+    "node_label",
+    "save_model",
+]

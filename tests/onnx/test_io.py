@@ -1,0 +1,124 @@
+"""Model I/O: load errors, opset upgrade, Constant-node weights, save with external data, the graph view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from onnx import helper, numpy_helper  # noqa: E402
+
+from ferroquant.errors import ModelError, QuantError  # noqa: E402
+from ferroquant.onnx import GraphView, constants_to_initializers, load_model, save_model  # noqa: E402
+from tests.onnx import builders as B  # noqa: E402
+
+
+def _small(opset: int = 13) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    model, _ = B.conv_bn(rng)
+    if opset != 13:
+        model.opset_import[0].version = opset
+        model.ir_version = 4
+    return model
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_garbage_bytes(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x00\xffthis is not a protobuf\x13\x37" * 10)
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    assert isinstance(info.value, QuantError) and isinstance(info.value, ValueError)
+
+
+def test_wrong_type():
+    with pytest.raises(ModelError, match="expected a path"):
+        load_model(42)  # type: ignore[arg-type]
+
+
+def test_round_trip_and_external_data(tmp_path):
+    model = load_model(_small())
+    save_model(model, tmp_path / "m.onnx")
+    save_model(model, tmp_path / "ext.onnx", external_data=True)
+    assert (tmp_path / "ext.onnx.data").is_file()
+    assert len(model.graph.initializer[0].raw_data) > 0  # the caller's model is not externalized
+    for name in ("m.onnx", "ext.onnx"):
+        again = load_model(tmp_path / name)
+        a = {t.name: numpy_helper.to_array(t) for t in again.graph.initializer}
+        for t in model.graph.initializer:
+            np.testing.assert_array_equal(a[t.name], numpy_helper.to_array(t))
+
+
+def test_missing_external_data(tmp_path):
+    save_model(load_model(_small()), tmp_path / "ext.onnx", external_data=True)
+    (tmp_path / "ext.onnx.data").unlink()
+    with pytest.raises(ModelError, match="external data|cannot read"):
+        load_model(tmp_path / "ext.onnx")
+
+
+def test_opset9_is_upgraded_and_runs(tmp_path):
+    rng = np.random.default_rng(1)
+    inits = B.bn_params(rng, 3)
+    nodes = [helper.make_node("BatchNormalization", ["x", *inits], ["b"], name="bn"),
+             helper.make_node("Relu", ["b"], ["y"], name="relu")]
+    model = B.make_model(nodes, {"x": (1, 3, 4, 4)}, ["y"], inits, opset=9)
+    path = save_model(model, tmp_path / "old.onnx")
+    loaded = load_model(path)
+    assert loaded.opset_import[0].version == 13 and loaded.ir_version >= 7
+    feed = {"x": rng.normal(size=(1, 3, 4, 4)).astype(np.float32)}
+    np.testing.assert_allclose(B.run(loaded, feed)[0], B.run(model, feed)[0], rtol=1e-6)
+
+
+def test_unconvertible_opset_is_refused(monkeypatch):
+    def refuse(model, target):  # noqa: ANN001, ANN202
+        raise RuntimeError("No adapter for op X")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    with pytest.raises(ModelError, match="opset 9.*could not upgrade.*No adapter"):
+        load_model(_small(opset=9))
+
+
+def test_constant_node_weights_become_initializers():
+    model = _small()
+    w = [t for t in model.graph.initializer if t.name == "w"][0]
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w"], name="const_w", value=w))
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["unused_f"], value_float=2.0))
+    loaded = load_model(model)
+    assert "Constant" not in B.graph_ops(loaded)
+    assert GraphView(loaded).array("w").shape == (6, 4, 3, 3)
+    _, report = constants_to_initializers(model)
+    assert set(report.converted) == {"w", "unused_f"}
+
+
+def test_ill_formed_graph_names_the_node():
+    model = _small()
+    model.graph.node[1].input[0] = "nobody_makes_this"
+    with pytest.raises(ModelError, match="'bn'"):
+        load_model(model)
+    empty = _small()
+    del empty.graph.node[:]
+    with pytest.raises(ModelError, match="no nodes"):
+        load_model(empty)
+
+
+def test_shape_inference_error_names_the_node():
+    nodes = [helper.make_node("Mul", ["x", "k"], ["y"], name="badmul")]
+    model = B.make_model(nodes, {"x": (2, 3)}, ["y"], {"k": np.ones(3, np.float32)})
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones(5, np.float32), "k"))
+    with pytest.raises(ModelError, match="badmul"):
+        load_model(model)
+
+
+def test_graph_view_maps():
+    model = load_model(_small())
+    view = GraphView(model)
+    conv = view.producer("c")
+    assert conv.name == "conv" and [n.name for n in view.consumers_of("c")] == ["bn"]
+    assert view.is_graph_output("y") and view.only_consumer("c", view.consumers_of("c")[0])
+    assert view.array("missing") is None and view.array("w").dtype == np.float32
