@@ -1,0 +1,182 @@
+"""Calibration through onnxruntime: tap the input tensor of every quantized layer, run the calibration batches,
+stream each tapped tensor into its calibrator as it arrives (nothing keeps all activations), then quantize the
+weights. The result is a :class:`QuantTable` plus the calibrators' state (saveable and mergeable)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+
+import numpy as np
+import onnx
+
+from ferroquant import ops
+from ferroquant.calibrate import AnyCalibrator, HistogramCalibrator, IFMRCalibrator, from_state_dict
+from ferroquant.config import LayerConfig, QuantConfig
+from ferroquant.errors import ConfigError, DataError, ModelError
+from ferroquant.onnx.layers import ActivationQuant, LayerInfo, LayerQuant, QuantTable, WeightQuant
+
+Feed = Mapping[str, np.ndarray]
+CalibrationData = Union[Iterable[Feed], Callable[[], Iterable[Feed]], Any]
+Progress = Union[bool, Callable[[int, Optional[int]], None]]
+
+
+def iterate_batches(data: CalibrationData, input_names: List[str]) -> Iterator[Feed]:
+    """Feeds from an iterable of dicts, a callable returning one, an onnxruntime ``CalibrationDataReader``
+    (``get_next()``), or, for single-input models, arrays."""
+    if hasattr(data, "get_next") and callable(data.get_next):
+        while (feed := data.get_next()) is not None:
+            yield feed
+        return
+    if callable(data):
+        data = data()
+    if isinstance(data, np.ndarray):
+        data = [data]
+    for item in data:
+        if isinstance(item, Mapping):
+            yield item
+        elif len(input_names) == 1:
+            yield {input_names[0]: item}
+        else:
+            raise DataError(f"a calibration batch must be a dict {{input name: array}} for a model with inputs "
+                            f"{input_names}, got {type(item).__name__}")
+
+
+def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.ndarray]:
+    """The feed with dtypes matched to the model; clear errors for wrong names, ranks and shapes."""
+    unknown = set(feed) - set(inputs)
+    missing = set(inputs) - set(feed)
+    if unknown or missing:
+        raise DataError(f"calibration batch {index}: inputs {sorted(feed)} do not match the model's "
+                        f"{sorted(inputs)} (unknown: {sorted(unknown)}, missing: {sorted(missing)})")
+    out = {}
+    for name, arg in inputs.items():
+        a = np.asarray(feed[name])
+        if a.dtype.kind != "f":
+            raise DataError(f"calibration batch {index}, input {name!r}: expected floats, got {a.dtype}")
+        if len(arg.shape) != a.ndim or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
+            raise DataError(f"calibration batch {index}, input {name!r}: shape {list(a.shape)} does not fit the "
+                            f"model's {list(arg.shape)}")
+        out[name] = np.ascontiguousarray(a, dtype=np.float32)
+    return out
+
+
+def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool) -> AnyCalibrator:
+    a = cfg.activation
+    if a.act_algo == "hfmg":
+        return HistogramCalibrator(tensor, "hfmg", num_of_bins=a.num_of_bins, bits=a.num_bits,
+                                   symmetric=not asymmetric)
+    return IFMRCalibrator(tensor, bits=a.num_bits, symmetric=not asymmetric, max_percentile=a.max_percentile,
+                          min_percentile=a.min_percentile, search_range=a.search_range, search_step=a.search_step,
+                          search_extend=a.search_extend)
+
+
+def quantize_weight(layer: LayerInfo, w: np.ndarray, cfg: LayerConfig) -> WeightQuant:
+    """ARQ or NUQ per the layer's config, in the weight's ONNX layout."""
+    p = cfg.weight
+    cw = p.channel_wise
+    if p.wts_algo == "nuq_quantize":
+        if layer.groups > 1 and cw:
+            raise ConfigError(f"layer {layer.name!r}, field 'wts_algo': NUQ per channel does not support grouped "
+                              "ConvTranspose; set channel_wise false")
+        r = ops.nuq(w, p.num_steps, p.num_of_iteration, channel_wise=cw, axis=layer.axis, name=layer.weight)
+        return WeightQuant(layer.weight, r.scale, r.zero_point, layer.axis if cw else None, 8, "nuq", r.codes,
+                           r.levels)
+    a = ops.arq(w, channel_wise=cw, axis=layer.axis, bits=p.num_bits, groups=layer.groups, name=layer.weight)
+    return WeightQuant(layer.weight, a.scale, a.zero_point, layer.axis if cw else None, p.num_bits, "arq", a.codes)
+
+
+@dataclass
+class CalibratedModel:
+    """What :func:`ferroquant.onnx.quantize_model` returns: the (fused) float model, the config, the layers
+    quantized, their calibrators and weight quantization, and timings."""
+
+    model: onnx.ModelProto
+    config: QuantConfig
+    layers: List[LayerInfo]
+    calibrators: Dict[str, AnyCalibrator]
+    weights: Dict[str, WeightQuant]
+    batches: int = 0
+    timings: Dict[str, float] = field(default_factory=dict)
+    fusion: Any = None
+
+    def table(self) -> QuantTable:
+        """Search every calibrator and assemble the qparams table the exporters consume."""
+        acts: Dict[str, ActivationQuant] = {}
+        for tensor, cal in self.calibrators.items():
+            r = cal.qparams()
+            acts[tensor] = ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min,
+                                           r.clip_max, dict(r.details))
+        return QuantTable({l.name: LayerQuant(l, acts[l.activation], self.weights[l.name]) for l in self.layers})
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The calibrators' states by tensor (plain numbers and arrays)."""
+        return {t: c.state_dict() for t, c in self.calibrators.items()}
+
+    def load_state_dict(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        for t, d in states.items():
+            if t not in self.calibrators:
+                raise DataError(f"saved calibration state for tensor {t!r}, which this model does not tap")
+            self.calibrators[t] = from_state_dict(dict(d))
+
+    def merge(self, other: "CalibratedModel") -> None:
+        """Fold the calibration of another run (other batches, process or machine) into this one."""
+        for t, c in other.calibrators.items():
+            if t not in self.calibrators:
+                raise DataError(f"cannot merge: tensor {t!r} is not tapped here")
+            self.calibrators[t].merge(c)
+        self.batches += other.batches
+
+
+def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None:
+    if callable(progress):
+        progress(i, total)
+    elif progress:
+        of = f"/{total}" if total else ""
+        sys.stderr.write(f"\rcalibrating: batch {i}{of} ({time.perf_counter() - t0:.1f} s)")
+        sys.stderr.flush()
+
+
+def tapped_session(model: onnx.ModelProto, tensors: List[str]):
+    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors``."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    for t in tensors:
+        if t not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+        raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+
+
+def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
+                    progress: Progress = False) -> None:
+    """Stream the batches through the tapped model into ``cm.calibrators``."""
+    taps = list(cm.calibrators)
+    sess = tapped_session(cm.model, taps)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    t0 = time.perf_counter()
+    n = 0
+    for feed in iterate_batches(data, list(inputs)):
+        if max_batches is not None and n >= max_batches:
+            break
+        outs = sess.run(taps, _check_feed(feed, inputs, n))
+        for t, arr in zip(taps, outs):
+            cm.calibrators[t].observe(arr)
+        del outs
+        n += 1
+        _report(progress, n, max_batches, t0)
+    if progress is True and n:
+        sys.stderr.write("\n")
+    if n == 0:
+        raise DataError("the calibration data yielded no batch")
+    cm.batches += n
+    cm.timings["calibration_s"] = cm.timings.get("calibration_s", 0.0) + time.perf_counter() - t0

@@ -1,0 +1,131 @@
+"""Calibration through onnxruntime: taps, data forms, errors, saved and merged state."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from ferroquant.calibrate import load_states, save_states
+from ferroquant.errors import ConfigError, DataError, ModelError
+from ferroquant.onnx.api import create_quant_config, quantize_model
+from ferroquant.onnx.layers import quantizable_layers
+from tests.onnx.builders import make_model
+
+
+def small_net(seed=0):
+    """Conv -> Relu -> Conv (shares nothing) and a Gemm head; plus a MatMul on the same flattened tensor."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "b1": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "w2": rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2,
+        "wg": rng.standard_normal((10, 8)).astype(np.float32) * 0.3,
+        "wm": rng.standard_normal((8, 5)).astype(np.float32) * 0.3,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wg"], ["y"], name="fc", transB=1),
+        helper.make_node("MatMul", ["f", "wm"], ["z"], name="proj"),
+    ]
+    return make_model(nodes, {"x": [None, 3, 8, 8]}, ["y", "z"], inits)
+
+
+def batches(n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(n)]
+
+
+def test_layers_found_with_axes():
+    layers = {l.name: l for l in quantizable_layers(small_net())}
+    assert [(n, l.axis, l.bias) for n, l in layers.items()] == [
+        ("conv1", 0, "b1"), ("conv2", 0, None), ("fc", 0, None), ("proj", 1, None)]
+    assert layers["fc"].activation == layers["proj"].activation == "f"
+
+
+@pytest.mark.parametrize("algo", ["ifmr", "hfmg"])
+def test_quantize_model_fills_the_table(algo):
+    m = small_net()
+    cfg = create_quant_config(None, m, batch_num=3, config_defination={
+        "common_config": {"activation_quant_params": {"act_algo": algo}},
+        "override_layer_configs": {"proj": {"weight_quant_params": {"wts_algo": "nuq", "num_steps": 16}}}})
+    cm = quantize_model(cfg, m, batches(5))
+    assert cm.batches == 3  # the config's batch_num bounds the batches used
+    assert set(cm.calibrators) == {"x", "r1", "f"}  # fc and proj share their input: one calibrator
+    t = cm.table()
+    assert set(t.layers) == {"conv1", "conv2", "fc", "proj"}
+    r1 = t.layers["conv2"].activation
+    assert r1.algorithm == algo and r1.clip_min == pytest.approx(0.0, abs=1e-6)  # after ReLU
+    assert t.layers["conv1"].weight.scale.shape == (8,) and t.layers["fc"].weight.axis == 0
+    assert t.layers["proj"].weight.algorithm == "nuq" and len(np.unique(t.layers["proj"].weight.codes)) <= 16
+    assert t.layers["conv1"].weight.codes.dtype == np.int8
+
+
+def test_data_forms_agree():
+    m = small_net()
+    cfg = create_quant_config(None, m, batch_num=10)
+    data = batches(3)
+    ref = quantize_model(cfg, m, data).table()
+
+    class Reader:  # the onnxruntime CalibrationDataReader protocol
+        def __init__(self):
+            self.it = iter(data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    for form in (Reader(), lambda: iter(data), [d["x"] for d in data]):
+        t = quantize_model(cfg, m, form).table()
+        assert {k: v.activation.scale for k, v in t.layers.items()} == \
+            {k: v.activation.scale for k, v in ref.layers.items()}
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class OrtReader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    assert quantize_model(cfg, m, OrtReader()).batches == 3
+
+
+def test_state_saved_and_merged(tmp_path):
+    m = small_net()
+    cfg = create_quant_config(None, m, batch_num=10, config_defination={
+        "common_config": {"activation_quant_params": {"act_algo": "hfmg"}}})
+    data = batches(6)
+    whole = quantize_model(cfg, m, data)
+    a, b = quantize_model(cfg, m, data[:3]), quantize_model(cfg, m, data[3:])
+    save_states(tmp_path / "b.json", b.calibrators)
+    b.load_state_dict({k: v.state_dict() for k, v in load_states(tmp_path / "b.json").items()})
+    a.merge(b)
+    assert a.batches == 6
+    for name, lq in whole.table().layers.items():
+        assert a.table().layers[name].activation.scale == pytest.approx(lq.activation.scale, rel=0.02)
+
+
+def test_clear_errors(tmp_path):
+    m = small_net()
+    cfg = create_quant_config(None, m)
+    with pytest.raises(DataError, match=r"inputs \['input'\] do not match the model's \['x'\]"):
+        quantize_model(cfg, m, [{"input": np.zeros((1, 3, 8, 8), np.float32)}])
+    with pytest.raises(DataError, match=r"input 'x': shape \[1, 4, 8, 8\] does not fit"):
+        quantize_model(cfg, m, [{"x": np.zeros((1, 4, 8, 8), np.float32)}])
+    with pytest.raises(DataError, match="expected floats"):
+        quantize_model(cfg, m, [{"x": np.zeros((1, 3, 8, 8), np.int64)}])
+    with pytest.raises(DataError, match="no batch"):
+        quantize_model(cfg, m, [])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="bad.onnx"):
+        quantize_model(cfg, bad, batches(1))
+    with pytest.raises(ConfigError, match="unknown top-level keys"):
+        quantize_model({"layerz": {}}, m, batches(1))
+    with pytest.raises(ConfigError, match=r"layers the model does not have.*ghost"):
+        quantize_model({"layers": {"ghost": {"layer_type": "Conv"}}}, m, batches(1))
+    with pytest.raises(ConfigError, match="skip_layers: no quantizable layer"):
+        create_quant_config(None, m, skip_layers=["nope"])
