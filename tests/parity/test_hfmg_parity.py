@@ -21,11 +21,15 @@ def ulp_close(a: float, b: float) -> bool:
 
 
 def check(h, bits, symmetric):
-    n, r = N.hfmg_search(*h, bits, symmetric), R.hfmg_search(*h, bits, symmetric)
-    assert n[5] == r[5]  # same candidate
-    assert (n[0], n[1], n[3]) == (r[0], r[1], r[3])
-    assert ulp_close(n[2], r[2])
-    assert n[4] == r[4]
+    for refine in (False, True):
+        n, r = N.hfmg_search(*h, bits, symmetric, refine), R.hfmg_search(*h, bits, symmetric, refine)
+        assert n[5] == r[5]  # same AMCT candidate
+        assert n[6] == r[6]  # refinement moved the bounds in both or in neither
+        assert (n[0], n[1], n[3]) == (r[0], r[1], r[3])
+        assert ulp_close(n[2], r[2])
+        assert n[4] == r[4]
+    amct = N.hfmg_search(*h, bits, symmetric, False)
+    assert n[4] <= amct[4]  # refinement never raises the loss
     return n
 
 
@@ -80,3 +84,21 @@ def test_bad_bits_no_panic():
     for bits in (0, 1, 17, 64):
         with pytest.raises(BitsError):
             N.hfmg_search(*h, bits)
+
+
+def test_refinement_on_heavy_tailed_relu_data():
+    """AMCT's mass-stepped path has two candidates here; the refined clip lowers the loss and the real MSE."""
+    from ferroquant import ops
+
+    x = np.maximum(np.random.default_rng(0).standard_t(3, 2_000_000), 0).astype(np.float32)
+    h = N.histogram_observe(None, 0, 0, x, 4096)
+    assert len(N.hfmg_candidates(h[0])[0]) <= 3
+    amct, ref = N.hfmg_search(*h, 8, False, False), N.hfmg_search(*h, 8, False, True)
+    assert ref[6] and ref[4] < amct[4]
+
+    def mse(r):
+        d = ops.fake_quant(x, r[2], r[3]).astype(np.float64) - x
+        return float(np.mean(d * d))
+
+    assert mse(ref) < mse(amct)
+    assert ref == R.hfmg_search(*h, 8, False, True)[:2] + ref[2:] or ulp_close(ref[2], R.hfmg_search(*h, 8, False, True)[2])

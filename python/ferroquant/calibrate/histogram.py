@@ -25,12 +25,13 @@ class HistogramCalibrator:
     then searches it with ``algorithm``.
 
     ``percentile`` (for the percentile method, in percent) and ``num_quantized_bins`` (entropy) are the
-    algorithms' parameters. ``backend="reference"`` runs the NumPy twins (for benchmarks and tests).
+    algorithms' parameters. ``refine`` (HFMG, default True) refines AMCT's winner by coordinate scans of both
+    bounds under the same loss; ``refine=False`` is AMCT's HFMG exactly. ``backend="reference"`` runs the NumPy twins (for benchmarks and tests).
     """
 
     def __init__(self, name: str = "tensor", algorithm: str = "hfmg", num_of_bins: int = 4096, bits: int = 8,
                  symmetric: Optional[bool] = None, nonfinite: str = "error", percentile: float = 99.999,
-                 num_quantized_bins: int = 128, backend: str = "native") -> None:
+                 num_quantized_bins: int = 128, backend: str = "native", refine: bool = True) -> None:
         if algorithm not in ALGORITHMS:
             raise ParameterError(f"{name}: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if backend not in BACKENDS:
@@ -46,7 +47,7 @@ class HistogramCalibrator:
         self.symmetric = _DEFAULT_SYMMETRIC[algorithm] if symmetric is None else bool(symmetric)
         self.nonfinite = check_nonfinite(nonfinite)
         self.percentile, self.num_quantized_bins = float(percentile), int(num_quantized_bins)
-        self.backend = backend
+        self.backend, self.refine = backend, bool(refine)
         self._k = BACKENDS[backend]
         self.counts: Optional[np.ndarray] = None
         self.lo, self.hi = 0.0, 0.0
@@ -91,8 +92,8 @@ class HistogramCalibrator:
                                    "range": [float(self.lo), float(self.hi)]}
         with named(self.name):
             if self.algorithm == "hfmg":
-                lo, hi, s, z, loss, idx = k.hfmg_search(c, self.lo, self.hi, b, sym)
-                details.update(loss=float(loss), candidate=int(idx))
+                lo, hi, s, z, loss, idx, moved = k.hfmg_search(c, self.lo, self.hi, b, sym, self.refine)
+                details.update(loss=float(loss), candidate=int(idx), refine=self.refine, refined=bool(moved))
             elif self.algorithm == "minmax":
                 s, z = k.qparams_from_range(self.lo, self.hi, b, sym)
                 lo, hi = self.lo, self.hi
@@ -117,7 +118,7 @@ class HistogramCalibrator:
         return {"kind": "histogram", "name": self.name, "algorithm": self.algorithm,
                 "num_of_bins": self.num_of_bins, "bits": self.bits, "symmetric": self.symmetric,
                 "nonfinite": self.nonfinite, "percentile": self.percentile,
-                "num_quantized_bins": self.num_quantized_bins, "batches": self.batches,
+                "num_quantized_bins": self.num_quantized_bins, "refine": self.refine, "batches": self.batches,
                 "lo": float(self.lo), "hi": float(self.hi),
                 "counts": None if self.counts is None else self.counts.copy()}
 
@@ -126,7 +127,7 @@ class HistogramCalibrator:
         require_state(d, "histogram", ("name", "algorithm", "num_of_bins", "bits", "lo", "hi", "counts"))
         cal = cls(d["name"], d["algorithm"], d["num_of_bins"], d["bits"], d.get("symmetric"),
                   d.get("nonfinite", "error"), d.get("percentile", 99.999), d.get("num_quantized_bins", 128),
-                  backend)
+                  backend, d.get("refine", True))
         if d["counts"] is not None:
             counts = np.ascontiguousarray(np.asarray(d["counts"], dtype=np.uint64))
             if counts.shape != (cal.num_of_bins,):

@@ -86,10 +86,54 @@ def edge_f32(lo: float, hi: float, n: int, k: int) -> np.float32:
     return min(max(e, np.float32(lo)), np.float32(hi))
 
 
+REFINE_STRIDE = 16
+REFINE_ROUNDS = 4
+
+
+def _pair_losses(counts: np.ndarray, w: float, pairs: list, dst: int) -> np.ndarray:
+    a = np.array(pairs, np.int64).reshape(-1, 2)
+    return np.concatenate([_block_losses(counts, w, a[s : s + _BLOCK, 0], a[s : s + _BLOCK, 1], dst)
+                           for s in range(0, len(a), _BLOCK)])
+
+
+def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair) -> tuple[int, float]:
+    """Specifies hfmg.rs::scan: wide (``at`` None: every REFINE_STRIDE-th value and hi, then within a stride of
+    the winner) or local (within a stride of ``at``)."""
+
+    def pick(vals: list) -> tuple[int, float]:
+        ls = _pair_losses(counts, w, [pair(b) for b in vals], dst)
+        i = int(np.argmin(ls))
+        return vals[i], float(ls[i])
+
+    if at is None:
+        coarse = list(range(lo, hi + 1, REFINE_STRIDE))
+        if coarse[-1] != hi:
+            coarse.append(hi)
+        at, _ = pick(coarse)
+    return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))
+
+
+def hfmg_refine(counts: np.ndarray, w: float, dst: int, l0: int, r0: int, loss0: float) -> tuple[int, int, float, bool]:
+    """Specifies hfmg.rs::refine: coordinate scans of the upper then the lower bound, strict improvements only."""
+    n = counts.size
+    l, r, best = l0, r0, loss0
+    for rnd in range(REFINE_ROUNDS):
+        moved = False
+        rr, lr = _scan(counts, w, dst, l, n - 1, r if rnd else None, lambda b: (l, b))
+        if lr < best:
+            r, best, moved = rr, lr, True
+        ll, lloss = _scan(counts, w, dst, 0, r, l if rnd else None, lambda b: (b, r))
+        if lloss < best:
+            l, best, moved = ll, lloss, True
+        if not moved:
+            break
+    return l, r, best, (l, r) != (l0, r0)
+
+
 def hfmg_search(
-    counts: np.ndarray, lo: float, hi: float, bits: int = 8, symmetric: bool = False
-) -> tuple[float, float, float, int, float, int]:
-    """Specifies hfmg.rs::search: (clip_min, clip_max, scale, zero_point, loss, candidate index)."""
+    counts: np.ndarray, lo: float, hi: float, bits: int = 8, symmetric: bool = False, refine: bool = True
+) -> tuple[float, float, float, int, float, int, bool]:
+    """Specifies hfmg.rs::search: (clip_min, clip_max, scale, zero_point, loss, candidate index, refined)."""
     qrange(bits)
     counts = _check_state(counts, lo, hi)
     if not counts.any():
@@ -97,6 +141,10 @@ def hfmg_search(
     losses = hfmg_losses(counts, lo, hi, bits)
     i = int(np.argmin(losses))
     left, right = hfmg_candidates(counts)
-    cmin, cmax = edge_f32(lo, hi, counts.size, left[i]), edge_f32(lo, hi, counts.size, right[i] + 1)
+    l, r, loss, moved = int(left[i]), int(right[i]), float(losses[i]), False
+    if refine:
+        w = Grid(lo, hi, counts.size).width
+        l, r, loss, moved = hfmg_refine(counts, w, 1 << bits, l, r, loss)
+    cmin, cmax = edge_f32(lo, hi, counts.size, l), edge_f32(lo, hi, counts.size, r + 1)
     s, z = qparams_from_range(cmin, cmax, bits, symmetric)
-    return float(cmin), float(cmax), float(s), int(z), float(losses[i]), i
+    return float(cmin), float(cmax), float(s), int(z), loss, i, moved

@@ -182,6 +182,28 @@ fn count_chunk<const DROP: bool>(c: &[f32], g: &Grid) -> Vec<u64> {
 }
 
 /// Add the histogram of the batch on grid `g` into `dst` (fixed chunks in parallel, summed in chunk order).
+/// One pass over `x` (chunk by chunk, so each chunk is read from memory once): its min/max and its counts on
+/// grid `g`, or the first non-finite value.
+fn range_and_counts(x: &[f32], g: &Grid) -> Result<(f32, f32, Vec<u64>)> {
+    let chunk = HIST_CHUNK.max(4 * g.n);
+    let parts = map_chunks(x, chunk, |start, c| {
+        let (l, h, non_finite) = min_max_run(c);
+        if non_finite {
+            let i = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(QuantError::NonFinite { index: start + i, value: c[i] });
+        }
+        Ok((l, h, count_chunk::<false>(c, g)))
+    });
+    let (mut lo, mut hi, mut counts) = (f32::INFINITY, f32::NEG_INFINITY, vec![0u64; g.n]);
+    for p in parts {
+        let (l, h, c) = p?;
+        lo = lo.min(l);
+        hi = hi.max(h);
+        counts.iter_mut().zip(&c).for_each(|(d, v)| *d += v);
+    }
+    Ok((lo, hi, counts))
+}
+
 fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
     let chunk = HIST_CHUNK.max(4 * g.n);
     let parts = if drop_nonfinite {
@@ -286,6 +308,9 @@ impl Histogram {
     /// Add a later batch: widen the range to cover it, re-bin the old counts, histogram the batch on the new
     /// grid. A batch with no (finite) value leaves the histogram unchanged.
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
+        if !drop_nonfinite && self.total > 0 && self.try_observe_in_range(x)? {
+            return Ok(());
+        }
         let Some((bmin, bmax)) = batch_range(x, drop_nonfinite)? else {
             return Ok(());
         };
@@ -304,6 +329,27 @@ impl Histogram {
 
     /// Merge another histogram: both are re-binned onto the union of the two ranges and added, so the result
     /// does not depend on which side is `self`.
+    /// The common case of a stream: a batch inside the current range is counted on the current grid in one
+    /// pass (min/max and counts together). Returns false, changing nothing, when the batch widens the range
+    /// (the caller then re-grids); the result is the same as the general path's, which would keep the grid.
+    fn try_observe_in_range(&mut self, x: &[f32]) -> Result<bool> {
+        let g = self.grid();
+        if g.is_constant() || x.is_empty() {
+            return Ok(false);
+        }
+        let (bmin, bmax, counts) = range_and_counts(x, &g)?;
+        if bmin < self.lo || bmax > self.hi {
+            return Ok(false);
+        }
+        let added: u64 = counts.iter().sum();
+        self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
+            name: "counts",
+            reason: "total count overflows u64".into(),
+        })?;
+        self.counts.iter_mut().zip(&counts).for_each(|(d, v)| *d += v);
+        Ok(true)
+    }
+
     pub fn merge(&mut self, other: &Histogram) -> Result<()> {
         if other.nbins() != self.nbins() {
             return Err(QuantError::ShapeMismatch { what: "nbins of merged histogram", expected: self.nbins(), got: other.nbins() });

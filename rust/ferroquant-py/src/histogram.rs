@@ -99,9 +99,11 @@ fn hfmg_losses<'py>(
     Ok(PyArray1::from_vec(py, v))
 }
 
-/// HFMG search: `(clip_min, clip_max, scale, zero_point, loss, candidate_index)`.
+/// HFMG: `(clip_min, clip_max, scale, zero_point, loss, candidate_index, refined)`. `refine=false` is AMCT
+/// exactly; by default the winner is refined by coordinate scans of both bounds (`hfmg::refine`).
 #[pyfunction]
-#[pyo3(signature = (counts, lo, hi, bits=8, symmetric=false))]
+#[pyo3(signature = (counts, lo, hi, bits=8, symmetric=false, refine=true))]
+#[allow(clippy::too_many_arguments)]
 fn hfmg_search(
     py: Python<'_>,
     counts: PyReadonlyArray1<'_, u64>,
@@ -109,10 +111,11 @@ fn hfmg_search(
     hi: f32,
     bits: u32,
     symmetric: bool,
-) -> PyResult<(f32, f32, f32, i32, f64, usize)> {
+    refine: bool,
+) -> PyResult<(f32, f32, f32, i32, f64, usize, bool)> {
     let h = hist(py, &counts, lo, hi)?;
-    let s = run(py, || hfmg::search(&h, bits, symmetric))?;
-    Ok((s.clip_min, s.clip_max, s.qparams.scale, s.qparams.zero_point, s.loss, s.index))
+    let s = run(py, || hfmg::search(&h, bits, symmetric, refine))?;
+    Ok((s.clip_min, s.clip_max, s.qparams.scale, s.qparams.zero_point, s.loss, s.index, s.refined))
 }
 
 /// Percentile clip: `(clip_min, clip_max, scale, zero_point)`; on |x| when `symmetric`, else two-sided.
