@@ -1,4 +1,5 @@
-"""ONNX front end: load/check/upgrade/save models, a small graph view, and BatchNormalization fusion.
+"""ONNX front end: load/check/upgrade/save models, a small graph view, BatchNormalization fusion, QDQ export
+(:mod:`~ferroquant.onnx.qdq`) and the quantization record (:mod:`~ferroquant.onnx.record`).
 
 Needs the ``onnx`` extra (``pip install ferroquant[onnx]``); the core package does not import this module.
 """
@@ -21,20 +22,28 @@ from ferroquant.onnx.fusion import (
 )
 from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
 from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_model
+from ferroquant.onnx.qdq import export_deploy, export_fake_quant
+from ferroquant.onnx.record import RecordError, read_record, record_dict, write_record
 
 __all__ = [
     "ConstantsReport",
     "Folded",
     "FusionReport",
     "GraphView",
+    "RecordError",
     "Skipped",
     "constants_to_initializers",
     "ensure_node_names",
+    "export_deploy",
+    "export_fake_quant",
     "fold_batch_norm_add",
     "fold_batch_norm_mul",
     "fold_conv_batch_norm",
     "fuse",
     "load_model",
     "node_label",
+    "read_record",
+    "record_dict",
     "save_model",
+    "write_record",
 ]

@@ -1,0 +1,324 @@
+"""QDQ export: turn a float model and a filled :class:`~ferroquant.onnx.layers.QuantTable` into ONNX graphs
+that onnxruntime runs.
+
+- :func:`export_fake_quant` (simulation): each quantized activation tensor gets ONE
+  ``QuantizeLinear -> DequantizeLinear`` pair, read by every quantized layer that consumes it (other readers
+  keep the float tensor); each ARQ weight stays a float initializer behind ``QuantizeLinear ->
+  DequantizeLinear``, so the graph computes exactly fake-quant(weight). NUQ weights are not a uniform rounding
+  of ``w / s`` (the levels are a subset of the grid), so for them the int codes feed a ``DequantizeLinear``
+  directly, as in the deploy model. Biases stay float.
+- :func:`export_deploy`: the same activation pairs; weights are integer initializers (the codes) behind
+  ``DequantizeLinear``; a 1-D bias becomes an int32 initializer ``round(b / (s_in * s_w[c]))`` (clamped to the
+  int32 range) behind ``DequantizeLinear(scale = s_in * s_w, zero_point = 0, axis = 0)``, the QDQ bias pattern
+  onnxruntime fuses. The float weights (and biases) nobody else reads are removed.
+
+Decisions. The integer offset ``o`` of spec section 0 is the ONNX ``zero_point``. Activations: 8 bits -> int8
+(opset 13); 16 bits -> int16 and 4 bits -> int4 (opset 21); any other width raises :class:`ConfigError`
+(``QuantizeLinear`` saturates at its type's range, so it cannot emulate e.g. 6-bit activations). Weights: codes
+of 5..8 bits are stored as int8, of 2..4 bits as int4 (opset 21), in both models. A grouped ConvTranspose
+(``group > 1``) with per-channel weights cannot use per-axis Q/DQ (output channel ``gi*(C_out/g)+j`` lives on
+rows of group ``gi`` in column ``j``); it is exported with *blocked* quantization (opset 21, ``axis=0``,
+``block_size = C_in/g``, a scale tensor of shape ``[g, C_out/g, *kernel]``), which is exact. The model is
+converted to the opset needed (13 or 21) with the ONNX version converter. The input model is never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Set, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ferroquant.errors import ConfigError, ModelError
+from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
+from ferroquant.onnx.io import default_opset
+from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable, WeightQuant
+
+BASE_OPSET = 13
+WIDE_OPSET = 21  # int4 / int16 Q/DQ and blocked quantization
+_ACT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """A table entry matched to its node, with the weight's shape."""
+
+    node: onnx.NodeProto
+    lq: LayerQuant
+    w_shape: Tuple[int, ...]
+
+    @property
+    def blocked(self) -> bool:
+        """Grouped ConvTranspose with per-channel weights: needs blocked Q/DQ."""
+        return self.lq.layer.groups > 1 and self.lq.weight.axis is not None
+
+
+def _act_type(aq: ActivationQuant) -> int:
+    if aq.bits not in _ACT_TYPES:
+        raise ConfigError(f"activation {aq.tensor!r}: bits={aq.bits} cannot be exported; QuantizeLinear "
+                          f"supports {sorted(_ACT_TYPES)} bits (int4, int8, int16)")
+    return _ACT_TYPES[aq.bits]
+
+
+def _weight_type(wq: WeightQuant, layer: str) -> int:
+    if not 2 <= wq.bits <= 8:
+        raise ConfigError(f"layer {layer!r}: weight bits={wq.bits} outside 2..8 (codes are stored as int4/int8)")
+    return TensorProto.INT4 if wq.bits <= 4 else TensorProto.INT8
+
+
+def _is_nuq(wq: WeightQuant) -> bool:
+    return wq.levels is not None or wq.algorithm.lower().startswith("nuq")
+
+
+def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
+    """An integer initializer of ONNX type ``elem_type`` (int4 is packed two per byte by onnx)."""
+    values = np.asarray(values)
+    if elem_type == TensorProto.INT4:
+        return helper.make_tensor(name, elem_type, values.shape, values.astype(np.int64).ravel().tolist())
+    dtype = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16, TensorProto.INT32: np.int32}[elem_type]
+    return numpy_helper.from_array(values.astype(dtype), name)
+
+
+def _check_activation(aq: ActivationQuant, layer: str) -> None:
+    _act_type(aq)
+    if not (np.isfinite(aq.scale) and aq.scale > 0):
+        raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
+    lo, hi = -(1 << (aq.bits - 1)), (1 << (aq.bits - 1)) - 1
+    if not lo <= aq.zero_point <= hi:
+        raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} zero_point {aq.zero_point} "
+                          f"outside [{lo}, {hi}]")
+
+
+def _check_weight(ly: _Layer) -> None:
+    layer, wq = ly.lq.layer, ly.lq.weight
+    _weight_type(wq, layer.name)
+    if wq.tensor != layer.weight:
+        raise ConfigError(f"layer {layer.name!r}: weight qparams are for {wq.tensor!r}, not {layer.weight!r}")
+    if wq.axis is not None and wq.axis != layer.axis:
+        raise ConfigError(f"layer {layer.name!r}: weight axis {wq.axis} but the layer's channel axis is {layer.axis}")
+    scale = np.asarray(wq.scale)
+    want = 1 if wq.axis is None else ly.w_shape[1] * layer.groups if ly.blocked else ly.w_shape[wq.axis]
+    if scale.size != want or np.asarray(wq.zero_point).size != want:
+        raise ConfigError(f"layer {layer.name!r}: {scale.size} weight scales / "
+                          f"{np.asarray(wq.zero_point).size} zero points, expected {want}")
+    if not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        raise ConfigError(f"layer {layer.name!r}: weight scales must be finite and > 0")
+    if tuple(np.shape(wq.codes)) != ly.w_shape:
+        raise ConfigError(f"layer {layer.name!r}: codes shape {np.shape(wq.codes)} != weight shape {ly.w_shape}")
+
+
+def _match(model: onnx.ModelProto, table: QuantTable) -> List[_Layer]:
+    """Find each table entry's node (by label, before unnamed nodes get names) and check its qparams."""
+    view = GraphView(model)
+    by_label = {node_label(n): n for n in model.graph.node}
+    out, acts = [], {}
+    for name, lq in table.layers.items():
+        node = by_label.get(name)
+        if node is None or node.op_type != lq.layer.op_type or list(node.input[:2]) != [lq.layer.activation,
+                                                                                     lq.layer.weight]:
+            raise ModelError(f"no {lq.layer.op_type} reading ({lq.layer.activation}, {lq.layer.weight}) "
+                             "in the model", name)
+        w = view.initializers.get(lq.layer.weight)
+        if w is None:
+            raise ModelError(f"weight {lq.layer.weight!r} is not an initializer", name)
+        _check_activation(lq.activation, name)
+        other = acts.setdefault(lq.activation.tensor, lq.activation)
+        if other != lq.activation:
+            raise ConfigError(f"activation {lq.activation.tensor!r} has different qparams in layer {name!r} "
+                              "and another layer reading it (one Q/DQ pair per tensor)")
+        ly = _Layer(node, lq, tuple(int(d) for d in w.dims))
+        _check_weight(ly)
+        out.append(ly)
+    return out
+
+
+def _needed_opset(layers: List[_Layer]) -> int:
+    wide = any(ly.lq.activation.bits != 8 or ly.lq.weight.bits <= 4 or ly.blocked for ly in layers)
+    return WIDE_OPSET if wide else BASE_OPSET
+
+
+def _prepare(model: onnx.ModelProto, table: QuantTable) -> Tuple[onnx.ModelProto, List[_Layer]]:
+    """A copy of ``model`` at the opset the table needs, its layers matched, every node named."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    opset = max(default_opset(work), _needed_opset(_match(work, table)))
+    if opset > default_opset(work):
+        try:
+            work = onnx.version_converter.convert_version(work, opset)
+        except Exception as e:  # noqa: BLE001 - the converter raises assorted types
+            raise ModelError(f"cannot convert the model to opset {opset} for int4/int16/blocked Q/DQ: {e}") from None
+    layers = _match(work, table)
+    work.ir_version = max(work.ir_version, helper.find_min_ir_version_for(list(work.opset_import)))
+    ensure_node_names(work)
+    return work, layers
+
+
+class _Emitter:
+    """Collects the new nodes and initializers, with names unique in the graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.view = GraphView(model)
+        graph = model.graph
+        self.tensors: Set[str] = ({t.name for t in graph.initializer} | {i.name for i in graph.input}
+                                  | {v.name for v in graph.value_info} | {o.name for o in graph.output}
+                                  | {o for n in graph.node for o in list(n.output) + list(n.input)})
+        self.nodes_taken: Set[str] = {n.name for n in graph.node}
+        self.before: Dict[int, List[onnx.NodeProto]] = {}  # id(layer node) -> weight/bias Q/DQ nodes
+        self.after: Dict[str, List[onnx.NodeProto]] = {}  # activation tensor -> its Q/DQ nodes
+
+    def _unique(self, base: str, taken: Set[str]) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    def tensor(self, base: str) -> str:
+        return self._unique(base, self.tensors)
+
+    def init(self, proto: TensorProto) -> str:
+        self.view.graph.initializer.append(proto)
+        return proto.name
+
+    def node(self, op: str, inputs: List[str], base: str, **attrs: object) -> Tuple[onnx.NodeProto, str]:
+        out = self.tensor(base)
+        node = helper.make_node(op, inputs, [out], name=self._unique(base, self.nodes_taken), **attrs)
+        return node, out
+
+    def qparams(self, base: str, scale: np.ndarray, zp: np.ndarray, elem_type: int) -> Tuple[str, str]:
+        s = self.init(numpy_helper.from_array(np.asarray(scale, np.float32), self.tensor(f"{base}_scale")))
+        z = self.init(_int_tensor(self.tensor(f"{base}_zero_point"), zp, elem_type))
+        return s, z
+
+
+def _activation_pair(em: _Emitter, aq: ActivationQuant) -> str:
+    """One Q/DQ pair after ``aq.tensor``; returns the DQ output (made once per tensor)."""
+    if aq.tensor in em.after:
+        return em.after[aq.tensor][-1].output[0]
+    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(aq.zero_point), _act_type(aq))
+    q, q_out = em.node("QuantizeLinear", [aq.tensor, s, z], f"{aq.tensor}_QuantizeLinear")
+    dq, dq_out = em.node("DequantizeLinear", [q_out, s, z], f"{aq.tensor}_DequantizeLinear")
+    em.after[aq.tensor] = [q, dq]
+    return dq_out
+
+
+def _weight_qparams(ly: _Layer) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]:
+    """Scale, zero point and Q/DQ attributes of a weight: per tensor, per axis, or blocked (grouped
+    ConvTranspose: axis 0 in blocks of C_in/g, one scale per (group, column), repeated over the kernel)."""
+    wq, groups = ly.lq.weight, ly.lq.layer.groups
+    scale = np.asarray(wq.scale, np.float32).ravel()
+    zp = np.asarray(wq.zero_point).astype(np.int64).ravel()
+    if wq.axis is None:
+        return scale.reshape(()), zp.reshape(()), {}
+    if not ly.blocked:
+        return scale, zp, {"axis": wq.axis}
+    c_in, c_out_g, kernel = ly.w_shape[0], ly.w_shape[1], ly.w_shape[2:]
+    shape = (groups, c_out_g) + kernel
+    expand = (groups, c_out_g) + (1,) * len(kernel)
+    s = np.broadcast_to(scale.reshape(expand), shape)
+    z = np.broadcast_to(zp.reshape(expand), shape)
+    return np.ascontiguousarray(s), np.ascontiguousarray(z), {"axis": 0, "block_size": c_in // groups}
+
+
+def _weight(em: _Emitter, ly: _Layer, deploy: bool) -> Tuple[List[onnx.NodeProto], str]:
+    """The weight's Q/DQ (fake-quant ARQ) or codes->DQ (deploy, NUQ) nodes and the float tensor they make."""
+    layer, wq = ly.lq.layer, ly.lq.weight
+    elem = _weight_type(wq, layer.name)
+    scale, zp, attrs = _weight_qparams(ly)
+    s, z = em.qparams(f"{layer.name}.weight", scale, zp, elem)
+    nodes = []
+    if deploy or _is_nuq(wq):
+        src = em.init(_int_tensor(em.tensor(f"{layer.name}.weight_quantized"), np.asarray(wq.codes), elem))
+    else:
+        q, src = em.node("QuantizeLinear", [layer.weight, s, z], f"{layer.name}.weight_QuantizeLinear", **attrs)
+        nodes.append(q)
+    dq, out = em.node("DequantizeLinear", [src, s, z], f"{layer.name}.weight_DequantizeLinear", **attrs)
+    return nodes + [dq], out
+
+
+def _bias(em: _Emitter, ly: _Layer) -> Optional[Tuple[onnx.NodeProto, str]]:
+    """int32 bias behind DequantizeLinear(s_in * s_w, 0, axis 0); None (bias kept float) unless the bias
+    is a 1-D initializer with one value per output channel."""
+    layer, wq = ly.lq.layer, ly.lq.weight
+    b = em.view.array(layer.bias) if layer.bias else None
+    scale_w = np.asarray(wq.scale, np.float32).ravel()
+    if b is None or b.ndim != 1 or (wq.axis is not None and b.size != scale_w.size):
+        return None
+    scale = (np.float32(ly.lq.activation.scale) * scale_w).astype(np.float32)
+    codes = np.rint(b.astype(np.float64) / scale.astype(np.float64))
+    codes = np.clip(codes, _INT32.min, _INT32.max).astype(np.int32)
+    attrs: Dict[str, int] = {}
+    if wq.axis is None:
+        scale = scale.reshape(())
+    else:
+        attrs["axis"] = 0
+    s = em.init(numpy_helper.from_array(scale, em.tensor(f"{layer.name}.bias_scale")))
+    z = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_zero_point"), np.zeros(scale.shape, np.int32),
+                            TensorProto.INT32))
+    q = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_quantized"), codes, TensorProto.INT32))
+    return em.node("DequantizeLinear", [q, s, z], f"{layer.name}.bias_DequantizeLinear", **attrs)
+
+
+def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool) -> None:
+    node = ly.node
+    node.input[0] = _activation_pair(em, ly.lq.activation)
+    nodes, node.input[1] = _weight(em, ly, deploy)
+    if deploy:
+        bias = _bias(em, ly)
+        if bias is not None:
+            nodes.append(bias[0])
+            node.input[2] = bias[1]
+    em.before[id(node)] = nodes
+
+
+def _reorder(em: _Emitter, model: onnx.ModelProto) -> None:
+    """Put each activation pair right after its producer (first for graph inputs) and each layer's weight
+    nodes right before it, keeping the graph topologically sorted."""
+    old = list(model.graph.node)
+    made = {o for n in old for o in n.output}
+    new: List[onnx.NodeProto] = [n for t, pair in em.after.items() if t not in made for n in pair]
+    for node in old:
+        new.extend(em.before.get(id(node), ()))
+        new.append(node)
+        for out in node.output:
+            new.extend(em.after.get(out, ()))
+    del model.graph.node[:]
+    model.graph.node.extend(new)
+
+
+def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
+    GraphView(model).prune_initializers()
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ModelError(f"the exported QDQ model is invalid (a ferroquant bug): {e}") from None
+    return model
+
+
+def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool) -> onnx.ModelProto:
+    work, layers = _prepare(model, table)
+    em = _Emitter(work)
+    for ly in layers:
+        _rewrite_layer(em, ly, deploy)
+    _reorder(em, work)
+    return _finish(work)
+
+
+def export_fake_quant(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+    """The simulation model: float weights behind Q/DQ (NUQ: codes behind DQ), one Q/DQ pair per quantized
+    activation tensor, float biases. ``model`` is left unchanged; see the module docstring for the opsets."""
+    return _export(model, table, deploy=False)
+
+
+def export_deploy(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+    """The deployment model: int8/int4 weight codes and int32 biases behind DequantizeLinear, one Q/DQ pair per
+    quantized activation tensor; float weights removed. ``model`` is left unchanged."""
+    return _export(model, table, deploy=True)
+
+
+__all__ = ["export_deploy", "export_fake_quant"]

@@ -1,0 +1,169 @@
+"""The quantization record: a JSON file with every layer's qparams, written beside an exported model.
+
+Per layer (keyed by node name): ``op_type``, the layer's tensors (``activation``, ``weight``, ``bias``,
+``axis``, ``groups``), the activation's ``tensor``, ``scale``, ``zero_point`` (AMCT's offset), ``bits``,
+``algorithm``, ``clip_min``/``clip_max`` and free-form ``details``, and the weight's ``tensor``, ``scale`` and
+``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``. Integer
+codes are not written (they are in the deploy model). Floats are written by ``repr`` (shortest round-trip
+form), so float32 scales read back bit for bit. :func:`read_record` validates the file and raises
+:class:`RecordError` (a :class:`~ferroquant.errors.ConfigError`) naming the layer and field at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from ferroquant.errors import ConfigError
+from ferroquant.onnx.layers import LayerQuant, QuantTable
+
+FORMAT = "ferroquant-quant-record"
+VERSION = 1
+PathLike = Union[str, Path]
+
+
+class RecordError(ConfigError):
+    """A quantization record that cannot be read: missing, not JSON, or a field with a bad value."""
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` with NumPy scalars/arrays turned into JSON types; RecordError for anything else."""
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), where)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(f"{where}: non-finite number {value!r} cannot be recorded")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    raise RecordError(f"{where}: {type(value).__name__} cannot be written to a record")
+
+
+def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
+    layer, aq, wq = lq.layer, lq.activation, lq.weight
+    weight = {"tensor": wq.tensor, "scale": [float(s) for s in np.asarray(wq.scale, np.float32).ravel()],
+              "zero_point": [int(z) for z in np.asarray(wq.zero_point).ravel()],
+              "axis": wq.axis, "bits": int(wq.bits), "algorithm": wq.algorithm}
+    if wq.levels is not None:
+        weight["levels"] = [int(v) for v in np.asarray(wq.levels).ravel()]
+    return {
+        "op_type": layer.op_type,
+        "layer": {"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
+                  "axis": layer.axis, "groups": layer.groups},
+        "activation": {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point),
+                       "bits": int(aq.bits), "algorithm": aq.algorithm, "clip_min": float(aq.clip_min),
+                       "clip_max": float(aq.clip_max), "details": _plain(aq.details, f"{layer.name}.details")},
+        "weight": weight,
+    }
+
+
+def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The record of ``table`` as plain JSON data (what :func:`write_record` writes)."""
+    layers = {name: _plain(_layer_entry(lq), name) for name, lq in table.layers.items()}
+    return {"format": FORMAT, "version": VERSION, "layers": layers, "extra": _plain(dict(extra or {}), "extra")}
+
+
+def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write the record of ``table`` (and the JSON-able ``extra``) to ``path``; returns the path."""
+    path = Path(path)
+    data = record_dict(table, extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _field(entry: Mapping[str, Any], key: str, kind: Any, where: str) -> Any:
+    if not isinstance(entry, Mapping) or key not in entry:
+        raise RecordError(f"{where}: missing field {key!r}")
+    value = entry[key]
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, (int, float), float))
+    if not ok:
+        raise RecordError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _check_qparams(scales: list, zps: list, bits: int, where: str) -> None:
+    if not 2 <= bits <= 16:
+        raise RecordError(f"{where}.bits: {bits} outside 2..16")
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
+            raise RecordError(f"{where}.scale: {s!r} is not a finite number > 0")
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    for z in zps:
+        if isinstance(z, bool) or not isinstance(z, int) or not lo <= z <= hi:
+            raise RecordError(f"{where}.zero_point: {z!r} is not an integer in [{lo}, {hi}]")
+
+
+def _check_activation(entry: Mapping[str, Any], where: str) -> None:
+    _field(entry, "tensor", str, where)
+    _field(entry, "algorithm", str, where)
+    _field(entry, "details", dict, where)
+    bits = _field(entry, "bits", int, where)
+    scale = _field(entry, "scale", (int, float), where)
+    zp = _field(entry, "zero_point", int, where)
+    lo, hi = _field(entry, "clip_min", (int, float), where), _field(entry, "clip_max", (int, float), where)
+    _check_qparams([scale], [zp], bits, where)
+    if not lo <= hi:
+        raise RecordError(f"{where}: clip_min {lo!r} > clip_max {hi!r}")
+
+
+def _check_weight(entry: Mapping[str, Any], where: str) -> None:
+    _field(entry, "tensor", str, where)
+    _field(entry, "algorithm", str, where)
+    bits = _field(entry, "bits", int, where)
+    scales, zps = _field(entry, "scale", list, where), _field(entry, "zero_point", list, where)
+    if not scales or len(scales) != len(zps):
+        raise RecordError(f"{where}: {len(scales)} scales and {len(zps)} zero points (need the same, >= 1)")
+    axis = entry.get("axis")
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise RecordError(f"{where}.axis: expected an integer or null, got {axis!r}")
+    if axis is None and len(scales) != 1:
+        raise RecordError(f"{where}: per-tensor (axis null) but {len(scales)} scales")
+    _check_qparams(scales, zps, bits, where)
+    levels = entry.get("levels")
+    if levels is not None and not (isinstance(levels, list) and all(isinstance(v, int) for v in levels)):
+        raise RecordError(f"{where}.levels: expected a list of integers")
+
+
+def _check_layer(name: str, entry: Any) -> None:
+    _field(entry, "op_type", str, name)
+    layer = _field(entry, "layer", dict, name)
+    for key in ("activation", "weight"):
+        _field(layer, key, str, f"{name}.layer")
+    _field(layer, "axis", int, f"{name}.layer")
+    _field(layer, "groups", int, f"{name}.layer")
+    _check_activation(_field(entry, "activation", dict, name), f"{name}.activation")
+    _check_weight(_field(entry, "weight", dict, name), f"{name}.weight")
+
+
+def read_record(path: PathLike) -> Dict[str, Any]:
+    """Read and validate a record written by :func:`write_record`; returns the same data as
+    :func:`record_dict` gave (scales as Python floats, exact). Raises :class:`RecordError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"record not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: not a JSON record ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RecordError(f"{path}: not a ferroquant record (format must be {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise RecordError(f"{path}: record version {data.get('version')!r}, this ferroquant reads {VERSION}")
+    layers = _field(data, "layers", dict, str(path))
+    for name, entry in layers.items():
+        _check_layer(name, entry)
+    if not isinstance(data.get("extra", {}), dict):
+        raise RecordError(f"{path}: 'extra' must be an object")
+    return data
+
+
+__all__ = ["RecordError", "read_record", "record_dict", "write_record"]
