@@ -18,25 +18,25 @@ def test_nan_in_weight_names_the_problem_and_tensor():
     assert isinstance(ei.value, ValueError)
     w[2, 1, 0, 0] = np.inf
     with pytest.raises(errors.NonFiniteError, match="(?i)inf"):
-        fq.quantize(w, 0.1, 0)
+        ops.quantize(w, 0.1, 0)
 
 
 @pytest.mark.parametrize(
     "call, exc, pattern",
     [
         (lambda: fq.arq(np.zeros((0, 3), np.float32)), errors.EmptyInputError, "empty"),
-        (lambda: fq.quantize(np.array([], np.float32), 1.0), errors.EmptyInputError, "empty"),
+        (lambda: ops.quantize(np.array([], np.float32), 1.0), errors.EmptyInputError, "empty"),
         (lambda: fq.arq(np.ones((2, 2), np.float32), bits=1), errors.BitsError, r"bits must be in \[2, 16\], got 1"),
         (lambda: fq.arq(np.ones((2, 2), np.float32), bits=17), errors.BitsError, "got 17"),
         (lambda: fq.arq(np.ones((2, 2), np.float32), axis=2), errors.AxisError, "axis 2 is out of range"),
         (lambda: fq.arq(np.ones(4, np.int32)), errors.DTypeError, "int32"),
-        (lambda: fq.quantize(np.ones(4, np.complex64), 1.0), errors.DTypeError, "complex64"),
-        (lambda: fq.quantize(np.ones((3, 4), np.float32), [1.0, 2.0], 0, axis=0), errors.ShapeError, "expected 3"),
-        (lambda: fq.quantize(np.ones(4, np.float32), 0.0), errors.ScaleError, "scale"),
-        (lambda: fq.quantize(np.ones(4, np.float32), np.nan), errors.ScaleError, "scale"),
-        (lambda: fq.quantize(np.ones(4, np.float32), 1.0, 200), errors.ZeroPointError, "zero point 200"),
-        (lambda: fq.quantize(np.ones(4, np.float32), 1.0, 0.5), errors.DTypeError, "integers"),
-        (lambda: fq.dequantize(np.ones(4, np.float32), 1.0), errors.DTypeError, "int8"),
+        (lambda: ops.quantize(np.ones(4, np.complex64), 1.0), errors.DTypeError, "complex64"),
+        (lambda: ops.quantize(np.ones((3, 4), np.float32), [1.0, 2.0], 0, axis=0), errors.ShapeError, "expected 3"),
+        (lambda: ops.quantize(np.ones(4, np.float32), 0.0), errors.ScaleError, "scale"),
+        (lambda: ops.quantize(np.ones(4, np.float32), np.nan), errors.ScaleError, "scale"),
+        (lambda: ops.quantize(np.ones(4, np.float32), 1.0, 200), errors.ZeroPointError, "zero point 200"),
+        (lambda: ops.quantize(np.ones(4, np.float32), 1.0, 0.5), errors.DTypeError, "integers"),
+        (lambda: ops.dequantize(np.ones(4, np.float32), 1.0), errors.DTypeError, "int8"),
         (lambda: fq.arq(np.array([-3e38, 3e38], np.float32), channel_wise=False, symmetric=False), errors.ScaleError, "not finite"),
         (lambda: fq.arq(np.array([1e10], np.float32)), errors.ScaleError, "too large"),
         (lambda: fq.arq(np.ones((4, 2), np.float32), axis=0, groups=3), errors.ParameterError, "output-channel axis"),

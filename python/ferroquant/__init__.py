@@ -10,14 +10,22 @@ from ferroquant.ops import (
     NuqResult,
     QParams,
     arq,
-    dequantize,
-    fake_quant,
     get_num_threads,
     nuq,
     qparams_from_range,
-    quantize,
     set_num_threads,
 )
+
+
+def quantize(model, calibration_data, output_path, config=None, **options):  # noqa: ANN001, ANN201
+    """Post-training quantization of an ONNX model in one call (see :func:`ferroquant.onnx.quantize`):
+    calibrate on ``calibration_data`` (iterable of ``{input: array}``, a callable, or an onnxruntime
+    ``CalibrationDataReader``) and write the int8 deploy model to ``output_path``, with the fake-quant model
+    and the record beside it. Array quantization lives in :mod:`ferroquant.ops`."""
+    from ferroquant.onnx.api import quantize as onnx_quantize
+
+    return onnx_quantize(model, calibration_data, output_path, config, **options)
+
 
 __all__ = [
     "ArqResult",
@@ -26,9 +34,7 @@ __all__ = [
     "QuantError",
     "__version__",
     "arq",
-    "dequantize",
     "errors",
-    "fake_quant",
     "get_num_threads",
     "nuq",
     "ops",

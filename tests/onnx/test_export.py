@@ -19,7 +19,7 @@ from ferroquant.onnx import (
     export_fake_quant,
     read_record,
     record_dict,
-    save_model,
+    save_onnx,
     write_record,
 )
 from ferroquant.onnx.graph import GraphView
@@ -294,7 +294,7 @@ def test_deploy_file_is_four_times_smaller(tmp_path) -> None:
     model, feeds = conv_stack(np.random.default_rng(8))
     table = build_table(model, feeds)
     dep = export_deploy(model, table)
-    ratio = save_model(model, tmp_path / "f.onnx").stat().st_size / save_model(dep, tmp_path / "d.onnx").stat().st_size
+    ratio = save_onnx(model, tmp_path / "f.onnx").stat().st_size / save_onnx(dep, tmp_path / "d.onnx").stat().st_size
     assert ratio > 3.8, ratio  # int8 weights; per-channel scales and int32 biases are the rest
     y, y_fq = ort_run(dep, feeds[0])[0], ort_run(export_fake_quant(model, table), feeds[0])[0]
     assert float(np.max(np.abs(y - y_fq))) <= 0.02 * float(np.max(np.abs(y_fq)))

@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from ferroquant.errors import ModelError, QuantError  # noqa: E402
-from ferroquant.onnx import GraphView, constants_to_initializers, load_model, save_model  # noqa: E402
+from ferroquant.onnx import GraphView, constants_to_initializers, load_model, save_onnx  # noqa: E402
 from tests.onnx import builders as B  # noqa: E402
 
 
@@ -43,8 +43,8 @@ def test_wrong_type():
 
 def test_round_trip_and_external_data(tmp_path):
     model = load_model(_small())
-    save_model(model, tmp_path / "m.onnx")
-    save_model(model, tmp_path / "ext.onnx", external_data=True)
+    save_onnx(model, tmp_path / "m.onnx")
+    save_onnx(model, tmp_path / "ext.onnx", external_data=True)
     assert (tmp_path / "ext.onnx.data").is_file()
     assert len(model.graph.initializer[0].raw_data) > 0  # the caller's model is not externalized
     for name in ("m.onnx", "ext.onnx"):
@@ -55,7 +55,7 @@ def test_round_trip_and_external_data(tmp_path):
 
 
 def test_missing_external_data(tmp_path):
-    save_model(load_model(_small()), tmp_path / "ext.onnx", external_data=True)
+    save_onnx(load_model(_small()), tmp_path / "ext.onnx", external_data=True)
     (tmp_path / "ext.onnx.data").unlink()
     with pytest.raises(ModelError, match="external data|cannot read"):
         load_model(tmp_path / "ext.onnx")
@@ -67,7 +67,7 @@ def test_opset9_is_upgraded_and_runs(tmp_path):
     nodes = [helper.make_node("BatchNormalization", ["x", *inits], ["b"], name="bn"),
              helper.make_node("Relu", ["b"], ["y"], name="relu")]
     model = B.make_model(nodes, {"x": (1, 3, 4, 4)}, ["y"], inits, opset=9)
-    path = save_model(model, tmp_path / "old.onnx")
+    path = save_onnx(model, tmp_path / "old.onnx")
     loaded = load_model(path)
     assert loaded.opset_import[0].version == 13 and loaded.ir_version >= 7
     feed = {"x": rng.normal(size=(1, 3, 4, 4)).astype(np.float32)}

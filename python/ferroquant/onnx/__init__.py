@@ -21,7 +21,10 @@ from ferroquant.onnx.fusion import (
     fuse,
 )
 from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
-from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_model
+from ferroquant.onnx.api import create_quant_config, quantize, quantize_model, save_model
+from ferroquant.onnx.calibration import CalibratedModel
+from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_onnx
+from ferroquant.onnx.layers import LayerInfo, QuantTable, quantizable_layers
 from ferroquant.onnx.qdq import export_deploy, export_fake_quant
 from ferroquant.onnx.record import RecordError, read_record, record_dict, write_record
 
@@ -45,5 +48,13 @@ __all__ = [
     "read_record",
     "record_dict",
     "save_model",
+    "save_onnx",
+    "CalibratedModel",
+    "LayerInfo",
+    "QuantTable",
+    "create_quant_config",
+    "quantize",
+    "quantize_model",
+    "quantizable_layers",
     "write_record",
 ]

@@ -103,7 +103,7 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: ModelL
 def save_model(calibrated: CalibratedModel, save_path: Union[str, Path]) -> Dict[str, Path]:
     """Write ``<save_path>_fake_quant.onnx`` (QDQ simulation), ``<save_path>_deploy.onnx`` (int8 weights, int32
     bias) and ``<save_path>_quant_record.json`` (every layer's scales and offsets). Returns the paths."""
-    from ferroquant.onnx.io import save_model as write_onnx
+    from ferroquant.onnx.io import save_onnx as write_onnx
     from ferroquant.onnx.qdq import export_deploy, export_fake_quant
     from ferroquant.onnx.record import write_record
 

@@ -3,7 +3,7 @@
 :func:`load_model` is the one door models come in by: it reads the file (with external data), refuses what
 ferroquant cannot work on with a :class:`~ferroquant.errors.ModelError` that names the node at fault, upgrades
 models older than opset 13, turns weights held in ``Constant`` nodes into initializers, runs the checker and
-shape inference. :func:`save_model` writes weights to an external data file when the model passes 2 GB.
+shape inference. :func:`save_onnx` writes weights to an external data file when the model passes 2 GB.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def _weights_size(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.int64_data) for t in model.graph.initializer)
 
 
-def save_model(model: onnx.ModelProto, path: Union[str, Path], *, external_data: "bool | None" = None) -> Path:
+def save_onnx(model: onnx.ModelProto, path: Union[str, Path], *, external_data: "bool | None" = None) -> Path:
     """Write ``model`` to ``path``; weights go to ``<name>.data`` beside it when over 2 GB (or when asked).
 
     ``external_data=None`` decides by size. Returns the path written.
