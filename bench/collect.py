@@ -1,0 +1,39 @@
+"""Rebuild bench/README.md from the intro below and every bench/results/*.md (each written by its bench)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ORDER = ["kernels", "calibration", "onnx_ptq", "qat"]
+
+INTRO = """# Benchmarks
+
+Every script compares ferroquant with its NumPy reference twin and with the peers people use today, on the
+same data in the same run, and writes a table with the machine and the commit into `results/`. Read the
+ratios: absolute times on these shared 2-core machines are noise. Run from the repository root with the
+package installed (`pip install '.[onnx,data]'`, plus torch for the torch columns):
+
+| script | what it measures |
+|---|---|
+| `bench/bench_kernels.py` | quantize / dequantize / fake-quant / ARQ / NUQ vs NumPy twins vs torch (weights 512x4608, activations 6.4M and 50M) |
+| `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
+| `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
+| `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
+
+`python bench/collect.py` rebuilds this page from `results/`.
+"""
+
+
+def main() -> None:
+    parts = [INTRO]
+    names = sorted(p.stem for p in (ROOT / "results").glob("*.md"))
+    for name in sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        text = (ROOT / "results" / f"{name}.md").read_text()
+        parts.append(text)
+    (ROOT / "README.md").write_text("\n\n".join(parts))
+    print(f"wrote {ROOT / 'README.md'} from {len(names)} result files")
+
+
+if __name__ == "__main__":
+    main()
