@@ -65,7 +65,8 @@ class IFMRCalibrator:
 
     @property
     def stored_bytes(self) -> int:
-        return self._buf.nbytes
+        """Bytes of samples held (exact mode)."""
+        return self._n * 4
 
     # -- streaming ---------------------------------------------------------------------------------------
     def observe(self, x: Any) -> None:
@@ -101,10 +102,11 @@ class IFMRCalibrator:
             self._switch_to_histogram(need)
             self._observe_hist(flat)
             return
-        if need > self._buf.nbytes:
-            grown = np.empty(min(max(need // 4, 2 * self._buf.size), self.memory_budget // 4), np.float32)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
+        if self._buf.size == 0:
+            # One buffer of the whole budget, reserved but not touched: the operating system backs only the
+            # pages that samples are written to, so resident memory follows the data and nothing is copied
+            # twice (growing a buffer would re-copy and re-fault every page).
+            self._buf = np.empty(self.memory_budget // 4, np.float32)
         self._buf[self._n : self._n + flat.size] = flat
         self._n += flat.size
 
