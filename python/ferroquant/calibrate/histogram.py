@@ -20,7 +20,37 @@ ALGORITHMS = ("hfmg", "minmax", "percentile", "entropy")
 _DEFAULT_SYMMETRIC = {"hfmg": False, "minmax": False, "percentile": True, "entropy": True}
 
 
-class HistogramCalibrator:
+class HistogramState:
+    """A streaming histogram held as plain state (``counts``, ``lo``, ``hi``), shared by the calibrators that
+    keep one. Needs ``name``, ``num_of_bins`` and ``_k`` (the kernel backend) on the instance."""
+
+    name: str
+    num_of_bins: int
+    _k: ModuleType
+    counts: Optional[np.ndarray] = None
+    lo: float = 0.0
+    hi: float = 0.0
+
+    def _hist_observe(self, flat: np.ndarray, drop_nonfinite: bool) -> None:
+        if flat.size == 0:
+            return
+        with named(self.name):
+            self.counts, self.lo, self.hi = self._k.histogram_observe(
+                self.counts, self.lo, self.hi, flat, None if self.counts is not None else self.num_of_bins,
+                drop_nonfinite)
+
+    def _hist_merge(self, other: "HistogramState") -> None:
+        if other.counts is None:
+            return
+        if self.counts is None:
+            self.counts, self.lo, self.hi = other.counts.copy(), other.lo, other.hi
+            return
+        with named(self.name):
+            self.counts, self.lo, self.hi = self._k.histogram_merge(
+                self.counts, self.lo, self.hi, other.counts, other.lo, other.hi)
+
+
+class HistogramCalibrator(HistogramState):
     """Streams batches into a histogram whose range grows to cover all data (exact count-preserving re-binning),
     then searches it with ``algorithm``.
 
@@ -49,18 +79,12 @@ class HistogramCalibrator:
         self.percentile, self.num_quantized_bins = float(percentile), int(num_quantized_bins)
         self.backend, self.refine = backend, bool(refine)
         self._k = BACKENDS[backend]
-        self.counts: Optional[np.ndarray] = None
-        self.lo, self.hi = 0.0, 0.0
         self.batches = 0
 
     # -- streaming ---------------------------------------------------------------------------------------
     def observe(self, x: Any) -> None:
         """Add one batch (any shape, float16/32/64). Holds no reference to ``x`` afterwards."""
-        flat = batch(x, self.name)
-        with named(self.name):
-            self.counts, self.lo, self.hi = self._k.histogram_observe(
-                self.counts, self.lo, self.hi, flat, None if self.counts is not None else self.num_of_bins,
-                self.nonfinite == "drop")
+        self._hist_observe(batch(x, self.name), self.nonfinite == "drop")
         self.batches += 1
 
     def merge(self, other: "HistogramCalibrator") -> None:
@@ -69,14 +93,7 @@ class HistogramCalibrator:
             raise ParameterError(f"{self.name}: cannot merge a {type(other).__name__} into a histogram calibrator")
         if other.num_of_bins != self.num_of_bins:
             raise ParameterError(f"{self.name}: cannot merge {other.num_of_bins} bins into {self.num_of_bins}")
-        if other.counts is None:
-            return
-        if self.counts is None:
-            self.counts, self.lo, self.hi = other.counts.copy(), other.lo, other.hi
-        else:
-            with named(self.name):
-                self.counts, self.lo, self.hi = self._k.histogram_merge(
-                    self.counts, self.lo, self.hi, other.counts, other.lo, other.hi)
+        self._hist_merge(other)
         self.batches += other.batches
 
     # -- results ---------------------------------------------------------------------------------------

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import warnings
 from types import ModuleType
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
 from ferroquant._arrays import named
 from ferroquant.calibrate.base import CalibResult, batch, check_bits, check_nonfinite, require_state
-from ferroquant.calibrate.histogram import BACKENDS
+from ferroquant.calibrate.histogram import BACKENDS, HistogramState
 from ferroquant.errors import EmptyInputError, MemoryBudgetError, ParameterError
 
 MODES = ("auto", "exact", "histogram")
 DEFAULT_BUDGET = 256 << 20  # bytes of stored samples per tensor
 
 
-class IFMRCalibrator:
+class IFMRCalibrator(HistogramState):
     """IFMR: percentile initialisation, then a 1-D (or opt-in 2-D) search of the clip ratio minimising the
     quantization MSE, with the window extension of decision 10 (``search_extend=False`` is AMCT exactly)."""
 
@@ -48,8 +48,6 @@ class IFMRCalibrator:
         self._k: ModuleType = BACKENDS[backend]
         self._buf = np.empty(0, np.float32)  # exact mode: samples in [0, _n)
         self._n = 0
-        self.counts: Optional[np.ndarray] = None  # histogram mode
-        self.lo, self.hi = 0.0, 0.0
         self.batches = 0
         self.switched = False
         self._validate()
@@ -84,12 +82,7 @@ class IFMRCalibrator:
         self.batches += 1
 
     def _observe_hist(self, flat: np.ndarray) -> None:
-        if flat.size == 0:
-            return
-        with named(self.name):
-            self.counts, self.lo, self.hi = self._k.histogram_observe(
-                self.counts, self.lo, self.hi, flat, None if self.counts is not None else self.num_of_bins,
-                self.nonfinite == "drop")
+        self._hist_observe(flat, self.nonfinite == "drop")
 
     def _append(self, flat: np.ndarray) -> None:
         need = (self._n + flat.size) * 4
@@ -128,13 +121,7 @@ class IFMRCalibrator:
         if other.in_histogram_mode:
             if not self.in_histogram_mode:
                 self._switch_to_histogram((self._n + other._n) * 4) if self.mode != "exact" else self._refuse()
-            if other.counts is not None:
-                if self.counts is None:
-                    self.counts, self.lo, self.hi = other.counts.copy(), other.lo, other.hi
-                else:
-                    with named(self.name):
-                        self.counts, self.lo, self.hi = self._k.histogram_merge(
-                            self.counts, self.lo, self.hi, other.counts, other.lo, other.hi)
+            self._hist_merge(other)
         elif other._n:
             if self.in_histogram_mode:
                 self._observe_hist(other._buf[: other._n])
