@@ -101,8 +101,9 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
         fp32 = _score(evaluator, save_onnx(m, work / "fp32.onnx"))
         with ProgressBar("calibrating", None, "batches") as cbar:
             cm = quantize_model(cfg, m, feeds, batch_num=batch_num if batch_num else len(feeds), progress=cbar)
-        ranking = measure(cm, feeds, report_batches).ranking()
-        table = cm.table()
+        with ProgressBar("searching clips", len(cm.calibrators), "tensors") as sbar:
+            table = cm.table(progress=sbar)
+        ranking = measure(cm, feeds, report_batches, table).ranking()
         scores: Dict[int, float] = {len(ranking): fp32}
         with ProgressBar("evaluating fallbacks", None, "models") as bar:
 
@@ -133,7 +134,8 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
     final_cfg.save(res.paths["config"])
     remaining = [l for l in cm.layers if l.name not in set(float_layers)]
     if remaining:
-        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model"))
+        sub = QuantTable({n: lq for n, lq in table.layers.items() if n not in set(float_layers)})
+        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model", sub))
     else:
         res.paths["fp32"] = save_onnx(m, out / "model_fp32.onnx")
     res.paths["summary"] = out / "autocal_summary.json"

@@ -120,14 +120,16 @@ def _calibrate(args: argparse.Namespace):  # noqa: ANN202
     feeds = _calibration(args, model, cfg)
     with ProgressBar("calibrating", len(feeds), "batches") as bar:
         cm = quantize_model(cfg, model, feeds, batch_num=len(feeds), progress=bar)
-    return cm, feeds
+    with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
+        table = cm.table(progress=bar)
+    return cm, feeds, table
 
 
-def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], out: Path) -> None:
+def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: Any, out: Path) -> None:
     from ferroquant.report import create_report, summary_lines
 
     rep, paths = create_report(cm, feeds, out, args.report_batches, not args.no_plots, args.fallback_sqnr,
-                               args.fallback_count)
+                               args.fallback_count, table)
     print(summary_lines(rep))
     n = len(rep.worst(args.fallback_count, args.fallback_sqnr))
     print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/); fallback config with {n} float "
@@ -146,21 +148,21 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from ferroquant.onnx.api import save_model
 
-    cm, feeds = _calibrate(args)
+    cm, feeds, table = _calibrate(args)
     out = Path(args.out)
-    paths = save_model(cm, out / "model")
+    paths = save_model(cm, out / "model", table)
     cm.config.save(out / "config.json")
     print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches")
     for k, p in paths.items():
         print(f"{k:10s} {p}")
     if not args.no_report:
-        _write_report(args, cm, feeds, out / "report")
+        _write_report(args, cm, feeds, table, out / "report")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    cm, feeds = _calibrate(args)
-    _write_report(args, cm, feeds, Path(args.out))
+    cm, feeds, table = _calibrate(args)
+    _write_report(args, cm, feeds, table, Path(args.out))
     return 0
 
 
@@ -278,6 +280,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ferroquant import progress
 
+    was_enabled, fmt = progress.enabled(), warnings.formatwarning
     progress.set_enabled(not args.quiet)
     warnings.formatwarning = lambda msg, *a, **k: f"ferroquant: warning: {msg}\n"  # type: ignore[assignment]
     try:
@@ -288,9 +291,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
         if args.debug:
             raise
-        print(f"\nferroquant: error: {_one_line(e)}" if progress.enabled() and sys.stderr.isatty()
-              else f"ferroquant: error: {_one_line(e)}", file=sys.stderr)
+        print(f"ferroquant: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    finally:
+        progress.set_enabled(was_enabled)
+        warnings.formatwarning = fmt
 
 
 if __name__ == "__main__":

@@ -143,17 +143,19 @@ def model_demo(out_dir: Union[str, Path] = "ferroquant-demo", n_calib: int = 32,
             "common_config": {"activation_quant_params": act, "weight_quant_params": wts}})
         with ProgressBar(f"calibrating {label}", len(calib), "batches") as bar:
             cm = quantize_model(cfg, model, calib, progress=bar)
+        with ProgressBar(f"searching clips {label}", len(cm.calibrators), "tensors") as bar:
+            table = cm.table(progress=bar)
         folder = out / (label.split()[0].lower() + ("_nuq" if "NUQ" in label else ""))
-        paths = save_model(cm, folder / "mobilenet_v2")
+        paths = save_model(cm, folder / "mobilenet_v2", table)
         cfg.save(folder / "config.json")
         dt = time.perf_counter() - t
         m = agreement(ref, _run(paths["deploy"], sets.evaluation))
         rows.append([label, f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['sqnr']:.1f}",
                      f"{paths['deploy'].stat().st_size / 1e6:.1f}", f"{dt:.1f}"])
-        first = first or (cm, folder)
-    cm, folder = first
+        first = first or (cm, folder, table)
+    cm, folder, table = first
     small = [{"input": sets.calibration[i:i + 4]} for i in (0, 4)]
-    rep, rpaths = create_report(cm, small, folder / "report", max_batches=2)
+    rep, rpaths = create_report(cm, small, folder / "report", max_batches=2, table=table)
     print()
     print(_table(rows))
     print(f"\n(agreement with FP32 on {n_eval} evaluation crops, deploy models in onnxruntime with graph "

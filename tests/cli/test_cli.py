@@ -96,6 +96,24 @@ def test_fuse(tmp_path):
     assert not [n for n in onnx.load(str(tmp_path / "f.onnx")).graph.node if n.op_type == "BatchNormalization"]
 
 
+def test_quantize_an_image_folder(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Conv", ["img", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "c",
+                          [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, 16, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 20])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(tmp_path / "c.onnx"))
+    (tmp_path / "img").mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (30, 40 + i, 3), np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
+    p = fq("quantize", tmp_path / "c.onnx", "--calib", tmp_path / "img", "--preprocess", "imagenet",
+           "--batch-size", "2", "--out", tmp_path / "o", "--no-plots")
+    assert "calibrated 1 layers on 3 batches" in p.stdout and (tmp_path / "o" / "model_deploy.onnx").is_file()
+
+
 def test_autocal_meets_max_drop_with_one_float_layer(case, tmp_path):
     p = fq("autocal", case["model"], "--calib", case["calib"], "--evaluator", case["evaluator"],
            "--max-drop", "0.02", "--out", tmp_path, "-q")

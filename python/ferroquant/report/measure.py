@@ -155,25 +155,27 @@ def _single_layer(model: onnx.ModelProto, view: GraphView, node: onnx.NodeProto,
 
 
 class _Acc:
-    """Running sums for SQNR and cosine between a reference and a test tensor (float64)."""
+    """Running sums for SQNR and cosine between a reference and a test tensor (float32 products, BLAS-blocked
+    sums, accumulated across batches in float64)."""
 
     def __init__(self) -> None:
         self.ss = self.nn = self.dot = self.qq = 0.0
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        self.ss += float(r @ r)
-        self.qq += float(g @ g)
-        self.dot += float(r @ g)
+        r = np.ascontiguousarray(ref, np.float32).ravel()
+        g = np.ascontiguousarray(got, np.float32).ravel()
         d = r - g
-        self.nn += float(d @ d)
+        self.ss += float(np.dot(r, r))
+        self.qq += float(np.dot(g, g))
+        self.dot += float(np.dot(r, g))
+        self.nn += float(np.dot(d, d))
 
     def sqnr(self) -> Optional[float]:
         return _db(self.ss, self.nn)
 
     def cosine(self) -> Optional[float]:
         den = math.sqrt(self.ss * self.qq)
-        return None if den == 0 else self.dot / den
+        return None if den == 0 else max(-1.0, min(1.0, self.dot / den))
 
 
 def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_batches: int = 2,

@@ -35,19 +35,27 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def plot_histogram(path: Path, row: LayerStats, hist: Histogram) -> None:
-    """A small PNG: the activation histogram (log counts) with the clip range marked in red."""
-    import matplotlib
+def _figure():  # noqa: ANN202 - a matplotlib Figure (Agg, no pyplot state)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(4.0, 2.2), dpi=72)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.12)
+    return fig
 
+
+def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> None:  # noqa: ANN001
+    """A small PNG: the activation histogram (log counts) with the clip range marked in red. Pass ``fig``
+    (from a previous call's figure) to reuse one figure for many plots."""
+    fig = fig if fig is not None else _figure()
+    fig.clear()
     counts, lo, hi = hist
     c = np.asarray(counts, np.float64)
     if c.size % PLOT_BINS == 0 and c.size > PLOT_BINS:
         c = c.reshape(PLOT_BINS, -1).sum(1)
     edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, c.size + 1)
-    fig, ax = plt.subplots(figsize=(4.0, 2.2), dpi=72)
+    ax = fig.add_subplot(1, 1, 1)
     ax.stairs(np.maximum(c, 0.8), edges, fill=True, baseline=0.8, color="#4a7ab5")
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.8)
@@ -56,9 +64,7 @@ def plot_histogram(path: Path, row: LayerStats, hist: Histogram) -> None:
     ax.set_title(f"{row.name}: clip [{row.clip_min:.3g}, {row.clip_max:.3g}], "
                  f"{100 * row.clipped_fraction:.3f}% clipped", fontsize=7)
     ax.tick_params(labelsize=6)
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
@@ -104,10 +110,11 @@ def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, P
     (out / "plots").mkdir(parents=True, exist_ok=True)
     pngs: Dict[str, str] = {}
     if plots:
+        fig = _figure()
         with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
             for r in report.layers:
                 rel = f"plots/{_safe(r.name)}.png"
-                plot_histogram(out / rel, r, report.histograms[r.activation])
+                plot_histogram(out / rel, r, report.histograms[r.activation], fig)
                 pngs[r.name] = rel
                 bar.update()
     worst = report.worst(fallback_count, fallback_sqnr_db)
