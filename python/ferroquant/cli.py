@@ -1,40 +1,301 @@
-"""Command line: ``ferroquant demo`` (and ``python -m ferroquant demo``)."""
+"""The ``ferroquant`` command (also ``python -m ferroquant``): config, quantize, fuse, report, autocal, demo.
+
+Every failure the user can fix (a missing file, a bad config, data of the wrong shape or name, a malformed
+model) ends in one line ``ferroquant: error: ...`` on stderr and exit status 1 (2 for bad arguments); ``--debug``
+shows the traceback instead. Progress bars go to stderr; ``--quiet`` silences them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-from typing import List, Optional
+import warnings
+from pathlib import Path
+from typing import Any, Callable, List, Optional
 
-from ferroquant.errors import QuantError
+from ferroquant.errors import ConfigError, DataError, QuantError
+
+EVALUATOR_CONTRACT = """The evaluator file defines evaluate(model_path: str) -> float: it receives the path of an
+ONNX model file (the FP32 model, then fake-quant QDQ models), runs it on the user's validation data, and returns
+a metric where higher is better (accuracy, top-1 agreement, mAP...). The drop is metric(FP32) - metric(quant)."""
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from ferroquant.demo import weights_demo
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
 
-    return weights_demo(layers=args.layers, check_reference=not args.no_reference)
+
+def _quant_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("quantization options (for a default config; not with --config)")
+    g.add_argument("--act-algo", choices=["hfmg", "ifmr"], help="activation calibration (default ifmr)")
+    g.add_argument("--wts-algo", choices=["arq", "nuq"], help="weight quantization (default arq)")
+    g.add_argument("--bits", type=int, help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
+    g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
+    g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
+    g.add_argument("--skip-type", metavar="OP", action="append", default=[],
+                   help="keep every layer of this op type in float (Conv, ConvTranspose, Gemm, MatMul)")
+    return p
+
+
+def _calib_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--calib", required=True, metavar="PATH",
+                   help=".npy/.npz file, a folder of them (arrays or dicts keyed by input name), or a folder of "
+                        "images")
+    g.add_argument("--config", metavar="JSON", help="a config file (from `ferroquant config` or a report's "
+                                                    "fallback_config.json)")
+    g.add_argument("--batch-num", type=int, metavar="N", help="calibrate on the first N batches (default all)")
+    g.add_argument("--batch-size", type=int, metavar="B",
+                   help="samples per batch (default: the model's fixed batch size, else 8)")
+    g.add_argument("--preprocess", choices=["imagenet", "none"],
+                   help="for image folders: imagenet (resize, centre crop to the input H,W, normalize; default) "
+                        "or none (resize only, RGB 0-255)")
+    return p
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("report")
+    g.add_argument("--report-batches", type=int, default=2, metavar="N", help="batches measured (default 2)")
+    g.add_argument("--fallback-sqnr", type=float, default=20.0, metavar="DB",
+                   help="the fallback config keeps layers whose local SQNR is under DB in float (default 20)")
+    g.add_argument("--fallback-count", type=int, metavar="K", help="... or the K most sensitive layers")
+    g.add_argument("--no-plots", action="store_true", help="skip the histogram PNGs")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _load_model(path: str):  # noqa: ANN202 - onnx.ModelProto
+    from ferroquant.onnx.io import load_model
+
+    return load_model(path)
+
+
+def _make_config(args: argparse.Namespace, model: Any):  # noqa: ANN202 - QuantConfig
+    from ferroquant.config import QUANTIZABLE_TYPES, load_config
+    from ferroquant.onnx.api import create_quant_config
+    from ferroquant.report.render import fallback_config
+
+    given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric")
+             if getattr(args, k, None)]
+    if getattr(args, "config", None):
+        if given:
+            raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
+        return load_config(args.config)
+    act, wts = {}, {}
+    if args.act_algo:
+        act["act_algo"] = args.act_algo
+    if args.wts_algo:
+        wts["wts_algo"] = args.wts_algo
+    if args.bits is not None:
+        act["num_bits"], wts["num_bits"] = args.bits, min(args.bits, 8)
+    bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
+    if bad:
+        raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
+    common = {"activation_quant_params": act, "weight_quant_params": wts}
+    cfg = create_quant_config(None, model, skip_layers=args.skip, batch_num=1 << 30,
+                              activation_offset=not args.symmetric, config_defination={"common_config": common})
+    by_type = [n for n, c in cfg.layers.items() if c.layer_type in args.skip_type]
+    return fallback_config(cfg, by_type) if by_type else cfg
+
+
+def _calibration(args: argparse.Namespace, model: Any, cfg: Any) -> List[dict]:
+    from ferroquant.calib_data import load_calibration_data, model_inputs
+
+    if args.batch_num is not None and args.batch_num < 1:
+        raise DataError(f"--batch-num must be >= 1, got {args.batch_num}")
+    limit = args.batch_num or (cfg.batch_num if args.config else None)
+    return load_calibration_data(args.calib, model_inputs(model), args.batch_size, args.preprocess, limit)
+
+
+def _calibrate(args: argparse.Namespace):  # noqa: ANN202
+    from ferroquant.onnx.api import quantize_model
+    from ferroquant.progress import ProgressBar
+
+    model = _load_model(args.model)
+    cfg = _make_config(args, model)
+    feeds = _calibration(args, model, cfg)
+    with ProgressBar("calibrating", len(feeds), "batches") as bar:
+        cm = quantize_model(cfg, model, feeds, batch_num=len(feeds), progress=bar)
+    with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
+        table = cm.table(progress=bar)
+    return cm, feeds, table
+
+
+def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: Any, out: Path) -> None:
+    from ferroquant.report import create_report, summary_lines
+
+    rep, paths = create_report(cm, feeds, out, args.report_batches, not args.no_plots, args.fallback_sqnr,
+                               args.fallback_count, table)
+    print(summary_lines(rep))
+    n = len(rep.worst(args.fallback_count, args.fallback_sqnr))
+    print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/); fallback config with {n} float "
+          f"layer(s): {paths['fallback_config']}")
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = _make_config(args, _load_model(args.model))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    cfg.save(args.output)
+    print(f"wrote {args.output}: {len(cfg.layers)} layers, {len(cfg.enabled_layers())} quantized")
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from ferroquant.onnx.api import save_model
+
+    cm, feeds, table = _calibrate(args)
+    out = Path(args.out)
+    paths = save_model(cm, out / "model", table)
+    cm.config.save(out / "config.json")
+    print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches")
+    for k, p in paths.items():
+        print(f"{k:10s} {p}")
+    if not args.no_report:
+        _write_report(args, cm, feeds, table, out / "report")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    cm, feeds, table = _calibrate(args)
+    _write_report(args, cm, feeds, table, Path(args.out))
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from ferroquant.onnx.fusion import fuse
+    from ferroquant.onnx.io import save_onnx
+
+    fused, rep = fuse(_load_model(args.model), skip_fusion_layers=args.skip)
+    save_onnx(fused, args.output)
+    print(rep.summary())
+    print(f"wrote {args.output}: {len(rep.folded)} fold(s), {len(rep.skipped)} skipped")
+    return 0
+
+
+def load_evaluator(path: str) -> Callable[[str], float]:
+    """The ``evaluate`` function of a Python file (see :data:`EVALUATOR_CONTRACT`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"evaluator file not found: {p}")
+    spec = importlib.util.spec_from_file_location(f"ferroquant_evaluator_{p.stem}", p)
+    if spec is None or spec.loader is None:
+        raise DataError(f"{p}: cannot be imported as a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fn = getattr(mod, "evaluate", None)
+    if not callable(fn):
+        raise DataError(f"{p}: defines no function evaluate(model_path) -> float")
+    return fn
+
+
+def _cmd_autocal(args: argparse.Namespace) -> int:
+    from ferroquant.autocal import accuracy_based_auto_calibration
+
+    evaluate = load_evaluator(args.evaluator)
+    model = _load_model(args.model)
+    cfg = _make_config(args, model)
+    feeds = _calibration(args, model, cfg)
+    res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out)
+    print(f"FP32 metric {res.fp32_metric:.4f}; all layers quantized {res.quantized_metric:.4f}; "
+          f"with {len(res.float_layers)} float layer(s) {res.final_metric:.4f} (drop {res.drop:.4f}, "
+          f"max {res.max_drop})")
+    print(f"float layers: {', '.join(res.float_layers) or '(none)'}")
+    for k, p in res.paths.items():
+        print(f"{k:10s} {p}")
+    return 0 if res.met else 3
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ferroquant import demo
+
+    if args.weights:
+        return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference)
+    return demo.model_demo(args.out, n_calib=args.calib, n_eval=args.eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ferroquant", description="Model quantization with a Rust core.")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser(
-        "demo",
-        help="quantize MobileNetV2's pretrained ImageNet weights with ARQ and NUQ; error and speed vs NumPy",
-    )
-    d.add_argument("--layers", type=int, default=0, help="only the first N weight tensors (0: all)")
-    d.add_argument("--no-reference", action="store_true", help="skip the NumPy reference (no parity/speed check)")
-    d.set_defaults(func=_demo)
+    common, quant, calib = _common(), _quant_options(), _calib_options()
+    p = argparse.ArgumentParser(prog="ferroquant", description="Post-training quantization of ONNX models with a "
+                                                               "Rust core (ARQ/NUQ weights, IFMR/HFMG activations).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("config", parents=[common, quant], help="write the default config of a model")
+    c.add_argument("model", help="ONNX model file")
+    c.add_argument("-o", "--output", required=True, help="config JSON to write")
+    c.set_defaults(func=_cmd_config)
+
+    q = sub.add_parser("quantize", parents=[common, quant, calib],
+                       help="calibrate and write fake-quant and deploy models, record, config and report")
+    q.add_argument("model", help="ONNX model file")
+    q.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    q.add_argument("--no-report", action="store_true", help="skip the per-layer report")
+    _report_options(q)
+    q.set_defaults(func=_cmd_quantize)
+
+    f = sub.add_parser("fuse", parents=[common], help="fold BatchNormalization into convs (and Mul/Add)")
+    f.add_argument("model", help="ONNX model file")
+    f.add_argument("-o", "--output", required=True, help="fused ONNX model to write")
+    f.add_argument("--skip", metavar="NODE", action="append", default=[], help="leave this node unfused")
+    f.set_defaults(func=_cmd_fuse)
+
+    r = sub.add_parser("report", parents=[common, quant, calib],
+                       help="the per-layer report alone (HTML, JSON, PNG histograms, fallback config)")
+    r.add_argument("model", help="ONNX model file")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _report_options(r)
+    r.set_defaults(func=_cmd_report)
+
+    a = sub.add_parser("autocal", parents=[common, quant, calib], epilog=EVALUATOR_CONTRACT,
+                       help="keep the fewest sensitive layers in float so the metric drops by at most --max-drop")
+    a.add_argument("model", help="ONNX model file")
+    a.add_argument("--evaluator", required=True, metavar="FILE.py", help="defines evaluate(model_path) -> float")
+    a.add_argument("--max-drop", required=True, type=float, help="largest allowed metric drop (e.g. 0.01)")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    a.set_defaults(func=_cmd_autocal)
+
+    d = sub.add_parser("demo", parents=[common],
+                       help="MobileNetV2 (ImageNet weights) on real photos: HFMG, IFMR, NUQ vs FP32, and a report")
+    d.add_argument("--out", default="ferroquant-demo", metavar="DIR", help="output folder (default ./ferroquant-demo)")
+    d.add_argument("--calib", type=int, default=32, metavar="N", help="calibration images (default 32)")
+    d.add_argument("--eval", type=int, default=64, metavar="N", help="evaluation images (default 64)")
+    d.add_argument("--weights", action="store_true",
+                   help="the weights-only demo instead: ARQ/NUQ error per layer, speed and parity vs NumPy")
+    d.add_argument("--layers", type=int, default=0, help="--weights: only the first N weight tensors (0: all)")
+    d.add_argument("--no-reference", action="store_true", help="--weights: skip the NumPy reference")
+    d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return msg if isinstance(e, (QuantError, OSError)) and msg else f"{type(e).__name__}: {msg}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from ferroquant import progress
+
+    was_enabled, fmt = progress.enabled(), warnings.formatwarning
+    progress.set_enabled(not args.quiet)
+    warnings.formatwarning = lambda msg, *a, **k: f"ferroquant: warning: {msg}\n"  # type: ignore[assignment]
     try:
-        return int(args.func(args))
-    except QuantError as e:
-        print(f"ferroquant: error: {e}", file=sys.stderr)
-        return 2
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("ferroquant: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"ferroquant: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    finally:
+        progress.set_enabled(was_enabled)
+        warnings.formatwarning = fmt
 
 
 if __name__ == "__main__":

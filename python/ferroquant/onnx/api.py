@@ -22,7 +22,7 @@ from ferroquant.onnx.calibration import (
 from ferroquant.onnx.fusion import fuse
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model
-from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.layers import QuantTable, quantizable_layers
 
 ModelLike = Union[str, Path, onnx.ModelProto]
 
@@ -100,16 +100,19 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: ModelL
     return cm
 
 
-def save_model(calibrated: CalibratedModel, save_path: Union[str, Path]) -> Dict[str, Path]:
+def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
+               table: Optional[QuantTable] = None) -> Dict[str, Path]:
     """Write ``<save_path>_fake_quant.onnx`` (QDQ simulation), ``<save_path>_deploy.onnx`` (int8 weights, int32
-    bias) and ``<save_path>_quant_record.json`` (every layer's scales and offsets). Returns the paths."""
+    bias) and ``<save_path>_quant_record.json`` (every layer's scales and offsets). Returns the paths.
+    ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
     from ferroquant.onnx.io import save_onnx as write_onnx
     from ferroquant.onnx.qdq import export_deploy, export_fake_quant
     from ferroquant.onnx.record import write_record
 
-    t0 = time.perf_counter()
-    table = calibrated.table()
-    calibrated.timings["search_s"] = time.perf_counter() - t0
+    if table is None:
+        t0 = time.perf_counter()
+        table = calibrated.table()
+        calibrated.timings["search_s"] = time.perf_counter() - t0
     base = Path(save_path)
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),

@@ -102,11 +102,14 @@ class CalibratedModel:
     timings: Dict[str, float] = field(default_factory=dict)
     fusion: Any = None
 
-    def table(self) -> QuantTable:
-        """Search every calibrator and assemble the qparams table the exporters consume."""
+    def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
+        """Search every calibrator and assemble the qparams table the exporters consume. ``progress(done, total)``
+        is called after each tensor's search."""
         acts: Dict[str, ActivationQuant] = {}
-        for tensor, cal in self.calibrators.items():
+        for i, (tensor, cal) in enumerate(self.calibrators.items()):
             r = cal.qparams()
+            if progress is not None:
+                progress(i + 1, len(self.calibrators))
             acts[tensor] = ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min,
                                            r.clip_max, dict(r.details))
         return QuantTable({l.name: LayerQuant(l, acts[l.activation], self.weights[l.name]) for l in self.layers})

@@ -1,0 +1,149 @@
+"""Writing the per-layer report: ``report.json``, ``report.html``, one small PNG per layer (activation histogram,
+chosen clip marked) and ``fallback_config.json``, a full config with the worst layers kept in float that
+``ferroquant quantize --config`` (and :func:`ferroquant.config.load_config`) accepts as it is."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Union
+
+import numpy as np
+
+from ferroquant.config import QuantConfig, config_from_json
+from ferroquant.errors import ConfigError
+from ferroquant.progress import ProgressBar
+from ferroquant.report.measure import Histogram, LayerStats, QuantReport
+
+PLOT_BINS = 128
+
+
+def fallback_config(config: QuantConfig, float_layers: Iterable[str]) -> QuantConfig:
+    """``config`` with ``quant_enable`` false for ``float_layers`` (validated like any loaded config)."""
+    d = config.to_json()
+    for name in float_layers:
+        if name not in d["layers"]:
+            raise ConfigError(f"no layer named {name!r} in the config")
+        d["layers"][name]["quant_enable"] = False
+    return config_from_json(d)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _figure():  # noqa: ANN202 - a matplotlib Figure (Agg, no pyplot state)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.0, 2.2), dpi=72)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.12)
+    return fig
+
+
+def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> None:  # noqa: ANN001
+    """A small PNG: the activation histogram (log counts) with the clip range marked in red. Pass ``fig``
+    (from a previous call's figure) to reuse one figure for many plots."""
+    fig = fig if fig is not None else _figure()
+    fig.clear()
+    counts, lo, hi = hist
+    c = np.asarray(counts, np.float64)
+    if c.size % PLOT_BINS == 0 and c.size > PLOT_BINS:
+        c = c.reshape(PLOT_BINS, -1).sum(1)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, c.size + 1)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.stairs(np.maximum(c, 0.8), edges, fill=True, baseline=0.8, color="#4a7ab5")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)
+    for x in (row.clip_min, row.clip_max):
+        ax.axvline(x, color="#d62728", linestyle="--", linewidth=1.2)
+    ax.set_title(f"{row.name}: clip [{row.clip_min:.3g}, {row.clip_max:.3g}], "
+                 f"{100 * row.clipped_fraction:.3f}% clipped", fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.savefig(path)
+
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str]) -> str:
+    fl = set(float_layers)
+    head = ("layer", "type", "act algo", "observed range", "clip", "clipped %", "weight", "weight SQNR dB",
+            "output SQNR dB", "output cosine", "local SQNR dB", "histogram")
+    rows = []
+    for r in report.layers:
+        img = f'<img src="{html.escape(plots[r.name])}" alt="{html.escape(r.name)}">' if r.name in plots else ""
+        cells = (r.name + (" (float in patch)" if r.name in fl else ""), r.op_type, r.act_algorithm,
+                 f"[{r.observed_min:.4g}, {r.observed_max:.4g}]", f"[{r.clip_min:.4g}, {r.clip_max:.4g}]",
+                 f"{100 * r.clipped_fraction:.4f}", f"{r.weight_algorithm} int{r.weight_bits}",
+                 _fmt(r.weight_sqnr_db), _fmt(r.output_sqnr_db), _fmt(r.output_cosine, 5), _fmt(r.local_sqnr_db))
+        tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+        rows.append(f"<tr{' class=worst' if r.name in fl else ''}>{tds}<td>{img}</td></tr>")
+    ths = "".join(f"<th>{h}</th>" for h in head)
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>ferroquant per-layer report</title><style>"
+            "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
+            "tr.worst{background:#fde2e2}</style></head><body>"
+            f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers, measured on "
+            f"{report.batches} batches. Output SQNR/cosine: fake-quant model vs FP32 at each layer's output "
+            "(errors accumulate); local SQNR: the layer alone quantized, on FP32 inputs. Red dashed lines in the "
+            "histograms mark the chosen clip. <a href='fallback_config.json'>fallback_config.json</a> keeps the "
+            f"highlighted layers in float.</p><table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
+
+
+def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, Path], plots: bool = True,
+                 fallback_sqnr_db: Optional[float] = 20.0, fallback_count: Optional[int] = None
+                 ) -> Dict[str, Path]:
+    """Write the report files into ``out_dir``; returns their paths (``html``, ``json``, ``fallback_config``,
+    ``plots`` folder). The fallback keeps :meth:`QuantReport.worst` (``fallback_count`` or the SQNR threshold)
+    in float."""
+    out = Path(out_dir)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    pngs: Dict[str, str] = {}
+    if plots:
+        fig = _figure()
+        with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
+            for r in report.layers:
+                rel = f"plots/{_safe(r.name)}.png"
+                plot_histogram(out / rel, r, report.histograms[r.activation], fig)
+                pngs[r.name] = rel
+                bar.update()
+    worst = report.worst(fallback_count, fallback_sqnr_db)
+    patch = fallback_config(config, worst)
+    paths = {"json": out / "report.json", "html": out / "report.html", "fallback_config": out / "fallback_config.json",
+             "plots": out / "plots"}
+    doc = report.to_json()
+    for row in doc["layers"]:
+        row["histogram_png"] = pngs.get(row["name"])
+        for k, v in row.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                row[k] = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    doc["fallback"] = {"float_layers": worst, "sqnr_db": None if fallback_count is not None else fallback_sqnr_db,
+                       "count": fallback_count, "config": paths["fallback_config"].name}
+    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
+    paths["html"].write_text(_html(report, pngs, worst))
+    patch.save(paths["fallback_config"])
+    return paths
+
+
+def summary_lines(report: QuantReport, top: int = 5) -> str:
+    """The most sensitive layers, one line each, for the terminal."""
+    by = {r.name: r for r in report.layers}
+    lines = [f"{'layer':40s} {'local SQNR':>10s} {'out SQNR':>9s} {'clipped %':>9s}"]
+    for n in report.ranking()[:top]:
+        r = by[n]
+        lines.append(f"{n[:40]:40s} {_fmt(r.local_sqnr_db):>10s} {_fmt(r.output_sqnr_db):>9s} "
+                     f"{100 * r.clipped_fraction:9.4f}")
+    return "\n".join(lines)
+
+
+__all__ = ["fallback_config", "plot_histogram", "summary_lines", "write_report"]

@@ -1,0 +1,92 @@
+"""The per-layer report on a model with one deliberately sensitive layer: ranges, clips, clipped fractions,
+weight and output SQNR, PNG histograms with the clip marked, HTML/JSON, and a fallback config that loads and,
+applied, raises the agreement with FP32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ferroquant.config import load_config
+from ferroquant.onnx import create_quant_config, export_fake_quant, quantize_model
+from ferroquant.report import create_report, fallback_config, measure
+from tests.cli.sensitive import feeds, samples, sensitive_mlp
+
+
+def _run(model, x):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+
+
+@pytest.fixture(scope="module", params=["ifmr", "hfmg"])
+def calibrated(request):
+    m = sensitive_mlp()
+    cfg = create_quant_config(None, m, batch_num=100, config_defination={
+        "common_config": {"activation_quant_params": {"act_algo": request.param}}})
+    return quantize_model(cfg, m, feeds())
+
+
+def test_numbers(calibrated):
+    rep = measure(calibrated, feeds(), max_batches=2)
+    by = {l.name: l for l in rep.layers}
+    assert rep.batches == 2 and list(by) == ["fc1", "fc2", "fc3"]
+    fc2 = by["fc2"]
+    assert fc2.observed_min == pytest.approx(0.0, abs=1e-3) and fc2.observed_max == pytest.approx(1000, rel=1e-3)
+    assert fc2.clip_max > 900  # the outlier channel is kept, so the grid is coarse...
+    assert fc2.local_sqnr_db < 10 < 30 < by["fc1"].local_sqnr_db  # ... and fc2 alone destroys its output
+    assert rep.ranking()[0] == "fc2" and rep.worst() == ["fc2"] and rep.worst(count=2)[0] == "fc2"
+    x = feeds()[0]["x"]
+    assert by["fc1"].observed_min <= x.min() + 1e-3 and by["fc1"].observed_max >= x.max() - 1e-3
+    for l in rep.layers:
+        assert 0.0 <= l.clipped_fraction < 0.01 and l.weight_sqnr_db > 35
+        assert l.output_cosine is not None and -1 <= l.output_cosine <= 1 + 1e-9
+    assert by["fc3"].output_sqnr_db < by["fc3"].local_sqnr_db  # fc2's error reaches fc3's output
+
+
+def test_files_html_png_json(calibrated, tmp_path):
+    import matplotlib.image as mpimg
+
+    rep, paths = create_report(calibrated, feeds(), tmp_path)
+    html = paths["html"].read_text()
+    doc = json.loads(paths["json"].read_text())
+    table = calibrated.table()
+    for row in doc["layers"]:
+        png = tmp_path / row["histogram_png"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+        assert f'src="{row["histogram_png"]}"' in html
+        aq = table.layers[row["name"]].activation
+        assert (row["clip_min"], row["clip_max"]) == (aq.clip_min, aq.clip_max)
+        img = mpimg.imread(str(png))[..., :3]
+        red = (img[..., 0] > 0.7) & (img[..., 1] < 0.35) & (img[..., 2] < 0.35)
+        assert red.sum() > 20  # the clip lines are drawn (red dashes)
+    assert doc["fallback"]["float_layers"] == ["fc2"] and "fallback_config.json" in html
+
+
+def test_fallback_config_loads_and_raises_agreement(calibrated, tmp_path):
+    _, paths = create_report(calibrated, feeds(), tmp_path, plots=False)
+    patch = load_config(paths["fallback_config"])
+    assert not patch.layers["fc2"].quant_enable and patch.enabled_layers() == ["fc1", "fc3"]
+    m, x = sensitive_mlp(), samples(256, 2)
+    ref = _run(m, x)
+    before = _run(export_fake_quant(calibrated.model, calibrated.table()), x)
+    cm = quantize_model(paths["fallback_config"], m, feeds())
+    after = _run(export_fake_quant(cm.model, cm.table()), x)
+    agree = [float(np.mean(ref.argmax(1) == o.argmax(1))) for o in (before, after)]
+    assert agree[1] > agree[0] + 0.2 and agree[1] >= 0.95, agree
+    assert _sqnr(ref, after) > _sqnr(ref, before) + 15
+
+
+def test_fallback_config_names_only_known_layers(calibrated):
+    from ferroquant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="nope"):
+        fallback_config(calibrated.config, ["nope"])
