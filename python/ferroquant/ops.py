@@ -8,6 +8,7 @@ native work runs with the GIL released.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -60,6 +61,46 @@ class NuqResult:
     def complete(self) -> bool:
         """False when the weights had fewer distinct codes than ``num_steps`` (they are then kept as is)."""
         return len(self.levels) == self.num_steps
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How closely ``test`` follows ``reference``: the f64 sums, and SQNR / cosine / MSE derived from them."""
+
+    ref_sq: float
+    test_sq: float
+    dot: float
+    diff_sq: float
+    max_abs_diff: float
+    size: int
+
+    @property
+    def sqnr_db(self) -> float:
+        """``10 log10(sum r^2 / sum (r-t)^2)``; +inf when identical."""
+        return float("inf") if self.diff_sq == 0 else 10.0 * math.log10(self.ref_sq / self.diff_sq)
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity; NaN when either side is all zeros."""
+        den = math.sqrt(self.ref_sq * self.test_sq)
+        return float("nan") if den == 0 else max(-1.0, min(1.0, self.dot / den))
+
+    @property
+    def mse(self) -> float:
+        return self.diff_sq / self.size
+
+    def __add__(self, other: "Comparison") -> "Comparison":
+        """Sums over two batches (SQNR and cosine of the union)."""
+        return Comparison(self.ref_sq + other.ref_sq, self.test_sq + other.test_sq, self.dot + other.dot,
+                          self.diff_sq + other.diff_sq, max(self.max_abs_diff, other.max_abs_diff),
+                          self.size + other.size)
+
+
+def compare(reference: ArrayLike, test: ArrayLike, name: Optional[str] = None) -> Comparison:
+    """Compare ``test`` with ``reference`` (same number of elements, any shapes) in one native pass."""
+    with named(name):
+        r, t = as_f32(reference, "reference"), as_f32(test, "test")
+        return Comparison(*_native.compare(r, t), size=r.size)
 
 
 def set_num_threads(n: int) -> None:
@@ -213,6 +254,8 @@ def nuq(
 
 __all__ = [
     "ArqResult",
+    "Comparison",
+    "compare",
     "NuqResult",
     "QParams",
     "arq",

@@ -91,3 +91,20 @@ def test_large_tensor_parity_crosses_parallel_threshold():
     s, z = ops.qparams_from_data(x, 0, 8, False)
     assert_array_equal(ops.quantize(x, s, z, 8, 0), reference.quantize(x, s, z, 8, 0))
     assert_array_equal(ops.fake_quant(x, s, z, 8, 0), reference.fake_quant(x, s, z, 8, 0))
+
+
+@given(xa=array_and_axis(), noise=f32s(0, 10))
+def test_compare_parity(xa, noise):
+    x, _ = xa
+    t = (x + np.float32(noise) * np.sign(x)).astype(np.float32)
+    try:
+        want = reference.compare(x, t)
+    except QuantError as e:
+        with pytest.raises(type(e)):
+            ops.compare(x, t)
+        return
+    got = ops.compare(x, t)
+    np.testing.assert_allclose([got.ref_sq, got.test_sq, got.dot, got.diff_sq], want[:4], rtol=1e-12, atol=0)
+    assert got.max_abs_diff == want[4]
+    c = ops.compare(x, x)
+    assert c.sqnr_db == float("inf") and c.diff_sq == 0.0

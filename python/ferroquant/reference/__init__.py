@@ -7,11 +7,13 @@ from ferroquant.reference.baselines import fold_abs, kl_divergences, kl_search, 
 from ferroquant.reference.hfmg import hfmg_candidates, hfmg_losses, hfmg_search
 from ferroquant.reference.histogram import histogram_build, histogram_merge, histogram_observe
 from ferroquant.reference.ifmr import histogram_init, ifmr, ifmr_histogram, percentile_init
+from ferroquant.reference.metrics import compare
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
 
 __all__ = [
     "arq",
+    "compare",
     "dequantize",
     "fake_quant",
     "fold_abs",

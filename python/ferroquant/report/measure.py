@@ -120,8 +120,8 @@ def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
     if lq.layer.groups > 1 and wq.axis is not None:
         return None
     fake = ops.dequantize(wq.codes, wq.scale, wq.zero_point, 8 if wq.levels is not None else wq.bits, wq.axis)
-    w64 = w.astype(np.float64)
-    return _db(float(np.sum(w64 ** 2)), float(np.sum((w64 - fake) ** 2)))
+    c = ops.compare(w, fake)
+    return _db(c.ref_sq, c.diff_sq)
 
 
 def _session(model: onnx.ModelProto, taps: Sequence[str] = ()):  # noqa: ANN202 - an InferenceSession
@@ -155,27 +155,23 @@ def _single_layer(model: onnx.ModelProto, view: GraphView, node: onnx.NodeProto,
 
 
 class _Acc:
-    """Running sums for SQNR and cosine between a reference and a test tensor (float32 products, BLAS-blocked
-    sums, accumulated across batches in float64)."""
+    """Running comparison of a reference and a test tensor across batches (native f64 sums)."""
 
     def __init__(self) -> None:
-        self.ss = self.nn = self.dot = self.qq = 0.0
+        self.total: Optional[ops.Comparison] = None
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r = np.ascontiguousarray(ref, np.float32).ravel()
-        g = np.ascontiguousarray(got, np.float32).ravel()
-        d = r - g
-        self.ss += float(np.dot(r, r))
-        self.qq += float(np.dot(g, g))
-        self.dot += float(np.dot(r, g))
-        self.nn += float(np.dot(d, d))
+        c = ops.compare(ref, got)
+        self.total = c if self.total is None else self.total + c
 
     def sqnr(self) -> Optional[float]:
-        return _db(self.ss, self.nn)
+        return None if self.total is None else _db(self.total.ref_sq, self.total.diff_sq)
 
     def cosine(self) -> Optional[float]:
-        den = math.sqrt(self.ss * self.qq)
-        return None if den == 0 else max(-1.0, min(1.0, self.dot / den))
+        if self.total is None:
+            return None
+        cos = self.total.cosine
+        return None if math.isnan(cos) else cos
 
 
 def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_batches: int = 2,

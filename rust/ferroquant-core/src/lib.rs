@@ -11,6 +11,7 @@ pub mod histogram;
 pub mod kernels;
 pub mod ifmr;
 pub mod layout;
+pub mod metrics;
 pub mod nuq;
 pub mod par;
 pub mod qparams;

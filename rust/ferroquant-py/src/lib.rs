@@ -8,6 +8,7 @@ mod arrays;
 mod errors;
 mod histogram;
 mod ifmr;
+mod metrics;
 mod nuq;
 mod pool;
 mod qparams;
@@ -21,5 +22,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nuq::register(m)?;
     histogram::register(m)?;
     ifmr::register(m)?;
+    metrics::register(m)?;
     Ok(())
 }
