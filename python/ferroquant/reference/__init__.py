@@ -9,6 +9,7 @@ from ferroquant.reference.histogram import histogram_build, histogram_merge, his
 from ferroquant.reference.ifmr import histogram_init, ifmr, ifmr_histogram, percentile_init
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
+from ferroquant.reference.ulq import lsq_backward, ulq_backward, ulq_fake_quant
 
 __all__ = [
     "arq",
@@ -26,6 +27,7 @@ __all__ = [
     "ifmr_histogram",
     "kl_divergences",
     "kl_search",
+    "lsq_backward",
     "min_max",
     "nuq",
     "percentile_clip",
@@ -34,4 +36,6 @@ __all__ = [
     "qparams_from_range",
     "quantize",
     "select_levels",
+    "ulq_backward",
+    "ulq_fake_quant",
 ]

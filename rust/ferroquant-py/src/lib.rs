@@ -11,6 +11,7 @@ mod ifmr;
 mod nuq;
 mod pool;
 mod qparams;
+mod ulq;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -21,5 +22,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nuq::register(m)?;
     histogram::register(m)?;
     ifmr::register(m)?;
+    ulq::register(m)?;
     Ok(())
 }
