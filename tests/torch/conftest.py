@@ -1,5 +1,8 @@
 """Skip the whole folder when torch is not installed."""
 
-import importlib.util
+try:
+    import torch  # noqa: F401
 
-collect_ignore_glob = [] if importlib.util.find_spec("torch") is not None else ["test_*.py", "models.py"]
+    collect_ignore_glob: list = []
+except ImportError:
+    collect_ignore_glob = ["test_*.py", "models.py"]
