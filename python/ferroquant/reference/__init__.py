@@ -10,6 +10,7 @@ from ferroquant.reference.ifmr import histogram_init, ifmr, ifmr_histogram, perc
 from ferroquant.reference.metrics import compare
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
+from ferroquant.reference.ulq import lsq_backward, ulq_backward, ulq_fake_quant
 
 __all__ = [
     "arq",
@@ -28,6 +29,7 @@ __all__ = [
     "ifmr_histogram",
     "kl_divergences",
     "kl_search",
+    "lsq_backward",
     "min_max",
     "nuq",
     "percentile_clip",
@@ -36,4 +38,6 @@ __all__ = [
     "qparams_from_range",
     "quantize",
     "select_levels",
+    "ulq_backward",
+    "ulq_fake_quant",
 ]

@@ -16,6 +16,7 @@ pub mod nuq;
 pub mod par;
 pub mod qparams;
 pub mod scheme;
+pub mod ulq;
 
 pub use error::QuantError;
 pub use layout::ChannelLayout;

@@ -12,6 +12,7 @@ mod metrics;
 mod nuq;
 mod pool;
 mod qparams;
+mod ulq;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     histogram::register(m)?;
     ifmr::register(m)?;
     metrics::register(m)?;
+    ulq::register(m)?;
     Ok(())
 }

@@ -1,0 +1,128 @@
+"""torch -> ONNX -> QuantTable -> the existing exporters (one exporter, not two).
+
+The float model (QuantLayers replaced by their float modules, BN already folded) is exported with the
+TorchScript exporter (``dynamo=False``, ``do_constant_folding=False``, eval mode), which keeps every parameter
+as an initializer named like the parameter (``features.0.weight``). Each quantizable ONNX node
+(:func:`ferroquant.onnx.quantizable_layers`) is mapped to its torch layer through that weight initializer name;
+the table gets the layer's learned ULQ clips as (scale, zero point) of its input tensor and its weight's
+ARQ/LSQ qparams and codes, and :func:`~ferroquant.onnx.export_fake_quant`, :func:`~ferroquant.onnx.export_deploy`
+and :func:`~ferroquant.onnx.write_record` write the three files.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import onnx
+import torch
+from torch import nn
+
+from ferroquant.errors import ModelError
+from ferroquant.onnx.io import load_model, save_onnx
+from ferroquant.onnx.layers import ActivationQuant, LayerInfo, LayerQuant, QuantTable, WeightQuant, quantizable_layers
+from ferroquant.onnx.qdq import export_deploy, export_fake_quant
+from ferroquant.onnx.record import write_record
+from ferroquant.torch.prepare import (
+    InputData,
+    RetrainConfig,
+    create_quant_retrain_model,
+    float_copy,
+    load_retrain_config,
+    quant_layers,
+)
+
+OPSET = 13
+
+
+def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (axis 0 of the inputs
+    and the output dynamic), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
+    args = input_data if isinstance(input_data, tuple) else (input_data,)
+    was = model.training
+    model.eval()
+    buf = io.BytesIO()
+    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=OPSET,
+                              input_names=names, output_names=["output"], dynamic_axes=dynamic)
+    finally:
+        model.train(was)
+    return load_model(onnx.load_from_string(buf.getvalue()))
+
+
+def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
+    """Torch layer name -> the ONNX layer whose weight initializer is ``<name>.weight``."""
+    by_weight = {l.weight: l for l in quantizable_layers(onnx_model)}
+    out, missing = {}, []
+    for n in names:
+        l = by_weight.get(f"{n}.weight")
+        if l is None:
+            missing.append(n)
+        else:
+            out[n] = l
+    if missing:
+        raise ModelError(f"no ONNX Conv/ConvTranspose/Gemm/MatMul reads the weights of {missing} after export "
+                         "(the layer may not be called by forward, or its weight is transformed before use)")
+    return out
+
+
+def write_quant_files(onnx_model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
+                      extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
+    """``<save_path>_fake_quant.onnx``, ``_deploy.onnx`` and ``_quant_record.json`` through the ONNX exporters."""
+    base = Path(save_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
+             "record": Path(f"{base}_quant_record.json")}
+    save_onnx(export_fake_quant(onnx_model, table), paths["fake_quant"])
+    save_onnx(export_deploy(onnx_model, table), paths["deploy"])
+    write_record(paths["record"], table, extra)
+    return paths
+
+
+def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelProto, QuantTable]:
+    """The float ONNX model of a QAT model and the table of its learned qparams."""
+    qls = quant_layers(model)
+    if not qls:
+        raise ModelError("the model has no QuantLayer: prepare it with create_quant_retrain_model first")
+    m = export_float_onnx(float_copy(model), input_data)
+    infos = map_layers(m, qls)
+    table = QuantTable()
+    for name, ql in qls.items():
+        info, aq = infos[name], ql.act_quant
+        s, z = aq.qparams()
+        act = ActivationQuant(info.activation, s, z, aq.num_bits, "ulq", aq.clip_min.item(), aq.clip_max.item(),
+                              {"fixed_min": aq.fixed_min, "layer": name})
+        wq = ql.quantized_weight()
+        axis = info.axis if getattr(ql.weight_quant, "channel_wise", True) else None
+        weight = WeightQuant(info.weight, wq["scale"], wq["zero_point"], axis, ql.weight_quant.num_bits,
+                             wq["algorithm"], wq["codes"])
+        table.layers[info.name] = LayerQuant(info, act, weight)
+    return m, table
+
+
+def save_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], RetrainConfig], model: nn.Module,
+                             save_path: Union[str, Path], input_data: InputData) -> Dict[str, Path]:
+    """Write the fake-quant model, the deploy model (no BN, integer weights) and the record of a QAT model."""
+    load_retrain_config(config)  # validated; the learned state lives in the model
+    m, table = retrain_table(model, input_data)
+    return write_quant_files(m, table, save_path, {"source": "torch-qat"})
+
+
+def restore_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], RetrainConfig], model: nn.Module,
+                                checkpoint_path: Union[str, Path], input_data: Optional[InputData] = None,
+                                map_location: Union[str, torch.device, Callable, None] = "cpu") -> nn.Module:
+    """Prepare ``model`` like :func:`create_quant_retrain_model` and load a ``state_dict`` checkpoint of a QAT
+    model (a bare state dict or ``{"state_dict": ...}``): the learned clips, their ``_pre`` values and the
+    ``initialized`` flags come back, so training resumes without a new IFMR initialisation."""
+    create_quant_retrain_model(config, model, input_data)
+    state = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,134 @@
+"""Post-training quantization of torch models: the same calibrators and weight quantizers as the ONNX flow,
+fed by forward pre-hooks, and the same exporters.
+
+:func:`quantize_torch_model` copies the model, folds Conv/Linear+BN (running statistics), registers a forward
+pre-hook on every enabled Conv/ConvTranspose/Linear that streams the layer's input into an IFMR or HFMG
+calibrator (:mod:`ferroquant.calibrate`, bounded memory), runs the calibration batches, merges calibrator
+states across ranks under torch.distributed, then exports the float copy to ONNX and fills a
+:class:`~ferroquant.onnx.layers.QuantTable` (ARQ or NUQ weights through
+:func:`ferroquant.onnx.calibration.quantize_weight`). ``save`` writes the three files of the ONNX flow.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Union
+
+import onnx
+import torch
+from torch import nn
+
+from ferroquant.config import QuantConfig, build_config, load_config
+from ferroquant.errors import ConfigError, DataError
+from ferroquant.onnx.calibration import make_activation_calibrator, quantize_weight
+from ferroquant.onnx.graph import GraphView
+from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable
+from ferroquant.torch import distributed as fqdist
+from ferroquant.torch.export import export_float_onnx, map_layers, write_quant_files
+from ferroquant.torch.modules import CONV_TRANSPOSE
+from ferroquant.torch.prepare import InputData, analyse, fold_batch_norm_
+
+ONNX_TYPES = {nn.Conv1d: "Conv", nn.Conv2d: "Conv", nn.Conv3d: "Conv", nn.ConvTranspose1d: "ConvTranspose",
+              nn.ConvTranspose2d: "ConvTranspose", nn.ConvTranspose3d: "ConvTranspose", nn.Linear: "Gemm"}
+
+
+@dataclass
+class TorchPtqResult:
+    """The float ONNX model (BN folded), its qparams table, the calibrators by layer and the config."""
+
+    onnx_model: onnx.ModelProto
+    table: QuantTable
+    calibrators: Dict[str, Any]
+    config: QuantConfig
+    batches: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def save(self, save_path: Union[str, Path]) -> Dict[str, Path]:
+        """``<save_path>_fake_quant.onnx``, ``_deploy.onnx`` and ``_quant_record.json``."""
+        return write_quant_files(self.onnx_model, self.table, save_path, {"source": "torch-ptq"})
+
+
+def _args(batch: Any) -> tuple:
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def torch_ptq_config(model: nn.Module, **kwargs: Any) -> QuantConfig:
+    """A PTQ config (:mod:`ferroquant.config`) whose layers are the model's quantizable modules, by name, with
+    their ONNX op types (Conv, ConvTranspose, Gemm); keyword arguments go to ``build_config``."""
+    layers = [(n, ONNX_TYPES[type(m)]) for n, m in model.named_modules() if type(m) in ONNX_TYPES]
+    if not layers:
+        raise ConfigError("the model has no quantizable module (Conv, ConvTranspose, Linear)")
+    return build_config(layers, **kwargs)
+
+
+def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
+                         config: Optional[Union[str, Path, Mapping[str, Any], QuantConfig]] = None,
+                         input_data: Optional[InputData] = None, batch_num: Optional[int] = None,
+                         **config_kwargs: Any) -> TorchPtqResult:
+    """PTQ of a torch model: calibrate each enabled layer's input on at most ``batch_num`` batches of
+    ``calibration_batches`` (tensors or tuples of tensors; default: the config's ``batch_num``, or every batch
+    when no config is given), quantize the weights, and return the table and float ONNX model ready to save.
+    ``input_data`` is the export example (default: the first calibration batch). The model is not modified."""
+    if config is None:
+        config_kwargs.setdefault("batch_num", 1 << 30)
+        cfg = torch_ptq_config(model, **config_kwargs)
+    elif config_kwargs:
+        raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
+    else:
+        cfg = load_config(config)
+    work = copy.deepcopy(model).eval()
+    mods = {n: m for n, m in work.named_modules() if type(m) in ONNX_TYPES}
+    missing = [n for n in cfg.layers if n not in mods]
+    if missing:
+        raise ConfigError(f"config names layers the model does not have: {missing}")
+    enabled = cfg.enabled_layers()
+    limit = cfg.batch_num if batch_num is None else int(batch_num)
+    it = iter(calibration_batches)
+    first = next(it, None)
+    if first is None:
+        raise DataError("calibration_batches is empty")
+    example = _args(first) if input_data is None else input_data
+    fold_batch_norm_(work, analyse(work, example).bn_pairs)
+    m = export_float_onnx(work, example)
+    infos = map_layers(m, enabled)
+    # One calibrator per activation tensor (as in the ONNX flow), fed by the first layer that reads it.
+    cals: Dict[str, Any] = {}
+    hooks = []
+
+    def observe(tensor: str):
+        def fn(_mod: nn.Module, args: tuple) -> None:
+            cals[tensor].observe(args[0].detach().float().cpu().contiguous().numpy())
+        return fn
+
+    for n in enabled:
+        t = infos[n].activation
+        if t not in cals:
+            cals[t] = make_activation_calibrator(t, cfg.layers[n], cfg.activation_asymmetric(n))
+            hooks.append(mods[n].register_forward_pre_hook(observe(t)))
+    seen = 0
+    try:
+        with torch.no_grad():
+            batch: Any = first
+            while batch is not None and seen < limit:
+                work(*_args(batch))
+                seen += 1
+                batch = next(it, None)
+    finally:
+        for h in hooks:
+            h.remove()
+    cals = {t: fqdist.merge_calibrator(c) for t, c in cals.items()}
+    results = {t: c.qparams() for t, c in cals.items()}
+    view = GraphView(m)
+    table = QuantTable()
+    for n in enabled:
+        info = infos[n]
+        r = results[info.activation]
+        act = ActivationQuant(info.activation, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min, r.clip_max,
+                              dict(r.details))
+        table.layers[info.name] = LayerQuant(info, act, quantize_weight(info, view.array(info.weight), cfg.layers[n]))
+    return TorchPtqResult(m, table, cals, cfg, seen)
+
+
+__all__ = ["TorchPtqResult", "quantize_torch_model", "torch_ptq_config", "CONV_TRANSPOSE"]

@@ -1,0 +1,78 @@
+//! Bindings of `core::ulq`: the ULQ forward/backward and the LSQ weight-scale backward used by the torch
+//! autograd functions (which hand in tensors' memory through `Tensor.numpy()`, without copies).
+
+use ferroquant_core::{ulq, Scheme};
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
+use pyo3::prelude::*;
+
+use crate::arrays::{layout, shape_of, slice, zeros};
+use crate::errors::run;
+
+/// ULQ forward: (fake-quantized x, scale, zero_point) for the clip range [clip_min, clip_max].
+#[pyfunction]
+#[pyo3(signature = (x, clip_min, clip_max, bits=8, symmetric=false))]
+fn ulq_fake_quant<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    clip_min: f32,
+    clip_max: f32,
+    bits: u32,
+    symmetric: bool,
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, f32, i32)> {
+    let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
+    let out = zeros::<f32>(py, &shape);
+    let p = {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        run(py, || ulq::ulq_fake_quant(xs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
+    };
+    Ok((out, p.scale, p.zero_point))
+}
+
+/// ULQ backward: (grad_x, grad_clip_max, grad_clip_min).
+#[pyfunction]
+#[pyo3(signature = (x, grad, clip_min, clip_max, bits=8, symmetric=false))]
+fn ulq_backward<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    grad: PyReadonlyArrayDyn<'py, f32>,
+    clip_min: f32,
+    clip_max: f32,
+    bits: u32,
+    symmetric: bool,
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, f64, f64)> {
+    let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
+    let gs = slice(py, &grad, "grad")?;
+    let out = zeros::<f32>(py, &shape);
+    let r = {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        run(py, || ulq::ulq_backward(xs, gs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
+    };
+    Ok((out, r.clip_max, r.clip_min))
+}
+
+/// LSQ backward of per-channel weight scales along `axis` (per tensor if None), gradient scale included.
+#[pyfunction]
+#[pyo3(signature = (w, grad, scale, bits=8, axis=Some(0)))]
+fn lsq_backward<'py>(
+    py: Python<'py>,
+    w: PyReadonlyArrayDyn<'py, f32>,
+    grad: PyReadonlyArrayDyn<'py, f32>,
+    scale: PyReadonlyArray1<'py, f32>,
+    bits: u32,
+    axis: Option<isize>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (ws, shape) = (slice(py, &w, "w")?, shape_of(&w));
+    let gs = slice(py, &grad, "grad")?;
+    let ss = scale.as_slice()?;
+    let r = run(py, || ulq::lsq_backward(ws, gs, &layout(&shape, axis)?, ss, &Scheme::new(bits, true)?))?;
+    Ok(PyArray1::from_vec(py, r))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(ulq_fake_quant, m)?)?;
+    m.add_function(wrap_pyfunction!(ulq_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(lsq_backward, m)?)?;
+    Ok(())
+}

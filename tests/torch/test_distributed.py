@@ -1,0 +1,71 @@
+"""Under torch.distributed (gloo, 2 CPU processes), the IFMR initialisation and the learned clips are the same
+on every rank although each rank sees different data; and they equal a single-process IFMR on all the data."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        import ferroquant.torch as fqt
+        from tests.torch.models import SmallCNN
+
+        torch.manual_seed(0)
+        model = SmallCNN(4, 8)
+        g = torch.Generator().manual_seed(100 + rank)  # different data on each rank
+        batches = [torch.randn(16, 1, 8, 8, generator=g) for _ in range(4)]
+        labels = [torch.randint(0, 10, (16,), generator=g) for _ in range(4)]
+        cfg = fqt.create_quant_retrain_config(None, model, batches[0], batch_num=2)
+        fqt.create_quant_retrain_model(cfg, model, batches[0])
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model.train()
+        init = None
+        for i, (x, y) in enumerate(zip(batches, labels)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if i == 1:
+                init = {n: (l.act_quant.clip_min.item(), l.act_quant.clip_max.item())
+                        for n, l in fqt.quant_layers(model).items()}
+            opt.step()
+        model(batches[0])  # the next step's forward averages the clips
+        clips = {n: (l.act_quant.clip_min.item(), l.act_quant.clip_max.item())
+                 for n, l in fqt.quant_layers(model).items()}
+        x0 = [b.numpy() for b in batches[:2]]
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), {"init": init, "clips": clips, "x": x0}, allow_pickle=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_clips_identical_on_every_rank(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    r = [np.load(tmp_path / f"rank{i}.npy", allow_pickle=True).item() for i in range(WORLD)]
+    assert r[0]["init"] == r[1]["init"]
+    assert r[0]["clips"] == r[1]["clips"]
+    # The merged initialisation of conv1 is IFMR (symmetric) over both ranks' first two batches, in rank order.
+    from ferroquant.calibrate import IFMRCalibrator
+
+    cal = IFMRCalibrator("conv1", bits=8, symmetric=True)
+    for rank in range(WORLD):
+        for x in r[rank]["x"]:
+            cal.observe(x)
+    res = cal.qparams()
+    lo, hi = r[0]["init"]["conv1"]
+    assert (lo, hi) == pytest.approx((res.clip_min, res.clip_max), rel=1e-6)
