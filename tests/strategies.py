@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
@@ -43,3 +44,17 @@ def f32s(lo=None, hi=None, **kw):
     lo = None if lo is None else float(np.float32(lo))
     hi = None if hi is None else float(np.float32(hi))
     return st.floats(lo, hi, **kw)
+
+
+def both(fn_native, fn_ref):
+    """Run the reference, then the native side: they must succeed together (returns both results) or fail with
+    the same ferroquant error class (returns ``(None, None)``)."""
+    from ferroquant.errors import QuantError
+
+    try:
+        want = fn_ref()
+    except QuantError as e:
+        with pytest.raises(type(e)):
+            fn_native()
+        return None, None
+    return fn_native(), want

@@ -8,25 +8,15 @@ from numpy.testing import assert_array_equal
 
 from ferroquant import ops, reference
 from ferroquant.errors import QuantError
-from tests.strategies import array_and_axis, f32s
+from tests.strategies import both, array_and_axis, f32s
 
 BITS = st.integers(2, 16)
 
 
-def _both(fn_native, fn_ref):
-    """Run both; they must succeed together or fail with the same error class."""
-    try:
-        want = fn_ref()
-    except QuantError as e:
-        with pytest.raises(type(e)):
-            fn_native()
-        return None, None
-    return fn_native(), want
-
 
 @given(lo=f32s(-1e6, 1e6), hi=f32s(-1e6, 1e6), bits=BITS, sym=st.booleans())
 def test_qparams_from_range_parity(lo, hi, bits, sym):
-    got, want = _both(lambda: ops.qparams_from_range(lo, hi, bits, sym), lambda: reference.qparams_from_range(lo, hi, bits, sym))
+    got, want = both(lambda: ops.qparams_from_range(lo, hi, bits, sym), lambda: reference.qparams_from_range(lo, hi, bits, sym))
     if got is not None:
         assert got.scale == float(want[0]) and got.zero_point == want[1]
 
@@ -34,7 +24,7 @@ def test_qparams_from_range_parity(lo, hi, bits, sym):
 @given(xa=array_and_axis(), bits=BITS, sym=st.booleans())
 def test_qparams_from_data_parity(xa, bits, sym):
     x, axis = xa
-    got, want = _both(lambda: ops.qparams_from_data(x, axis, bits, sym), lambda: reference.qparams_from_data(x, axis, bits, sym))
+    got, want = both(lambda: ops.qparams_from_data(x, axis, bits, sym), lambda: reference.qparams_from_data(x, axis, bits, sym))
     if got is not None:
         assert_array_equal(got[0], want[0])
         assert_array_equal(got[1], want[1])
@@ -43,7 +33,7 @@ def test_qparams_from_data_parity(xa, bits, sym):
 @given(xa=array_and_axis(), bits=BITS, sym=st.booleans())
 def test_quantize_fake_quant_dequantize_parity(xa, bits, sym):
     x, axis = xa
-    got = _both(lambda: ops.qparams_from_data(x, axis, bits, sym), lambda: reference.qparams_from_data(x, axis, bits, sym))[0]
+    got = both(lambda: ops.qparams_from_data(x, axis, bits, sym), lambda: reference.qparams_from_data(x, axis, bits, sym))[0]
     if got is None:
         return
     s, z = got

@@ -8,17 +8,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from ferroquant import _native, reference
 from ferroquant.errors import QuantError
-from tests.strategies import float_arrays, f32s
+from tests.strategies import both, float_arrays, f32s
 
-
-def _both(fn_native, fn_ref):
-    try:
-        want = fn_ref()
-    except QuantError as e:
-        with pytest.raises(type(e)):
-            fn_native()
-        return None, None
-    return fn_native(), want
 
 
 def _sum_tol(g, bits):
@@ -29,7 +20,7 @@ def _sum_tol(g, bits):
 @given(x=float_arrays(), lo=f32s(-1e3, 0.0), hi=f32s(0.0, 1e3), bits=st.sampled_from([4, 8, 16]),
        sym=st.booleans())
 def test_ulq_fake_quant_parity(x, lo, hi, bits, sym):
-    got, want = _both(lambda: _native.ulq_fake_quant(x, lo, hi, bits, sym),
+    got, want = both(lambda: _native.ulq_fake_quant(x, lo, hi, bits, sym),
                       lambda: reference.ulq_fake_quant(x, lo, hi, bits, sym))
     if got is not None:
         assert (np.float32(got[1]), got[2]) == (np.float32(want[1]), want[2])
@@ -40,7 +31,7 @@ def test_ulq_fake_quant_parity(x, lo, hi, bits, sym):
        sym=st.booleans(), seed=st.integers(0, 2**16))
 def test_ulq_backward_parity(x, lo, hi, bits, sym, seed):
     g = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
-    got, want = _both(lambda: _native.ulq_backward(x, g, lo, hi, bits, sym),
+    got, want = both(lambda: _native.ulq_backward(x, g, lo, hi, bits, sym),
                       lambda: reference.ulq_backward(x, g, lo, hi, bits, sym))
     if got is not None:
         assert_array_equal(got[0], want[0])
@@ -56,7 +47,7 @@ def test_lsq_backward_parity(w, bits, seed, per_channel):
     axis = 0 if per_channel else None
     c = w.shape[0] if per_channel else 1
     s = (np.abs(rng.standard_normal(c)) * 0.1 + 1e-3).astype(np.float32)
-    got, want = _both(lambda: _native.lsq_backward(w, g, s, bits, axis),
+    got, want = both(lambda: _native.lsq_backward(w, g, s, bits, axis),
                       lambda: reference.lsq_backward(w, g, s, bits, axis))
     if got is not None:
         assert_allclose(got, want, rtol=1e-5, atol=1e-6 * (np.abs(g).sum() * 2**bits / np.sqrt(w.size) + 1))
