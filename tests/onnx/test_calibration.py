@@ -129,3 +129,28 @@ def test_clear_errors(tmp_path):
         quantize_model({"layers": {"ghost": {"layer_type": "Conv"}}}, m, batches(1))
     with pytest.raises(ConfigError, match="skip_layers: no quantizable layer"):
         create_quant_config(None, m, skip_layers=["nope"])
+
+
+def test_ifmr_model_budget_bounds_memory():
+    m = small_net()
+    cfg = create_quant_config(None, m, batch_num=10)
+    rng = np.random.default_rng(3)
+    big = [{"x": rng.standard_normal((2048, 3, 8, 8)).astype(np.float32)} for _ in range(4)]  # 1.5 MB each
+    with pytest.warns(RuntimeWarning, match=r"IFMR: \d tensor\(s\) outgrew .*histogram percentile mode: .*\bx\b"):
+        cm = quantize_model(cfg, m, big, ifmr_memory_budget=1)  # every tensor gets the 4 MiB minimum share
+    assert cm.calibrators["x"].switched and cm.calibrators["r1"].switched and not cm.calibrators["f"].switched
+    roomy = quantize_model(cfg, m, big, ifmr_memory_budget=1 << 30)
+    assert not any(c.switched for c in roomy.calibrators.values())
+    for t, c in cm.calibrators.items():
+        assert c.stored_bytes <= c.memory_budget
+    assert cm.table().layers["conv1"].activation.details["mode"] in ("exact", "histogram")
+
+
+def test_ifmr_share_splits_the_budget():
+    from ferroquant.onnx.calibration import ifmr_share
+
+    m = small_net()
+    cfg = create_quant_config(None, m)
+    layers = quantizable_layers(m)
+    assert ifmr_share(cfg, layers, 3 << 30) == 1 << 30  # three IFMR tensors: x, r1, f
+    assert ifmr_share(cfg, layers, 1) == 4 << 20

@@ -12,9 +12,11 @@ import onnx
 from ferroquant.config import QuantConfig, build_config, load_config
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.calibration import (
+    IFMR_MODEL_BUDGET,
     CalibratedModel,
     CalibrationData,
     Progress,
+    ifmr_share,
     make_activation_calibrator,
     quantize_weight,
     run_calibration,
@@ -73,9 +75,13 @@ def load_json(path: Union[str, Path]) -> Dict[str, Any]:
 
 def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: ModelLike,
                    calibration_data: CalibrationData, batch_num: Optional[int] = None,
-                   progress: Progress = False) -> CalibratedModel:
+                   progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET) -> CalibratedModel:
     """Fuse, calibrate every enabled layer's input activation on ``calibration_data`` (at most ``batch_num``
-    batches; default the config's ``batch_num``), and quantize the weights. Returns the calibrated state."""
+    batches; default the config's ``batch_num``), and quantize the weights. Returns the calibrated state.
+
+    Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
+    bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
+    mode (one warning names them), so memory does not grow with the number of calibration batches."""
     cfg = load_config(config)
     t0 = time.perf_counter()
     m, report = _fused(model, cfg.do_fusion, cfg.skip_fusion_layers)
@@ -89,10 +95,12 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: ModelL
     view = GraphView(m)
     cals: Dict[str, Any] = {}
     weights = {}
+    share = ifmr_share(cfg, layers, ifmr_memory_budget)
     for l in layers:
         lc = cfg.layers[l.name]
         if l.activation not in cals:
-            cals[l.activation] = make_activation_calibrator(l.activation, lc, cfg.activation_asymmetric(l.name))
+            cals[l.activation] = make_activation_calibrator(l.activation, lc, cfg.activation_asymmetric(l.name),
+                                                            share)
         weights[l.name] = quantize_weight(l, view.array(l.weight), lc)
     cm = CalibratedModel(m, cfg, layers, cals, weights, fusion=report)
     cm.timings["prepare_s"] = time.perf_counter() - t0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
@@ -63,14 +64,28 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
     return out
 
 
-def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool) -> AnyCalibrator:
+#: Bytes of samples that all exact-IFMR calibrators of one model may hold together (decision 7): each gets an
+#: equal share; a tensor that outgrows its share switches to the histogram percentile mode.
+IFMR_MODEL_BUDGET = 1 << 30
+_MIN_SHARE = 4 << 20
+
+
+def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool,
+                               memory_budget: Optional[int] = None) -> AnyCalibrator:
     a = cfg.activation
     if a.act_algo == "hfmg":
         return HistogramCalibrator(tensor, "hfmg", num_of_bins=a.num_of_bins, bits=a.num_bits,
                                    symmetric=not asymmetric)
+    extra = {} if memory_budget is None else {"memory_budget": memory_budget}
     return IFMRCalibrator(tensor, bits=a.num_bits, symmetric=not asymmetric, max_percentile=a.max_percentile,
                           min_percentile=a.min_percentile, search_range=a.search_range, search_step=a.search_step,
-                          search_extend=a.search_extend)
+                          search_extend=a.search_extend, num_of_bins=a.num_of_bins, **extra)
+
+
+def ifmr_share(config: QuantConfig, layers: List[LayerInfo], total: int = IFMR_MODEL_BUDGET) -> int:
+    """Each exact-IFMR tensor's share of the model's sample budget ``total`` (at least 4 MiB)."""
+    tensors = {l.activation for l in layers if config.layers[l.name].activation.act_algo == "ifmr"}
+    return max(_MIN_SHARE, total // max(1, len(tensors)))
 
 
 def quantize_weight(layer: LayerInfo, w: np.ndarray, cfg: LayerConfig) -> WeightQuant:
@@ -168,15 +183,22 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     inputs = {i.name: i for i in sess.get_inputs()}
     t0 = time.perf_counter()
     n = 0
-    for feed in iterate_batches(data, list(inputs)):
-        if max_batches is not None and n >= max_batches:
-            break
-        outs = sess.run(taps, _check_feed(feed, inputs, n))
-        for t, arr in zip(taps, outs):
-            cm.calibrators[t].observe(arr)
-        del outs
-        n += 1
-        _report(progress, n, max_batches, t0)
+    with warnings.catch_warnings():
+        # one summary below instead of a warning per tensor that outgrows its IFMR sample budget
+        warnings.filterwarnings("ignore", message="IFMR calibrator .* switching to the histogram", category=RuntimeWarning)
+        for feed in iterate_batches(data, list(inputs)):
+            if max_batches is not None and n >= max_batches:
+                break
+            outs = sess.run(taps, _check_feed(feed, inputs, n))
+            for t, arr in zip(taps, outs):
+                cm.calibrators[t].observe(arr)
+            del outs
+            n += 1
+            _report(progress, n, max_batches, t0)
+    switched = [t for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
+    if switched:
+        warnings.warn(f"IFMR: {len(switched)} tensor(s) outgrew their share of the model's sample budget and use "
+                      f"the histogram percentile mode: {', '.join(switched)}", RuntimeWarning, stacklevel=3)
     if progress is True and n:
         sys.stderr.write("\n")
     if n == 0:
