@@ -138,7 +138,7 @@ pub fn fake_quant(
     out: &mut [f32],
 ) -> Result<()> {
     let g = grids(scales, zero_points, scheme, layout)?;
-    for_runs(x, out, layout, &g, |g, xr, or| fake_quant_run(g, xr, or))
+    for_runs(x, out, layout, &g, fake_quant_run)
 }
 
 /// `(q - zero_point) * scale` per channel.

@@ -132,8 +132,8 @@ pub fn select_levels(h: &[u64; GRID], s: &[i64; GRID], k: usize, keep_zero: bool
     // d[j][i]: best cost of covering points 0..=i with j+1 segments; arg[j][i]: start of the last segment.
     let mut d = vec![vec![f64::INFINITY; p]; k];
     let mut arg = vec![vec![0usize; p]; k];
-    for i in 0..p {
-        d[0][i] = seg(0, i).1;
+    for (i, slot) in d[0].iter_mut().enumerate() {
+        *slot = seg(0, i).1;
     }
     for j in 1..k {
         for i in j..p {

@@ -18,6 +18,8 @@ fn qparams_from_range(py: Python<'_>, lo: f32, hi: f32, bits: u32, symmetric: bo
     })
 }
 
+type Pair<'py, A, B> = (Bound<'py, PyArray1<A>>, Bound<'py, PyArray1<B>>);
+
 /// Per-channel (min, max) along `axis` (None: one pair for the whole array).
 #[pyfunction]
 #[pyo3(signature = (x, axis=None))]
@@ -25,7 +27,7 @@ fn min_max<'py>(
     py: Python<'py>,
     x: PyReadonlyArrayDyn<'py, f32>,
     axis: Option<isize>,
-) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<Pair<'py, f32, f32>> {
     let xs = slice(py, &x, "x")?;
     let shape = shape_of(&x);
     let (lo, hi) = run(py, || qparams::min_max_per_channel(xs, &layout(&shape, axis)?))?;
@@ -41,7 +43,7 @@ fn qparams_from_data<'py>(
     axis: Option<isize>,
     bits: u32,
     symmetric: bool,
-) -> PyResult<(Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<i32>>)> {
+) -> PyResult<Pair<'py, f32, i32>> {
     let xs = slice(py, &x, "x")?;
     let shape = shape_of(&x);
     let qp = run(py, || qparams::from_data(xs, &layout(&shape, axis)?, &Scheme::new(bits, symmetric)?))?;
