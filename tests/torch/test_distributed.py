@@ -2,7 +2,6 @@
 on every rank although each rank sees different data; and they equal a single-process IFMR on all the data."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -14,15 +13,10 @@ import torch.multiprocessing as mp  # noqa: E402
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank: int, out_dir: str) -> None:
+    # a file rendezvous: no TCP port to pick (a free port picked, then released, can be taken in between)
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=WORLD)
     try:
         torch.set_num_threads(1)
         import ferroquant.torch as fqt
@@ -55,7 +49,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_clips_identical_on_every_rank(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     r = [np.load(tmp_path / f"rank{i}.npy", allow_pickle=True).item() for i in range(WORLD)]
     assert r[0]["init"] == r[1]["init"]
     assert r[0]["clips"] == r[1]["clips"]
