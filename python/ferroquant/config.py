@@ -55,7 +55,9 @@ class ActivationParams:
     search_range: Tuple[float, float] = (0.7, 1.3)
     search_step: float = 0.01
     search_extend: bool = True
+    search_2d: bool = False
     num_of_bins: int = 4096
+    hfmg_refine: bool = True
 
     def validate(self, layer: str) -> None:
         if self.act_algo not in ACT_ALGOS:
@@ -72,6 +74,8 @@ class ActivationParams:
             raise _err(layer, "search_range", f"needs 0 < start < end, got {list(sr)}")
         _check_num(layer, "search_step", self.search_step, 0.0, sr[1] - sr[0], lo_open=True)
         _check_bool(layer, "search_extend", self.search_extend)
+        _check_bool(layer, "search_2d", self.search_2d)
+        _check_bool(layer, "hfmg_refine", self.hfmg_refine)
         _check_int(layer, "num_of_bins", self.num_of_bins, (1024, 2048, 4096, 8192))
 
 

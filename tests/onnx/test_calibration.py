@@ -154,3 +154,14 @@ def test_ifmr_share_splits_the_budget():
     layers = quantizable_layers(m)
     assert ifmr_share(cfg, layers, 3 << 30) == 1 << 30  # three IFMR tensors: x, r1, f
     assert ifmr_share(cfg, layers, 1) == 4 << 20
+
+
+def test_amct_switches_reach_the_calibrators():
+    m = small_net()
+    cfg = create_quant_config(None, m, config_defination={"override_layer_configs": {
+        "conv2": {"activation_quant_params": {"act_algo": "hfmg", "hfmg_refine": False}},
+        "conv1": {"activation_quant_params": {"search_extend": False, "search_2d": True}}}})
+    cm = quantize_model(cfg, m, batches(2))
+    assert cm.calibrators["r1"].refine is False
+    assert cm.calibrators["x"].options["search_extend"] is False and cm.calibrators["x"].options["search_2d"]
+    assert cm.table().layers["conv2"].activation.details["refine"] is False

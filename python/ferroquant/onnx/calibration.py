@@ -75,11 +75,12 @@ def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool,
     a = cfg.activation
     if a.act_algo == "hfmg":
         return HistogramCalibrator(tensor, "hfmg", num_of_bins=a.num_of_bins, bits=a.num_bits,
-                                   symmetric=not asymmetric)
+                                   symmetric=not asymmetric, refine=a.hfmg_refine)
     extra = {} if memory_budget is None else {"memory_budget": memory_budget}
     return IFMRCalibrator(tensor, bits=a.num_bits, symmetric=not asymmetric, max_percentile=a.max_percentile,
                           min_percentile=a.min_percentile, search_range=a.search_range, search_step=a.search_step,
-                          search_extend=a.search_extend, num_of_bins=a.num_of_bins, **extra)
+                          search_extend=a.search_extend, search_2d=a.search_2d, num_of_bins=a.num_of_bins,
+                          **extra)
 
 
 def ifmr_share(config: QuantConfig, layers: List[LayerInfo], total: int = IFMR_MODEL_BUDGET) -> int:
