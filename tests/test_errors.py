@@ -41,6 +41,10 @@ def test_nan_in_weight_names_the_problem_and_tensor():
         (lambda: fq.arq(np.array([1e10], np.float32)), errors.ScaleError, "too large"),
         (lambda: fq.arq(np.ones((4, 2), np.float32), axis=0, groups=3), errors.ParameterError, "output-channel axis"),
         (lambda: fq.arq(np.ones((4, 2), np.float32), axis=1, groups=3), errors.ShapeError, "not divisible"),
+        (lambda: ops.compare(np.ones(4, np.float32), np.ones(5, np.float32)), errors.ShapeError, "expected 4, got 5"),
+        (lambda: ops.compare(np.ones(3, np.float32), np.array([1, np.nan, 1], np.float32), name="fc.out"),
+         errors.NonFiniteError, r"'fc\.out'.*index 1"),
+        (lambda: ops.compare(np.ones(0, np.float32), np.ones(0, np.float32)), errors.EmptyInputError, "empty"),
     ],
 )
 def test_clear_errors(call, exc, pattern):
@@ -76,7 +80,7 @@ def test_contiguous_float32_is_not_copied():
     assert as_f32(x) is x
 
 
-NATIVE_CALLS = st.sampled_from(["quantize", "fake_quant", "dequantize", "arq", "nuq", "min_max", "qp"])
+NATIVE_CALLS = st.sampled_from(["quantize", "fake_quant", "dequantize", "arq", "nuq", "min_max", "qp", "compare"])
 
 
 @given(
@@ -105,6 +109,7 @@ def test_no_panic_reaches_python(which, n, bits, axis, scale, zp, steps, iters, 
         "nuq": lambda: _native.nuq(x, axis, steps, iters),
         "min_max": lambda: _native.min_max(x, axis),
         "qp": lambda: _native.qparams_from_range(val, scale, bits, zp % 2 == 0),
+        "compare": lambda: _native.compare(x, np.full((n, 3 if zp % 2 else 2), scale, np.float32)),
     }
     try:
         calls[which]()

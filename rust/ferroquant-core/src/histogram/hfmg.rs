@@ -128,14 +128,7 @@ pub fn loss(rho: &[f64], w: f64, l: usize, r: usize, dst: usize) -> f64 {
 pub fn losses(h: &Histogram, cands: &[(usize, usize)], bits: u32) -> Result<Vec<f64>> {
     crate::scheme::check_bits(bits)?;
     let w = h.grid().width;
-    let dst = 1usize << bits;
-    let rho = densities(h.counts(), w);
-    let f = |&(l, r): &(usize, usize)| loss(&rho, w, l, r, dst);
-    Ok(if cands.len() * h.nbins() < PAR_WORK {
-        cands.iter().map(f).collect()
-    } else {
-        cands.par_iter().map(f).collect()
-    })
+    Ok(eval_pairs(&densities(h.counts(), w), w, 1usize << bits, cands))
 }
 
 /// Index of the smallest value, first on ties (NaN never wins).
@@ -238,14 +231,14 @@ pub fn search(h: &Histogram, bits: u32, symmetric: bool, refined: bool) -> Resul
         return Err(QuantError::EmptyInput { what: "histogram holds no counts" });
     }
     let cands = candidates(h.counts());
-    let ls = losses(h, &cands, bits)?;
+    let w = h.grid().width;
+    let rho = densities(h.counts(), w);
+    let ls = eval_pairs(&rho, w, 1usize << bits, &cands);
     let index = argmin_first(&ls).ok_or(QuantError::EmptyInput { what: "no HFMG candidate" })?;
     let (mut left, mut right) = cands[index];
     let mut loss_best = ls[index];
     let mut moved = false;
     if refined {
-        let w = h.grid().width;
-        let rho = densities(h.counts(), w);
         (left, right, loss_best, moved) = refine(&rho, w, 1usize << bits, left, right, loss_best);
     }
     let (clip_min, clip_max) = (edge_f32(h, left), edge_f32(h, right + 1));
