@@ -45,6 +45,9 @@ def _worker(rank: int, out_dir: str) -> None:
         x0 = [b.numpy() for b in batches[:2]]
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), {"init": init, "clips": clips, "x": x0}, allow_pickle=True)
     finally:
+        # every rank done with the group before any tears it down: tearing down gloo while the other rank
+        # still talks to it aborts the process ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
