@@ -21,26 +21,26 @@ WTS_ALGOS = ("arq_quantize", "nuq_quantize")
 _WTS_ALIASES = {"arq": "arq_quantize", "nuq": "nuq_quantize"}
 
 
-def _err(layer: str, fld: str, msg: str) -> ConfigError:
+def field_error(layer: str, fld: str, msg: str) -> ConfigError:
     return ConfigError(f"layer {layer!r}, field {fld!r}: {msg}")
 
 
-def _check_bool(layer: str, name: str, v: Any) -> None:
+def check_bool(layer: str, name: str, v: Any) -> None:
     if not isinstance(v, bool):
-        raise _err(layer, name, f"must be true or false, got {v!r}")
+        raise field_error(layer, name, f"must be true or false, got {v!r}")
 
 
-def _check_num(layer: str, name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> None:
+def check_num(layer: str, name: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _err(layer, name, f"must be a number, got {v!r}")
+        raise field_error(layer, name, f"must be a number, got {v!r}")
     if (v <= lo if lo_open else v < lo) or v > hi:
-        raise _err(layer, name, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
+        raise field_error(layer, name, f"must be in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}")
 
 
-def _check_int(layer: str, name: str, v: Any, allowed: Iterable[int]) -> None:
+def check_int(layer: str, name: str, v: Any, allowed: Iterable[int]) -> None:
     allowed = tuple(allowed)
     if isinstance(v, bool) or not isinstance(v, int) or v not in allowed:
-        raise _err(layer, name, f"must be one of {list(allowed)}, got {v!r}")
+        raise field_error(layer, name, f"must be one of {list(allowed)}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -61,22 +61,22 @@ class ActivationParams:
 
     def validate(self, layer: str) -> None:
         if self.act_algo not in ACT_ALGOS:
-            raise _err(layer, "act_algo", f"must be one of {list(ACT_ALGOS)}, got {self.act_algo!r}")
-        _check_int(layer, "num_bits", self.num_bits, (4, 8, 16))
+            raise field_error(layer, "act_algo", f"must be one of {list(ACT_ALGOS)}, got {self.act_algo!r}")
+        check_int(layer, "num_bits", self.num_bits, (4, 8, 16))
         if self.asymmetric is not None:
-            _check_bool(layer, "asymmetric", self.asymmetric)
-        _check_num(layer, "max_percentile", self.max_percentile, 0.5, 1.0, lo_open=True)
-        _check_num(layer, "min_percentile", self.min_percentile, 0.5, 1.0, lo_open=True)
+            check_bool(layer, "asymmetric", self.asymmetric)
+        check_num(layer, "max_percentile", self.max_percentile, 0.5, 1.0, lo_open=True)
+        check_num(layer, "min_percentile", self.min_percentile, 0.5, 1.0, lo_open=True)
         sr = self.search_range
         if not (isinstance(sr, (list, tuple)) and len(sr) == 2 and all(isinstance(v, (int, float)) for v in sr)):
-            raise _err(layer, "search_range", f"must be [start, end], got {sr!r}")
+            raise field_error(layer, "search_range", f"must be [start, end], got {sr!r}")
         if not 0 < sr[0] < sr[1]:
-            raise _err(layer, "search_range", f"needs 0 < start < end, got {list(sr)}")
-        _check_num(layer, "search_step", self.search_step, 0.0, sr[1] - sr[0], lo_open=True)
-        _check_bool(layer, "search_extend", self.search_extend)
-        _check_bool(layer, "search_2d", self.search_2d)
-        _check_bool(layer, "hfmg_refine", self.hfmg_refine)
-        _check_int(layer, "num_of_bins", self.num_of_bins, (1024, 2048, 4096, 8192))
+            raise field_error(layer, "search_range", f"needs 0 < start < end, got {list(sr)}")
+        check_num(layer, "search_step", self.search_step, 0.0, sr[1] - sr[0], lo_open=True)
+        check_bool(layer, "search_extend", self.search_extend)
+        check_bool(layer, "search_2d", self.search_2d)
+        check_bool(layer, "hfmg_refine", self.hfmg_refine)
+        check_int(layer, "num_of_bins", self.num_of_bins, (1024, 2048, 4096, 8192))
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,11 @@ class WeightParams:
 
     def validate(self, layer: str) -> None:
         if self.wts_algo not in WTS_ALGOS:
-            raise _err(layer, "wts_algo", f"must be one of {list(WTS_ALGOS)} (or arq / nuq), got {self.wts_algo!r}")
-        _check_bool(layer, "channel_wise", self.channel_wise)
-        _check_int(layer, "num_bits", self.num_bits, range(2, 9))
-        _check_int(layer, "num_steps", self.num_steps, range(2, 257))
-        _check_int(layer, "num_of_iteration", self.num_of_iteration, range(0, 6))
+            raise field_error(layer, "wts_algo", f"must be one of {list(WTS_ALGOS)} (or arq / nuq), got {self.wts_algo!r}")
+        check_bool(layer, "channel_wise", self.channel_wise)
+        check_int(layer, "num_bits", self.num_bits, range(2, 9))
+        check_int(layer, "num_steps", self.num_steps, range(2, 257))
+        check_int(layer, "num_of_iteration", self.num_of_iteration, range(0, 6))
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _params(cls: type, layer: str, section: str, *sources: Mapping[str, Any]) ->
     for src in sources:
         for k, v in src.items():
             if k not in names:
-                raise _err(layer, f"{section}.{k}", f"unknown key (known: {sorted(names)})")
+                raise field_error(layer, f"{section}.{k}", f"unknown key (known: {sorted(names)})")
             merged[k] = v
     if "wts_algo" in merged:
         merged["wts_algo"] = _WTS_ALIASES.get(merged["wts_algo"], merged["wts_algo"])
@@ -186,12 +186,12 @@ def resolve_layer(name: str, layer_type: str, entry: Mapping[str, Any], common: 
     """One layer's config: its entry over its type's override over the common config over the defaults."""
     unknown = set(entry) - _LAYER_KEYS
     if unknown:
-        raise _err(name, sorted(unknown)[0], f"unknown key (known: {sorted(_LAYER_KEYS)})")
+        raise field_error(name, sorted(unknown)[0], f"unknown key (known: {sorted(_LAYER_KEYS)})")
     c = _section(common, "common_config")
     t = _section(by_type.get(layer_type, {}), f"override_layer_types[{layer_type!r}]")
     own = {k: entry.get(k, {}) for k in _PARAM_KEYS}
     qe = entry.get("quant_enable", True)
-    _check_bool(name, "quant_enable", qe)
+    check_bool(name, "quant_enable", qe)
     act = _params(ActivationParams, name, "activation_quant_params", c["activation_quant_params"],
                   t["activation_quant_params"], own["activation_quant_params"])
     wts = _params(WeightParams, name, "weight_quant_params", c["weight_quant_params"], t["weight_quant_params"],
@@ -212,7 +212,7 @@ def config_from_json(d: Mapping[str, Any]) -> QuantConfig:
     if isinstance(bn, bool) or not isinstance(bn, int) or bn < 1:
         raise ConfigError(f"field 'batch_num': must be an integer > 0, got {bn!r}")
     for key in ("activation_offset", "do_fusion"):
-        _check_bool("<global>", key, d.get(key, True))
+        check_bool("<global>", key, d.get(key, True))
     skip = d.get("skip_fusion_layers", [])
     if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
         raise ConfigError(f"field 'skip_fusion_layers': must be a list of layer names, got {skip!r}")
@@ -225,7 +225,7 @@ def config_from_json(d: Mapping[str, Any]) -> QuantConfig:
     for name, entry in d.get("layers", {}).items():
         lt = entry.get("layer_type") if isinstance(entry, Mapping) else None
         if lt not in QUANTIZABLE_TYPES:
-            raise _err(name, "layer_type", f"must be one of {list(QUANTIZABLE_TYPES)}, got {lt!r}")
+            raise field_error(name, "layer_type", f"must be one of {list(QUANTIZABLE_TYPES)}, got {lt!r}")
         layers[name] = resolve_layer(name, lt, entry, common, by_type)
     return QuantConfig(layers, bn, d.get("activation_offset", True), d.get("do_fusion", True), tuple(skip),
                        dict(common), dict(by_type))

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ferroquant.config import check_bool, check_int, field_error
 from ferroquant.errors import ConfigError
 from ferroquant.onnx._fold_math import BatchNormParams, fold_conv, fold_gemm
 from ferroquant.torch.modules import CONV_TRANSPOSE, ActivationULQ, ArqRetrainWeight, LsqWeight, QuantLayer
@@ -52,10 +53,6 @@ _KEEP_SIGN_METHODS = {"view", "reshape", "flatten", "contiguous"}
 InputData = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
-def _err(layer: str, fld: str, msg: str) -> ConfigError:
-    return ConfigError(f"layer {layer!r}, field {fld!r}: {msg}")
-
-
 @dataclass(frozen=True)
 class UlqParams:
     """``retrain_data_quant_params`` of one layer (spec §5.1)."""
@@ -67,15 +64,13 @@ class UlqParams:
     clip_min: Optional[float] = None
 
     def validate(self, layer: str) -> None:
-        if self.num_bits not in (4, 8, 16):
-            raise _err(layer, "num_bits", f"must be 4, 8 or 16, got {self.num_bits!r}")
+        check_int(layer, "num_bits", self.num_bits, (4, 8, 16))
         for k in ("asymmetric", "fixed_min"):
-            if not isinstance(getattr(self, k), bool):
-                raise _err(layer, k, f"must be true or false, got {getattr(self, k)!r}")
+            check_bool(layer, k, getattr(self, k))
         if self.clip_max is not None and not self.clip_max > 0:
-            raise _err(layer, "clip_max", f"must be > 0, got {self.clip_max!r}")
+            raise field_error(layer, "clip_max", f"must be > 0, got {self.clip_max!r}")
         if self.clip_min is not None and not self.clip_min <= 0:
-            raise _err(layer, "clip_min", f"must be <= 0, got {self.clip_min!r}")
+            raise field_error(layer, "clip_min", f"must be <= 0, got {self.clip_min!r}")
 
 
 @dataclass(frozen=True)
@@ -88,11 +83,9 @@ class RetrainWeightParams:
 
     def validate(self, layer: str) -> None:
         if self.algo not in WEIGHT_ALGOS:
-            raise _err(layer, "algo", f"must be one of {list(WEIGHT_ALGOS)}, got {self.algo!r}")
-        if self.num_bits not in range(2, 9):
-            raise _err(layer, "num_bits", f"must be in 2..8, got {self.num_bits!r}")
-        if not isinstance(self.channel_wise, bool):
-            raise _err(layer, "channel_wise", f"must be true or false, got {self.channel_wise!r}")
+            raise field_error(layer, "algo", f"must be one of {list(WEIGHT_ALGOS)}, got {self.algo!r}")
+        check_int(layer, "num_bits", self.num_bits, range(2, 9))
+        check_bool(layer, "channel_wise", self.channel_wise)
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,7 @@ def _section(cls: type, layer: str, d: Mapping[str, Any]) -> Any:
     names = set(cls.__dataclass_fields__)
     unknown = set(d) - names
     if unknown:
-        raise _err(layer, sorted(unknown)[0], f"unknown key (known: {sorted(names)})")
+        raise field_error(layer, sorted(unknown)[0], f"unknown key (known: {sorted(names)})")
     obj = cls(**d)
     obj.validate(layer)
     return obj
@@ -147,12 +140,12 @@ def retrain_config_from_json(d: Mapping[str, Any]) -> RetrainConfig:
     for name, e in d.get("layers", {}).items():
         extra = set(e) - {"layer_type", "quant_enable", "retrain_data_quant_params", "retrain_weight_quant_params"}
         if extra:
-            raise _err(name, sorted(extra)[0], "unknown key")
+            raise field_error(name, sorted(extra)[0], "unknown key")
         if e.get("layer_type") not in LAYER_TYPES.values():
-            raise _err(name, "layer_type", f"must be one of {list(LAYER_TYPES.values())}, got {e.get('layer_type')!r}")
+            raise field_error(name, "layer_type", f"must be one of {list(LAYER_TYPES.values())}, got {e.get('layer_type')!r}")
         qe = e.get("quant_enable", True)
         if not isinstance(qe, bool):
-            raise _err(name, "quant_enable", f"must be true or false, got {qe!r}")
+            raise field_error(name, "quant_enable", f"must be true or false, got {qe!r}")
         layers[name] = RetrainLayerConfig(e["layer_type"], qe,
                                           _section(UlqParams, name, e.get("retrain_data_quant_params", {})),
                                           _section(RetrainWeightParams, name, e.get("retrain_weight_quant_params", {})))
@@ -362,7 +355,7 @@ def make_quant_layer(name: str, m: nn.Module, lc: RetrainLayerConfig, batch_num:
     groups = getattr(m, "groups", 1) if isinstance(m, CONV_TRANSPOSE) else 1
     if wp.algo == "ulq":
         if groups > 1 and wp.channel_wise:
-            raise _err(name, "algo", "ulq weights per channel do not support grouped ConvTranspose; use arq_retrain")
+            raise field_error(name, "algo", "ulq weights per channel do not support grouped ConvTranspose; use arq_retrain")
         wq: nn.Module = LsqWeight(m.weight, wp.num_bits, wp.channel_wise, _weight_axis(m))
     else:
         wq = ArqRetrainWeight(wp.num_bits, wp.channel_wise, _weight_axis(m), groups)
