@@ -90,3 +90,33 @@ def test_fallback_config_names_only_known_layers(calibrated):
 
     with pytest.raises(ConfigError, match="nope"):
         fallback_config(calibrated.config, ["nope"])
+
+
+def test_value_info_without_shape():
+    """A MatMul whose input shape shape inference cannot know (a Reshape to a shape fed at run time), so its
+    output value_info keeps a type but no shape, as in real exports: the report's one-layer models copied it
+    and failed the checker ('the exported QDQ model is invalid (a ferroquant bug)')."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["xr"], name="rs"),
+         helper.make_node("MatMul", ["xr", "w"], ["y"], name="mm"), helper.make_node("Relu", ["y"], ["z"], name="r")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32]),
+              helper.make_tensor_value_info("s", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w, "w")],
+        value_info=[onnx.ValueInfoProto(name="y", type=onnx.TypeProto(
+            tensor_type=onnx.TypeProto.Tensor(elem_type=TensorProto.FLOAT)))])
+    graph.output[0].type.tensor_type.shape.SetInParent()
+    graph.output[0].type.tensor_type.shape.dim.add()
+    graph.output[0].type.tensor_type.shape.dim.add()
+    graph.output[0].type.tensor_type.shape.dim.add()
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.checker.check_model(m, full_check=True)
+    data = [{"x": rng.standard_normal((2, 32)).astype(np.float32), "s": np.array([2, 4, 8])} for _ in range(2)]
+    cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data)
+    rep = measure(cm, data, max_batches=2)
+    assert rep.layers[0].local_sqnr_db is not None and rep.layers[0].local_sqnr_db > 20

@@ -56,13 +56,14 @@ def model_inputs(model) -> List[InputSpec]:  # noqa: ANN001 - an onnx.ModelProto
 
 
 def _check(name: str, a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
-    if a.dtype.kind not in "fiu":
+    if a.dtype.kind not in "fiub":
         raise DataError(f"{where}: input {name!r} holds {a.dtype}, expected numbers")
     if a.ndim != len(spec.shape) or any(isinstance(d, int) and d > 0 and d != s
                                         for d, s in zip(spec.shape[1:], a.shape[1:])):
         raise DataError(f"{where}: input {name!r} has shape {list(a.shape)}, the model expects "
                         f"{[d if isinstance(d, int) and d > 0 else '?' for d in spec.shape]}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # floats become float32; integers and bools (token ids, masks) are kept as they are
+    return np.ascontiguousarray(a, dtype=np.float32 if a.dtype.kind == "f" else a.dtype)
 
 
 def _arrays_of(path: Path, specs: Sequence[InputSpec]) -> List[Dict[str, np.ndarray]]:

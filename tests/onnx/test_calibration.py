@@ -165,3 +165,46 @@ def test_amct_switches_reach_the_calibrators():
     assert cm.calibrators["r1"].refine is False
     assert cm.calibrators["x"].options["search_extend"] is False and cm.calibrators["x"].options["search_2d"]
     assert cm.table().layers["conv2"].activation.details["refine"] is False
+
+
+def token_net(seed=0):
+    """int64 token ids -> Gather (embedding) -> MatMul, with an int64 length input and a bool mask that
+    multiply the result: inputs of every dtype, as exported transformers have."""
+    rng = np.random.default_rng(seed)
+    inits = {"emb": rng.standard_normal((50, 16)).astype(np.float32),
+             "w": rng.standard_normal((16, 8)).astype(np.float32) * 0.3}
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w"], ["h"], name="proj"),
+        helper.make_node("Cast", ["mask"], ["maskf"], to=onnx.TensorProto.FLOAT, name="cast"),
+        helper.make_node("Unsqueeze", ["maskf", "axes"], ["mask3"], name="unsq"),
+        helper.make_node("Mul", ["h", "mask3"], ["y"], name="masked"),
+    ]
+    inits["axes"] = np.array([2], np.int64)
+    graph = helper.make_graph(
+        nodes, "tokens",
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("mask", onnx.TensorProto.BOOL, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq", 8])],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_integer_and_bool_inputs_pass_through_calibration():
+    """Token ids, masks: fed to onnxruntime unchanged (only float tensors are observed); this was refused
+    with 'expected floats, got int64'."""
+    rng = np.random.default_rng(3)
+    feeds = [{"ids": rng.integers(0, 50, (2, 7)), "mask": rng.random((2, 7)) > 0.2} for _ in range(3)]
+    cfg = create_quant_config(None, token_net(), batch_num=3)
+    cm = quantize_model(cfg, token_net(), feeds)
+    table = cm.table()
+    assert list(table.layers) == ["proj"] and cm.batches == 3
+    assert table.layers["proj"].activation.tensor == "e"
+
+
+def test_integer_input_of_wrong_kind_is_refused_clearly():
+    feeds = [{"ids": np.zeros((2, 7), np.float32), "mask": np.ones((2, 7), bool)}]
+    with pytest.raises(DataError, match="'ids'.*int64"):
+        quantize_model(create_quant_config(None, token_net()), token_net(), feeds)

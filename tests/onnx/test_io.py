@@ -122,3 +122,45 @@ def test_graph_view_maps():
     assert conv.name == "conv" and [n.name for n in view.consumers_of("c")] == ["bn"]
     assert view.is_graph_output("y") and view.only_consumer("c", view.consumers_of("c")[0])
     assert view.array("missing") is None and view.array("w").dtype == np.float32
+
+
+def _zero_d_constant_model() -> onnx.ModelProto:
+    """Conv -> Reshape by a shape built from a 0-d Constant (Unsqueeze of a scalar), as torch exports write."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["minus_one"], value=numpy_helper.from_array(np.array(-1, np.int64))),
+        helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Unsqueeze", ["minus_one", "axes"], ["one_d"]),
+        helper.make_node("Constant", [], ["batch"], value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("Concat", ["batch", "one_d"], ["shape"], axis=0),
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["y", "shape"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "zero_d", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1, 256])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_zero_d_constants_keep_their_shape():
+    """A 0-d Constant became a [1] initializer (np.ascontiguousarray), which broke shape inference and
+    onnxruntime (Reshape's shape turned 2-D)."""
+    m = load_model(_zero_d_constant_model())
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert inits["minus_one"].shape == ()
+    assert inits["axes"].shape == (1,)
+    x = np.random.default_rng(2).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    assert B.run(m, {"x": x})[0].shape == (1, 256)
+
+
+def test_set_initializer_keeps_zero_d_and_empty():
+    m = _zero_d_constant_model()
+    view = GraphView(m)
+    view.set_initializer("scalar", np.float32(2.5))
+    view.set_initializer("empty", np.zeros((0,), np.int64))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    assert inits["scalar"].shape == () and inits["scalar"] == np.float32(2.5)
+    assert inits["empty"].shape == (0,)

@@ -45,8 +45,33 @@ def iterate_batches(data: CalibrationData, input_names: List[str]) -> Iterator[F
                             f"{input_names}, got {type(item).__name__}")
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+               "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16,
+               "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_}
+
+
+def _feed_array(a: np.ndarray, want: Optional[type], name: str, index: int) -> np.ndarray:
+    """``a`` in the dtype the model input declares. A float input takes floats (converted); an integer input
+    takes integers, a bool input bools (token ids, lengths, masks pass through unchanged)."""
+    if want is None:  # a type onnxruntime names that we do not map (strings...): passed as given
+        return a
+    kind = np.dtype(want).kind
+    if kind == "f" and a.dtype.kind != "f":
+        raise DataError(f"calibration batch {index}, input {name!r}: expected floats, got {a.dtype}")
+    if kind != "f" and not (a.dtype.kind in "iu" if kind in "iu" else a.dtype.kind == "b"):
+        raise DataError(f"calibration batch {index}, input {name!r}: the model expects {np.dtype(want)}, got "
+                        f"{a.dtype}")
+    if kind in "iu" and a.dtype != want and a.size:
+        info = np.iinfo(want)
+        if a.min() < info.min or a.max() > info.max:
+            raise DataError(f"calibration batch {index}, input {name!r}: values outside the range of "
+                            f"{np.dtype(want)}")
+    return np.ascontiguousarray(a, dtype=want)
+
+
 def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.ndarray]:
-    """The feed with dtypes matched to the model; clear errors for wrong names, ranks and shapes."""
+    """The feed with dtypes matched to the model; clear errors for wrong names, dtypes, ranks and shapes."""
     unknown = set(feed) - set(inputs)
     missing = set(inputs) - set(feed)
     if unknown or missing:
@@ -55,12 +80,10 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
     out = {}
     for name, arg in inputs.items():
         a = np.asarray(feed[name])
-        if a.dtype.kind != "f":
-            raise DataError(f"calibration batch {index}, input {name!r}: expected floats, got {a.dtype}")
         if len(arg.shape) != a.ndim or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
             raise DataError(f"calibration batch {index}, input {name!r}: shape {list(a.shape)} does not fit the "
                             f"model's {list(arg.shape)}")
-        out[name] = np.ascontiguousarray(a, dtype=np.float32)
+        out[name] = _feed_array(a, _ORT_DTYPES.get(arg.type), name, index)
     return out
 
 

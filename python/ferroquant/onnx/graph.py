@@ -103,7 +103,9 @@ class GraphView:
 
     def set_initializer(self, name: str, value: np.ndarray) -> None:
         """Create initializer ``name`` or replace its value (and dtype/shape) with ``value``."""
-        new = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        arr = np.asarray(value)
+        # np.ascontiguousarray would turn a 0-d value into shape (1,): keep the shape as it is
+        new = numpy_helper.from_array(arr if arr.flags.c_contiguous else arr.copy(order="C"), name)
         old = self.initializers.get(name)
         if old is None:
             self.graph.initializer.append(new)

@@ -143,14 +143,16 @@ def _session(model: onnx.ModelProto, taps: Sequence[str] = ()):  # noqa: ANN202 
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
 
 
-def _single_layer(model: onnx.ModelProto, view: GraphView, node: onnx.NodeProto, lq: LayerQuant
-                  ) -> onnx.ModelProto:
-    """The layer's node alone (its constants as initializers), quantized like in the full model."""
-    infos = {v.name: v for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
-    io = [infos.get(t) or helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in (node.input[0], node.output[0])]
+def _single_layer(view: GraphView, node: onnx.NodeProto, lq: LayerQuant, x: np.ndarray, y: np.ndarray,
+                  base: onnx.ModelProto) -> onnx.ModelProto:
+    """The layer's node alone (its constants as initializers), quantized like in the full model. Its input and
+    output are declared from the arrays ``x`` and ``y`` the layer saw (dtype and rank, every dim free): the
+    model's own value_info may lack a shape where shape inference could not find one."""
+    io = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
+          for t, a in ((node.input[0], x), (node.output[0], y))]
     inits = [onnx.numpy_helper.from_array(view.array(i), i) for i in node.input[1:] if i]
     g = helper.make_graph([node], "layer", [io[0]], [io[1]], initializer=inits)
-    m = helper.make_model(g, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    m = helper.make_model(g, opset_imports=list(base.opset_import), ir_version=base.ir_version)
     return export_fake_quant(m, QuantTable({lq.layer.name: lq}))
 
 
@@ -198,7 +200,7 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
     ins = {name: lq.layer.activation for name, lq in table.layers.items()}
     fp32 = _session(cm.model, list(dict.fromkeys([*ins.values(), *outs.values()])))
     fq = _session(export_fake_quant(cm.model, table), list(outs.values()))
-    locals_ = {name: _session(_single_layer(cm.model, view, nodes[name], lq)) for name, lq in table.layers.items()}
+    locals_: Dict[str, Any] = {}  # one-layer sessions, made on the first batch (their I/O from real arrays)
     acc_out = {n: _Acc() for n in table.layers}
     acc_loc = {n: _Acc() for n in table.layers}
     taps = fp32.get_outputs()
@@ -212,6 +214,9 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
             got = dict(zip(list(outs.values()), fq.run(list(outs.values()), dict(feed))))
             for n in table.layers:
                 acc_out[n].add(ref[outs[n]], got[outs[n]])
+                if n not in locals_:
+                    locals_[n] = _session(_single_layer(view, nodes[n], table.layers[n], ref[ins[n]],
+                                                        ref[outs[n]], cm.model))
                 acc_loc[n].add(ref[outs[n]], locals_[n].run(None, {ins[n]: ref[ins[n]]})[0])
             n_batches += 1
             bar.update()
