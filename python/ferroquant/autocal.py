@@ -29,14 +29,12 @@ import onnx
 from ferroquant.calib_data import model_inputs
 from ferroquant.config import QuantConfig, load_config
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.api import create_quant_config, quantize_model, save_model
+from ferroquant.onnx.api import create_quant_config, prepare_model, quantize_model, save_model
 from ferroquant.onnx.calibration import iterate_batches
 from ferroquant.onnx.io import load_model, save_onnx
-from ferroquant.onnx.layers import QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
 from ferroquant.report.measure import measure
-from ferroquant.report.render import fallback_config
 
 Evaluator = Callable[[str], float]
 
@@ -93,14 +91,17 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
         raise ConfigError(f"max_drop must be a number >= 0, got {max_drop!r}")
     m = load_model(model)
     feeds = list(iterate_batches(calibration_data, [s.name for s in model_inputs(m)]))
-    cfg = load_config(config) if config is not None else create_quant_config(None, m, batch_num=1 << 30)
+    cfg = load_config(config) if config is not None else None
+    prepared = prepare_model(m, cfg.do_fusion if cfg else True, cfg.skip_fusion_layers if cfg else (), loaded=True)
+    cfg = cfg or create_quant_config(None, prepared, batch_num=None)
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".autocal-", dir=out))
     try:
         fp32 = _score(evaluator, save_onnx(m, work / "fp32.onnx"))
         with ProgressBar("calibrating", None, "batches") as cbar:
-            cm = quantize_model(cfg, m, feeds, batch_num=batch_num if batch_num else len(feeds), progress=cbar)
+            cm = quantize_model(cfg, prepared, feeds, batch_num=batch_num if batch_num else len(feeds),
+                                progress=cbar)
         with ProgressBar("searching clips", len(cm.calibrators), "tensors") as sbar:
             table = cm.table(progress=sbar)
         ranking = measure(cm, feeds, report_batches, table).ranking()
@@ -108,9 +109,8 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
         with ProgressBar("evaluating fallbacks", None, "models") as bar:
 
             def trial(k: int) -> float:
-                kept = set(ranking[:k])
-                sub = QuantTable({n: lq for n, lq in table.layers.items() if n not in kept})
                 if k not in scores:
+                    sub = table.without(ranking[:k])
                     scores[k] = _score(evaluator, save_onnx(export_fake_quant(cm.model, sub), work / f"k{k}.onnx"))
                     bar.update()
                 return scores[k]
@@ -127,15 +127,15 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
     finally:
         shutil.rmtree(work, ignore_errors=True)
     float_layers = ranking[:hi]
-    final_cfg = fallback_config(cm.config, float_layers)
+    final_cfg = cm.config.with_float_layers(float_layers)
     res = AutoCalResult(float_layers, fp32, scores[0], scores[hi], float(max_drop), ranking,
                         sorted((k, v) for k, v in scores.items() if k != len(ranking) or k == hi), final_cfg)
     res.paths["config"] = out / "config.json"
     final_cfg.save(res.paths["config"])
     remaining = [l for l in cm.layers if l.name not in set(float_layers)]
     if remaining:
-        sub = QuantTable({n: lq for n, lq in table.layers.items() if n not in set(float_layers)})
-        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model", sub))
+        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model",
+                                    table.without(float_layers)))
     else:
         res.paths["fp32"] = save_onnx(m, out / "model_fp32.onnx")
     res.paths["summary"] = out / "autocal_summary.json"

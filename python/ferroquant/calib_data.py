@@ -93,7 +93,9 @@ def _image_files(folder: Path) -> List[Path]:
 
 def load_image(path: Path, height: int, width: int, preprocess: str) -> np.ndarray:
     """One image as float32 ``[3, height, width]`` (see the module docstring for ``preprocess``)."""
-    from ferroquant.data.photos import _pil, _resize, normalize_imagenet
+    from ferroquant.images import normalize_imagenet
+    from ferroquant.images import pil as _pil
+    from ferroquant.images import resize as _resize
 
     try:
         with _pil().open(path) as im:

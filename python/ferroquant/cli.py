@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
 from ferroquant.errors import ConfigError, DataError, QuantError
 
 EVALUATOR_CONTRACT = """The evaluator file defines evaluate(model_path: str) -> float: it receives the path of an
@@ -31,8 +32,8 @@ def _common() -> argparse.ArgumentParser:
 def _quant_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("quantization options (for a default config; not with --config)")
-    g.add_argument("--act-algo", choices=["hfmg", "ifmr"], help="activation calibration (default ifmr)")
-    g.add_argument("--wts-algo", choices=["arq", "nuq"], help="weight quantization (default arq)")
+    g.add_argument("--act-algo", choices=ACT_ALGORITHMS, help="activation calibration (default ifmr)")
+    g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS, help="weight quantization (default arq)")
     g.add_argument("--bits", type=int, help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
     g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
@@ -74,32 +75,35 @@ def _load_model(path: str):  # noqa: ANN202 - onnx.ModelProto
     return load_model(path)
 
 
-def _make_config(args: argparse.Namespace, model: Any):  # noqa: ANN202 - QuantConfig
+def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, PreparedModel, QuantConfig)
+    """The model loaded and fused once, and its config: from ``--config``, or the default config of the model with
+    the quantization options applied."""
     from ferroquant.config import QUANTIZABLE_TYPES, load_config
-    from ferroquant.onnx.api import create_quant_config
-    from ferroquant.report.render import fallback_config
+    from ferroquant.onnx.api import create_quant_config, prepare_model
 
+    model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric")
              if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
-        return load_config(args.config)
+        cfg = load_config(args.config)
+        return model, prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers, loaded=True), cfg
     act, wts = {}, {}
     if args.act_algo:
-        act["act_algo"] = args.act_algo
+        act["algorithm"] = args.act_algo
     if args.wts_algo:
-        wts["wts_algo"] = args.wts_algo
+        wts["algorithm"] = args.wts_algo
     if args.bits is not None:
-        act["num_bits"], wts["num_bits"] = args.bits, min(args.bits, 8)
+        act["bits"], wts["bits"] = args.bits, min(args.bits, 8)
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
-    common = {"activation_quant_params": act, "weight_quant_params": wts}
-    cfg = create_quant_config(None, model, skip_layers=args.skip, batch_num=1 << 30,
-                              activation_offset=not args.symmetric, config_defination={"common_config": common})
-    by_type = [n for n, c in cfg.layers.items() if c.layer_type in args.skip_type]
-    return fallback_config(cfg, by_type) if by_type else cfg
+    prepared = prepare_model(model, loaded=True)
+    cfg = create_quant_config(None, prepared, skip_layers=args.skip, batch_num=None, symmetric=args.symmetric,
+                              skip_layer_types=args.skip_type,
+                              config_defination={"common_config": {"activation": act, "weight": wts}})
+    return model, prepared, cfg
 
 
 def _calibration(args: argparse.Namespace, model: Any, cfg: Any) -> List[dict]:
@@ -115,11 +119,10 @@ def _calibrate(args: argparse.Namespace):  # noqa: ANN202
     from ferroquant.onnx.api import quantize_model
     from ferroquant.progress import ProgressBar
 
-    model = _load_model(args.model)
-    cfg = _make_config(args, model)
+    model, prepared, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
     with ProgressBar("calibrating", len(feeds), "batches") as bar:
-        cm = quantize_model(cfg, model, feeds, batch_num=len(feeds), progress=bar)
+        cm = quantize_model(cfg, prepared, feeds, batch_num=len(feeds), progress=bar)
     with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
         table = cm.table(progress=bar)
     return cm, feeds, table
@@ -138,7 +141,7 @@ def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: A
 
 # -- commands --------------------------------------------------------------------------------------------------
 def _cmd_config(args: argparse.Namespace) -> int:
-    cfg = _make_config(args, _load_model(args.model))
+    _, _, cfg = _config_and_model(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     cfg.save(args.output)
     print(f"wrote {args.output}: {len(cfg.layers)} layers, {len(cfg.enabled_layers())} quantized")
@@ -197,8 +200,7 @@ def _cmd_autocal(args: argparse.Namespace) -> int:
     from ferroquant.autocal import accuracy_based_auto_calibration
 
     evaluate = load_evaluator(args.evaluator)
-    model = _load_model(args.model)
-    cfg = _make_config(args, model)
+    model, _, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
     res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out)
     print(f"FP32 metric {res.fp32_metric:.4f}; all layers quantized {res.quantized_metric:.4f}; "
@@ -211,7 +213,7 @@ def _cmd_autocal(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ferroquant import demo
+    from ferroquant.examples import demo
 
     if args.weights:
         return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference)

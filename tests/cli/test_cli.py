@@ -54,8 +54,9 @@ def test_config_with_skips_and_options(case, tmp_path):
        "--wts-algo", "nuq", "--symmetric")
     cfg = load_config(out)
     assert not cfg.layers["fc1"].quant_enable and not cfg.layers["fc3"].quant_enable
-    assert cfg.layers["fc2"].quant_enable and cfg.layers["fc2"].activation.act_algo == "hfmg"
-    assert cfg.layers["fc2"].weight.wts_algo == "nuq_quantize" and cfg.activation_offset is False
+    assert cfg.layers["fc2"].quant_enable and cfg.layers["fc2"].activation.algorithm == "hfmg"
+    assert cfg.layers["fc2"].weight.algorithm == "nuq" and cfg.symmetric is True
+    assert cfg.skip_layer_types == ("Gemm",)
 
 
 def test_quantize_writes_models_record_and_report(case, tmp_path):

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 import ferroquant
-from ferroquant.data.photos import calibration_and_eval_sets
-from ferroquant.models.mobilenet_v2 import mobilenet_v2_onnx
+from ferroquant.examples.photos import calibration_and_eval_sets
+from ferroquant.examples.models import mobilenet_v2_onnx
 from ferroquant.onnx import create_quant_config, load_model, quantize_model, read_record, save_model
 from tests.onnx.test_light_models import LIGHT, _feed, with_random_weights
 

@@ -24,7 +24,8 @@ from ferroquant.onnx import (
 )
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import default_opset
-from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable, WeightQuant, quantizable_layers
+from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable, WeightQuant
 from tests.onnx.builders import add_output, make_model, run
 
 Feed = Dict[str, np.ndarray]
@@ -379,8 +380,8 @@ def test_unreadable_record_errors(tmp_path) -> None:
 @pytest.mark.slow
 def test_mobilenet_v2_deploy_agrees_with_fp32() -> None:
     pytest.importorskip("PIL")
-    from ferroquant.data import calibration_and_eval_sets
-    from ferroquant.models import mobilenet_v2_onnx
+    from ferroquant.examples.photos import calibration_and_eval_sets
+    from ferroquant.examples.models import mobilenet_v2_onnx
     from ferroquant.onnx import fuse
 
     try:

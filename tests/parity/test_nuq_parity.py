@@ -51,7 +51,7 @@ def _weights():
 
 
 def _trained():
-    from ferroquant.pretrained import mobilenet_v2_state_dict
+    from ferroquant.examples.pretrained import mobilenet_v2_state_dict
 
     sd = mobilenet_v2_state_dict()
     yield "mobilenet_v2.features.18.0.weight", sd["features.18.0.weight"], 0

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime")
 import ferroquant.torch as fqt  # noqa: E402
 from tests.torch.models import DeepCNN, accuracy, digits, ort_accuracy, train  # noqa: E402
 
-FOUR_BITS = {"activation_quant_params": {"num_bits": 4}, "weight_quant_params": {"num_bits": 4}}
+FOUR_BITS = {"activation": {"bits": 4}, "weight": {"bits": 4}}
 
 
 def test_qat_recovers_4bit_accuracy(tmp_path):
@@ -26,7 +26,7 @@ def test_qat_recovers_4bit_accuracy(tmp_path):
     ptq_acc = ort_accuracy(ptq.save(tmp_path / "ptq4")["deploy"], xte, yte)
 
     q = copy.deepcopy(model)
-    cfg = fqt.create_quant_retrain_config(None, q, xtr[:8], num_bits=4, weight_num_bits=4, batch_num=2)
+    cfg = fqt.create_quant_retrain_config(None, q, xtr[:8], bits=4, weight_bits=4, batch_num=2)
     fqt.create_quant_retrain_model(cfg, q, xtr[:8])
     torch.manual_seed(1)
     train(q, xtr, ytr, epochs=5, lr=1e-3)

@@ -13,11 +13,13 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 import onnx
 
-from ferroquant import ops
-from ferroquant.calibrate import AnyCalibrator, HistogramCalibrator, IFMRCalibrator, from_state_dict
-from ferroquant.config import LayerConfig, QuantConfig
-from ferroquant.errors import ConfigError, DataError, ModelError
-from ferroquant.onnx.layers import ActivationQuant, LayerInfo, LayerQuant, QuantTable, WeightQuant
+from ferroquant.calibrate import AnyCalibrator, from_state_dict
+from ferroquant.config import QuantConfig
+from ferroquant.errors import DataError, ModelError
+from ferroquant.onnx.graph import GraphView
+from ferroquant.quant.calibrators import activation_quant
+from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
+from ferroquant.quant.weights import layer_quant
 
 Feed = Mapping[str, np.ndarray]
 CalibrationData = Union[Iterable[Feed], Callable[[], Iterable[Feed]], Any]
@@ -87,46 +89,6 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
     return out
 
 
-#: Bytes of samples that all exact-IFMR calibrators of one model may hold together (decision 7): each gets an
-#: equal share; a tensor that outgrows its share switches to the histogram percentile mode.
-IFMR_MODEL_BUDGET = 1 << 30
-_MIN_SHARE = 4 << 20
-
-
-def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool,
-                               memory_budget: Optional[int] = None) -> AnyCalibrator:
-    a = cfg.activation
-    if a.act_algo == "hfmg":
-        return HistogramCalibrator(tensor, "hfmg", num_of_bins=a.num_of_bins, bits=a.num_bits,
-                                   symmetric=not asymmetric, refine=a.hfmg_refine)
-    extra = {} if memory_budget is None else {"memory_budget": memory_budget}
-    return IFMRCalibrator(tensor, bits=a.num_bits, symmetric=not asymmetric, max_percentile=a.max_percentile,
-                          min_percentile=a.min_percentile, search_range=a.search_range, search_step=a.search_step,
-                          search_extend=a.search_extend, search_2d=a.search_2d, num_of_bins=a.num_of_bins,
-                          **extra)
-
-
-def ifmr_share(config: QuantConfig, layers: List[LayerInfo], total: int = IFMR_MODEL_BUDGET) -> int:
-    """Each exact-IFMR tensor's share of the model's sample budget ``total`` (at least 4 MiB)."""
-    tensors = {l.activation for l in layers if config.layers[l.name].activation.act_algo == "ifmr"}
-    return max(_MIN_SHARE, total // max(1, len(tensors)))
-
-
-def quantize_weight(layer: LayerInfo, w: np.ndarray, cfg: LayerConfig) -> WeightQuant:
-    """ARQ or NUQ per the layer's config, in the weight's ONNX layout."""
-    p = cfg.weight
-    cw = p.channel_wise
-    if p.wts_algo == "nuq_quantize":
-        if layer.groups > 1 and cw:
-            raise ConfigError(f"layer {layer.name!r}, field 'wts_algo': NUQ per channel does not support grouped "
-                              "ConvTranspose; set channel_wise false")
-        r = ops.nuq(w, p.num_steps, p.num_of_iteration, channel_wise=cw, axis=layer.axis, name=layer.weight)
-        return WeightQuant(layer.weight, r.scale, r.zero_point, layer.axis if cw else None, 8, "nuq", r.codes,
-                           r.levels)
-    a = ops.arq(w, channel_wise=cw, axis=layer.axis, bits=p.num_bits, groups=layer.groups, name=layer.weight)
-    return WeightQuant(layer.weight, a.scale, a.zero_point, layer.axis if cw else None, p.num_bits, "arq", a.codes)
-
-
 @dataclass
 class CalibratedModel:
     """What :func:`ferroquant.onnx.quantize_model` returns: the (fused) float model, the config, the layers
@@ -142,16 +104,16 @@ class CalibratedModel:
     fusion: Any = None
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
-        """Search every calibrator and assemble the qparams table the exporters consume. ``progress(done, total)``
-        is called after each tensor's search."""
+        """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
+        ``progress(done, total)`` is called after each tensor's search."""
         acts: Dict[str, ActivationQuant] = {}
         for i, (tensor, cal) in enumerate(self.calibrators.items()):
-            r = cal.qparams()
+            acts[tensor] = activation_quant(tensor, cal.qparams())
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
-            acts[tensor] = ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min,
-                                           r.clip_max, dict(r.details))
-        return QuantTable({l.name: LayerQuant(l, acts[l.activation], self.weights[l.name]) for l in self.layers})
+        view = GraphView(self.model)
+        return QuantTable({l.name: layer_quant(l, acts[l.activation], self.weights[l.name],
+                                               view.array(l.bias) if l.bias else None) for l in self.layers})
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""

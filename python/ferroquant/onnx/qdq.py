@@ -8,9 +8,10 @@ that onnxruntime runs.
   of ``w / s`` (the levels are a subset of the grid), so for them the int codes feed a ``DequantizeLinear``
   directly, as in the deploy model. Biases stay float.
 - :func:`export_deploy`: the same activation pairs; weights are integer initializers (the codes) behind
-  ``DequantizeLinear``; a 1-D bias becomes an int32 initializer ``round(b / (s_in * s_w[c]))`` (clamped to the
-  int32 range) behind ``DequantizeLinear(scale = s_in * s_w, zero_point = 0, axis = 0)``, the QDQ bias pattern
-  onnxruntime fuses. The float weights (and biases) nobody else reads are removed.
+  ``DequantizeLinear``; a bias with codes in the table (:func:`ferroquant.quant.weights.quantize_bias`: int32
+  ``round(b / (s_in * s_w[c]))``) becomes an int32 initializer behind ``DequantizeLinear(scale = s_in * s_w,
+  zero_point = 0, axis = 0)``, the QDQ bias pattern onnxruntime fuses. The float weights (and biases) nobody
+  else reads are removed. The exporters copy the table's numbers; they do no quantization arithmetic.
 
 Decisions. The integer offset ``o`` of spec section 0 is the ONNX ``zero_point``. Activations: 8 bits -> int8
 (opset 13); 16 bits -> int16 and 4 bits -> int4 (opset 21); any other width raises :class:`ConfigError`
@@ -34,12 +35,11 @@ from onnx import TensorProto, helper, numpy_helper
 from ferroquant.errors import ConfigError, ModelError
 from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
 from ferroquant.onnx.io import default_opset
-from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable, WeightQuant
+from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable, WeightQuant
 
 BASE_OPSET = 13
 WIDE_OPSET = 21  # int4 / int16 Q/DQ and blocked quantization
 _ACT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
-_INT32 = np.iinfo(np.int32)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class _Layer:
 
     @property
     def blocked(self) -> bool:
-        """Grouped ConvTranspose with per-channel weights: needs blocked Q/DQ."""
-        return self.lq.layer.groups > 1 and self.lq.weight.axis is not None
+        """Grouped ConvTranspose with per-channel weights: needs blocked Q/DQ (see the registry)."""
+        return self.lq.layer.blocked(self.lq.weight.axis is not None)
 
 
 def _act_type(aq: ActivationQuant) -> int:
@@ -117,8 +117,9 @@ def _match(model: onnx.ModelProto, table: QuantTable) -> List[_Layer]:
     out, acts = [], {}
     for name, lq in table.layers.items():
         node = by_label.get(name)
-        if node is None or node.op_type != lq.layer.op_type or list(node.input[:2]) != [lq.layer.activation,
-                                                                                     lq.layer.weight]:
+        wi = lq.layer.type.weight_input
+        if node is None or node.op_type != lq.layer.op_type or len(node.input) <= wi or (
+                node.input[0], node.input[wi]) != (lq.layer.activation, lq.layer.weight):
             raise ModelError(f"no {lq.layer.op_type} reading ({lq.layer.activation}, {lq.layer.weight}) "
                              "in the model", name)
         w = view.initializers.get(lq.layer.weight)
@@ -241,37 +242,31 @@ def _weight(em: _Emitter, ly: _Layer, deploy: bool) -> Tuple[List[onnx.NodeProto
 
 
 def _bias(em: _Emitter, ly: _Layer) -> Optional[Tuple[onnx.NodeProto, str]]:
-    """int32 bias behind DequantizeLinear(s_in * s_w, 0, axis 0); None (bias kept float) unless the bias
-    is a 1-D initializer with one value per output channel."""
-    layer, wq = ly.lq.layer, ly.lq.weight
-    b = em.view.array(layer.bias) if layer.bias else None
-    scale_w = np.asarray(wq.scale, np.float32).ravel()
-    if b is None or b.ndim != 1 or (wq.axis is not None and b.size != scale_w.size):
+    """The table's int32 bias codes behind DequantizeLinear(s_in * s_w, 0, axis 0); None (bias kept float) when
+    the table has no codes for the layer's bias."""
+    layer, bq = ly.lq.layer, ly.lq.bias
+    if bq is None:
         return None
-    scale = (np.float32(ly.lq.activation.scale) * scale_w).astype(np.float32)
-    codes = np.rint(b.astype(np.float64) / scale.astype(np.float64))
-    codes = np.clip(codes, _INT32.min, _INT32.max).astype(np.int32)
-    attrs: Dict[str, int] = {}
-    if wq.axis is None:
-        scale = scale.reshape(())
-    else:
-        attrs["axis"] = 0
+    if bq.tensor != layer.bias:
+        raise ConfigError(f"layer {layer.name!r}: bias codes are for {bq.tensor!r}, not {layer.bias!r}")
+    scale = np.asarray(bq.scale, np.float32)
+    attrs = {} if bq.axis is None else {"axis": bq.axis}
     s = em.init(numpy_helper.from_array(scale, em.tensor(f"{layer.name}.bias_scale")))
     z = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_zero_point"), np.zeros(scale.shape, np.int32),
                             TensorProto.INT32))
-    q = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_quantized"), codes, TensorProto.INT32))
+    q = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_quantized"), np.asarray(bq.codes), TensorProto.INT32))
     return em.node("DequantizeLinear", [q, s, z], f"{layer.name}.bias_DequantizeLinear", **attrs)
 
 
 def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool) -> None:
-    node = ly.node
+    node, t = ly.node, ly.lq.layer.type
     node.input[0] = _activation_pair(em, ly.lq.activation)
-    nodes, node.input[1] = _weight(em, ly, deploy)
+    nodes, node.input[t.weight_input] = _weight(em, ly, deploy)
     if deploy:
         bias = _bias(em, ly)
-        if bias is not None:
+        if bias is not None and t.bias_input is not None:
             nodes.append(bias[0])
-            node.input[2] = bias[1]
+            node.input[t.bias_input] = bias[1]
     em.before[id(node)] = nodes
 
 

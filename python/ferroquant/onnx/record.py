@@ -3,7 +3,8 @@
 Per layer (keyed by node name): ``op_type``, the layer's tensors (``activation``, ``weight``, ``bias``,
 ``axis``, ``groups``), the activation's ``tensor``, ``scale``, ``zero_point`` (AMCT's offset), ``bits``,
 ``algorithm``, ``clip_min``/``clip_max`` and free-form ``details``, and the weight's ``tensor``, ``scale`` and
-``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``. Integer
+``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``; and, when the
+bias is quantized, the bias's ``tensor``, ``scale`` list (``s_in * s_w``), ``axis`` and ``bits`` (32). Integer
 codes are not written (they are in the deploy model). Floats are written by ``repr`` (shortest round-trip
 form), so float32 scales read back bit for bit. :func:`read_record` validates the file and raises
 :class:`RecordError` (a :class:`~ferroquant.errors.ConfigError`) naming the layer and field at fault.
@@ -19,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ferroquant.errors import ConfigError
-from ferroquant.onnx.layers import LayerQuant, QuantTable
+from ferroquant.quant.table import LayerQuant, QuantTable
 
 FORMAT = "ferroquant-quant-record"
 VERSION = 1
@@ -54,7 +55,7 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
               "axis": wq.axis, "bits": int(wq.bits), "algorithm": wq.algorithm}
     if wq.levels is not None:
         weight["levels"] = [int(v) for v in np.asarray(wq.levels).ravel()]
-    return {
+    entry = {
         "op_type": layer.op_type,
         "layer": {"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
                   "axis": layer.axis, "groups": layer.groups},
@@ -63,6 +64,11 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
                        "clip_max": float(aq.clip_max), "details": _plain(aq.details, f"{layer.name}.details")},
         "weight": weight,
     }
+    if lq.bias is not None:
+        entry["bias"] = {"tensor": lq.bias.tensor,
+                         "scale": [float(s) for s in np.asarray(lq.bias.scale, np.float32).ravel()],
+                         "axis": lq.bias.axis, "bits": 32}
+    return entry
 
 
 def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -133,6 +139,17 @@ def _check_weight(entry: Mapping[str, Any], where: str) -> None:
         raise RecordError(f"{where}.levels: expected a list of integers")
 
 
+def _check_bias(entry: Mapping[str, Any], where: str) -> None:
+    _field(entry, "tensor", str, where)
+    scales = _field(entry, "scale", list, where)
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
+            raise RecordError(f"{where}.scale: {s!r} is not a finite number > 0")
+    axis = entry.get("axis")
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise RecordError(f"{where}.axis: expected an integer or null, got {axis!r}")
+
+
 def _check_layer(name: str, entry: Any) -> None:
     _field(entry, "op_type", str, name)
     layer = _field(entry, "layer", dict, name)
@@ -142,6 +159,8 @@ def _check_layer(name: str, entry: Any) -> None:
     _field(layer, "groups", int, f"{name}.layer")
     _check_activation(_field(entry, "activation", dict, name), f"{name}.activation")
     _check_weight(_field(entry, "weight", dict, name), f"{name}.weight")
+    if entry.get("bias") is not None:
+        _check_bias(_field(entry, "bias", dict, name), f"{name}.bias")
 
 
 def read_record(path: PathLike) -> Dict[str, Any]:

@@ -24,7 +24,7 @@ from ferroquant import _native, ops
 from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel, iterate_batches
 from ferroquant.onnx.graph import GraphView, node_label
-from ferroquant.onnx.layers import LayerQuant, QuantTable
+from ferroquant.quant.table import LayerQuant, QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
 
@@ -117,7 +117,7 @@ def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
     """SQNR (dB) of the dequantized weight codes against the float weight; None for blocked (grouped
     per-channel ConvTranspose) weights."""
     wq = lq.weight
-    if lq.layer.groups > 1 and wq.axis is not None:
+    if lq.layer.blocked(wq.axis is not None):
         return None
     fake = ops.dequantize(wq.codes, wq.scale, wq.zero_point, 8 if wq.levels is not None else wq.bits, wq.axis)
     c = ops.compare(w, fake)
