@@ -59,6 +59,22 @@ def _calib_options() -> argparse.ArgumentParser:
     return p
 
 
+def _deploy_options() -> argparse.ArgumentParser:
+    from ferroquant.quant.profiles import CPU_TYPES, DEFAULT_PROFILE, PROFILES
+
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("deploy model")
+    g.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help=f"the runtime the deploy model is for (default {DEFAULT_PROFILE}: Q/DQ where onnxruntime "
+                        "forms integer kernels; tensorrt: symmetric int8; amct: Q/DQ on layer inputs only)")
+    g.add_argument("--cpu-types", choices=sorted(CPU_TYPES),
+                   help="integer types for the CPU (default: detected; u8s7 = 7-bit weights, which onnxruntime "
+                        "cannot saturate on without VNNI; u8s8 with VNNI)")
+    g.add_argument("--allow-float", action="store_true",
+                   help="keep layers that break the profile's rules in float instead of stopping with an error")
+    return p
+
+
 def _report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("report")
     g.add_argument("--report-batches", type=int, default=2, metavar="N", help="batches measured (default 2)")
@@ -122,7 +138,8 @@ def _calibrate(args: argparse.Namespace):  # noqa: ANN202
     model, prepared, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
     with ProgressBar("calibrating", len(feeds), "batches") as bar:
-        cm = quantize_model(cfg, prepared, feeds, batch_num=len(feeds), progress=bar)
+        cm = quantize_model(cfg, prepared, feeds, batch_num=len(feeds), progress=bar,
+                            profile=getattr(args, "profile", "amct"), cpu_types=getattr(args, "cpu_types", None))
     with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
         table = cm.table(progress=bar)
     return cm, feeds, table
@@ -153,7 +170,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     cm, feeds, table = _calibrate(args)
     out = Path(args.out)
-    paths = save_model(cm, out / "model", table)
+    paths = save_model(cm, out / "model", table, allow_float=args.allow_float)
     cm.config.save(out / "config.json")
     print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches")
     for k, p in paths.items():
@@ -221,7 +238,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common, quant, calib = _common(), _quant_options(), _calib_options()
+    common, quant, calib, deploy = _common(), _quant_options(), _calib_options(), _deploy_options()
     p = argparse.ArgumentParser(prog="ferroquant", description="Post-training quantization of ONNX models with a "
                                                                "Rust core (ARQ/NUQ weights, IFMR/HFMG activations).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -231,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="config JSON to write")
     c.set_defaults(func=_cmd_config)
 
-    q = sub.add_parser("quantize", parents=[common, quant, calib],
+    q = sub.add_parser("quantize", parents=[common, quant, calib, deploy],
                        help="calibrate and write fake-quant and deploy models, record, config and report")
     q.add_argument("model", help="ONNX model file")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")

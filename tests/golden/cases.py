@@ -47,7 +47,10 @@ def demo_case(variant: str, out: Path) -> Digests:
     act, wts = DEMO_VARIANTS[variant]
     cfg = create_quant_config(None, model, batch_num=len(calib), config_defination={
         "common_config": {"activation_quant_params": act, "weight_quant_params": wts}})
-    cm = quantize_model(cfg, model, calib)
+    import inspect
+
+    extra = {"profile": "amct"} if "profile" in inspect.signature(quantize_model).parameters else {}
+    cm = quantize_model(cfg, model, calib, **extra)  # the amct profile: the deploy layout of before profiles
     return _files(save_model(cm, out / "mobilenet_v2"))
 
 

@@ -58,12 +58,15 @@ def model_digest(model: onnx.ModelProto) -> Dict[str, str]:
 
 #: The record's fields that the digests cover (records may gain fields; these must not change).
 RECORD_LAYER_FIELDS = ("op_type", "layer", "activation", "weight")
+#: Keys the record's ``extra`` gained with deploy profiles (which profile, CPU types, layers kept float).
+RECORD_EXTRA_NEW = ("profile", "cpu_types", "kept_float", "latency")
 
 
 def record_digest(record: Dict[str, Any]) -> Dict[str, str]:
     layers = {k: {f: v[f] for f in RECORD_LAYER_FIELDS} for k, v in record["layers"].items()}
     weights = {k: [v["op_type"], v["layer"], v["weight"]] for k, v in layers.items()}
-    head = {k: record[k] for k in ("format", "version", "extra")}
+    head = {k: record[k] for k in ("format", "version")}
+    head["extra"] = {k: v for k, v in record["extra"].items() if k not in RECORD_EXTRA_NEW}
     return {"structure": hashlib.sha256(json.dumps(weights, sort_keys=True).encode()).hexdigest(),
             "full": hashlib.sha256(json.dumps({**head, "layers": layers}, sort_keys=True).encode()).hexdigest()}
 

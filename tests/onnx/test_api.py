@@ -46,7 +46,7 @@ def test_mobilenet_v2_int8_end_to_end(mobilenet, photos, tmp_path, algo):
         "common_config": {"activation_quant_params": {"act_algo": algo}}})
     assert len(json.loads(cfg_path.read_text())["layers"]) == 53  # 52 convs + classifier, after fusion
     calib = [{"input": photos.calibration[i : i + 8]} for i in range(0, 16, 8)]
-    cm = quantize_model(cfg_path, mobilenet, calib)
+    cm = quantize_model(cfg_path, mobilenet, calib, profile="amct")  # deploy = fake-quant's layout
     paths = save_model(cm, tmp_path / "mnv2")
     fq, dep = onnx.load(str(paths["fake_quant"])), onnx.load(str(paths["deploy"]))
     assert not [n for n in dep.graph.node if n.op_type == "BatchNormalization"]

@@ -121,6 +121,23 @@ class QuantConfig:
     def enabled_layers(self) -> List[str]:
         return [n for n, c in self.layers.items() if c.quant_enable]
 
+    def with_symmetric_activations(self) -> "QuantConfig":
+        """This config with every activation symmetric (zero point 0), as a target like TensorRT needs."""
+        layers = {n: replace(c, activation=replace(c.activation, symmetric=True)) for n, c in self.layers.items()}
+        common = {k: dict(v) for k, v in self.common_config.items()}
+        common.setdefault("activation", {})["symmetric"] = True
+        return replace(self, layers=layers, symmetric=True, common_config=common)
+
+    def tensor_activation(self) -> ActivationParams:
+        """The activation parameters of tensors that are no layer's input (a deploy profile's layer outputs,
+        residual Adds...): ``common_config``'s, over the defaults."""
+        c = _sections(self.common_config, "common_config", _SECTIONS)
+        return _params(ActivationParams, "<tensors>", "activation", [c["activation"]])
+
+    def tensor_symmetric(self) -> bool:
+        s = self.tensor_activation().symmetric
+        return self.symmetric if s is None else s
+
     def with_float_layers(self, names: Iterable[str]) -> "QuantConfig":
         """This config with ``quant_enable`` false for ``names`` (a ConfigError for a name it does not have)."""
         names = list(names)

@@ -7,20 +7,26 @@ A model is loaded and fused once per run: :func:`prepare_model` returns a :class
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import onnx
 
-from ferroquant.config import QuantConfig, build_config, load_config, load_json
+from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
+from ferroquant.onnx.deploy import Violation, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
-from ferroquant.onnx.io import load_model
+from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.placement import plan_deploy
+from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
+from ferroquant.onnx.record import write_record
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
+from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
+from ferroquant.quant.profiles import profile as get_profile
 from ferroquant.quant.table import LayerInfo, QuantTable
 from ferroquant.quant.weights import quantize_weight
 
@@ -106,24 +112,43 @@ def _enabled_layers(cfg: QuantConfig, prepared: PreparedModel) -> List[LayerInfo
     return layers
 
 
+def _weight_params(params: WeightParams, cpu: CpuTypes) -> WeightParams:
+    """The weight parameters the CPU's kernels cannot saturate on (ARQ bits capped; NUQ is checked at export)."""
+    if params.algorithm == "arq" and params.bits > cpu.max_weight_bits:
+        return replace(params, bits=cpu.max_weight_bits)
+    return params
+
+
 def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[ModelLike, PreparedModel],
                    calibration_data: CalibrationData, batch_num: Optional[int] = None,
-                   progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET) -> CalibratedModel:
-    """Fuse, calibrate every enabled layer's input activation on ``calibration_data`` (at most ``batch_num``
-    batches; default the config's ``batch_num``, None: every batch), and quantize the weights. Returns the
-    calibrated state.
+                   progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET,
+                   profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None) -> CalibratedModel:
+    """Fuse, calibrate every enabled layer's input activation (and the tensors the deploy ``profile`` quantizes
+    besides: layer outputs, residual Adds...) on ``calibration_data`` (at most ``batch_num`` batches; default the
+    config's ``batch_num``, None: every batch), and quantize the weights. Returns the calibrated state.
+
+    ``profile`` (:mod:`ferroquant.quant.profiles`): ``onnxruntime`` (default), ``tensorrt`` or ``amct``;
+    ``cpu_types`` overrides the integer types detected for this CPU (``u8s8`` with VNNI, ``u8s7`` without:
+    7-bit ARQ weights, which onnxruntime's kernels cannot saturate on).
 
     Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
     bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
     mode (one warning names them), so memory does not grow with the number of calibration batches."""
     cfg = load_config(config)
+    prof = get_profile(profile)
+    cpu = cpu_types_for(prof, cpu_types)
+    if prof.symmetric:  # e.g. TensorRT: zero points of 0 everywhere
+        cfg = cfg.with_symmetric_activations()
     t0 = time.perf_counter()
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
-    cals = layer_calibrators(cfg, layers, ifmr_memory_budget)
-    weights = {l.name: quantize_weight(l, view.array(l.weight), cfg.layers[l.name].weight) for l in layers}
-    cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion)
+    plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
+    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate)
+    weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
+               for l in layers}
+    cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
+                         plan=plan)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
     return cm
@@ -137,39 +162,60 @@ def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
 
 
 def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
-                  extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
+                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None) -> Dict[str, Path]:
     """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
-    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias) and ``<save_path>_quant_record.json``."""
-    from ferroquant.onnx.io import save_onnx
-    from ferroquant.onnx.qdq import export_deploy, export_fake_quant
-    from ferroquant.onnx.record import write_record
-
+    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without) and
+    ``<save_path>_quant_record.json``."""
     paths = output_paths(save_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
+    deploy = export_deploy(model, table, layout)
     save_onnx(export_fake_quant(model, table), paths["fake_quant"])
-    save_onnx(export_deploy(model, table), paths["deploy"])
+    save_onnx(deploy, paths["deploy"])
     write_record(paths["record"], table, extra)
     return paths
 
 
+def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bool = False
+                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation]]:
+    """The table and layout the deploy model is written with, after the profile's rule checker: a violation is
+    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float."""
+    kept: List[Violation] = []
+    while True:
+        layout = deploy_layout(calibrated, table)
+        found = check_rules(export_deploy(calibrated.model, table, layout), calibrated.profile, calibrated.cpu,
+                            table)
+        floats = {v.node for v in enforce(found, allow_float)} & set(table.layers)
+        if not floats:
+            return table, layout, kept + found
+        kept += [v for v in found if v.node in floats]
+        table = table.without(floats)
+
+
 def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
-               table: Optional[QuantTable] = None) -> Dict[str, Path]:
-    """Write the three files of :func:`write_outputs` for a calibrated model. Returns the paths.
+               table: Optional[QuantTable] = None, allow_float: bool = False) -> Dict[str, Path]:
+    """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
+    calibration's profile, checked against its rules first (:func:`deploy_model`). Returns the paths.
     ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
         calibrated.timings["search_s"] = time.perf_counter() - t0
-    return write_outputs(calibrated.model, table, save_path)
+    table, layout, violations = deploy_model(calibrated, table, allow_float)
+    extra = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name,
+             "kept_float": sorted({v.node for v in violations})}
+    return write_outputs(calibrated.model, table, save_path, extra, layout)
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
              config: Optional[Union[str, Path, Mapping, QuantConfig]] = None, progress: Progress = False,
+             profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None, allow_float: bool = False,
              **config_kwargs: Any) -> Dict[str, Any]:
     """One call, for users of onnxruntime's ``quantize_static`` or NNCF: calibrate on every batch of
     ``calibration_data`` (an iterable of feeds, a callable, or an onnxruntime ``CalibrationDataReader``) and
     write the deploy model to ``output_path`` (the fake-quant model and record beside it). Keyword arguments
-    go to :func:`create_quant_config` when no config is given."""
+    go to :func:`create_quant_config` when no config is given. ``profile`` / ``cpu_types``: see
+    :func:`quantize_model`; ``allow_float``: keep layers that break the profile's rules in float instead of
+    refusing."""
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
@@ -181,8 +227,8 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
         model = prepared  # type: ignore[assignment]
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
-    cm = quantize_model(config, model, calibration_data, progress=progress)
-    paths = save_model(cm, out.with_suffix(""))
+    cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
+    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float)
     paths["deploy"].replace(out)
     paths["deploy"] = out
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,

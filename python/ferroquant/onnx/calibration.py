@@ -17,7 +17,9 @@ from ferroquant.calibrate import AnyCalibrator, from_state_dict
 from ferroquant.config import QuantConfig
 from ferroquant.errors import DataError, ModelError
 from ferroquant.onnx.graph import GraphView
-from ferroquant.quant.calibrators import activation_quant
+from ferroquant.onnx.placement import DeployPlan
+from ferroquant.quant.calibrators import activation_quant, bounded
+from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
 from ferroquant.quant.weights import layer_quant
 
@@ -92,7 +94,8 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
 @dataclass
 class CalibratedModel:
     """What :func:`ferroquant.onnx.quantize_model` returns: the (fused) float model, the config, the layers
-    quantized, their calibrators and weight quantization, and timings."""
+    quantized, the calibrators (of the layers' inputs and of the tensors the deploy profile quantizes besides),
+    the weight quantization, timings, and the deploy profile with its CPU types and Q/DQ plan."""
 
     model: onnx.ModelProto
     config: QuantConfig
@@ -102,6 +105,9 @@ class CalibratedModel:
     batches: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     fusion: Any = None
+    profile: Profile = field(default_factory=lambda: PROFILES["amct"])
+    cpu: CpuTypes = SIGNED
+    plan: DeployPlan = field(default_factory=lambda: DeployPlan("amct"))
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
@@ -112,8 +118,11 @@ class CalibratedModel:
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
         view = GraphView(self.model)
-        return QuantTable({l.name: layer_quant(l, acts[l.activation], self.weights[l.name],
-                                               view.array(l.bias) if l.bias else None) for l in self.layers})
+        layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], view.array(l.bias) if l.bias else None)
+                  for l in self.layers}
+        tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
+                   for t in self.plan.calibrate}
+        return QuantTable(layers, tensors)
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""

@@ -25,8 +25,8 @@ converted to the opset needed (13 or 21) with the ONNX version converter. The in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -56,11 +56,29 @@ class _Layer:
         return self.lq.layer.blocked(self.lq.weight.axis is not None)
 
 
-def _act_type(aq: ActivationQuant) -> int:
+@dataclass(frozen=True)
+class Layout:
+    """Where a deploy profile puts activation Q/DQ beyond the layers' inputs (see
+    :func:`ferroquant.onnx.placement.plan_deploy`): ``tensors`` holds the qparams of every quantized activation
+    tensor (the layers' inputs included; a carried tensor has its source's qparams), ``absorbed`` the labels of
+    Relu/Clip nodes to remove, ``all_readers`` whether every reader of a quantized tensor reads the DQ output,
+    ``unsigned`` whether 8-bit activations are written as uint8 (zero point + 128, the same grid),
+    ``signed_weight_bits`` the widest int8 weight codes the CPU's kernels take (wider ones go as uint8), and
+    ``metadata`` what goes into the model's metadata_props."""
+
+    tensors: Mapping[str, ActivationQuant]
+    absorbed: Tuple[str, ...] = ()
+    all_readers: bool = True
+    unsigned: bool = False
+    signed_weight_bits: Optional[int] = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _act_type(aq: ActivationQuant, unsigned: bool = False) -> int:
     if aq.bits not in _ACT_TYPES:
         raise ConfigError(f"activation {aq.tensor!r}: bits={aq.bits} cannot be exported; QuantizeLinear "
                           f"supports {sorted(_ACT_TYPES)} bits (int4, int8, int16)")
-    return _ACT_TYPES[aq.bits]
+    return TensorProto.UINT8 if unsigned and aq.bits == 8 else _ACT_TYPES[aq.bits]
 
 
 def _weight_type(wq: WeightQuant, layer: str) -> int:
@@ -78,7 +96,8 @@ def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
     values = np.asarray(values)
     if elem_type == TensorProto.INT4:
         return helper.make_tensor(name, elem_type, values.shape, values.astype(np.int64).ravel().tolist())
-    dtype = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16, TensorProto.INT32: np.int32}[elem_type]
+    dtype = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
+             TensorProto.INT32: np.int32}[elem_type]
     return numpy_helper.from_array(values.astype(dtype), name)
 
 
@@ -141,10 +160,24 @@ def _needed_opset(layers: List[_Layer]) -> int:
     return WIDE_OPSET if wide else BASE_OPSET
 
 
-def _prepare(model: onnx.ModelProto, table: QuantTable) -> Tuple[onnx.ModelProto, List[_Layer]]:
-    """A copy of ``model`` at the opset the table needs, its layers matched, every node named."""
+def _remove_absorbed(model: onnx.ModelProto, labels: Tuple[str, ...]) -> None:
+    """Remove the absorbed Relu/Clip nodes: each one's producer writes its output instead."""
+    view = GraphView(model)
+    by_label = {node_label(n): n for n in model.graph.node}
+    for label in labels:
+        node = by_label.get(label)
+        if node is None:
+            raise ModelError("the deploy layout absorbs a node the model does not have", label)
+        view.bypass(node, keep=node.input[0])
+
+
+def _prepare(model: onnx.ModelProto, table: QuantTable, absorbed: Tuple[str, ...] = ()
+             ) -> Tuple[onnx.ModelProto, List[_Layer]]:
+    """A copy of ``model`` at the opset the table needs, its layers matched, absorbed activations removed, every
+    node named."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    _remove_absorbed(work, absorbed)
     opset = max(default_opset(work), _needed_opset(_match(work, table)))
     if opset > default_opset(work):
         try:
@@ -160,8 +193,9 @@ def _prepare(model: onnx.ModelProto, table: QuantTable) -> Tuple[onnx.ModelProto
 class _Emitter:
     """Collects the new nodes and initializers, with names unique in the graph."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, unsigned: bool = False, signed_weight_bits: Optional[int] = None) -> None:
         self.view = GraphView(model)
+        self.unsigned, self.signed_weight_bits = unsigned, signed_weight_bits
         graph = model.graph
         self.tensors: Set[str] = ({t.name for t in graph.initializer} | {i.name for i in graph.input}
                                   | {v.name for v in graph.value_info} | {o.name for o in graph.output}
@@ -200,7 +234,9 @@ def _activation_pair(em: _Emitter, aq: ActivationQuant) -> str:
     """One Q/DQ pair after ``aq.tensor``; returns the DQ output (made once per tensor)."""
     if aq.tensor in em.after:
         return em.after[aq.tensor][-1].output[0]
-    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(aq.zero_point), _act_type(aq))
+    elem = _act_type(aq, em.unsigned)
+    zp = aq.zero_point + 128 if elem == TensorProto.UINT8 else aq.zero_point
+    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(zp), elem)
     q, q_out = em.node("QuantizeLinear", [aq.tensor, s, z], f"{aq.tensor}_QuantizeLinear")
     dq, dq_out = em.node("DequantizeLinear", [q_out, s, z], f"{aq.tensor}_DequantizeLinear")
     em.after[aq.tensor] = [q, dq]
@@ -226,14 +262,21 @@ def _weight_qparams(ly: _Layer) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]
 
 
 def _weight(em: _Emitter, ly: _Layer, deploy: bool) -> Tuple[List[onnx.NodeProto], str]:
-    """The weight's Q/DQ (fake-quant ARQ) or codes->DQ (deploy, NUQ) nodes and the float tensor they make."""
+    """The weight's Q/DQ (fake-quant ARQ) or codes->DQ (deploy, NUQ) nodes and the float tensor they make. Deploy
+    codes beyond ``em.signed_weight_bits`` are written as uint8 (codes and zero points + 128: the same grid), which
+    onnxruntime's CPU kernels multiply without saturating."""
     layer, wq = ly.lq.layer, ly.lq.weight
     elem = _weight_type(wq, layer.name)
     scale, zp, attrs = _weight_qparams(ly)
+    codes = np.asarray(wq.codes)
+    limit = em.signed_weight_bits
+    if deploy and elem == TensorProto.INT8 and limit is not None and codes.size and (
+            int(codes.min()) < -(1 << (limit - 1)) or int(codes.max()) >= 1 << (limit - 1)):
+        elem, codes, zp = TensorProto.UINT8, codes.astype(np.int16) + 128, zp + 128
     s, z = em.qparams(f"{layer.name}.weight", scale, zp, elem)
     nodes = []
     if deploy or _is_nuq(wq):
-        src = em.init(_int_tensor(em.tensor(f"{layer.name}.weight_quantized"), np.asarray(wq.codes), elem))
+        src = em.init(_int_tensor(em.tensor(f"{layer.name}.weight_quantized"), codes, elem))
     else:
         q, src = em.node("QuantizeLinear", [layer.weight, s, z], f"{layer.name}.weight_QuantizeLinear", **attrs)
         nodes.append(q)
@@ -258,9 +301,10 @@ def _bias(em: _Emitter, ly: _Layer) -> Optional[Tuple[onnx.NodeProto, str]]:
     return em.node("DequantizeLinear", [q, s, z], f"{layer.name}.bias_DequantizeLinear", **attrs)
 
 
-def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool) -> None:
+def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool, layout: Optional[Layout] = None) -> None:
     node, t = ly.node, ly.lq.layer.type
-    node.input[0] = _activation_pair(em, ly.lq.activation)
+    aq = ly.lq.activation if layout is None else layout.tensors.get(ly.lq.activation.tensor, ly.lq.activation)
+    node.input[0] = _activation_pair(em, aq)
     nodes, node.input[t.weight_input] = _weight(em, ly, deploy)
     if deploy:
         bias = _bias(em, ly)
@@ -295,11 +339,34 @@ def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool) -> onnx.ModelProto:
-    work, layers = _prepare(model, table)
-    em = _Emitter(work)
+def _place_layout(em: _Emitter, model: onnx.ModelProto, layout: Layout) -> None:
+    """The layout's other Q/DQ pairs and, with ``all_readers``, every reader rewired to the DQ outputs."""
+    made = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for t, aq in layout.tensors.items():
+        if t in made:
+            _check_activation(aq, t)
+            _activation_pair(em, aq)
+    if not layout.all_readers:
+        return
+    own = {id(n) for pair in em.after.values() for n in pair}
+    for node in model.graph.node:
+        if id(node) in own:
+            continue
+        for i, t in enumerate(node.input):
+            if t in em.after:
+                node.input[i] = em.after[t][-1].output[0]
+
+
+def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool, layout: Optional[Layout] = None
+            ) -> onnx.ModelProto:
+    work, layers = _prepare(model, table, layout.absorbed if layout is not None else ())
+    em = _Emitter(work, *((layout.unsigned, layout.signed_weight_bits) if layout is not None else ()))
     for ly in layers:
-        _rewrite_layer(em, ly, deploy)
+        _rewrite_layer(em, ly, deploy, layout)
+    if layout is not None:
+        _place_layout(em, work, layout)
+        for k, v in layout.metadata.items():
+            work.metadata_props.add(key=k, value=v)
     _reorder(em, work)
     return _finish(work)
 
@@ -310,10 +377,12 @@ def export_fake_quant(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelPr
     return _export(model, table, deploy=False)
 
 
-def export_deploy(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+def export_deploy(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None) -> onnx.ModelProto:
     """The deployment model: int8/int4 weight codes and int32 biases behind DequantizeLinear, one Q/DQ pair per
-    quantized activation tensor; float weights removed. ``model`` is left unchanged."""
-    return _export(model, table, deploy=True)
+    quantized activation tensor; float weights removed. Without ``layout`` the pairs are on the quantized layers'
+    inputs (AMCT's layout); a :class:`Layout` (a deploy profile's) adds its tensors. ``model`` is left
+    unchanged."""
+    return _export(model, table, deploy=True, layout=layout)
 
 
-__all__ = ["export_deploy", "export_fake_quant"]
+__all__ = ["Layout", "export_deploy", "export_fake_quant"]

@@ -5,7 +5,8 @@ Per layer (keyed by node name): ``op_type``, the layer's tensors (``activation``
 ``algorithm``, ``clip_min``/``clip_max`` and free-form ``details``, and the weight's ``tensor``, ``scale`` and
 ``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``; and, when the
 bias is quantized, the bias's ``tensor``, ``scale`` list (``s_in * s_w``), ``axis`` and ``bits`` (32). Integer
-codes are not written (they are in the deploy model). Floats are written by ``repr`` (shortest round-trip
+codes are not written (they are in the deploy model). ``tensors`` lists the other activation tensors a deploy
+profile quantizes (layer outputs, residual Adds...) with the same fields as a layer's activation. Floats are written by ``repr`` (shortest round-trip
 form), so float32 scales read back bit for bit. :func:`read_record` validates the file and raises
 :class:`RecordError` (a :class:`~ferroquant.errors.ConfigError`) naming the layer and field at fault.
 """
@@ -20,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ferroquant.errors import ConfigError
-from ferroquant.quant.table import LayerQuant, QuantTable
+from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable
 
 FORMAT = "ferroquant-quant-record"
 VERSION = 1
@@ -59,9 +60,7 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
         "op_type": layer.op_type,
         "layer": {"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
                   "axis": layer.axis, "groups": layer.groups},
-        "activation": {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point),
-                       "bits": int(aq.bits), "algorithm": aq.algorithm, "clip_min": float(aq.clip_min),
-                       "clip_max": float(aq.clip_max), "details": _plain(aq.details, f"{layer.name}.details")},
+        "activation": _activation_entry(aq, layer.name),
         "weight": weight,
     }
     if lq.bias is not None:
@@ -71,10 +70,20 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
     return entry
 
 
+def _activation_entry(aq: ActivationQuant, where: str) -> Dict[str, Any]:
+    return {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point), "bits": int(aq.bits),
+            "algorithm": aq.algorithm, "clip_min": float(aq.clip_min), "clip_max": float(aq.clip_max),
+            "details": _plain(aq.details, f"{where}.details")}
+
+
 def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The record of ``table`` as plain JSON data (what :func:`write_record` writes)."""
     layers = {name: _plain(_layer_entry(lq), name) for name, lq in table.layers.items()}
-    return {"format": FORMAT, "version": VERSION, "layers": layers, "extra": _plain(dict(extra or {}), "extra")}
+    out = {"format": FORMAT, "version": VERSION, "layers": layers}
+    if table.tensors:
+        out["tensors"] = {t: _plain(_activation_entry(aq, t), t) for t, aq in table.tensors.items()}
+    out["extra"] = _plain(dict(extra or {}), "extra")
+    return out
 
 
 def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Path:
@@ -180,6 +189,8 @@ def read_record(path: PathLike) -> Dict[str, Any]:
     layers = _field(data, "layers", dict, str(path))
     for name, entry in layers.items():
         _check_layer(name, entry)
+    for name, entry in data.get("tensors", {}).items():
+        _check_activation(entry, f"tensors.{name}")
     if not isinstance(data.get("extra", {}), dict):
         raise RecordError(f"{path}: 'extra' must be an object")
     return data

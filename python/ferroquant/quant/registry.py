@@ -1,4 +1,6 @@
-"""The layer registry: everything ferroquant knows about an op type it quantizes, one entry per op type.
+"""The layer registry: everything ferroquant knows about an op type it quantizes, one entry per op type: the
+layers with weights (:data:`REGISTRY`), and the ops without weights that deploy targets quantize around
+(:data:`OP_RULES`: residual Add, Concat, pooling, activations, shape ops).
 
 Every consumer reads its op knowledge here and nowhere else: layer finding in ONNX graphs
 (:func:`ferroquant.onnx.layers.quantizable_layers`), BatchNormalization fusion (which producers fold a BN and with
@@ -30,7 +32,7 @@ class Placement:
     """Where a deploy target puts Q/DQ around a layer: which inputs (by index) get an activation Q/DQ pair, and
     whether the output is quantized too. The ``amct`` layout quantizes the activation input only."""
 
-    inputs: Tuple[int, ...] = (0,)
+    inputs: Optional[Tuple[int, ...]] = (0,)  # None: every input
     output: bool = False
 
 
@@ -77,6 +79,53 @@ class LayerType:
         return self.placements.get(target, AMCT_PLACEMENT)
 
 
+@dataclass(frozen=True)
+class OpRule:
+    """How deploy targets treat an op without weights.
+
+    - ``placements``: per target, which inputs get an activation Q/DQ pair and whether the output does
+      (calibrated on its own). Targets not listed leave the op in float.
+    - ``carries``: the op only moves values (Reshape, Transpose, MaxPool...): its outputs take the qparams of
+      input 0 when that input is quantized, so the runtime can run it on integers and nothing is calibrated.
+    - ``absorbs``: an activation (Relu, Clip) that a target removes into the quantization of its input's
+      producer, since an asymmetric grid that starts at 0 (and ends within the clip) clamps like it.
+    """
+
+    op_type: str
+    placements: Mapping[str, Placement] = field(default_factory=dict)
+    carries: bool = False
+    absorbs: bool = False
+
+    def placement(self, target: str) -> Optional[Placement]:
+        return self.placements.get(target)
+
+
+_ALL = None  # Placement.inputs None: every input
+ORT_IO = Placement(inputs=(0,), output=True)
+TRT_IN = Placement(inputs=(0,), output=False)
+
+
+def _carry(op: str) -> OpRule:
+    return OpRule(op, {"onnxruntime": Placement(inputs=(), output=True)}, carries=True)
+
+
+#: onnxruntime's CPU QDQ fusions: QLinearAdd/Mul/Concat/Sigmoid/LeakyRelu/GlobalAveragePool; shape and pooling
+#: ops that run on int8 when their input and output share qparams; Relu/Clip absorbed into the producer's Q.
+#: TensorRT's explicit quantization: Q/DQ on residual Add inputs.
+OP_RULES: Dict[str, OpRule] = {r.op_type: r for r in (
+    OpRule("Add", {"onnxruntime": Placement((0, 1), True), "tensorrt": Placement((0, 1), False)}),
+    OpRule("Mul", {"onnxruntime": Placement((0, 1), True)}),
+    OpRule("Concat", {"onnxruntime": Placement(_ALL, True)}),
+    OpRule("Sigmoid", {"onnxruntime": ORT_IO}),
+    OpRule("LeakyRelu", {"onnxruntime": ORT_IO}),
+    OpRule("GlobalAveragePool", {"onnxruntime": ORT_IO}),
+    OpRule("Relu", {"onnxruntime": Placement(inputs=(), output=True)}, absorbs=True),
+    OpRule("Clip", {"onnxruntime": Placement(inputs=(), output=True)}, absorbs=True),
+    *(_carry(op) for op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool",
+                            "Resize", "Slice", "Split", "DepthToSpace", "SpaceToDepth")),
+)}
+
+
 def _gemm_refuse(attr: Attr, ndim: int) -> Optional[str]:
     if attr("transA", 0):
         return "Gemm with transA=1"
@@ -85,14 +134,17 @@ def _gemm_refuse(attr: Attr, ndim: int) -> Optional[str]:
 
 REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
     LayerType("Conv", axis=lambda attr, ndim: 0, fold="conv",
-              torch_modules=("Conv1d", "Conv2d", "Conv3d"), qat_modules=("Conv1d", "Conv2d", "Conv3d")),
+              torch_modules=("Conv1d", "Conv2d", "Conv3d"), qat_modules=("Conv1d", "Conv2d", "Conv3d"),
+              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
     LayerType("ConvTranspose", axis=lambda attr, ndim: 1, transposed=True, fold="conv",
               torch_modules=("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
-              qat_modules=("ConvTranspose2d",)),
+              qat_modules=("ConvTranspose2d",), placements={"tensorrt": TRT_IN}),
     LayerType("Gemm", axis=lambda attr, ndim: 0 if attr("transB", 0) else 1, refuse=_gemm_refuse, fold="gemm",
-              torch_modules=("Linear",), qat_modules=("Linear",)),
+              torch_modules=("Linear",), qat_modules=("Linear",),
+              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
     LayerType("MatMul", axis=lambda attr, ndim: ndim - 1, bias_input=None,  # [.., K, N]: a scale per output
-              refuse=lambda attr, ndim: None if ndim >= 2 else f"MatMul weight of rank {ndim}"),
+              refuse=lambda attr, ndim: None if ndim >= 2 else f"MatMul weight of rank {ndim}",
+              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
 )}
 
 #: The op types a config may name, in registry order.
@@ -117,5 +169,5 @@ def folding_producer(op_type: str, domain: str = "") -> Optional[LayerType]:
     return t if t is not None and t.fold is not None else None
 
 
-__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "Placement", "QAT_MODULES", "QUANTIZABLE_TYPES", "REGISTRY",
+__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OP_RULES", "OpRule", "Placement", "QAT_MODULES", "QUANTIZABLE_TYPES", "REGISTRY",
            "TORCH_MODULES", "folding_producer", "layer_type", "no_attrs"]

@@ -86,9 +86,11 @@ class LayerQuant:
 
 @dataclass
 class QuantTable:
-    """Everything the exporters need: one :class:`LayerQuant` per quantized layer, by layer name."""
+    """Everything the exporters need: one :class:`LayerQuant` per quantized layer, by layer name, and the qparams
+    of the other activation tensors a deploy profile quantizes (layer outputs, residual Adds...), by tensor."""
 
     layers: Dict[str, LayerQuant] = field(default_factory=dict)
+    tensors: Dict[str, ActivationQuant] = field(default_factory=dict)
 
     def activations(self) -> Dict[str, ActivationQuant]:
         """One entry per quantized activation tensor."""
@@ -97,7 +99,7 @@ class QuantTable:
     def without(self, names: Any) -> "QuantTable":
         """The table with the layers ``names`` left out (kept in float)."""
         drop = set(names)
-        return QuantTable({n: lq for n, lq in self.layers.items() if n not in drop})
+        return QuantTable({n: lq for n, lq in self.layers.items() if n not in drop}, dict(self.tensors))
 
 
 __all__ = ["ActivationQuant", "BiasQuant", "LayerInfo", "LayerQuant", "QuantTable", "WeightQuant"]
