@@ -72,6 +72,9 @@ def _deploy_options() -> argparse.ArgumentParser:
                         "cannot saturate on without VNNI; u8s8 with VNNI)")
     g.add_argument("--allow-float", action="store_true",
                    help="keep layers that break the profile's rules in float instead of stopping with an error")
+    g.add_argument("--no-latency-check", action="store_true",
+                   help="onnxruntime profile: do not time the model against FP32 (layers slower in integer are "
+                        "otherwise kept float)")
     return p
 
 
@@ -170,9 +173,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     cm, feeds, table = _calibrate(args)
     out = Path(args.out)
-    paths = save_model(cm, out / "model", table, allow_float=args.allow_float)
+    with warnings.catch_warnings():  # the latency check's outcome is printed below, with its timings
+        warnings.filterwarnings("ignore", message="kept in float because their integer kernels are slower",
+                                category=RuntimeWarning)
+        paths = save_model(cm, out / "model", table, allow_float=args.allow_float,
+                           latency_check=False if args.no_latency_check else None)
     cm.config.save(out / "config.json")
-    print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches")
+    print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches; deploy profile {cm.profile.name} "
+          f"({cm.cpu.name} types: {cm.cpu.reason})")
+    if cm.latency is not None:
+        lat = cm.latency
+        print(f"latency (onnxruntime, this machine): FP32 {lat.fp32_ms:.2f} ms, deploy {lat.deploy_ms:.2f} ms"
+              + (f"; kept float for speed: {', '.join(lat.kept_float)}" if lat.kept_float else ""))
     for k, p in paths.items():
         print(f"{k:10s} {p}")
     if not args.no_report:

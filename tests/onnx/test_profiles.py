@@ -61,7 +61,8 @@ def calibrated(profile: str, cpu_types=None, **cfg):
 
 
 def deploy(cm, tmp_path):
-    return onnx.load(str(save_model(cm, tmp_path / "m")["deploy"]))
+    """The deploy model as the profile places it (no latency check: these models are too small to gain)."""
+    return onnx.load(str(save_model(cm, tmp_path / "m", latency_check=False)["deploy"]))
 
 
 def test_onnxruntime_plan_absorbs_carries_and_calibrates_outputs():
@@ -156,7 +157,7 @@ def test_rule_zero_point_for_tensorrt():
 def test_rule_opset_for_tensorrt(tmp_path):
     cm = calibrated("tensorrt", config_defination={"common_config": {"weight": {"bits": 4}}})  # int4: opset 21
     with pytest.raises(ModelError, match="opset: opset 21; tensorrt parses 13 to 20"):
-        save_model(cm, tmp_path / "m")
+        save_model(cm, tmp_path / "m", latency_check=False)
 
 
 def test_rule_weights_saturate_without_vnni():
@@ -180,7 +181,7 @@ def test_rule_no_integer_kernel_keeps_the_layer_float(tmp_path):
     m = convt_net()
     cm = quantize_model(create_quant_config(None, m, batch_num=4), m, feeds(), cpu_types="u8s8")
     with pytest.warns(RuntimeWarning, match="node 'up': no_integer_kernel"):
-        paths = save_model(cm, tmp_path / "m")
+        paths = save_model(cm, tmp_path / "m", latency_check=False)
     dep = onnx.load(str(paths["deploy"]))
     assert "up.weight_quantized" not in {t.name for t in dep.graph.initializer}  # ConvTranspose left float
     assert "conv.weight_quantized" in {t.name for t in dep.graph.initializer}
@@ -195,3 +196,33 @@ def test_allow_float_keeps_an_error_layer_float(tmp_path):
         save_model(cm, tmp_path / "a")
     with pytest.warns(RuntimeWarning, match="opset"):
         save_model(cm, tmp_path / "b", allow_float=True)
+
+
+def slow_depthwise_net():
+    """A 3x3 conv (about 3x faster in int8) then a 7x7 depthwise conv, whose int8 kernel in onnxruntime's CPU is
+    many times slower than its float one (measured: 8.4 ms against 0.8 ms at 64x56x56)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="dw7", group=64, pads=[3, 3, 3, 3])]
+    inits = {"w1": rng.normal(0, 0.1, (64, 64, 3, 3)).astype(np.float32),
+             "w2": rng.normal(0, 0.1, (64, 1, 7, 7)).astype(np.float32)}
+    return make_model(nodes, {"x": [1, 64, 56, 56]}, ["y"], inits)
+
+
+def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path):
+    m = slow_depthwise_net()
+    data = [{"x": np.random.default_rng(i).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)} for i in range(2)]
+    cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data, cpu_types="u8s7")
+    with pytest.warns(RuntimeWarning, match="slower"):
+        paths = save_model(cm, tmp_path / "m")
+    rep = cm.latency
+    f, i = rep.layer_us["dw7"]
+    assert i > f and "dw7" in rep.kept_float
+    from ferroquant.onnx import read_record
+
+    rec = read_record(paths["record"])
+    assert "dw7" in rec["extra"]["kept_float"] and rec["extra"]["latency"]["fp32_ms"] > 0
+    assert "dw7" not in rec["layers"]
+    assert not rep.all_float and "conv" in rec["layers"]  # the 3x3 conv stays quantized
+    assert rep.deploy_ms < rep.fp32_ms

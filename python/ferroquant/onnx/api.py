@@ -16,7 +16,7 @@ import onnx
 from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
-from ferroquant.onnx.deploy import Violation, check_rules, deploy_layout, enforce
+from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
@@ -192,30 +192,42 @@ def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bo
 
 
 def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
-               table: Optional[QuantTable] = None, allow_float: bool = False) -> Dict[str, Path]:
+               table: Optional[QuantTable] = None, allow_float: bool = False,
+               latency_check: Optional[bool] = None) -> Dict[str, Path]:
     """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
-    calibration's profile, checked against its rules first (:func:`deploy_model`). Returns the paths.
+    calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
+    profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
+    float (``latency_check=False`` skips that; see :mod:`ferroquant.onnx.latency`). Returns the paths.
     ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
         calibrated.timings["search_s"] = time.perf_counter() - t0
     table, layout, violations = deploy_model(calibrated, table, allow_float)
-    extra = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name,
-             "kept_float": sorted({v.node for v in violations})}
+    kept = sorted({v.node for v in violations})
+    extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
+    check = calibrated.profile.latency_check if latency_check is None else latency_check
+    if check and calibrated.profile.latency_check and calibrated.sample is not None:
+        t0 = time.perf_counter()
+        table, layout, report = check_latency(calibrated, table, layout, calibrated.sample)
+        calibrated.timings["latency_check_s"] = time.perf_counter() - t0
+        calibrated.latency = report
+        extra["latency"] = report.to_json()
+        kept = sorted(set(kept) | set(report.kept_float))
+    extra["kept_float"] = kept
     return write_outputs(calibrated.model, table, save_path, extra, layout)
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
              config: Optional[Union[str, Path, Mapping, QuantConfig]] = None, progress: Progress = False,
              profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None, allow_float: bool = False,
-             **config_kwargs: Any) -> Dict[str, Any]:
+             latency_check: Optional[bool] = None, **config_kwargs: Any) -> Dict[str, Any]:
     """One call, for users of onnxruntime's ``quantize_static`` or NNCF: calibrate on every batch of
     ``calibration_data`` (an iterable of feeds, a callable, or an onnxruntime ``CalibrationDataReader``) and
     write the deploy model to ``output_path`` (the fake-quant model and record beside it). Keyword arguments
     go to :func:`create_quant_config` when no config is given. ``profile`` / ``cpu_types``: see
     :func:`quantize_model`; ``allow_float``: keep layers that break the profile's rules in float instead of
-    refusing."""
+    refusing; ``latency_check``: see :func:`save_model`."""
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
@@ -228,7 +240,7 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
-    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float)
+    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check)
     paths["deploy"].replace(out)
     paths["deploy"] = out
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,

@@ -108,6 +108,9 @@ class CalibratedModel:
     profile: Profile = field(default_factory=lambda: PROFILES["amct"])
     cpu: CpuTypes = SIGNED
     plan: DeployPlan = field(default_factory=lambda: DeployPlan("amct"))
+    sample: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the first batch (latency check)
+    latency: Any = None  # the latency check's report, once the deploy model is written
+    activations: Dict[str, ActivationQuant] = field(default_factory=dict, repr=False)  # searched, by tensor
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
@@ -117,6 +120,7 @@ class CalibratedModel:
             acts[tensor] = activation_quant(tensor, cal.qparams())
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
+        self.activations = acts
         view = GraphView(self.model)
         layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], view.array(l.bias) if l.bias else None)
                   for l in self.layers}
@@ -184,7 +188,10 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
         for feed in iterate_batches(data, list(inputs)):
             if max_batches is not None and n >= max_batches:
                 break
-            outs = sess.run(taps, _check_feed(feed, inputs, n))
+            checked = _check_feed(feed, inputs, n)
+            if cm.sample is None:
+                cm.sample = checked
+            outs = sess.run(taps, checked)
             for t, arr in zip(taps, outs):
                 cm.calibrators[t].observe(arr)
             del outs

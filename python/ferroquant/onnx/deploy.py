@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -26,7 +26,8 @@ from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel
 from ferroquant.onnx.graph import GraphView, node_label
 from ferroquant.onnx.io import default_opset
-from ferroquant.onnx.qdq import Layout
+from ferroquant.onnx.latency import LatencyReport, slow_layers, time_models
+from ferroquant.onnx.qdq import Layout, export_deploy
 from ferroquant.quant.calibrators import bounded
 from ferroquant.quant.profiles import CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable
@@ -50,18 +51,20 @@ class Violation:
 
 
 def deploy_layout(cm: CalibratedModel, table: QuantTable) -> Optional[Layout]:
-    """The Q/DQ layout of ``cm``'s profile for ``table`` (None for ``amct``: the layers' inputs only). A tensor
-    whose qparams the table lacks (its layer kept in float) is left out, and so is everything carried from it or
-    absorbed into it."""
+    """The Q/DQ layout of ``cm``'s profile for ``table`` (None for ``amct``: the layers' inputs only): the plan's
+    tensors that a layer of the table or a quantized op still needs (a layer kept in float no longer asks for
+    its input and output), with their searched qparams; activations are absorbed only into kept tensors."""
     if cm.profile.placement == "amct":
         return None
     plan = cm.plan
-    own: Dict[str, ActivationQuant] = {lq.activation.tensor: lq.activation for lq in table.layers.values()}
+    own: Dict[str, ActivationQuant] = dict(cm.activations)
+    own.update({lq.activation.tensor: lq.activation for lq in table.layers.values()})
     own.update(table.tensors)
+    inputs = {lq.activation.tensor for lq in table.layers.values()}
     tensors: Dict[str, ActivationQuant] = {}
-    for t in plan.quantized(list(own)):
+    for t in plan.quantized([l.activation for l in cm.layers]):
         src = plan.carried.get(t, t)
-        if src not in own:
+        if src not in own or not plan.needed(t, inputs, set(table.layers)):
             continue
         aq = own[src]
         if src in plan.bounds:
@@ -153,4 +156,57 @@ def enforce(violations: List[Violation], allowed: bool = False) -> List[Violatio
     return violations
 
 
-__all__ = ["Violation", "check_rules", "deploy_layout", "enforce"]
+
+
+def _quantized_output(model: onnx.ModelProto, out: str, absorbed: Dict[str, str]) -> str:
+    """The tensor that carries layer output ``out``'s qparams: past the activations absorbed after it."""
+    view = GraphView(model)
+    while True:
+        users = view.consumers_of(out)
+        if len(users) != 1 or node_label(users[0]) not in absorbed:
+            return out
+        out = users[0].output[0]
+
+
+def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layout], feed: Mapping[str, np.ndarray],
+                  runs: int = 7) -> Tuple[QuantTable, Optional[Layout], LatencyReport]:
+    """Time the deploy model against FP32 and keep slower layers in float (see :mod:`ferroquant.onnx.latency`)."""
+    fp32 = cm.model
+    t_fp32, t_dep = time_models([fp32, export_deploy(fp32, table, layout)], feed, runs)
+    report = LatencyReport(t_fp32 * 1e3, t_dep * 1e3, runs)
+    if t_dep < t_fp32 or not table.layers:
+        return table, layout, report
+    nodes = {node_label(n): n for n in fp32.graph.node}
+
+    def quantize_one(single: onnx.ModelProto, name: str) -> onnx.ModelProto:
+        lq = table.layers[name]
+        tensors = {lq.activation.tensor: (layout.tensors if layout else {}).get(lq.activation.tensor, lq.activation)}
+        out = _quantized_output(fp32, nodes[name].output[0], cm.plan.absorbed)
+        if layout is not None and out in layout.tensors:
+            tensors[nodes[name].output[0]] = replace(layout.tensors[out], tensor=nodes[name].output[0])
+        one = Layout(tensors, (), True, layout.unsigned if layout else False,
+                     layout.signed_weight_bits if layout else None)
+        return export_deploy(single, QuantTable({name: lq}), one)
+
+    report.layer_us = slow_layers(fp32, list(table.layers), quantize_one, feed)
+    report.kept_float = [n for n, (f, i) in report.layer_us.items() if i > f]
+    table = table.without(report.kept_float)
+    layout = deploy_layout(cm, table)
+    t_fp32, t_dep = time_models([fp32, export_deploy(fp32, table, layout)], feed, runs)
+    report.fp32_ms, report.deploy_ms = t_fp32 * 1e3, t_dep * 1e3
+    if t_dep >= t_fp32:
+        report.all_float, report.kept_float = True, list(table.layers) + report.kept_float
+        warnings.warn(f"the quantized model ran slower than FP32 here ({t_dep * 1e3:.2f} ms against "
+                      f"{t_fp32 * 1e3:.2f} ms) even with its slow layers in float: every layer is kept in float. "
+                      "Skip the check (latency_check=False, --no-latency-check) to write the quantized model anyway.",
+                      RuntimeWarning, stacklevel=3)
+        table = QuantTable()
+        layout = deploy_layout(cm, table)
+        report.deploy_ms = report.fp32_ms
+    elif report.kept_float:
+        warnings.warn(f"kept in float because their integer kernels are slower here: {', '.join(report.kept_float)}",
+                      RuntimeWarning, stacklevel=3)
+    return table, layout, report
+
+
+__all__ = ["Violation", "check_latency", "check_rules", "deploy_layout", "enforce"]

@@ -38,10 +38,18 @@ class DeployPlan:
     carried: Dict[str, str] = field(default_factory=dict)
     absorbed: Dict[str, str] = field(default_factory=dict)
     bounds: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+    layer_outputs: Dict[str, str] = field(default_factory=dict)  # quantized tensor -> the layer it is the output of
+    op_tensors: Set[str] = field(default_factory=set)  # inputs and outputs of the ops the target quantizes
+
+    def needed(self, t: str, layer_inputs: Set[str], layers: Set[str]) -> bool:
+        """Whether tensor ``t`` needs its Q/DQ when only ``layers`` (reading ``layer_inputs``) are quantized: it
+        is a quantized layer's input or output, or an input or output of a quantized op."""
+        t = self.carried.get(t, t)
+        return t in layer_inputs or self.layer_outputs.get(t) in layers or t in self.op_tensors
 
     def quantized(self, layer_inputs: Sequence[str]) -> List[str]:
-        """Every tensor that gets a Q/DQ pair: layer inputs, calibrated tensors, carried tensors."""
-        return list(dict.fromkeys([*layer_inputs, *self.calibrate, *self.carried]))
+        """Every tensor that may get a Q/DQ pair: layer inputs and outputs, calibrated and carried tensors."""
+        return list(dict.fromkeys([*layer_inputs, *self.layer_outputs, *self.calibrate, *self.carried]))
 
 
 def tensor_types(model: onnx.ModelProto) -> Dict[str, int]:
@@ -99,16 +107,19 @@ class _Planner:
         if self.is_activation(t):
             self.own[t] = None
 
-    def add_output(self, t: str) -> None:
+    def add_output(self, t: str) -> str:
         t = self.absorb(t)
         if not self.view.is_graph_output(t):
             self.add(t)
+        return t
 
     def layers(self, layers: Sequence[LayerInfo], nodes: Dict[str, onnx.NodeProto]) -> None:
         for layer in layers:
             self.own[layer.activation] = None
             if layer.type.placement(self.target).output:
-                self.add_output(nodes[layer.name].output[0])
+                out = self.add_output(nodes[layer.name].output[0])
+                if out in self.own:
+                    self.plan.layer_outputs[out] = layer.name
 
     def ops(self, skip: Set[str]) -> None:
         for node in self.view.nodes():
@@ -121,8 +132,9 @@ class _Planner:
                 continue  # a constant or non-float input: the op stays float
             for t in inputs:
                 self.add(t)
+                self.plan.op_tensors.add(t)
             if p.output:
-                self.add_output(node.output[0])
+                self.plan.op_tensors.add(self.add_output(node.output[0]))
 
     def carry(self) -> None:
         """Ops that move values take their input's qparams (graph order, so chains propagate); Relu/Clip that were
@@ -142,7 +154,7 @@ class _Planner:
                         self.plan.carried[out] = root
                         self.own.pop(out, None)
             elif rule.absorbs:
-                self.add_output(node.output[0])
+                self.plan.op_tensors.add(self.add_output(node.output[0]))
 
 
 def plan_deploy(model: onnx.ModelProto, layers: Sequence[LayerInfo], target: str,
