@@ -17,6 +17,7 @@ fn class_name(e: &QuantError) -> &'static str {
         QuantError::InvalidScale { .. } => "ScaleError",
         QuantError::InvalidZeroPoint { .. } => "ZeroPointError",
         QuantError::InvalidParameter { .. } => "ParameterError",
+        QuantError::Interrupted => "InternalError",
     }
 }
 

@@ -95,7 +95,7 @@ fn hfmg_losses<'py>(
     bits: u32,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let h = hist(py, &counts, lo, hi)?;
-    let v = run(py, || hfmg::losses(&h, &hfmg::candidates(h.counts()), bits))?;
+    let v = run(py, || hfmg::losses(&h, &hfmg::candidates(h.counts()), bits, &ferroquant_core::stop::NEVER))?;
     Ok(PyArray1::from_vec(py, v))
 }
 
@@ -114,7 +114,7 @@ fn hfmg_search(
     refine: bool,
 ) -> PyResult<(f32, f32, f32, i32, f64, usize, bool)> {
     let h = hist(py, &counts, lo, hi)?;
-    let s = run(py, || hfmg::search(&h, bits, symmetric, refine))?;
+    let s = run(py, || hfmg::search(&h, bits, symmetric, refine, &ferroquant_core::stop::NEVER))?;
     Ok((s.clip_min, s.clip_max, s.qparams.scale, s.qparams.zero_point, s.loss, s.index, s.refined))
 }
 
