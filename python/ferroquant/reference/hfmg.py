@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ferroquant.errors import EmptyInputError
+from ferroquant.ops.types import HfmgSearch, Histogram
 from ferroquant.reference._common import qrange
 from ferroquant.reference._hfmg_direct import REFINE_ROUNDS, REFINE_STRIDE, direct_losses, search_direct
 from ferroquant.reference._hfmg_sums import fast_loss
 from ferroquant.reference.histogram import Grid, _check_state
-from ferroquant.reference.qparams import qparams_from_range
+from ferroquant.reference.qparams import from_range
 
 STEP_DIVISOR = 100_000
 MIN_BIN_RATIO = 4
 
 
-def hfmg_candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hfmg_candidates(hist: Histogram) -> tuple[np.ndarray, np.ndarray]:
     """Specifies hfmg.rs::candidates: AMCT's trimming walk; (left, right) arrays."""
+    return _candidates(hist.counts)
+
+
+def _candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = [int(v) for v in np.asarray(counts, np.uint64)]
     n = len(c)
     step = max(-(-sum(c) // STEP_DIVISOR), 1)
@@ -132,11 +137,11 @@ class _Ranker:
         return best, best.pair != start.pair
 
 
-def hfmg_losses(counts: np.ndarray, lo: float, hi: float, bits: int = 8) -> np.ndarray:
+def hfmg_losses(hist: Histogram, bits: int = 8) -> np.ndarray:
     """Specifies hfmg.rs::losses: the loss of every candidate, in candidate order (from prefix sums)."""
     qrange(bits)
-    counts = _check_state(counts, lo, hi)
-    left, right = hfmg_candidates(counts)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
+    left, right = _candidates(counts)
     r = _Ranker(counts, Grid(lo, hi, counts.size).width, bits)
     return np.array([s.fast for s in r.score(list(zip(left.tolist(), right.tolist())))], np.float64)
 
@@ -147,15 +152,13 @@ def edge_f32(lo: float, hi: float, n: int, k: int) -> np.float32:
     return min(max(e, np.float32(lo)), np.float32(hi))
 
 
-def hfmg_search(
-    counts: np.ndarray, lo: float, hi: float, bits: int = 8, symmetric: bool = False, refine: bool = True
-) -> tuple[float, float, float, int, float, int, bool]:
-    """Specifies hfmg.rs::search: (clip_min, clip_max, scale, zero_point, loss, candidate index, refined)."""
+def hfmg_search(hist: Histogram, bits: int = 8, symmetric: bool = False, refine: bool = True) -> HfmgSearch:
+    """Specifies hfmg.rs::search."""
     qrange(bits)
-    counts = _check_state(counts, lo, hi)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     if not counts.any():
         raise EmptyInputError("input is empty: histogram holds no counts")
-    left, right = hfmg_candidates(counts)
+    left, right = _candidates(counts)
     rk = _Ranker(counts, Grid(lo, hi, counts.size).width, bits)
     i, best = rk.argmin(rk.score(list(zip(left.tolist(), right.tolist()))))
     moved = False
@@ -164,12 +167,18 @@ def hfmg_search(
     loss = rk.exact(best)
     l, r = best.pair
     cmin, cmax = edge_f32(lo, hi, counts.size, l), edge_f32(lo, hi, counts.size, r + 1)
-    s, z = qparams_from_range(cmin, cmax, bits, symmetric)
-    return float(cmin), float(cmax), float(s), int(z), loss, i, moved
+    s, z = from_range(cmin, cmax, bits, symmetric)
+    return HfmgSearch(float(cmin), float(cmax), float(s), int(z), loss, i, moved, l, r)
 
 
-def _hfmg_search_direct(counts: np.ndarray, lo: float, hi: float, bits: int = 8, refine: bool = True):
+def hfmg_search_many(hists: Sequence[Histogram], bits: int = 8, symmetric: bool = False,
+                     refine: bool = True) -> List[HfmgSearch]:
+    """Specifies hfmg.rs::search_many: one ``hfmg_search`` per histogram, in order."""
+    return [hfmg_search(h, bits, symmetric, refine) for h in hists]
+
+
+def _hfmg_search_direct(hist: Histogram, bits: int = 8, refine: bool = True):
     """The tests' oracle: ``(candidate index, left, right, loss, moved)`` of the direct search."""
-    counts = _check_state(counts, lo, hi)
-    left, right = hfmg_candidates(counts)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
+    left, right = _candidates(counts)
     return search_direct(counts, Grid(lo, hi, counts.size).width, bits, refine, left, right)
