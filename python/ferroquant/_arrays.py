@@ -45,7 +45,7 @@ def per_channel(v: object, dtype: type, what: str) -> np.ndarray:
         vals = np.atleast_1d(a)
         if vals.size and (vals.max() > info.max or vals.min() < info.min):
             i = int(np.argmax((vals > info.max) | (vals < info.min)))
-            raise ZeroPointError(f"invalid {what.replace('_', ' ')} {vals[i]!r} at index {i}: outside the "
+            raise ZeroPointError(f"invalid {what.replace('_', ' ')} {vals[i].item()} at index {i}: outside the "
                                  f"{np.dtype(dtype).name} range [{info.min}, {info.max}]")
     return np.ascontiguousarray(np.atleast_1d(a), dtype=dtype)
 

@@ -10,6 +10,8 @@ from hypothesis.extra.numpy import arrays
 
 from ferroquant import _native as N
 from ferroquant import reference as R
+from ferroquant.reference._hfmg_direct import direct_losses
+from ferroquant.reference.hfmg import _hfmg_search_direct
 from ferroquant.errors import BitsError, ScaleError
 from ferroquant.ops import Histogram
 
@@ -105,3 +107,70 @@ def test_refinement_on_heavy_tailed_relu_data():
     assert mse(ref) < mse(amct)
     twin = R.hfmg_search(h, 8, False, True)
     assert (ref.clip_min, ref.clip_max) == (twin.clip_min, twin.clip_max) or ulp_close(ref.scale, twin.scale)
+
+
+KINDS = ("dense", "sparse", "one_bin", "two_spikes", "heavy_tail", "noisy", "huge_counts")
+
+
+@st.composite
+def histograms(draw):
+    """Histograms of every shape the search meets: dense bells, a few scattered bins, one bin, two spikes
+    (far apart, counts of any ratio), power-law tails, small noisy counts, and counts so large that the group
+    moments need 128-bit integers."""
+    n = draw(st.sampled_from([2, 4, 16, 64, 256, 1024]))
+    kind = draw(st.sampled_from(KINDS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c = np.zeros(n, np.uint64)
+    if kind == "dense":
+        k = np.arange(n)
+        c[:] = np.floor(1e5 * np.exp(-0.5 * ((k - rng.uniform(0, n)) / (n * rng.uniform(0.02, 0.5))) ** 2))
+    elif kind == "sparse":
+        c[rng.integers(0, n, draw(st.integers(1, 6)))] = rng.integers(1, 10**6, 1)
+    elif kind == "one_bin":
+        c[draw(st.integers(0, n - 1))] = draw(st.integers(1, 10**9))
+    elif kind == "two_spikes":
+        i, j = draw(st.integers(0, n - 1)), draw(st.integers(0, n - 1))
+        c[i] += np.uint64(draw(st.integers(1, 10**9)))
+        c[j] += np.uint64(draw(st.integers(1, 10**3)))
+    elif kind == "heavy_tail":
+        c[:] = np.floor(1e8 / (1.0 + np.arange(n)) ** rng.uniform(1.0, 3.0))
+        c = c[::-1].copy() if draw(st.booleans()) else c
+    elif kind == "noisy":
+        c[:] = rng.integers(0, 4, n)
+    else:
+        c[:] = rng.integers(1, 2**50, n, dtype=np.uint64)
+    if not c.any():
+        c[n // 2] = 1
+    lo = float(np.float32(draw(st.floats(-1e3, 1e3))))
+    span = draw(st.sampled_from([0.0, 1e-9, 1e-4, 1.0, 37.5, 1e4]))
+    return Histogram(c, lo, float(np.float32(lo + span)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=histograms(), bits=st.sampled_from([2, 4, 8]), refine=st.booleans())
+def test_prefix_sum_search_is_the_direct_search(h, bits, refine):
+    """The O(2^bits)-per-candidate search chooses what the O(nbins) direct search chooses: the same candidate,
+    the same refined bounds, the same loss (the direct sum of the winner)."""
+    s = N.hfmg_search(h, bits, False, refine)
+    assert (s.index, s.left, s.right, s.loss, s.refined) == _hfmg_search_direct(h, bits, refine)
+    t = R.hfmg_search(h, bits, False, refine)
+    assert (t.index, t.left, t.right, t.loss, t.refined) == (s.index, s.left, s.right, s.loss, s.refined)
+    direct = direct_losses(h.counts, (h.hi - h.lo) / h.nbins, *N.hfmg_candidates(h), 1 << bits)
+    fast = N.hfmg_losses(h, bits)
+    np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=0)
+
+
+def test_prefix_sum_search_on_large_histograms():
+    """4096-bin histograms of four shapes (hundreds to thousands of candidates): the direct search's results."""
+    rng = np.random.default_rng(0)
+    x = {
+        "gauss": rng.standard_normal(400_000),
+        "laplace": rng.laplace(size=400_000),
+        "uniform": rng.uniform(-1, 1, 400_000),
+        "relu_t": np.maximum(rng.standard_t(3, 400_000), 0),
+    }
+    for name, data in x.items():
+        h = N.histogram_observe(None, data.astype(np.float32), 4096)
+        for refine in (False, True):
+            s = N.hfmg_search(h, 8, False, refine)
+            assert (s.index, s.left, s.right, s.loss, s.refined) == _hfmg_search_direct(h, 8, refine), name

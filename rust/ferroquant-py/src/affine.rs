@@ -140,7 +140,7 @@ fn arq_into<'py, T: Code + Element>(
 /// ARQ: `ArqResult` (scale, zero_point, codes, fake-quantized weights); per channel along `axis`, per tensor
 /// if None.
 #[pyfunction(name = "arq")]
-#[pyo3(signature = (w, axis=Some(0), bits=8, symmetric=true))]
+#[pyo3(signature = (w, axis=Some(0), bits=8, symmetric=true), text_signature = "(w, axis=0, bits=8, symmetric=True)")]
 fn arq_py<'py>(
     py: Python<'py>,
     w: PyReadonlyArrayDyn<'py, f32>,

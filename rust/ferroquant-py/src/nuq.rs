@@ -10,7 +10,7 @@ use crate::types::build;
 
 /// NUQ: `NuqResult` (levels, scale, codes, fake-quantized weights, mse, iteration of the best round).
 #[pyfunction(name = "nuq")]
-#[pyo3(signature = (w, axis=Some(0), num_steps=32, num_of_iteration=1))]
+#[pyo3(signature = (w, axis=Some(0), num_steps=32, num_of_iteration=1), text_signature = "(w, axis=0, num_steps=32, num_of_iteration=1)")]
 fn nuq_py<'py>(
     py: Python<'py>,
     w: PyReadonlyArrayDyn<'py, f32>,

@@ -55,7 +55,7 @@ fn ulq_backward<'py>(
 
 /// LSQ backward of per-channel weight scales along `axis` (per tensor if None), gradient scale included.
 #[pyfunction]
-#[pyo3(signature = (w, grad, scale, bits=8, axis=Some(0)))]
+#[pyo3(signature = (w, grad, scale, bits=8, axis=Some(0)), text_signature = "(w, grad, scale, bits=8, axis=0)")]
 fn lsq_backward<'py>(
     py: Python<'py>,
     w: PyReadonlyArrayDyn<'py, f32>,
