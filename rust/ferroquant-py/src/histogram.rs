@@ -13,6 +13,7 @@ use crate::errors::{run, run_long};
 use crate::types::{build, histogram, HistArg};
 
 type F64s<'py> = Bound<'py, PyArray1<f64>>;
+type Bounds<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
 
 fn observe(prev: Option<State>, xs: &[f32], nbins: Option<usize>, drop: bool) -> Result<Histogram, QuantError> {
     match prev {
@@ -95,7 +96,7 @@ fn histogram_merge<'py>(py: Python<'py>, a: HistArg<'py>, b: HistArg<'py>) -> Py
 fn hfmg_candidates<'py>(
     py: Python<'py>,
     hist: HistArg<'py>,
-) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>)> {
+) -> PyResult<Bounds<'py>> {
     let c = hist.counts(py)?;
     let cands = run(py, || Ok(hfmg::candidates(&c)))?;
     let (l, r): (Vec<i64>, Vec<i64>) = cands.iter().map(|&(l, r)| (l as i64, r as i64)).unzip();
