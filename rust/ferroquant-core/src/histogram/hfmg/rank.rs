@@ -62,7 +62,10 @@ impl<'a> Ranker<'a> {
     /// Fast losses of `pairs`, in order; in parallel when there is enough work, checking `stop` per chunk.
     pub fn score(&self, pairs: &[(usize, usize)]) -> Result<Vec<Score>> {
         let per = if self.fast.is_some() { self.dst } else { self.rho.len() }.max(1);
-        let chunk = (CHUNK_WORK / per).max(1);
+        // At most CHUNK_WORK terms between stop checks, and enough chunks to keep every thread busy (each loss
+        // is computed whole by one thread, so the chunking never changes a value).
+        let spread = pairs.len().div_ceil(4 * rayon::current_num_threads());
+        let chunk = (CHUNK_WORK / per).min(spread).max(1);
         let run = |c: &[(usize, usize)]| -> Result<Vec<Score>> {
             self.stop.check()?;
             Ok(c.iter().map(|&p| self.one(p)).collect())
