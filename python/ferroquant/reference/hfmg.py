@@ -91,6 +91,8 @@ class _Ranker:
         return [_Score(p, float(x)) for p, x in zip(pairs, v)]
 
     def less(self, a: _Score, b: _Score) -> bool:
+        if a.pair == b.pair:
+            return False  # the same candidate: the same loss
         if a.exact is not None and b.exact is not None:
             return a.exact < b.exact
         x, y = a.fast, b.fast

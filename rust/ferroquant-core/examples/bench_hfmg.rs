@@ -1,7 +1,9 @@
 //! HFMG search: the prefix-sum ranking (`hfmg::search`) against the direct summation it replaced
 //! (`hfmg::search_direct`, the algorithm before), on the same 4096-bin histograms in the same run,
-//! interleaved; the best of several repeats of each (the machines are shared, so minima are the stable
-//! statistic). Both return the same candidate, bounds and loss (checked here too).
+//! interleaved; the best of several rounds of each (every round a batch of calls of about 100 ms), in wall time
+//! and in CPU time (summed over the process's threads, from Linux's /proc/self/task/*/schedstat: what other
+//! load on a shared machine does not change).
+//! Both return the same candidate, bounds and loss (checked here too).
 //!
 //!     cargo run --release -p ferroquant-core --example bench_hfmg [-- repeats]
 
@@ -45,21 +47,37 @@ fn data(kind: &str, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn best_of(repeats: usize, mut f: impl FnMut()) -> f64 {
-    (0..repeats)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
+/// CPU time of every thread of this process, in seconds (0 where /proc is not there).
+fn cpu_s() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    ns as f64 * 1e-9
+}
+
+/// Wall and CPU time per call of `k` calls in a row.
+fn timed(k: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let (t, c) = (Instant::now(), cpu_s());
+    for _ in 0..k {
+        f();
+    }
+    (t.elapsed().as_secs_f64() / k as f64, (cpu_s() - c) / k as f64)
+}
+
+/// Calls per timed batch so that a batch takes about 100 ms (CPU time advances at scheduler ticks).
+fn batch(f: impl FnMut()) -> usize {
+    let (wall, _) = timed(1, f);
+    ((0.1 / wall.max(1e-6)) as usize).clamp(1, 10_000)
 }
 
 fn main() {
     let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(7);
-    println!("threads {}, 4M samples per histogram, 4096 bins, 8 bits; best of {repeats}", rayon::current_num_threads());
-    println!("| histogram | candidates | refine | direct ms | prefix sums ms | speed-up |");
-    println!("|---|---|---|---|---|---|");
+    println!("threads {}, 4M samples per histogram, 4096 bins, 8 bits; per call, best of {repeats} rounds", rayon::current_num_threads());
+    println!("| histogram | candidates | refine | direct ms | prefix sums ms | speed-up | direct CPU ms | prefix sums CPU ms | CPU speed-up |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for kind in ["gaussian", "laplace", "uniform", "relu_t"] {
         let h = Histogram::build(&data(kind, 4_000_000), 4096, false).expect("histogram");
         let cands = hfmg::candidates(h.counts()).len();
@@ -67,12 +85,29 @@ fn main() {
             let s = hfmg::search(&h, 8, false, refine, &NEVER).expect("search");
             let d = hfmg::search_direct(&h, 8, refine);
             assert_eq!((s.index, s.left, s.right, s.loss, s.refined), d, "{kind}: results differ");
-            let (mut td, mut tf) = (f64::INFINITY, f64::INFINITY);
+            let direct = || {
+                std::hint::black_box(hfmg::search_direct(&h, 8, refine));
+            };
+            let fast = || {
+                let _ = std::hint::black_box(hfmg::search(&h, 8, false, refine, &NEVER));
+            };
+            let (kd, kf) = (batch(direct), batch(fast));
+            let (mut d, mut f) = ((f64::INFINITY, f64::INFINITY), (f64::INFINITY, f64::INFINITY));
             for _ in 0..repeats {
-                td = td.min(best_of(1, || { std::hint::black_box(hfmg::search_direct(&h, 8, refine)); }));
-                tf = tf.min(best_of(1, || { let _ = std::hint::black_box(hfmg::search(&h, 8, false, refine, &NEVER)); }));
+                let t = timed(kd, direct);
+                d = (d.0.min(t.0), d.1.min(t.1));
+                let t = timed(kf, fast);
+                f = (f.0.min(t.0), f.1.min(t.1));
             }
-            println!("| {kind} | {cands} | {refine} | {:.2} | {:.3} | {:.1}x |", td * 1e3, tf * 1e3, td / tf);
+            println!(
+                "| {kind} | {cands} | {refine} | {:.2} | {:.3} | {:.1}x | {:.2} | {:.3} | {:.1}x |",
+                d.0 * 1e3,
+                f.0 * 1e3,
+                d.0 / f.0,
+                d.1 * 1e3,
+                f.1 * 1e3,
+                d.1 / f.1
+            );
         }
     }
 }

@@ -115,20 +115,22 @@ fn quadratic(m0: f64, m1: f64, m2: f64, e: f64) -> f64 {
     ((m2 + (2.0 * e) * m1) + (e * e) * m0) + m0 * TWELFTH
 }
 
-/// `3 c ((v - g)^3 - (u - g)^3) / 3` with `u - g`, `v - g` in ticks (`inv` = the tick, a power of two).
+/// `3 c ((v - g)^3 - (u - g)^3) / 3` for the piece of a source bin between a destination bin's edge (its cube
+/// `edge3`, the upper edge when `upper`) and the source edge at `t` ticks from the centre (`inv` = the tick,
+/// a power of two).
 #[inline(always)]
-fn piece3(c: f64, u: i64, v: i64, inv: f64) -> f64 {
-    if c == 0.0 {
-        return 0.0; // the same value, without the arithmetic
-    }
-    let (a, b) = (u as f64 * inv, v as f64 * inv);
-    c * (b * b * b - a * a * a)
+fn piece3(c: f64, t: i64, inv: f64, edge3: f64, upper: bool) -> f64 {
+    let x = t as f64 * inv;
+    let x3 = x * x * x;
+    c * if upper { edge3 - x3 } else { x3 - edge3 }
 }
 
 /// Prefix sums of one histogram for the losses of one bit width.
 pub struct FastLoss {
     /// The counts as f64 (`c as f64`, for the cut bins).
     cf: Vec<f64>,
+    /// `next[k]`: the first bin at or after `k` with a count (`nbins` when none).
+    next: Vec<usize>,
     /// Prefix sums over bins `i < k`, exact.
     p: Vec<Prefix>,
     w: f64,
@@ -154,7 +156,11 @@ impl FastLoss {
         }
         let span = (n as u128).div_ceil(1u128 << bits) + 1;
         let narrow = acc[0].saturating_mul(span * span) < (1u128 << 62);
-        Some(Self { cf: counts.iter().map(|&c| c as f64).collect(), p, w, bits, narrow })
+        let mut next = vec![n; n + 1];
+        for k in (0..n).rev() {
+            next[k] = if counts[k] > 0 { k } else { next[k + 1] };
+        }
+        Some(Self { cf: counts.iter().map(|&c| c as f64).collect(), next, p, w, bits, narrow })
     }
 
     /// Whether the group moments run in u64 (true) or u128.
@@ -200,10 +206,9 @@ impl FastLoss {
     #[inline(always)]
     fn group<W: Word>(&self, ka: usize, kb: usize, a: usize, d: f64) -> f64 {
         let (hi, lo) = (W::lo(&self.p[kb + 1]), W::lo(&self.p[ka]));
+        // No test for an empty group (its terms are 0.0 anyway): on sparse histograms (combs of pixel values)
+        // the branch would mispredict and cost more than the arithmetic.
         let r0 = hi[0].sub(lo[0]);
-        if r0 == W::of(0) {
-            return 0.0;
-        }
         let r1 = hi[1].sub(lo[1]);
         let r2 = hi[2].sub(lo[2]);
         let aw = W::of(a);
@@ -213,7 +218,9 @@ impl FastLoss {
     }
 
     /// `U`: the loss in units of `w^2`. Positions run in ticks of `1 / (2 dst)` source bins from `l`:
-    /// destination boundary `j` is at `2 j N`, its centre at `(2j + 1) N`, source edge `t` at `2 dst t`.
+    /// destination boundary `j` is at `2 j N`, its centre at `(2j + 1) N`, source edge `t` at `2 dst t`; every
+    /// destination bin spans `[-N, N]` ticks around its centre. Destination bins without counts add exactly
+    /// 0.0: runs of them are skipped (`next`: the first bin with a count at or after a bin).
     fn unitless<W: Word>(&self, l: usize, r: usize) -> f64 {
         let bits = self.bits;
         let dst = 1u64 << bits;
@@ -222,18 +229,28 @@ impl FastLoss {
         let inv = 1.0 / di as f64;
         let nk = (r - l + 1) as u64;
         let mut total = self.tails(l, r, (dst + nk) as f64 * inv);
-        let (mut b_lo, mut q_lo, mut rem_lo) = (0u64, 0u64, 0u64);
-        for _ in 0..dst {
+        let (lo_edge, hi_edge) = (-(nk as i64) as f64 * inv, nk as f64 * inv);
+        let (lo3, hi3) = (lo_edge * lo_edge * lo_edge, hi_edge * hi_edge * hi_edge);
+        let mut j = 0u64;
+        while j < dst {
+            let b_lo = j * nk;
             let b_hi = b_lo + nk;
+            let (q_lo, rem_lo) = (b_lo >> bits, b_lo & mask);
             let (q_hi, rem_hi) = (b_hi >> bits, b_hi & mask);
+            let last = (l + q_hi as usize).min(r);
+            let first = self.next[l + q_lo as usize];
+            if first > last {
+                // no count in this destination bin: jump to the one holding the next count (or the end)
+                j = if first > r { dst } else { (((first - l) as u64) << bits) / nk }.max(j + 1);
+                continue;
+            }
             let ctr = (b_lo + b_hi) as i64;
-            let (u0, u1) = (2 * b_lo as i64 - ctr, 2 * b_hi as i64 - ctr);
             let (mut lp, mut g, mut rp) = (0.0, 0.0, 0.0);
             if q_hi == q_lo {
-                lp = piece3(self.cf[l + q_lo as usize], u0, u1, inv);
+                lp = self.cf[l + q_lo as usize] * (hi3 - lo3);
             } else {
                 if rem_lo != 0 {
-                    lp = piece3(self.cf[l + q_lo as usize], u0, (q_lo as i64 + 1) * di - ctr, inv);
+                    lp = piece3(self.cf[l + q_lo as usize], (q_lo as i64 + 1) * di - ctr, inv, lo3, false);
                 }
                 let ta = q_lo + u64::from(rem_lo != 0);
                 if ta < q_hi {
@@ -242,11 +259,11 @@ impl FastLoss {
                     g = self.group::<W>(l + ta as usize, l + q_hi as usize - 1, l + a as usize, off);
                 }
                 if rem_hi != 0 {
-                    rp = piece3(self.cf[l + q_hi as usize], q_hi as i64 * di - ctr, u1, inv);
+                    rp = piece3(self.cf[l + q_hi as usize], q_hi as i64 * di - ctr, inv, hi3, true);
                 }
             }
             total += g + (lp + rp) * THIRD;
-            (b_lo, q_lo, rem_lo) = (b_hi, q_hi, rem_hi);
+            j += 1;
         }
         total
     }

@@ -80,6 +80,9 @@ impl<'a> Ranker<'a> {
 
     /// `a < b` on the direct losses, decided by the fast losses when they are clearly apart.
     pub fn less(&self, a: &mut Score, b: &mut Score) -> bool {
+        if a.pair == b.pair {
+            return false; // the same candidate: the same loss
+        }
         if let (Some(x), Some(y)) = (a.exact, b.exact) {
             return x < y;
         }
