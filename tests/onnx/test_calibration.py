@@ -163,7 +163,7 @@ def test_amct_switches_reach_the_calibrators():
         "conv1": {"activation_quant_params": {"search_extend": False, "search_2d": True}}}})
     cm = quantize_model(cfg, m, batches(2))
     assert cm.calibrators["r1"].refine is False
-    assert cm.calibrators["x"].options["search_extend"] is False and cm.calibrators["x"].options["search_2d"]
+    assert cm.calibrators["x"].options.search_extend is False and cm.calibrators["x"].options.search_2d
     assert cm.table().layers["conv2"].activation.details["refine"] is False
 
 

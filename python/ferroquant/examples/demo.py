@@ -29,11 +29,11 @@ def _timed(fn: Callable[[], object]) -> Tuple[object, float]:
 
 
 METHODS: Dict[str, Tuple[Callable, Callable]] = {
-    "ARQ int8": (lambda w: ops.arq(w).fake, lambda w: reference.arq(w, 0)[3]),
-    "ARQ int5": (lambda w: ops.arq(w, bits=5).fake, lambda w: reference.arq(w, 0, 5)[3]),
-    "ARQ int4": (lambda w: ops.arq(w, bits=4).fake, lambda w: reference.arq(w, 0, 4)[3]),
-    "NUQ 32": (lambda w: ops.nuq(w, 32, 1).fake, lambda w: reference.nuq(w, 0, 32, 1)[3]),
-    "NUQ 16": (lambda w: ops.nuq(w, 16, 1).fake, lambda w: reference.nuq(w, 0, 16, 1)[3]),
+    "ARQ int8": (lambda w: ops.arq(w).fake, lambda w: reference.arq(w).fake),
+    "ARQ int5": (lambda w: ops.arq(w, bits=5).fake, lambda w: reference.arq(w, bits=5).fake),
+    "ARQ int4": (lambda w: ops.arq(w, bits=4).fake, lambda w: reference.arq(w, bits=4).fake),
+    "NUQ 32": (lambda w: ops.nuq(w, 32, 1).fake, lambda w: reference.nuq(w, 32, 1).fake),
+    "NUQ 16": (lambda w: ops.nuq(w, 16, 1).fake, lambda w: reference.nuq(w, 16, 1).fake),
 }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ferroquant import _native, ops
+from ferroquant import ops
 from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel, iterate_batches
 from ferroquant.onnx.graph import GraphView, node_label
@@ -85,32 +85,18 @@ def _db(signal: float, noise: float) -> Optional[float]:
 
 
 def activation_histogram(cal: Any, num_of_bins: int = 4096) -> Tuple[Histogram, float, float]:
-    """The calibrator's histogram of its tensor and the observed min/max: the histogram's own range, or, for
-    exact IFMR (samples kept), a histogram built from the samples and their exact min/max."""
-    st = cal.state_dict()
-    samples = st.get("samples")
-    if samples is not None and np.asarray(samples).size:
-        s = np.ascontiguousarray(samples, np.float32)
-        counts, lo, hi = _native.histogram_observe(None, 0.0, 0.0, s, num_of_bins, False)
-        mn, mx = ops.min_max(s)
-        return (counts, float(lo), float(hi)), float(np.min(mn)), float(np.max(mx))
-    counts = np.asarray(st["counts"], np.uint64)
-    return (counts, float(st["lo"]), float(st["hi"])), float(st["lo"]), float(st["hi"])
+    """The calibrator's histogram of its tensor (for exact IFMR, one built from its samples) and the observed
+    min/max (exact for exact IFMR): :meth:`~ferroquant.calibrate.Calibrator.histogram` and
+    :meth:`~ferroquant.calibrate.Calibrator.observed_range`, no copy of the calibrator's state."""
+    h = cal.histogram()
+    mn, mx = cal.observed_range()
+    return (h.counts, float(h.lo), float(h.hi)), float(mn), float(mx)
 
 
 def clipped_fraction(cal: Any, hist: Histogram, clip_min: float, clip_max: float) -> float:
     """Share of the observed values outside ``[clip_min, clip_max]``: exact from IFMR's samples, else from the
     histogram (a bin counts as clipped when its centre is outside)."""
-    samples = cal.state_dict().get("samples")
-    if samples is not None and np.asarray(samples).size:
-        s = np.asarray(samples)
-        return float(np.count_nonzero((s < clip_min) | (s > clip_max))) / s.size
-    counts, lo, hi = hist
-    total = float(counts.sum())
-    if total == 0:
-        return 0.0
-    centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
-    return float(counts[(centres < clip_min) | (centres > clip_max)].sum()) / total
+    return cal.clipped_fraction(clip_min, clip_max)
 
 
 def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:

@@ -12,7 +12,10 @@ mod metrics;
 mod nuq;
 mod pool;
 mod qparams;
+mod types;
 mod ulq;
+#[cfg(feature = "debug-panic")]
+mod debug;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -25,5 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ifmr::register(m)?;
     metrics::register(m)?;
     ulq::register(m)?;
+    #[cfg(feature = "debug-panic")]
+    debug::register(m)?;
     Ok(())
 }
