@@ -174,8 +174,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cm, feeds, table = _calibrate(args)
     out = Path(args.out)
     with warnings.catch_warnings():  # the latency check's outcome is printed below, with its timings
-        warnings.filterwarnings("ignore", message="kept in float because their integer kernels are slower",
-                                category=RuntimeWarning)
+        for message in ("kept in float because their integer kernels are slower", "the quantized model ran slower"):
+            warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
         paths = save_model(cm, out / "model", table, allow_float=args.allow_float,
                            latency_check=False if args.no_latency_check else None)
     cm.config.save(out / "config.json")
@@ -184,7 +184,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if cm.latency is not None:
         lat = cm.latency
         print(f"latency (onnxruntime, this machine): FP32 {lat.fp32_ms:.2f} ms, deploy {lat.deploy_ms:.2f} ms"
-              + (f"; kept float for speed: {', '.join(lat.kept_float)}" if lat.kept_float else ""))
+              + ("; the quantized model was slower than FP32 even with its slow layers in float, so every layer "
+                 "is kept in float (--no-latency-check writes it quantized)" if lat.all_float else
+                 f"; kept float for speed: {', '.join(lat.kept_float)}" if lat.kept_float else ""))
     for k, p in paths.items():
         print(f"{k:10s} {p}")
     if not args.no_report:

@@ -28,7 +28,7 @@ def make_activation_calibrator(tensor: str, params: ActivationParams, symmetric:
                               search_step=a.search_step, search_extend=a.search_extend, search_2d=a.search_2d,
                               num_of_bins=a.num_of_bins, **extra)
     return HistogramCalibrator(tensor, a.algorithm, num_of_bins=a.num_of_bins, bits=a.bits, symmetric=symmetric,
-                               refine=a.hfmg_refine, percentile=a.percentile * 100.0,
+                               refine=a.hfmg_refine, percentile=a.percentile,
                                num_quantized_bins=a.num_quantized_bins)
 
 
