@@ -6,10 +6,9 @@ Needs the ``onnx`` extra (``pip install ferroquant[onnx]``); the core package do
 
 from __future__ import annotations
 
-try:
-    import onnx as _onnx  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("ferroquant.onnx needs the onnx package: pip install 'ferroquant[onnx]'") from e
+from ferroquant._extras import require_extra
+
+require_extra("onnx", "onnx", "ferroquant.onnx")
 
 from ferroquant.onnx.fusion import (
     Folded,

@@ -18,6 +18,7 @@ from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
 from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
+from ferroquant.onnx.external import is_large
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import quantizable_layers
@@ -162,31 +163,32 @@ def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
 
 
 def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
-                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None) -> Dict[str, Path]:
+                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None,
+                  deploy: Optional[onnx.ModelProto] = None) -> Dict[str, Path]:
     """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
-    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without) and
-    ``<save_path>_quant_record.json``."""
+    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without; ``deploy``:
+    that model when already exported) and ``<save_path>_quant_record.json``."""
     paths = output_paths(save_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
-    deploy = export_deploy(model, table, layout)
-    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])
-    save_onnx(deploy, paths["deploy"])
+    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])  # first: its float copy is freed
+    save_onnx(deploy if deploy is not None else export_deploy(model, table, layout), paths["deploy"])
     write_record(paths["record"], table, extra)
     return paths
 
 
 def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bool = False
-                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation]]:
+                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation], onnx.ModelProto]:
     """The table and layout the deploy model is written with, after the profile's rule checker: a violation is
-    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float."""
+    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float. Also
+    returns the deploy model that passed."""
     kept: List[Violation] = []
     while True:
         layout = deploy_layout(calibrated, table)
-        found = check_rules(export_deploy(calibrated.model, table, layout), calibrated.profile, calibrated.cpu,
-                            table)
+        deploy = export_deploy(calibrated.model, table, layout)
+        found = check_rules(deploy, calibrated.profile, calibrated.cpu, table)
         floats = {v.node for v in enforce(found, allow_float)} & set(table.layers)
         if not floats:
-            return table, layout, kept + found
+            return table, layout, kept + found, deploy
         kept += [v for v in found if v.node in floats]
         table = table.without(floats)
 
@@ -197,25 +199,36 @@ def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
     """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
     calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
     profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
-    float (``latency_check=False`` skips that; see :mod:`ferroquant.onnx.latency`). Returns the paths.
+    float (``latency_check=False`` skips that; by default it is skipped for models over 2 GB, where it would
+    double the peak memory; see :mod:`ferroquant.onnx.latency`). Returns the paths.
     ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
         calibrated.timings["search_s"] = time.perf_counter() - t0
-    table, layout, violations = deploy_model(calibrated, table, allow_float)
+    table, layout, violations, deploy = deploy_model(calibrated, table, allow_float)
     kept = sorted({v.node for v in violations})
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
     check = calibrated.profile.latency_check if latency_check is None else latency_check
+    if latency_check is None and check and is_large(calibrated.model):
+        # timing needs the float model in onnxruntime beside the one held here: over 2 GB that doubles the
+        # peak memory, so the check runs only when asked for (latency_check=True)
+        check, extra["latency"] = False, {"skipped": "model over 2 GB; pass latency_check=True to run it"}
     if check and calibrated.profile.placement == "onnxruntime" and calibrated.sample is not None:
         t0 = time.perf_counter()
-        table, layout, report = check_latency(calibrated, table, layout, calibrated.sample)
+        checked, layout, report = check_latency(calibrated, table, layout, calibrated.sample, deploy=deploy)
+        deploy, table = (deploy if checked is table else None), checked
         calibrated.timings["latency_check_s"] = time.perf_counter() - t0
         calibrated.latency = report
         extra["latency"] = report.to_json()
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
-    return write_outputs(calibrated.model, table, save_path, extra, layout)
+    if is_large(calibrated.model):
+        deploy = None  # exported again after the fake-quant model is written: never two copies held at once
+    t0 = time.perf_counter()
+    paths = write_outputs(calibrated.model, table, save_path, extra, layout, deploy)
+    calibrated.timings["write_s"] = time.perf_counter() - t0
+    return paths
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
