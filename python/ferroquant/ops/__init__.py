@@ -269,3 +269,5 @@ __all__ = [
     "quantize",
     "set_num_threads",
 ]
+
+from ferroquant.ops.groupwise import *  # noqa: E402,F401,F403  (weight-only group-wise RTN/GPTQ/AWQ, SmoothQuant)

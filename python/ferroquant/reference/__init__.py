@@ -11,6 +11,7 @@ from ferroquant.reference.metrics import compare
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
 from ferroquant.reference.ulq import lsq_backward, ulq_backward, ulq_fake_quant
+from ferroquant.reference.weight_only import *  # noqa: F401,F403  (group-wise RTN, Hessian, GPTQ, AWQ, SmoothQuant)
 
 __all__ = [
     "arq",

@@ -219,6 +219,6 @@ mod tests {
         let spec = GroupSpec::new(4, 4, false, false).unwrap();
         let r = awq(&w, MatShape { k, n }, &x, &AwqOptions { spec, n_grid: 1, clip: None }).unwrap();
         assert_eq!(r.alpha, 0.0);
-        assert_eq!(r.quant, crate::groupwise::rtn(&w, MatShape { k, n }, &spec, None).unwrap());
+        assert_eq!(r.quant, crate::groupwise::quantize_groupwise(&w, MatShape { k, n }, &spec, None).unwrap());
     }
 }

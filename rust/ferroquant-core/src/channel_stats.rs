@@ -95,7 +95,7 @@ fn rows_stats(x: &[f32], c: usize, min: &mut [f32], max: &mut [f32], sum: &mut [
 
 /// Fold the batch `x` `[rows, C]` (C = the statistics' channel count) into `stats`; returns the row count.
 /// NaN/Inf are an error naming the flat index; `stats` is then left unchanged.
-pub fn observe(stats: &mut StatsMut<'_>, x: &[f32]) -> Result<usize> {
+pub fn channel_stats_update(stats: &mut StatsMut<'_>, x: &[f32]) -> Result<usize> {
     let c = stats.channels()?;
     if x.is_empty() {
         return Err(QuantError::EmptyInput { what: "activation batch" });
@@ -141,13 +141,13 @@ mod tests {
         let x: Vec<f32> = (0..c * 20000).map(|i| ((i * 31 % 1001) as f32 - 500.0) / 50.0).collect();
         let mut a = ChannelStats::new(c);
         let mut m = StatsMut { min: &mut a.min, max: &mut a.max, abs_sum: &mut a.abs_sum };
-        assert_eq!(observe(&mut m, &x).unwrap(), 20000);
+        assert_eq!(channel_stats_update(&mut m, &x).unwrap(), 20000);
         let mut b = ChannelStats::new(c);
         let mut mb = StatsMut { min: &mut b.min, max: &mut b.max, abs_sum: &mut b.abs_sum };
-        observe(&mut mb, &x[..c * 5000]).unwrap();
+        channel_stats_update(&mut mb, &x[..c * 5000]).unwrap();
         let mut d = ChannelStats::new(c);
         let mut md = StatsMut { min: &mut d.min, max: &mut d.max, abs_sum: &mut d.abs_sum };
-        observe(&mut md, &x[c * 5000..]).unwrap();
+        channel_stats_update(&mut md, &x[c * 5000..]).unwrap();
         mb.merge(&d.min, &d.max, &d.abs_sum).unwrap();
         assert_eq!((&b.min, &b.max), (&a.min, &a.max));
         for j in 0..c {
@@ -157,7 +157,7 @@ mod tests {
         let mut y = x.clone();
         y[c * 19000 + 3] = f32::NAN;
         let mut m = StatsMut { min: &mut a.min, max: &mut a.max, abs_sum: &mut a.abs_sum };
-        assert!(matches!(observe(&mut m, &y), Err(QuantError::NonFinite { index, .. }) if index == c * 19000 + 3));
+        assert!(matches!(channel_stats_update(&mut m, &y), Err(QuantError::NonFinite { index, .. }) if index == c * 19000 + 3));
         assert_eq!(a, before);
     }
 }

@@ -267,7 +267,7 @@ mod tests {
         let spec = GroupSpec::new(4, 4, false, false).unwrap();
         let o = GptqOptions { spec, percdamp: 0.0, block_size: 3, act_order: false };
         let r = gptq(&w, MatShape { k, n }, &h, &o).unwrap();
-        let rtn = crate::groupwise::rtn(&w, MatShape { k, n }, &spec, None).unwrap();
+        let rtn = crate::groupwise::quantize_groupwise(&w, MatShape { k, n }, &spec, None).unwrap();
         assert_eq!(r.quant, rtn);
     }
 

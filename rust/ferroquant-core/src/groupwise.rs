@@ -280,7 +280,7 @@ pub fn tasks(s: MatShape, spec: &GroupSpec) -> Vec<(usize, std::ops::Range<usize
 
 /// Round-to-nearest group-wise quantization of a `[K, N]` weight with per-group min/max, or with the MSE clip
 /// search when `clip` is given. NaN/Inf are an error naming the flat index.
-pub fn rtn(w: &[f32], s: MatShape, spec: &GroupSpec, clip: Option<&ClipSearch>) -> Result<GroupQuant> {
+pub fn quantize_groupwise(w: &[f32], s: MatShape, spec: &GroupSpec, clip: Option<&ClipSearch>) -> Result<GroupQuant> {
     s.check("weight", w.len())?;
     if let Some((index, value)) = first_non_finite(w) {
         return Err(QuantError::NonFinite { index, value });
@@ -316,7 +316,7 @@ pub fn assemble(w: &[f32], s: MatShape, spec: &GroupSpec, params: &[Vec<GroupPar
 }
 
 /// `(code - zero_point) * scale` for a `[K, N]` group-quantized weight, as float32.
-pub fn dequantize(q: &GroupQuant, s: MatShape, group_size: usize) -> Result<Vec<f32>> {
+pub fn dequantize_groupwise(q: &GroupQuant, s: MatShape, group_size: usize) -> Result<Vec<f32>> {
     s.check("codes", q.codes.len())?;
     if group_size == 0 {
         return Err(QuantError::InvalidParameter { name: "group_size", reason: "must be >= 1, got 0".into() });
@@ -374,22 +374,22 @@ mod tests {
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
         let s = MatShape { k, n };
         let sp = spec(8, 4, false);
-        let q = rtn(&w, s, &sp, None).unwrap();
+        let q = quantize_groupwise(&w, s, &sp, None).unwrap();
         assert_eq!(q.scales.len(), 3 * n);
-        let d = dequantize(&q, s, 4).unwrap();
+        let d = dequantize_groupwise(&q, s, 4).unwrap();
         for (a, b) in w.iter().zip(&d) {
             assert!((a - b).abs() <= 0.5 * 10.0 / 255.0 + 1e-6);
         }
-        let c = rtn(&w, s, &sp, Some(&ClipSearch::default())).unwrap();
+        let c = quantize_groupwise(&w, s, &sp, Some(&ClipSearch::default())).unwrap();
         assert_eq!(c.codes.len(), k * n);
     }
 
     #[test]
     fn errors_name_the_problem() {
         let s = MatShape { k: 2, n: 2 };
-        assert!(matches!(rtn(&[0.0, 1.0, f32::NAN, 0.0], s, &spec(4, 2, true), None),
+        assert!(matches!(quantize_groupwise(&[0.0, 1.0, f32::NAN, 0.0], s, &spec(4, 2, true), None),
             Err(QuantError::NonFinite { index: 2, .. })));
-        assert!(matches!(rtn(&[0.0; 3], s, &spec(4, 2, true), None), Err(QuantError::ShapeMismatch { .. })));
+        assert!(matches!(quantize_groupwise(&[0.0; 3], s, &spec(4, 2, true), None), Err(QuantError::ShapeMismatch { .. })));
         assert!(GroupSpec::new(9, 2, true, false).is_err() && GroupSpec::new(4, 0, true, false).is_err());
     }
 }
