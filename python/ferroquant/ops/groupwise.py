@@ -20,7 +20,7 @@ import numpy as np
 
 from ferroquant import _native
 from ferroquant._arrays import as_f32, named
-from ferroquant.errors import EmptyInputError, ParameterError, ShapeError
+from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError, ShapeError
 
 SCALE_DTYPES = ("float32", "float16")
 
@@ -148,6 +148,12 @@ def _rows(x: object, k: int, what: str = "x") -> np.ndarray:
     return a.reshape(-1, k)
 
 
+def _located(e: NonFiniteError, x: np.ndarray) -> NonFiniteError:
+    """``e`` with the row and channel of the first non-finite value of the ``[rows, K]`` batch ``x``."""
+    r, c = np.argwhere(~np.isfinite(x))[0]
+    return NonFiniteError(f"{e} (row {r}, channel {c} of a [{x.shape[0]}, {x.shape[1]}] batch)")
+
+
 def _quant(q: "_native.GroupQuant", spec: GroupSpec) -> GroupQuant:
     scale = q.scales.astype(np.float16) if spec.scale_f16 else q.scales
     return GroupQuant(q.codes, scale, q.zero_points, spec)
@@ -172,7 +178,11 @@ def hessian_update(h: np.ndarray, x: object, name: Optional[str] = None) -> np.n
     if not (isinstance(h, np.ndarray) and h.dtype == np.float64 and h.ndim == 2 and h.flags.c_contiguous):
         raise ShapeError("h must be a C-contiguous float64 [K, K] array")
     with named(name):
-        _native.hessian_update(h, _rows(x, h.shape[1]))
+        xr = _rows(x, h.shape[1])
+        try:
+            _native.hessian_update(h, xr)
+        except NonFiniteError as e:
+            raise _located(e, xr) from None
     return h
 
 
@@ -227,7 +237,10 @@ def gptq(w: object, hessian: object, spec: GroupSpec = GroupSpec(), percdamp: fl
 
 def _check_acts(x: np.ndarray, name: Optional[str]) -> None:
     with named(f"{name} (calibration activations)" if name else "calibration activations"):
-        _native.min_max(x, None)
+        try:
+            _native.min_max(x, None)
+        except NonFiniteError as e:
+            raise _located(e, x) from None
 
 
 def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
@@ -246,7 +259,11 @@ def channel_stats_update(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, 
                          name: Optional[str] = None) -> int:
     """Fold the batch ``x`` ``[..., C]`` into running per-channel (min, max, abs_sum) in place; returns rows."""
     with named(name):
-        return int(_native.channel_stats_update(min, max, abs_sum, _rows(x, min.shape[0])))
+        xr = _rows(x, min.shape[0])
+        try:
+            return int(_native.channel_stats_update(min, max, abs_sum, xr))
+        except NonFiniteError as e:
+            raise _located(e, xr) from None
 
 
 @dataclass

@@ -22,11 +22,11 @@ use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
 use crate::groupwise::{group_qparams, GroupParams, GroupQuant, GroupSpec, MatShape};
-use crate::linalg::{gemm_add, inverse_cholesky_upper, par, view, view_mut};
+use crate::linalg::{gemm_add, inverse_cholesky_upper, par, view, view_cm, view_cm_mut};
 use crate::par::first_non_finite;
 
 /// Output columns per parallel task.
-pub const COL_CHUNK: usize = 128;
+pub const COL_CHUNK: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqOptions {
@@ -154,57 +154,72 @@ fn assemble(p: &Plan, chunks: &[std::ops::Range<usize>], parts: &[(Vec<u8>, Vec<
 }
 
 /// GPTQ on the output columns `cols`: returns their codes `[K, nc]` in processing order and params `[G, nc]`.
+/// The columns' weights live column-major (`wc[c*K + i]`, so the trailing product has every operand
+/// column-major, which faer runs fastest); the current block is copied row-major for the per-input work.
 fn run_chunk(p: &Plan, cols: std::ops::Range<usize>) -> Result<(Vec<u8>, Vec<GroupParams>)> {
     let (k, n, nc) = (p.s.k, p.s.n, cols.len());
     let mut wc = vec![0f64; k * nc];
-    for (i, row) in wc.chunks_mut(nc).enumerate() {
-        let r = p.perm[i];
+    for (i, &r) in p.perm.iter().enumerate() {
         if !p.is_dead[r] {
-            row.iter_mut().zip(&p.w[r * n + cols.start..r * n + cols.end]).for_each(|(d, &v)| *d = v as f64);
+            for (c, &v) in p.w[r * n + cols.start..r * n + cols.end].iter().enumerate() {
+                wc[c * k + i] = v as f64;
+            }
         }
     }
     let mut codes = vec![0u8; k * nc];
     let mut params = vec![GroupParams { scale: 1.0, zero_point: 0 }; p.spec.groups(k) * nc];
-    let mut err = vec![0f64; p.block.min(k) * nc];
+    let b = p.block.min(k);
+    let (mut w1, mut err, mut err_cm) = (vec![0f64; b * nc], vec![0f64; b * nc], vec![0f64; b * nc]);
     let qmax = p.spec.qmax() as f64;
     let mut i1 = 0;
     while i1 < k {
-        let i2 = (i1 + p.block).min(k);
+        let (i2, bs) = ((i1 + p.block).min(k), (i1 + p.block).min(k) - i1);
+        for a in 0..bs {
+            for c in 0..nc {
+                w1[a * nc + c] = wc[c * k + i1 + a];
+            }
+        }
         for i in i1..i2 {
             if let Some(g) = p.start[i] {
-                group_start(p, g, (i1, i, i2), &wc, &err, cols.clone(), &mut params[g * nc..(g + 1) * nc])?;
+                group_start(p, g, (i1, i, i2), (&wc, &w1, &err), nc, cols.start, &mut params[g * nc..(g + 1) * nc])?;
             }
             let g = p.perm[i] / p.spec.group_size;
-            let (head, tail) = wc.split_at_mut((i + 1) * nc);
+            let (head, tail) = w1.split_at_mut((i - i1 + 1) * nc);
             let e = &mut err[(i - i1) * nc..(i - i1 + 1) * nc];
-            quantize_row(&head[i * nc..], &params[g * nc..(g + 1) * nc], qmax, p.u[i * k + i],
+            quantize_row(&head[(i - i1) * nc..], &params[g * nc..(g + 1) * nc], qmax, p.u[i * k + i],
                 &mut codes[i * nc..(i + 1) * nc], e);
             for (j, row) in (i + 1..i2).zip(tail.chunks_mut(nc)) {
                 axpy(-p.u[i * k + j], e, row);
             }
         }
         if i2 < k {
-            let bs = i2 - i1;
-            gemm_add(view_mut(&mut wc[i2 * nc..], k - i2, nc, nc), view(&p.u[i1 * k + i2..], bs, k - i2, k).transpose(),
-                view(&err, bs, nc, nc), -1.0);
+            for a in 0..bs {
+                for c in 0..nc {
+                    err_cm[c * bs + a] = err[a * nc + c];
+                }
+            }
+            gemm_add(view_cm_mut(&mut wc[i2..], k - i2, nc, k), view(&p.u[i1 * k + i2..], bs, k - i2, k).transpose(),
+                view_cm(&err_cm, bs, nc, bs), -1.0);
         }
         i1 = i2;
     }
     Ok((codes, params))
 }
 
-/// Fix group `g`'s params at input `i` of the block `[i1, i2)`: min/max of its members' current weights. A
-/// member beyond the block still lacks the block's updates so far, `Σ_{j in [i1, i)} U[j, p] · err_j`.
-fn group_start(p: &Plan, g: usize, (i1, i, i2): (usize, usize, usize), wc: &[f64], err: &[f64],
-    cols: std::ops::Range<usize>, out: &mut [GroupParams]) -> Result<()> {
-    let (k, nc) = (p.s.k, cols.len());
+/// Fix group `g`'s params at input `i` of the block `[i1, i2)`: min/max of its members' current weights (in the
+/// block copy `w1`, or in `wc` less the block's updates so far, `Σ_{j in [i1, i)} U[j, q] · err_j`).
+fn group_start(p: &Plan, g: usize, (i1, i, i2): (usize, usize, usize), (wc, w1, err): (&[f64], &[f64], &[f64]),
+    nc: usize, col0: usize, out: &mut [GroupParams]) -> Result<()> {
+    let k = p.s.k;
     let mut lo = vec![f64::INFINITY; nc];
     let mut hi = vec![f64::NEG_INFINITY; nc];
     let mut cur = vec![0f64; nc];
     for r in p.spec.rows(g, k) {
         let q = p.pos[r];
-        cur.copy_from_slice(&wc[q * nc..(q + 1) * nc]);
-        if q >= i2 {
+        if q < i2 {
+            cur.copy_from_slice(&w1[(q - i1) * nc..(q - i1 + 1) * nc]);
+        } else {
+            cur.iter_mut().enumerate().for_each(|(c, v)| *v = wc[c * k + q]);
             for j in i1..i {
                 axpy(-p.u[j * k + q], &err[(j - i1) * nc..(j - i1 + 1) * nc], &mut cur);
             }
@@ -215,7 +230,7 @@ fn group_start(p: &Plan, g: usize, (i1, i, i2): (usize, usize, usize), wc: &[f64
         }
     }
     for (c, o) in out.iter_mut().enumerate() {
-        *o = group_qparams(lo[c] as f32, hi[c] as f32, &p.spec, g * p.s.n + cols.start + c)?;
+        *o = group_qparams(lo[c] as f32, hi[c] as f32, &p.spec, g * p.s.n + col0 + c)?;
     }
     Ok(())
 }
@@ -289,5 +304,21 @@ mod tests {
                 assert_eq!(run(b, a).quant.codes, base.quant.codes, "block {b} act_order {a}");
             }
         }
+    }
+
+    #[test]
+    #[ignore]
+    fn tune() {
+        let (k, n) = (4096, 4096);
+        let x = lcg(2 * k * k, 5);
+        let h = gram(&x, k);
+        let w = lcg(k * n, 6);
+        let t = std::time::Instant::now();
+        let u = crate::linalg::inverse_cholesky_upper(&h, k, par()).unwrap();
+        eprintln!("inverse cholesky {:.3}s ({})", t.elapsed().as_secs_f64(), u[0]);
+        let spec = GroupSpec::new(4, 128, true, false).unwrap();
+        let t = std::time::Instant::now();
+        let r = gptq(&w, MatShape { k, n }, &h, &GptqOptions { spec, percdamp: 0.01, block_size: 128, act_order: false }).unwrap();
+        eprintln!("gptq {:.3}s ({})", t.elapsed().as_secs_f64(), r.quant.codes[0]);
     }
 }

@@ -4,23 +4,23 @@
 //! at the end (by the caller), not per batch.
 //!
 //! Work: rows are converted to f64 in fixed chunks of [`ROW_CHUNK`]; for each chunk, fixed strips of
-//! [`STRIP`] rows of `H` take their upper-triangular part in parallel, each strip one sequential product.
-//! Every element is therefore summed in the same order whatever the thread count; the lower triangle is
-//! mirrored from the upper one at the end of each call.
+//! [`STRIP`] rows of `H` take their lower-triangular part in parallel, each strip one sequential product.
+//! Every element is therefore summed in the same order whatever the thread count; the upper triangle is
+//! mirrored from the lower one at the end of each call.
 
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
-use crate::linalg::{gemm_add, view, view_mut};
+use crate::linalg::{gemm_add, view_cm, view_cm_mut};
 use crate::par::first_non_finite;
 
 /// Rows converted to f64 at a time (bounds the scratch memory at `ROW_CHUNK * K` f64).
 pub const ROW_CHUNK: usize = 512;
 /// Rows of `H` per parallel task.
-pub const STRIP: usize = 64;
+pub const STRIP: usize = 256;
 
 /// `h += xᵀx` for `x` `[rows, k]` (float32, row-major) and `h` `[k, k]` (float64, row-major, symmetric).
-/// Only the upper triangle of `h` is read; both triangles are written. Returns the number of rows added.
+/// Only the lower triangle of `h` is read; both triangles are written. Returns the number of rows added.
 pub fn hessian_update(h: &mut [f64], x: &[f32], k: usize) -> Result<usize> {
     if k == 0 || x.is_empty() {
         return Err(QuantError::EmptyInput { what: "calibration activations" });
@@ -34,34 +34,47 @@ pub fn hessian_update(h: &mut [f64], x: &[f32], k: usize) -> Result<usize> {
     if let Some((index, value)) = first_non_finite(x) {
         return Err(QuantError::NonFinite { index, value });
     }
+    accumulate(h, x, k, STRIP, ROW_CHUNK);
+    mirror_lower(h, k);
+    Ok(x.len() / k)
+}
+
+/// The lower triangle of `h += xᵀx`, with strips of `strip` rows and chunks of `row_chunk` rows.
+fn accumulate(h: &mut [f64], x: &[f32], k: usize, strip: usize, row_chunk: usize) {
     let rows = x.len() / k;
-    let mut xc = vec![0f64; ROW_CHUNK.min(rows) * k];
-    for chunk in x.chunks(ROW_CHUNK * k) {
+    let r0 = row_chunk.min(rows);
+    // the chunk twice in f64: row-major (= Xᵀ column-major, the left operand) and column-major (the right one)
+    let (mut xa, mut xb) = (vec![0f64; r0 * k], vec![0f64; r0 * k]);
+    for chunk in x.chunks(row_chunk * k) {
         let r = chunk.len() / k;
-        xc[..chunk.len()].par_chunks_mut(k).zip(chunk.par_chunks(k)).for_each(|(d, s)| {
-            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s as f64);
+        xa[..chunk.len()].par_iter_mut().zip(chunk.par_iter()).for_each(|(d, &s)| *d = s as f64);
+        xb[..chunk.len()].par_chunks_mut(r).enumerate().for_each(|(j, col)| {
+            col.iter_mut().enumerate().for_each(|(t, d)| *d = chunk[t * k + j] as f64);
         });
-        let xr = &xc[..chunk.len()];
-        h.par_chunks_mut(STRIP * k).enumerate().for_each(|(t, strip)| {
-            let i0 = t * STRIP;
-            let m = strip.len() / k;
-            // strip rows i0..i0+m, columns i0..k: += X[:, i0..i0+m]ᵀ X[:, i0..k]
-            let dst = view_mut(&mut strip[i0..], m, k - i0, k);
-            let lhs = view(&xr[i0..], r, m, k).transpose();
-            let rhs = view(&xr[i0..], r, k - i0, k);
+        let (xa, xb) = (&xa[..chunk.len()], &xb[..chunk.len()]);
+        h.par_chunks_mut(strip * k).enumerate().for_each(|(t, rows_t)| {
+            // rows j0..j0+m of H, columns 0..j0+m: H[j, i] for i <= j. Stored column-major (stride k) it is
+            // the block Xᵀ[0..j0+m] · X[:, j0..j0+m] (rows i, columns j).
+            let (j0, m) = (t * strip, rows_t.len() / k);
+            let dst = view_cm_mut(rows_t, j0 + m, m, k);
+            let lhs = view_cm(xa, j0 + m, r, k);
+            let rhs = view_cm(&xb[j0 * r..], r, m, r);
             gemm_add(dst, lhs, rhs, 1.0);
         });
     }
-    mirror_upper(h, k);
-    Ok(rows)
 }
 
-/// Copy the upper triangle of a row-major `[k, k]` matrix onto its lower triangle.
-pub fn mirror_upper(h: &mut [f64], k: usize) {
-    for i in 1..k {
-        let (upper, lower) = h.split_at_mut(i * k);
-        for (j, v) in lower[..i].iter_mut().enumerate() {
-            *v = upper[j * k + i];
+/// Copy the lower triangle of a row-major `[k, k]` matrix onto its upper triangle (in 64 x 64 tiles, so both
+/// sides stay in cache).
+pub fn mirror_lower(h: &mut [f64], k: usize) {
+    const T: usize = 64;
+    for bi in (0..k).step_by(T) {
+        for bj in (0..=bi).step_by(T) {
+            for i in bi..(bi + T).min(k) {
+                for j in bj..(bj + T).min(i) {
+                    h[j * k + i] = h[i * k + j];
+                }
+            }
         }
     }
 }
@@ -93,5 +106,28 @@ mod tests {
         assert!(matches!(hessian_update(&mut h, &[1.0, 2.0, 3.0], 2), Err(QuantError::ShapeMismatch { .. })));
         assert!(matches!(hessian_update(&mut h, &[1.0; 3], 3), Err(QuantError::ShapeMismatch { .. })));
         assert_eq!(h, vec![0.0; 4]);
+    }
+
+    #[test]
+    #[ignore]
+    fn tune() {
+        let (rows, k) = (2048, 4096);
+        let x: Vec<f32> = (0..rows * k).map(|i| (((i * 2654435761) % 1000) as f32 - 500.0) / 250.0).collect();
+        let mut h = vec![0f64; k * k];
+        let cfg = [(128, 512), (256, 512), (256, 256), (512, 512)];
+        let mut best = vec![f64::INFINITY; cfg.len()];
+        for _ in 0..3 {
+            for (i, &(s, r)) in cfg.iter().enumerate() {
+                let t = std::time::Instant::now();
+                accumulate(&mut h, &x, k, s, r);
+                best[i] = best[i].min(t.elapsed().as_secs_f64());
+            }
+        }
+        let t = std::time::Instant::now();
+        mirror_lower(&mut h, k);
+        eprintln!("mirror {:.3}", t.elapsed().as_secs_f64());
+        for (c, b) in cfg.iter().zip(&best) {
+            eprintln!("strip {} chunk {}: {:.3}s", c.0, c.1, b);
+        }
     }
 }
