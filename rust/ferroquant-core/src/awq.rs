@@ -71,7 +71,7 @@ fn check(w: &[f32], s: MatShape, x: &[f32], o: &AwqOptions) -> Result<()> {
     if x.is_empty() {
         return Err(QuantError::EmptyInput { what: "calibration activations" });
     }
-    if x.len() % s.k != 0 {
+    if !x.len().is_multiple_of(s.k) {
         return Err(QuantError::ShapeMismatch { what: "activation length, a multiple of K =", expected: s.k, got: x.len() });
     }
     if o.n_grid == 0 {

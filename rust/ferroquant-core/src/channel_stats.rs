@@ -11,6 +11,9 @@ use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
 
+/// One chunk's `(min, max, abs_sum)`.
+type Partial = (Vec<f32>, Vec<f32>, Vec<f64>);
+
 /// Elements per parallel chunk (rounded to whole rows).
 pub const CHUNK_ELEMS: usize = 1 << 15;
 
@@ -100,11 +103,11 @@ pub fn channel_stats_update(stats: &mut StatsMut<'_>, x: &[f32]) -> Result<usize
     if x.is_empty() {
         return Err(QuantError::EmptyInput { what: "activation batch" });
     }
-    if x.len() % c != 0 {
+    if !x.len().is_multiple_of(c) {
         return Err(QuantError::ShapeMismatch { what: "activation length, a multiple of C =", expected: c, got: x.len() });
     }
     let chunk = (CHUNK_ELEMS / c).max(1) * c;
-    let parts: Vec<std::result::Result<(Vec<f32>, Vec<f32>, Vec<f64>), usize>> = x
+    let parts: Vec<std::result::Result<Partial, usize>> = x
         .par_chunks(chunk)
         .enumerate()
         .map(|(i, xc)| {

@@ -19,6 +19,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
+use crate::kernels::MAGIC;
 use crate::par::first_non_finite;
 use crate::scheme::FLT_EPSILON;
 
@@ -100,8 +101,7 @@ impl GroupParams {
     /// The code of `x` as an integer-valued f32 (`x / scale` in f32, as the house rule asks).
     #[inline(always)]
     pub fn code(&self, x: f32, qmax: f32) -> f32 {
-        let q = (x / self.scale).round_ties_even() + self.zero_point as f32;
-        q.clamp(0.0, qmax)
+        code_fast(x, self.scale, self.zero_point as f32, qmax) as f32
     }
 
     /// The code of an f64 value (GPTQ's updated weights): `x / scale` in f64.
@@ -220,10 +220,26 @@ fn sq_err_row(row: &[f32], p: &[GroupParams], qmax: f32, loss: &mut [f64]) {
     }
 }
 
+/// `clamp(round_half_even(x / s) + z, 0, qmax)` as an integer, written to vectorize on any x86-64: `x / s` is
+/// clamped to `[-2^22, 2^22]` first (the final clamp gives the same code), then rounded by adding and
+/// subtracting `1.5 * 2^23` (halves to even in the default IEEE mode), and compared with selects.
+#[inline(always)]
+pub fn code_fast(x: f32, s: f32, z: f32, qmax: f32) -> i32 {
+    const LIM: f32 = 4_194_304.0;
+    let t = x / s;
+    let t = if t < -LIM { -LIM } else { t };
+    let t = if t > LIM { LIM } else { t };
+    let q = ((t + MAGIC) - MAGIC) + z;
+    let q = if q < 0.0 { 0.0 } else { q };
+    let q = if q > qmax { qmax } else { q };
+    q as i32
+}
+
+/// Codes of one row with per-column scales and zero points (as f32).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "x86_64+sse4.1"))]
-fn code_row(row: &[f32], p: &[GroupParams], qmax: f32, out: &mut [u8]) {
-    for ((&x, p), o) in row.iter().zip(p).zip(out.iter_mut()) {
-        *o = p.code(x, qmax) as u8;
+fn code_row(row: &[f32], scale: &[f32], zp: &[f32], qmax: f32, out: &mut [u8]) {
+    for (((&x, &s), &z), o) in row.iter().zip(scale).zip(zp).zip(out.iter_mut()) {
+        *o = code_fast(x, s, z, qmax) as u8;
     }
 }
 
@@ -298,19 +314,19 @@ pub fn assemble(w: &[f32], s: MatShape, spec: &GroupSpec, params: &[Vec<GroupPar
     let groups = spec.groups(s.k);
     let mut scales = vec![0f32; groups * s.n];
     let mut zero_points = vec![0u8; groups * s.n];
-    let mut row_params = vec![GroupParams { scale: 1.0, zero_point: 0 }; groups * s.n];
     for ((g, cols), p) in tasks(s, spec).into_iter().zip(params) {
         for (c, p) in cols.zip(p) {
             scales[g * s.n + c] = p.scale;
             zero_points[g * s.n + c] = p.zero_point;
-            row_params[g * s.n + c] = *p;
         }
     }
+    let zpf: Vec<f32> = zero_points.iter().map(|&z| z as f32).collect();
     let mut codes = vec![0u8; s.k * s.n];
     let qmax = spec.qmax() as f32;
     codes.par_chunks_mut(s.n).enumerate().for_each(|(k, out)| {
         let g = k / spec.group_size;
-        code_row(&w[k * s.n..(k + 1) * s.n], &row_params[g * s.n..(g + 1) * s.n], qmax, out);
+        let at = g * s.n..(g + 1) * s.n;
+        code_row(&w[k * s.n..(k + 1) * s.n], &scales[at.clone()], &zpf[at], qmax, out);
     });
     GroupQuant { codes, scales, zero_points }
 }

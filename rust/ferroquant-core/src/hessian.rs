@@ -25,7 +25,7 @@ pub fn hessian_update(h: &mut [f64], x: &[f32], k: usize) -> Result<usize> {
     if k == 0 || x.is_empty() {
         return Err(QuantError::EmptyInput { what: "calibration activations" });
     }
-    if x.len() % k != 0 {
+    if !x.len().is_multiple_of(k) {
         return Err(QuantError::ShapeMismatch { what: "activation length, a multiple of K =", expected: k, got: x.len() });
     }
     if h.len() != k * k {

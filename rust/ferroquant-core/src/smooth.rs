@@ -60,7 +60,7 @@ fn check(act: &[f32], w: &[f32], k: usize, n: usize, x: &[f32], alphas: &[f64]) 
     if w.len() != k * n {
         return Err(QuantError::ShapeMismatch { what: "weight [K, N]", expected: k * n, got: w.len() });
     }
-    if x.len() % k != 0 {
+    if !x.len().is_multiple_of(k) {
         return Err(QuantError::ShapeMismatch { what: "activation length, a multiple of K =", expected: k, got: x.len() });
     }
     if let Some(i) = act.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
