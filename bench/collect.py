@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "calibration", "onnx_ptq", "qat"]
+ORDER = ["kernels", "calibration", "onnx_ptq", "qat", "weight_only"]
 
 INTRO = """# Benchmarks
 
@@ -20,6 +20,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
+| `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
 
 `python bench/collect.py` rebuilds this page from `results/`.
 """

@@ -19,8 +19,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
-use crate::kernels::MAGIC;
-use crate::par::first_non_finite;
+use crate::kernels::{any_non_finite, MAGIC};
 use crate::scheme::FLT_EPSILON;
 
 pub const MIN_GROUP_BITS: u32 = 2;
@@ -197,18 +196,37 @@ pub fn column_min_max(w: &[f32], n: usize, rows: std::ops::Range<usize>, cols: s
     -> (Vec<f32>, Vec<f32>) {
     let nc = cols.len();
     let (mut lo, mut hi) = (vec![f32::INFINITY; nc], vec![f32::NEG_INFINITY; nc]);
-    for k in rows {
-        min_max_row(&w[k * n + cols.start..k * n + cols.end], &mut lo, &mut hi);
+    let whole = nc - nc % LANES;
+    for c0 in (0..whole).step_by(LANES) {
+        let (l, h) = min_max_strip(w, n, rows.clone(), cols.start + c0);
+        lo[c0..c0 + LANES].copy_from_slice(&l);
+        hi[c0..c0 + LANES].copy_from_slice(&h);
+    }
+    for c in whole..nc {
+        for r in rows.clone() {
+            let v = w[r * n + cols.start + c];
+            lo[c] = if v < lo[c] { v } else { lo[c] };
+            hi[c] = if v > hi[c] { v } else { hi[c] };
+        }
     }
     (lo, hi)
 }
 
+const LANES: usize = 16;
+
+/// `(min, max)` of `LANES` columns from `c0` over `rows`, accumulated in registers.
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "x86_64+sse4.1"))]
-fn min_max_row(row: &[f32], lo: &mut [f32], hi: &mut [f32]) {
-    for ((&v, l), h) in row.iter().zip(lo.iter_mut()).zip(hi.iter_mut()) {
-        *l = if v < *l { v } else { *l };
-        *h = if v > *h { v } else { *h };
+fn min_max_strip(w: &[f32], n: usize, rows: std::ops::Range<usize>, c0: usize) -> ([f32; LANES], [f32; LANES]) {
+    let (mut lo, mut hi) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES]);
+    for r in rows {
+        let seg: &[f32; LANES] = w[r * n + c0..r * n + c0 + LANES].try_into().unwrap_or(&[0.0; LANES]);
+        for j in 0..LANES {
+            let v = seg[j];
+            lo[j] = if v < lo[j] { v } else { lo[j] };
+            hi[j] = if v > hi[j] { v } else { hi[j] };
+        }
     }
+    (lo, hi)
 }
 
 /// Add the squared errors of one row quantized with per-column params to `loss` (f64, row by row).
@@ -221,25 +239,29 @@ fn sq_err_row(row: &[f32], p: &[GroupParams], qmax: f32, loss: &mut [f64]) {
 }
 
 /// `clamp(round_half_even(x / s) + z, 0, qmax)` as an integer, written to vectorize on any x86-64: `x / s` is
-/// clamped to `[-2^22, 2^22]` first (the final clamp gives the same code), then rounded by adding and
-/// subtracting `1.5 * 2^23` (halves to even in the default IEEE mode), and compared with selects.
+/// clamped to `[-2^22, 2^22]` first (the final clamp gives the same code), rounded by adding and subtracting
+/// `1.5 * 2^23` (halves to even in the default IEEE mode), clamped with selects, and read back as an integer
+/// from the mantissa of `q + 1.5 * 2^23` (the saturating float-to-int cast does not vectorize).
 #[inline(always)]
 pub fn code_fast(x: f32, s: f32, z: f32, qmax: f32) -> i32 {
     const LIM: f32 = 4_194_304.0;
+    const MAGIC_BITS: i32 = 0x4B40_0000;
     let t = x / s;
     let t = if t < -LIM { -LIM } else { t };
     let t = if t > LIM { LIM } else { t };
     let q = ((t + MAGIC) - MAGIC) + z;
     let q = if q < 0.0 { 0.0 } else { q };
     let q = if q > qmax { qmax } else { q };
-    q as i32
+    (q + MAGIC).to_bits() as i32 - MAGIC_BITS
 }
 
 /// Codes of one row with per-column scales and zero points (as f32).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "x86_64+sse4.1"))]
 fn code_row(row: &[f32], scale: &[f32], zp: &[f32], qmax: f32, out: &mut [u8]) {
-    for (((&x, &s), &z), o) in row.iter().zip(scale).zip(zp).zip(out.iter_mut()) {
-        *o = code_fast(x, s, z, qmax) as u8;
+    let n = row.len().min(scale.len()).min(zp.len()).min(out.len());
+    let (row, scale, zp, out) = (&row[..n], &scale[..n], &zp[..n], &mut out[..n]);
+    for j in 0..n {
+        out[j] = code_fast(row[j], scale[j], zp[j], qmax) as u8;
     }
 }
 
@@ -295,18 +317,66 @@ pub fn tasks(s: MatShape, spec: &GroupSpec) -> Vec<(usize, std::ops::Range<usize
 }
 
 /// Round-to-nearest group-wise quantization of a `[K, N]` weight with per-group min/max, or with the MSE clip
-/// search when `clip` is given. NaN/Inf are an error naming the flat index.
+/// search when `clip` is given. NaN/Inf are an error naming the first flat index. One pass over the weight:
+/// each `(group, column tile)` task checks, measures and codes its block while it is in cache.
 pub fn quantize_groupwise(w: &[f32], s: MatShape, spec: &GroupSpec, clip: Option<&ClipSearch>) -> Result<GroupQuant> {
     s.check("weight", w.len())?;
-    if let Some((index, value)) = first_non_finite(w) {
+    let ratios = clip.map(|c| c.ratios()).transpose()?;
+    let tasks = tasks(s, spec);
+    let outs: Vec<Result<(Vec<GroupParams>, Vec<u8>)>> =
+        tasks.par_iter().map(|(g, cols)| code_tile(w, s, spec, *g, cols.clone(), ratios.as_deref())).collect();
+    let outs = first_error(outs)?;
+    let groups = spec.groups(s.k);
+    let per_group = col_tiles(s.n).len();
+    let mut q = GroupQuant { codes: vec![0; s.k * s.n], scales: vec![0.0; groups * s.n], zero_points: vec![0; groups * s.n] };
+    q.codes.par_chunks_mut(spec.group_size * s.n).enumerate().for_each(|(g, slab)| {
+        for ((_, cols), (_, codes)) in tasks[g * per_group..(g + 1) * per_group].iter().zip(&outs[g * per_group..]) {
+            for (a, row) in codes.chunks(cols.len()).enumerate() {
+                slab[a * s.n + cols.start..a * s.n + cols.end].copy_from_slice(row);
+            }
+        }
+    });
+    for ((g, cols), (p, _)) in tasks.iter().zip(&outs) {
+        for (c, p) in cols.clone().zip(p) {
+            q.scales[g * s.n + c] = p.scale;
+            q.zero_points[g * s.n + c] = p.zero_point;
+        }
+    }
+    Ok(q)
+}
+
+/// The tasks' results, or the error to report: the non-finite value with the smallest flat index, else the
+/// first error in task order (the same whatever the thread count).
+fn first_error<T>(outs: Vec<Result<T>>) -> Result<Vec<T>> {
+    let nonfinite = outs.iter().filter_map(|o| match o {
+        Err(QuantError::NonFinite { index, value }) => Some((*index, *value)),
+        _ => None,
+    });
+    if let Some((index, value)) = nonfinite.min_by_key(|p| p.0) {
         return Err(QuantError::NonFinite { index, value });
     }
-    let ratios = clip.map(|c| c.ratios()).transpose()?;
-    let params: Vec<Vec<GroupParams>> = tasks(s, spec)
-        .into_par_iter()
-        .map(|(g, cols)| tile_params(w, s, spec, g, cols, ratios.as_deref()))
-        .collect::<Result<_>>()?;
-    Ok(assemble(w, s, spec, &params))
+    outs.into_iter().collect()
+}
+
+/// One task of [`quantize_groupwise`]: the block's params and its codes `[rows, nc]`.
+fn code_tile(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>, ratios: Option<&[f32]>)
+    -> Result<(Vec<GroupParams>, Vec<u8>)> {
+    let rows = spec.rows(g, s.k);
+    for r in rows.clone() {
+        let row = &w[r * s.n + cols.start..r * s.n + cols.end];
+        if any_non_finite(row) {
+            let c = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Err(QuantError::NonFinite { index: r * s.n + cols.start + c, value: row[c] });
+        }
+    }
+    let p = tile_params(w, s, spec, g, cols.clone(), ratios)?;
+    let (sc, zp): (Vec<f32>, Vec<f32>) = p.iter().map(|p| (p.scale, p.zero_point as f32)).unzip();
+    let nc = cols.len();
+    let mut codes = vec![0u8; rows.len() * nc];
+    for (a, r) in rows.enumerate() {
+        code_row(&w[r * s.n + cols.start..r * s.n + cols.end], &sc, &zp, spec.qmax() as f32, &mut codes[a * nc..(a + 1) * nc]);
+    }
+    Ok((p, codes))
 }
 
 /// Codes, scales and zero points from the per-task params of [`tasks`].
