@@ -305,20 +305,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    #[ignore]
-    fn tune() {
-        let (k, n) = (4096, 4096);
-        let x = lcg(2 * k * k, 5);
-        let h = gram(&x, k);
-        let w = lcg(k * n, 6);
-        let t = std::time::Instant::now();
-        let u = crate::linalg::inverse_cholesky_upper(&h, k, par()).unwrap();
-        eprintln!("inverse cholesky {:.3}s ({})", t.elapsed().as_secs_f64(), u[0]);
-        let spec = GroupSpec::new(4, 128, true, false).unwrap();
-        let t = std::time::Instant::now();
-        let r = gptq(&w, MatShape { k, n }, &h, &GptqOptions { spec, percdamp: 0.01, block_size: 128, act_order: false }).unwrap();
-        eprintln!("gptq {:.3}s ({})", t.elapsed().as_secs_f64(), r.quant.codes[0]);
-    }
 }

@@ -107,27 +107,4 @@ mod tests {
         assert!(matches!(hessian_update(&mut h, &[1.0; 3], 3), Err(QuantError::ShapeMismatch { .. })));
         assert_eq!(h, vec![0.0; 4]);
     }
-
-    #[test]
-    #[ignore]
-    fn tune() {
-        let (rows, k) = (2048, 4096);
-        let x: Vec<f32> = (0..rows * k).map(|i| (((i * 2654435761) % 1000) as f32 - 500.0) / 250.0).collect();
-        let mut h = vec![0f64; k * k];
-        let cfg = [(128, 512), (256, 512), (256, 256), (512, 512)];
-        let mut best = vec![f64::INFINITY; cfg.len()];
-        for _ in 0..3 {
-            for (i, &(s, r)) in cfg.iter().enumerate() {
-                let t = std::time::Instant::now();
-                accumulate(&mut h, &x, k, s, r);
-                best[i] = best[i].min(t.elapsed().as_secs_f64());
-            }
-        }
-        let t = std::time::Instant::now();
-        mirror_lower(&mut h, k);
-        eprintln!("mirror {:.3}", t.elapsed().as_secs_f64());
-        for (c, b) in cfg.iter().zip(&best) {
-            eprintln!("strip {} chunk {}: {:.3}s", c.0, c.1, b);
-        }
-    }
 }
