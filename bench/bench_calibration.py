@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Table, median_time, write_report  # noqa: E402
 from memory import peak_since, reset_peak  # noqa: E402
 
-from ferroquant import _native, ops, reference  # noqa: E402
+from ferroquant import ops, reference  # noqa: E402
 from ferroquant.calibrate import HistogramCalibrator, IFMRCalibrator  # noqa: E402
 
 SHAPE = (32, 64, 56, 56)
@@ -181,8 +181,9 @@ def ifmr_search_table(n: int) -> Table:
     x = make_stream("relu_t", 1, (n,), seed=9)[0]
     t = Table(f"IFMR 61-candidate search on {n / 1e6:.0f}M values (ReLU'd Student-t)",
               ["kernel", "native s", "NumPy twin s", "NumPy/native"])
-    tn = median_time(lambda: _native.ifmr(x, 8, False, search_extend=False), 3)
-    tr = median_time(lambda: reference.ifmr(x, 8, False, search_extend=False), 1, warmup=0, budget_s=120)
+    amct = ops.IfmrOptions(search_extend=False)
+    tn = median_time(lambda: ops.ifmr(x, amct), 3)
+    tr = median_time(lambda: reference.ifmr(x, amct), 1, warmup=0, budget_s=120)
     t.add("ifmr (exact, 61 candidates)", f"{tn:.3f}", f"{tr:.2f}", f"{tr / tn:.1f}x")
     return t
 

@@ -57,12 +57,12 @@ def weight_table(repeats: int) -> Table:
             s = torch.clamp(amax / 127.5, min=1.1920929e-07)
             return torch.fake_quantize_per_channel_affine(tw, s, torch.zeros(512, dtype=torch.int32), 0, -128, 127)
 
-    _row(t, "ARQ per-channel (qparams + codes + fake)", nb, lambda: ops.arq(w), lambda: reference.arq(w, 0), peer, repeats)
-    _row(t, "ARQ per-tensor", nb, lambda: ops.arq(w, channel_wise=False), lambda: reference.arq(w, None), None, repeats)
+    _row(t, "ARQ per-channel (qparams + codes + fake)", nb, lambda: ops.arq(w), lambda: reference.arq(w), peer, repeats)
+    _row(t, "ARQ per-tensor", nb, lambda: ops.arq(w, channel_wise=False), lambda: reference.arq(w, channel_wise=False), None, repeats)
     _row(t, "NUQ 32 steps, 1 iteration, per-channel", nb, lambda: ops.nuq(w, 32, 1),
-         lambda: reference.nuq(w, 0, 32, 1), None, max(1, repeats // 2))
+         lambda: reference.nuq(w, 32, 1), None, max(1, repeats // 2))
     _row(t, "NUQ 16 steps, 0 iterations, per-tensor", nb, lambda: ops.nuq(w, 16, 0, channel_wise=False),
-         lambda: reference.nuq(w, None, 16, 0), None, max(1, repeats // 2))
+         lambda: reference.nuq(w, 16, 0, channel_wise=False), None, max(1, repeats // 2))
     s, z = ops.qparams_from_data(w, 0)
     peer_fq = None
     if torch is not None:

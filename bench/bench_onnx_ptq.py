@@ -32,7 +32,7 @@ BATCH = 8
 
 
 def _data(n_calib: int, n_eval: int):
-    from ferroquant.data.photos import calibration_and_eval_sets
+    from ferroquant.examples.photos import calibration_and_eval_sets
 
     return calibration_and_eval_sets(n_calib, n_eval, seed=0)
 
@@ -40,7 +40,7 @@ def _data(n_calib: int, n_eval: int):
 def _float_model(path: Path) -> None:
     import onnx
 
-    from ferroquant.models.mobilenet_v2 import mobilenet_v2_onnx
+    from ferroquant.examples.models import mobilenet_v2_onnx
 
     onnx.save(mobilenet_v2_onnx(), str(path))
 
@@ -52,7 +52,7 @@ def _quantize(method: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
 
         algo = "hfmg" if "HFMG" in method else "ifmr"
         fo.quantize(str(fp32), feeds, out, config_defination={
-            "common_config": {"activation_quant_params": {"act_algo": algo}}})
+            "common_config": {"activation": {"algorithm": algo}}})
         return
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
 

@@ -143,14 +143,14 @@ def main() -> None:
     acc.add(f"FP32 ({a.fp32_epochs} epochs)", "32/32", fp32, t)
     calib = [xtr[i:i + 64] for i in range(0, 512, 64)]
     for bits in (8, 4):
-        cc = {"activation_quant_params": {"num_bits": bits}, "weight_quant_params": {"num_bits": bits}}
+        cc = {"activation": {"bits": bits}, "weight": {"bits": bits}}
         t0 = time.perf_counter()
         r = fqt.quantize_torch_model(model, calib, common_config=cc)
         paths = r.save(tmp / f"ptq{bits}")
         acc.add("PTQ (IFMR + ARQ), deploy in ORT", f"{bits}/{bits}", ort_accuracy(paths["deploy"], xte, yte),
                 time.perf_counter() - t0)
     q = copy.deepcopy(model)
-    cfg = fqt.create_quant_retrain_config(None, q, xtr[:8], num_bits=4, weight_num_bits=4, batch_num=2)
+    cfg = fqt.create_quant_retrain_config(None, q, xtr[:8], bits=4, weight_bits=4, batch_num=2)
     fqt.create_quant_retrain_model(cfg, q, xtr[:8])
     t = train(q, xtr, ytr, a.qat_epochs, 1e-4, seed=1)
     qat_torch = accuracy(q, xte, yte)
@@ -162,7 +162,7 @@ def main() -> None:
     xb, yb = xtr[:64], ytr[:64]
     models = {"FP32": copy.deepcopy(model), "ferroquant QAT (4-bit ULQ + ARQ-retrain)": q}
     lsq = copy.deepcopy(model)
-    cfg_l = fqt.create_quant_retrain_config(None, lsq, xtr[:8], num_bits=4, weight_num_bits=4, weight_algo="ulq",
+    cfg_l = fqt.create_quant_retrain_config(None, lsq, xtr[:8], bits=4, weight_bits=4, weight_algorithm="lsq",
                                             override_layer_configs=None)
     fqt.create_quant_retrain_model(cfg_l, lsq, xtr[:8])
     lsq.train()

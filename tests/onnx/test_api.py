@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 
 import ferroquant
-from ferroquant.data.photos import calibration_and_eval_sets
-from ferroquant.models.mobilenet_v2 import mobilenet_v2_onnx
+from ferroquant.examples.photos import calibration_and_eval_sets
+from ferroquant.examples.models import mobilenet_v2_onnx
 from ferroquant.onnx import create_quant_config, load_model, quantize_model, read_record, save_model
 from tests.onnx.test_light_models import LIGHT, _feed, with_random_weights
 
@@ -46,7 +46,7 @@ def test_mobilenet_v2_int8_end_to_end(mobilenet, photos, tmp_path, algo):
         "common_config": {"activation_quant_params": {"act_algo": algo}}})
     assert len(json.loads(cfg_path.read_text())["layers"]) == 53  # 52 convs + classifier, after fusion
     calib = [{"input": photos.calibration[i : i + 8]} for i in range(0, 16, 8)]
-    cm = quantize_model(cfg_path, mobilenet, calib)
+    cm = quantize_model(cfg_path, mobilenet, calib, profile="amct")  # deploy = fake-quant's layout
     paths = save_model(cm, tmp_path / "mnv2")
     fq, dep = onnx.load(str(paths["fake_quant"])), onnx.load(str(paths["deploy"]))
     assert not [n for n in dep.graph.node if n.op_type == "BatchNormalization"]

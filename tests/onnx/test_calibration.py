@@ -52,7 +52,7 @@ def test_quantize_model_fills_the_table(algo):
     cfg = create_quant_config(None, m, batch_num=3, config_defination={
         "common_config": {"activation_quant_params": {"act_algo": algo}},
         "override_layer_configs": {"proj": {"weight_quant_params": {"wts_algo": "nuq", "num_steps": 16}}}})
-    cm = quantize_model(cfg, m, batches(5))
+    cm = quantize_model(cfg, m, batches(5), profile="amct")  # the layers' inputs only
     assert cm.batches == 3  # the config's batch_num bounds the batches used
     assert set(cm.calibrators) == {"x", "r1", "f"}  # fc and proj share their input: one calibrator
     t = cm.table()
@@ -147,7 +147,7 @@ def test_ifmr_model_budget_bounds_memory():
 
 
 def test_ifmr_share_splits_the_budget():
-    from ferroquant.onnx.calibration import ifmr_share
+    from ferroquant.quant.calibrators import ifmr_share
 
     m = small_net()
     cfg = create_quant_config(None, m)
@@ -163,7 +163,7 @@ def test_amct_switches_reach_the_calibrators():
         "conv1": {"activation_quant_params": {"search_extend": False, "search_2d": True}}}})
     cm = quantize_model(cfg, m, batches(2))
     assert cm.calibrators["r1"].refine is False
-    assert cm.calibrators["x"].options["search_extend"] is False and cm.calibrators["x"].options["search_2d"]
+    assert cm.calibrators["x"].options.search_extend is False and cm.calibrators["x"].options.search_2d
     assert cm.table().layers["conv2"].activation.details["refine"] is False
 
 
@@ -208,3 +208,70 @@ def test_integer_input_of_wrong_kind_is_refused_clearly():
     feeds = [{"ids": np.zeros((2, 7), np.float32), "mask": np.ones((2, 7), bool)}]
     with pytest.raises(DataError, match="'ids'.*int64"):
         quantize_model(create_quant_config(None, token_net()), token_net(), feeds)
+
+
+@pytest.mark.parametrize("algorithm", ["ifmr", "hfmg", "minmax", "percentile", "entropy"])
+def test_every_calibrator_is_selectable_from_the_config(algorithm):
+    m = small_net()
+    cfg = create_quant_config(None, m, batch_num=2, config_defination={
+        "common_config": {"activation": {"algorithm": algorithm, "symmetric": True}}})
+    table = quantize_model(cfg, m, batches(2)).table()
+    assert {lq.activation.algorithm for lq in table.layers.values()} == {algorithm}
+    assert all(lq.activation.zero_point == 0 and lq.activation.scale > 0 for lq in table.layers.values())
+
+
+def test_skip_layer_types_in_the_config():
+    m = small_net()
+    cfg = create_quant_config(None, m, skip_layer_types=["Gemm", "MatMul"])
+    assert cfg.enabled_layers() == ["conv1", "conv2"] and cfg.skip_layer_types == ("Gemm", "MatMul")
+    with pytest.raises(ConfigError, match="skip_layer_types: unknown layer types"):
+        create_quant_config(None, m, skip_layer_types=["Relu"])
+
+
+def test_the_model_is_loaded_and_fused_once_per_run(monkeypatch, tmp_path):
+    """create_quant_config then quantize_model loaded and fused the model twice; one call loads it once."""
+    import ferroquant.onnx.api as api
+    import ferroquant.onnx.io as io_
+
+    calls = {"load": 0, "fuse": 0}
+    real_load, real_fuse = io_.load_model, api.fuse
+
+    def load(*a, **k):
+        calls["load"] += 1
+        return real_load(*a, **k)
+
+    def fuse(*a, **k):
+        calls["fuse"] += 1
+        return real_fuse(*a, **k)
+
+    monkeypatch.setattr(api, "load_model", load)
+    monkeypatch.setattr(api, "fuse", fuse)
+    path = tmp_path / "m.onnx"
+    onnx.save(small_net(), str(path))
+    from ferroquant.onnx.api import quantize
+
+    quantize(str(path), batches(2), tmp_path / "out" / "m_int8.onnx")
+    assert calls == {"load": 1, "fuse": 1}
+
+
+def test_bias_codes_are_in_the_table_and_the_record(tmp_path):
+    """The exporter copies the table's int32 bias codes (it does no arithmetic) and the record lists biases."""
+    from onnx import numpy_helper
+
+    from ferroquant.onnx import read_record, save_model
+
+    m = small_net()
+    cm = quantize_model(create_quant_config(None, m, batch_num=2), m, batches(2))
+    table = cm.table()
+    bq = table.layers["conv1"].bias
+    assert bq is not None and bq.tensor == "b1" and bq.codes.dtype == np.int32 and bq.axis == 0
+    s_in, s_w = table.layers["conv1"].activation.scale, table.layers["conv1"].weight.scale
+    np.testing.assert_array_equal(bq.scale, (np.float32(s_in) * s_w).astype(np.float32))
+    assert table.layers["conv2"].bias is None and table.layers["proj"].bias is None
+    paths = save_model(cm, tmp_path / "m", table, latency_check=False)
+    dep = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(paths["deploy"])).graph.initializer}
+    np.testing.assert_array_equal(dep["conv1.bias_quantized"], bq.codes)
+    rec = read_record(paths["record"])["layers"]
+    assert rec["conv1"]["bias"]["tensor"] == "b1" and rec["conv1"]["bias"]["bits"] == 32
+    assert rec["conv1"]["bias"]["scale"] == [float(v) for v in bq.scale]
+    assert "bias" not in rec["conv2"]

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 from onnx import helper, numpy_helper  # noqa: E402
 
 from ferroquant.onnx import fold_batch_norm_add, fold_batch_norm_mul, fold_conv_batch_norm, fuse  # noqa: E402
-from ferroquant.onnx import _fold_math as fm  # noqa: E402
+from ferroquant.quant import fold as fm  # noqa: E402
 from tests.onnx import builders as B  # noqa: E402
 
 

@@ -18,7 +18,7 @@ BITS = st.integers(2, 16)
 def test_qparams_from_range_parity(lo, hi, bits, sym):
     got, want = both(lambda: ops.qparams_from_range(lo, hi, bits, sym), lambda: reference.qparams_from_range(lo, hi, bits, sym))
     if got is not None:
-        assert got.scale == float(want[0]) and got.zero_point == want[1]
+        assert got.scale == want.scale and got.zero_point == want.zero_point
 
 
 @given(xa=array_and_axis(), bits=BITS, sym=st.booleans())
@@ -94,7 +94,8 @@ def test_compare_parity(xa, noise):
             ops.compare(x, t)
         return
     got = ops.compare(x, t)
-    np.testing.assert_allclose([got.ref_sq, got.test_sq, got.dot, got.diff_sq], want[:4], rtol=1e-12, atol=0)
-    assert got.max_abs_diff == want[4]
+    np.testing.assert_allclose([got.ref_sq, got.test_sq, got.dot, got.diff_sq],
+                               [want.ref_sq, want.test_sq, want.dot, want.diff_sq], rtol=1e-12, atol=0)
+    assert got.max_abs_diff == want.max_abs_diff and got.size == want.size
     c = ops.compare(x, x)
     assert c.sqnr_db == float("inf") and c.diff_sq == 0.0

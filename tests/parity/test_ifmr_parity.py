@@ -8,11 +8,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import dataclasses
+from types import SimpleNamespace
+
 from ferroquant import _native
 from ferroquant import reference as ref
 from ferroquant.errors import BitsError, EmptyInputError, NonFiniteError, ParameterError, QuantError, ScaleError
+from ferroquant.ops import Histogram, IfmrOptions
 
 f32 = np.float32
+
+
+def _opts(**kw) -> SimpleNamespace:
+    """The options object with some fields replaced, unchecked (the kernels' own checks are under test)."""
+    return SimpleNamespace(**{**dataclasses.asdict(IfmrOptions()), **kw})
+
+
+def nat_ifmr(x, **kw) -> dict:
+    return dataclasses.asdict(_native.ifmr(x, _opts(**kw)))
+
+
+def ref_ifmr(x, **kw) -> dict:
+    return dataclasses.asdict(ref.ifmr(x, _opts(**kw)))
+
+
+def nat_hist(counts, lo, hi, x=None, **kw) -> dict:
+    return dataclasses.asdict(_native.ifmr_histogram(Histogram(counts, lo, hi), x, _opts(**kw)))
+
+
+def ref_hist(counts, lo, hi, x=None, **kw) -> dict:
+    return dataclasses.asdict(ref.ifmr_histogram(Histogram(counts, lo, hi), x, _opts(**kw)))
 KEYS = ("index", "index_min", "zero_point", "bound", "candidates", "extension", "max_init", "min_init")
 
 
@@ -24,7 +49,7 @@ def assert_parity(a: dict, b: dict) -> None:
 
 
 def both(x, **kw) -> tuple[dict, dict]:
-    a, b = _native.ifmr(x, **kw), ref.ifmr(x, **kw)
+    a, b = nat_ifmr(x, **kw), ref_ifmr(x, **kw)
     assert_parity(a, b)
     return a, b
 
@@ -118,8 +143,8 @@ def test_positive_only_uses_full_range():
 def test_window_extension_on_heavy_tails():
     """ReLU'd Student-t (df=3), 1M values: the best clip lies below 0.7 x max; AMCT stops at 0.7."""
     x = np.maximum(np.random.default_rng(2).standard_t(3, 1_000_000), 0).astype(f32)
-    amct = _native.ifmr(x, search_extend=False)
-    ext = _native.ifmr(x)
+    amct = nat_ifmr(x, search_extend=False)
+    ext = nat_ifmr(x)
     assert amct["index"] == 0 and amct["ratio"] == pytest.approx(0.7) and not amct["extended"]
     assert amct["candidates"] == 61
     assert ext["extended"] and ext["extension"] < 0 and ext["ratio"] < 0.7
@@ -143,12 +168,12 @@ def test_thread_count_does_not_change_bits():
     x = np.random.default_rng(4).standard_normal(300_000).astype(f32)
     try:
         _native.set_num_threads(1)
-        one = _native.ifmr(x, search_2d=True, search_step=0.1)
-        one1 = _native.ifmr(x)
+        one = nat_ifmr(x, search_2d=True, search_step=0.1)
+        one1 = nat_ifmr(x)
     finally:
         _native.set_num_threads(0)
-    assert one == _native.ifmr(x, search_2d=True, search_step=0.1)
-    assert one1 == _native.ifmr(x)
+    assert one == nat_ifmr(x, search_2d=True, search_step=0.1)
+    assert one1 == nat_ifmr(x)
 
 
 def test_histogram_percentiles_and_search():
@@ -156,29 +181,29 @@ def test_histogram_percentiles_and_search():
     lo, hi = float(x.min()), float(x.max())
     counts, _ = np.histogram(x, 128, (lo, hi))
     for kw in [{}, {"symmetric": True}, {"max_percentile": 0.99, "min_percentile": 0.99}]:
-        a, b = _native.ifmr_histogram(counts, lo, hi, **kw), ref.ifmr_histogram(counts, lo, hi, **kw)
+        a, b = nat_hist(counts, lo, hi, **kw), ref_hist(counts, lo, hi, **kw)
         assert_parity(a, b)
-        a, b = _native.ifmr_histogram(counts, lo, hi, x, **kw), ref.ifmr_histogram(counts, lo, hi, x, **kw)
+        a, b = nat_hist(counts, lo, hi, x, **kw), ref_hist(counts, lo, hi, x, **kw)
         assert_parity(a, b)
-    assert _native.ifmr_histogram(counts.astype(np.uint64), lo, hi) == _native.ifmr_histogram(counts, lo, hi)
+    assert nat_hist(counts.astype(np.uint64), lo, hi) == nat_hist(counts, lo, hi)
     # cdf = [0.1, 0.5, 0.9, 1.0] over [-2, 2]
     assert ref.histogram_init([1, 4, 4, 1], -2.0, 2.0, 0.95, 0.95) == (1.0, -2.0)
-    a = _native.ifmr_histogram(np.array([1, 4, 4, 1]), -2.0, 2.0, max_percentile=0.95, min_percentile=0.95)
+    a = nat_hist(np.array([1, 4, 4, 1]), -2.0, 2.0, max_percentile=0.95, min_percentile=0.95)
     assert (a["max_init"], a["min_init"]) == (1.0, -2.0)
 
 
 def test_nan_raises_nonfinite():
     x = np.array([1.0, np.nan, 2.0], f32)
-    for f in (_native.ifmr, ref.ifmr):
+    for f in (nat_ifmr, ref_ifmr):
         with pytest.raises(NonFiniteError):
             f(x)
     with pytest.raises(NonFiniteError):
-        _native.ifmr_histogram(np.array([1, 2]), 0.0, 1.0, np.array([np.inf], f32))
+        nat_hist(np.array([1, 2]), 0.0, 1.0, np.array([np.inf], f32))
 
 
 def test_huge_values_raise_scale_error_on_both_sides():
     x = np.array([1e9, -1e9], f32)
-    for f in (_native.ifmr, ref.ifmr):
+    for f in (nat_ifmr, ref_ifmr):
         with pytest.raises(ScaleError):
             f(x)
 
@@ -199,23 +224,23 @@ BAD = [
 @pytest.mark.parametrize("kw,name", BAD)
 def test_bad_options_raise_parameter_error(kw, name):
     x = np.ones(4, f32)
-    for f in (_native.ifmr, ref.ifmr):
+    for f in (nat_ifmr, ref_ifmr):
         with pytest.raises(ParameterError, match=name):
             f(x, **kw)
     assert issubclass(ParameterError, ValueError)
 
 
 def test_other_errors_are_typed():
-    for f in (_native.ifmr, ref.ifmr):
+    for f in (nat_ifmr, ref_ifmr):
         with pytest.raises(BitsError):
             f(np.ones(4, f32), bits=1)
     with pytest.raises(EmptyInputError):
-        _native.ifmr(np.zeros(0, f32))
+        nat_ifmr(np.zeros(0, f32))
     with pytest.raises(EmptyInputError):
-        _native.ifmr_histogram(np.zeros(4, np.int64), 0.0, 1.0)
+        nat_hist(np.zeros(4, np.int64), 0.0, 1.0)
     with pytest.raises(ParameterError):
-        _native.ifmr_histogram(np.array([1, -1]), 0.0, 1.0)
+        nat_hist(np.array([1, -1]), 0.0, 1.0)
     with pytest.raises(ParameterError):
-        _native.ifmr_histogram(np.array([1, 1]), 1.0, 0.0)
+        nat_hist(np.array([1, 1]), 1.0, 0.0)
     with pytest.raises(QuantError):
-        _native.ifmr_histogram(np.array([1, 1]), 0.0, float("inf"))
+        nat_hist(np.array([1, 1]), 0.0, float("inf"))

@@ -23,8 +23,8 @@ def test_ulq_fake_quant_parity(x, lo, hi, bits, sym):
     got, want = both(lambda: _native.ulq_fake_quant(x, lo, hi, bits, sym),
                       lambda: reference.ulq_fake_quant(x, lo, hi, bits, sym))
     if got is not None:
-        assert (np.float32(got[1]), got[2]) == (np.float32(want[1]), want[2])
-        assert_array_equal(got[0], want[0])
+        assert (np.float32(got.scale), got.zero_point) == (np.float32(want.scale), want.zero_point)
+        assert_array_equal(got.fake, want.fake)
 
 
 @given(x=float_arrays(), lo=f32s(-1e3, 0.0), hi=f32s(0.0, 1e3), bits=st.sampled_from([4, 8]),
@@ -34,9 +34,9 @@ def test_ulq_backward_parity(x, lo, hi, bits, sym, seed):
     got, want = both(lambda: _native.ulq_backward(x, g, lo, hi, bits, sym),
                       lambda: reference.ulq_backward(x, g, lo, hi, bits, sym))
     if got is not None:
-        assert_array_equal(got[0], want[0])
-        assert abs(got[1] - want[1]) <= _sum_tol(g, 0)
-        assert abs(got[2] - want[2]) <= _sum_tol(g, 0)
+        assert_array_equal(got.grad_x, want.grad_x)
+        assert abs(got.grad_clip_max - want.grad_clip_max) <= _sum_tol(g, 0)
+        assert abs(got.grad_clip_min - want.grad_clip_min) <= _sum_tol(g, 0)
 
 
 @given(w=float_arrays(min_dims=2), bits=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16),
@@ -66,7 +66,7 @@ def test_ulq_backward_large_is_thread_independent():
         b = _native.ulq_backward(x, g, -1.0, 1.5, 8, False)
     finally:
         ops.set_num_threads(n)
-    assert_array_equal(a[0], b[0])
-    assert (a[1], a[2]) == (b[1], b[2])
+    assert_array_equal(a.grad_x, b.grad_x)
+    assert (a.grad_clip_max, a.grad_clip_min) == (b.grad_clip_max, b.grad_clip_min)
     ref = reference.ulq_backward(x, g, -1.0, 1.5, 8, False)
-    assert abs(a[1] - ref[1]) < 1e-6 and abs(a[2] - ref[2]) < 1e-6
+    assert abs(a.grad_clip_max - ref.grad_clip_max) < 1e-6 and abs(a.grad_clip_min - ref.grad_clip_min) < 1e-6

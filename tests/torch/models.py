@@ -65,14 +65,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def ort_accuracy(path, x: torch.Tensor, y: torch.Tensor) -> float:
+def ort_logits(path, x: torch.Tensor) -> np.ndarray:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    return float((out.argmax(1) == y.numpy()).mean())
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def ort_accuracy(path, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((ort_logits(path, x).argmax(1) == y.numpy()).mean())
+
+
+def cross_entropy(logits, y: torch.Tensor) -> float:
+    """Mean cross-entropy of logits (array or tensor) against the labels."""
+    return float(nn.functional.cross_entropy(torch.as_tensor(np.asarray(logits)), y))
 
 
 class DeepCNN(nn.Module):

@@ -48,7 +48,7 @@ def test_config_detects_fixed_min_and_bn(trained, data, tmp_path):
     cfg, q = _prepared(trained, data[0], tmp_path)
     assert {n: c.activation.fixed_min for n, c in cfg.layers.items()} == {"conv1": False, "conv2": True, "fc": True}
     saved = json.loads((tmp_path / "cfg.json").read_text())
-    assert saved["layers"]["conv2"]["retrain_data_quant_params"]["fixed_min"] is True
+    assert saved["layers"]["conv2"]["activation"]["fixed_min"] is True
     assert isinstance(q.bn1, nn.Identity) and isinstance(q.bn2, nn.Identity)
     assert set(fqt.quant_layers(q)) == {"conv1", "conv2", "fc"}
     with pytest.raises(ConfigError, match="skip_layers"):
@@ -93,10 +93,10 @@ def test_bn_fold_is_exact_in_float(trained, data):
     torch.testing.assert_close(m(x), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("weight_algo", ["arq_retrain", "ulq"])
-def test_export_parity_ort_deploy_vs_torch_eval(trained, data, tmp_path, weight_algo):
+@pytest.mark.parametrize("weight_algorithm", ["arq_retrain", "lsq"])
+def test_export_parity_ort_deploy_vs_torch_eval(trained, data, tmp_path, weight_algorithm):
     xtr, ytr, xte, _ = data
-    cfg, q = _prepared(trained, xtr, weight_algo=weight_algo, batch_num=2)
+    cfg, q = _prepared(trained, xtr, weight_algorithm=weight_algorithm, batch_num=2)
     train(q, xtr[:256], ytr[:256], epochs=1, lr=1e-3)
     paths = fqt.save_quant_retrain_model(cfg, q, tmp_path / "m", xtr[:1])
     assert all(p.is_file() for p in paths.values())
@@ -118,7 +118,7 @@ def test_export_parity_ort_deploy_vs_torch_eval(trained, data, tmp_path, weight_
 
 def test_save_and_restore_resumes_clips(trained, data, tmp_path):
     xtr, ytr, xte, _ = data
-    cfg, q = _prepared(trained, xtr, weight_algo="ulq")
+    cfg, q = _prepared(trained, xtr, weight_algorithm="lsq")
     train(q, xtr[:128], ytr[:128], epochs=1, lr=1e-3)
     torch.save(q.state_dict(), tmp_path / "ckpt.pt")
     import copy

@@ -38,8 +38,9 @@ def test_ulq_grads_equal_spec_formulas(n, lo, hi, bits, sym, seed):
     x = (rng.standard_normal(n) * 3).astype(np.float32)
     g = rng.standard_normal(n).astype(np.float32)
     y, gx, gmax, gmin = _ulq_grads(x, g, lo, hi, bits, sym)
-    ry, _, _ = reference.ulq_fake_quant(x, lo, hi, bits, sym)
-    rgx, rgmax, rgmin = reference.ulq_backward(x, g, lo, hi, bits, sym)
+    ry = reference.ulq_fake_quant(x, lo, hi, bits, sym).fake
+    rb = reference.ulq_backward(x, g, lo, hi, bits, sym)
+    rgx, rgmax, rgmin = rb.grad_x, rb.grad_clip_max, rb.grad_clip_min
     assert_array_equal(y, ry)
     assert_array_equal(gx, rgx)
     assert gmax == pytest.approx(np.float32(rgmax), rel=1e-6, abs=1e-5)
@@ -103,7 +104,7 @@ def test_ulq_finite_differences_where_the_ste_is_exact():
     g = np.ones(5, np.float32)
     hi, h = 2.0, 1e-3
     _, gx, gmax, _ = _ulq_grads(x, g, 0.0, hi, 8, False)
-    f = lambda c: float(reference.ulq_fake_quant(x[:3], 0.0, c, 8, False)[0].astype(np.float64).sum())  # noqa: E731
+    f = lambda c: float(reference.ulq_fake_quant(x[:3], 0.0, c, 8, False).fake.astype(np.float64).sum())  # noqa: E731
     fd = (f(hi + h) - f(hi - h)) / (2 * h)
     assert fd == pytest.approx(3.0, rel=1e-3)
     _, _, gsat, _ = _ulq_grads(x[:3], g[:3], 0.0, hi, 8, False)

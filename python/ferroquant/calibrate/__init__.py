@@ -1,5 +1,6 @@
 """Activation calibrators with one protocol: ``observe(batch)``, ``merge(other)``, ``qparams()``,
-``state_dict()`` / ``from_state_dict()``.
+``state_dict()`` / ``from_state_dict()``, and for reports ``histogram()``, ``observed_range()``,
+``clipped_fraction()``. :func:`observe_all` and :func:`search_all` work on many tensors at once.
 
 - :class:`HistogramCalibrator` with ``algorithm`` = ``hfmg`` (spec §4), ``minmax``, ``percentile`` or
   ``entropy`` (TensorRT's KL): O(num_of_bins) memory, mergeable, re-searchable from a saved state.
@@ -15,6 +16,7 @@ from typing import Any, Dict, Union
 import numpy as np
 
 from ferroquant.calibrate.base import CalibResult, Calibrator
+from ferroquant.calibrate.batch import observe_all, search_all
 from ferroquant.calibrate.histogram import (
     ALGORITHMS,
     EntropyCalibrator,
@@ -24,7 +26,7 @@ from ferroquant.calibrate.histogram import (
     PercentileCalibrator,
 )
 from ferroquant.calibrate.ifmr import IFMRCalibrator
-from ferroquant.errors import ParameterError
+from ferroquant.errors import DataError, ParameterError, QuantError
 
 AnyCalibrator = Union[HistogramCalibrator, IFMRCalibrator]
 
@@ -40,7 +42,10 @@ def make_calibrator(algorithm: str, name: str = "tensor", **params: Any) -> AnyC
 
 
 def from_state_dict(d: Dict[str, Any], backend: str = "native") -> AnyCalibrator:
-    """Rebuild any calibrator from its ``state_dict()``."""
+    """Rebuild any calibrator from its ``state_dict()`` (checked: a damaged or tampered state raises an error
+    naming the field)."""
+    if not isinstance(d, dict):
+        raise ParameterError(f"a calibrator state must be a dict, got {type(d).__name__}")
     kind = d.get("kind")
     if kind == "histogram":
         return HistogramCalibrator.from_state_dict(d, backend)
@@ -57,7 +62,10 @@ def _jsonable(v: Any) -> Any:
 
 def _from_jsonable(v: Any) -> Any:
     if isinstance(v, dict) and "__array__" in v:
-        return np.asarray(v["data"], dtype=np.dtype(v["__array__"]))
+        try:
+            return np.asarray(v["data"], dtype=np.dtype(v["__array__"]))
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            raise ParameterError(f"a saved array is not valid: {e!r}") from None
     return v
 
 
@@ -68,9 +76,25 @@ def save_states(path: Union[str, Path], calibrators: Dict[str, AnyCalibrator]) -
 
 
 def load_states(path: Union[str, Path], backend: str = "native") -> Dict[str, AnyCalibrator]:
-    """Calibrators saved by :func:`save_states`, ready to observe more, merge or search."""
-    doc = json.loads(Path(path).read_text())
-    return {k: from_state_dict({f: _from_jsonable(v) for f, v in d.items()}, backend) for k, d in doc.items()}
+    """Calibrators saved by :func:`save_states`, ready to observe more, merge or search. A file that is not
+    such a state (unreadable, not UTF-8, not JSON, not a dict of states) raises :class:`DataError` naming it; a
+    damaged state, an error naming the tensor and the field."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f"cannot read calibrator states {str(p)!r}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{str(p)!r} is not a calibrator state file (JSON written by save_states): {e}") from None
+    if not isinstance(doc, dict) or not all(isinstance(d, dict) for d in doc.values()):
+        raise DataError(f"{str(p)!r} is not a calibrator state file: expected an object of states by tensor")
+    out = {}
+    for k, d in doc.items():
+        try:
+            out[k] = from_state_dict({f: _from_jsonable(v) for f, v in d.items()}, backend)
+        except QuantError as e:
+            raise type(e)(f"{str(p)!r}, tensor {k!r}: {e}") from None
+    return out
 
 
 __all__ = [
@@ -87,5 +111,7 @@ __all__ = [
     "from_state_dict",
     "load_states",
     "make_calibrator",
+    "observe_all",
     "save_states",
+    "search_all",
 ]

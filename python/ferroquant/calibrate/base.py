@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ferroquant._arrays import as_f32, named
-from ferroquant.errors import EmptyInputError, ParameterError
+from ferroquant.errors import EmptyInputError, ParameterError, QuantError
+from ferroquant.ops.types import Histogram
 
 NONFINITE_MODES = ("error", "drop")
 C = TypeVar("C", bound="Calibrator")
@@ -37,7 +38,8 @@ class CalibResult:
 
 @runtime_checkable
 class Calibrator(Protocol):
-    """Observe batches, merge with another calibrator of the same kind, produce qparams, save and load."""
+    """Observe batches, merge with another calibrator of the same kind, produce qparams, save and load; and,
+    for reports, the histogram of what was observed, its range and the share of it a clip cuts off."""
 
     name: str
 
@@ -48,6 +50,22 @@ class Calibrator(Protocol):
     def qparams(self) -> CalibResult: ...
 
     def state_dict(self) -> Dict[str, Any]: ...
+
+    def histogram(self) -> Histogram: ...
+
+    def observed_range(self) -> Tuple[float, float]: ...
+
+    def clipped_fraction(self, clip_min: float, clip_max: float) -> float: ...
+
+
+def fraction_outside(h: Histogram, clip_min: float, clip_max: float) -> float:
+    """Share of a histogram's counts outside ``[clip_min, clip_max]``: a bin counts as outside when its centre
+    is."""
+    total = float(h.counts.sum())
+    if total == 0:
+        return 0.0
+    centres = h.lo + (np.arange(h.nbins) + 0.5) * (h.hi - h.lo) / h.nbins
+    return float(h.counts[(centres < clip_min) | (centres > clip_max)].sum()) / total
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
@@ -69,6 +87,17 @@ def batch(x: Any, name: str) -> np.ndarray:
         if a.size == 0:
             raise EmptyInputError(f"empty batch (shape {a.shape})")
         return a.reshape(-1)
+
+
+def state_field(d: Dict[str, Any], key: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert(d[key])``, with a :class:`ParameterError` naming the field when the saved value is not what it
+    should be (a tampered or damaged state)."""
+    try:
+        return convert(d[key])
+    except QuantError as e:
+        raise type(e)(f"state field {key!r}: {e}") from None
+    except (TypeError, ValueError, OverflowError, KeyError) as e:
+        raise ParameterError(f"state field {key!r}: {e!r}") from None
 
 
 def require_state(d: Dict[str, Any], kind: str, keys: tuple) -> None:

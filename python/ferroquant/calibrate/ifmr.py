@@ -4,19 +4,41 @@ the histogram percentile mode, which needs O(num_of_bins) memory whatever the nu
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import warnings
 from types import ModuleType
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from ferroquant._arrays import named
-from ferroquant.calibrate.base import CalibResult, batch, check_bits, check_nonfinite, require_state
-from ferroquant.calibrate.histogram import BACKENDS, HistogramState
+from ferroquant import ops
+from ferroquant._arrays import int_param, named
+from ferroquant.calibrate.base import (
+    CalibResult,
+    batch,
+    check_bits,
+    check_nonfinite,
+    fraction_outside,
+    require_state,
+    state_field,
+)
+from ferroquant.calibrate.histogram import MAX_BINS, HistogramState
 from ferroquant.errors import EmptyInputError, MemoryBudgetError, ParameterError
+from ferroquant.ops.types import Histogram, IfmrOptions
 
 MODES = ("auto", "exact", "histogram")
 DEFAULT_BUDGET = 256 << 20  # bytes of stored samples per tensor
+#: Bins of the histogram built from the stored samples for reports (:meth:`IFMRCalibrator.histogram`).
+REPORT_BINS = 4096
+
+
+def physical_memory() -> Optional[int]:
+    """Bytes of physical memory of this machine (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class IFMRCalibrator(HistogramState):
@@ -31,21 +53,25 @@ class IFMRCalibrator(HistogramState):
                  backend: str = "native") -> None:
         if mode not in MODES:
             raise ParameterError(f"{name}: mode must be one of {MODES}, got {mode!r}")
-        if backend not in BACKENDS:
-            raise ParameterError(f"{name}: backend must be one of {tuple(BACKENDS)}, got {backend!r}")
-        if int(memory_budget) <= 0:
-            raise ParameterError(f"{name}: memory_budget must be > 0 bytes, got {memory_budget}")
-        nb = int(num_of_bins)
-        if nb < 2 or nb & (nb - 1):
-            raise ParameterError(f"{name}: num_of_bins must be a power of two, got {nb}")
+        if backend not in ops.BACKENDS:
+            raise ParameterError(f"{name}: backend must be one of {ops.BACKENDS}, got {backend!r}")
+        budget = int_param(memory_budget, f"{name}: memory_budget", 1)
+        phys = physical_memory()
+        if phys is not None and budget > phys:
+            raise ParameterError(f"{name}: memory_budget of {budget} bytes is more than this machine's "
+                                 f"{phys / 2**30:.1f} GiB of memory")
+        nb = int_param(num_of_bins, f"{name}: num_of_bins")
+        if not 2 <= nb <= MAX_BINS["hfmg"] or nb & (nb - 1):
+            raise ParameterError(f"{name}: num_of_bins must be a power of two in [2, {MAX_BINS['hfmg']}], got {nb}")
         self.name, self.bits, self.symmetric = str(name), check_bits(bits), bool(symmetric)
-        self.options = {"max_percentile": float(max_percentile), "min_percentile": float(min_percentile),
-                        "search_start": float(search_range[0]), "search_end": float(search_range[1]),
-                        "search_step": float(search_step), "search_extend": bool(search_extend),
-                        "search_2d": bool(search_2d)}
-        self.mode, self.memory_budget, self.num_of_bins = mode, int(memory_budget), nb
+        lo_r, hi_r = search_range
+        with named(self.name):
+            self.options = IfmrOptions(self.bits, self.symmetric, max_percentile, min_percentile, lo_r, hi_r,
+                                       search_step, bool(search_extend), bool(search_2d))
+        self.mode, self.memory_budget, self.num_of_bins = mode, budget, nb
         self.nonfinite, self.backend = check_nonfinite(nonfinite), backend
-        self._k: ModuleType = BACKENDS[backend]
+        self._k: ModuleType = ops.backend(backend)
+        self._hist = None
         self._buf = np.empty(0, np.float32)  # exact mode: samples in [0, _n)
         self._n = 0
         self.batches = 0
@@ -55,7 +81,7 @@ class IFMRCalibrator(HistogramState):
     def _validate(self) -> None:
         """Run the option checks of the kernel once, now, so a bad option fails at construction."""
         with named(self.name):
-            self._k.ifmr(np.zeros(1, np.float32), self.bits, self.symmetric, **self.options)
+            self._k.ifmr(np.zeros(1, np.float32), self.options)
 
     @property
     def in_histogram_mode(self) -> bool:
@@ -133,32 +159,60 @@ class IFMRCalibrator(HistogramState):
         raise MemoryBudgetError(f"calibrator {self.name!r}: mode='exact' cannot merge a histogram-mode state")
 
     # -- results ---------------------------------------------------------------------------------------
+    def _samples(self) -> np.ndarray:
+        """The stored samples (a view, exact mode)."""
+        return self._buf[: self._n]
+
+    def _require_data(self) -> None:
+        if (self._hist is None or self._hist.total == 0) if self.in_histogram_mode else self._n == 0:
+            raise EmptyInputError(f"calibrator {self.name!r} (ifmr) has observed no data: "
+                                  "run the model on calibration batches first")
+
     def qparams(self) -> CalibResult:
+        self._require_data()
         with named(self.name):
             if self.in_histogram_mode:
-                if self.counts is None or int(self.counts.sum()) == 0:
-                    self._no_data()
-                r = self._k.ifmr_histogram(self.counts, self.lo, self.hi, None, self.bits, self.symmetric,
-                                           **self.options)
+                r = self._k.ifmr_histogram(self._hist, None, self.options)
             else:
-                if self._n == 0:
-                    self._no_data()
-                r = self._k.ifmr(self._buf[: self._n], self.bits, self.symmetric, **self.options)
-        details = {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()
+                r = self._k.ifmr(self._samples(), self.options)
+        details = {k: v for k, v in dataclasses.asdict(r).items()
                    if k not in ("scale", "zero_point", "clip_min", "clip_max")}
         details.update(batches=self.batches, mode="histogram" if self.in_histogram_mode else "exact",
                        switched=self.switched)
-        return CalibResult(float(r["scale"]), int(r["zero_point"]), float(r["clip_min"]), float(r["clip_max"]),
-                           self.bits, self.symmetric, "ifmr", details)
+        return CalibResult(r.scale, r.zero_point, r.clip_min, r.clip_max, self.bits, self.symmetric, "ifmr", details)
 
-    def _no_data(self) -> None:
-        raise EmptyInputError(f"calibrator {self.name!r} (ifmr) has observed no data: "
-                              "run the model on calibration batches first")
+    def histogram(self) -> Histogram:
+        """The histogram of everything observed: the calibrator's own in histogram mode; in exact mode, one of
+        ``REPORT_BINS`` bins built from the stored samples over their exact range."""
+        self._require_data()
+        if self.in_histogram_mode:
+            return self._hist
+        with named(self.name):
+            return self._k.histogram_observe(None, self._samples(), REPORT_BINS)
+
+    def observed_range(self) -> Tuple[float, float]:
+        """Min and max of everything observed (exact in exact mode)."""
+        self._require_data()
+        if self.in_histogram_mode:
+            return self._hist.lo, self._hist.hi
+        with named(self.name):
+            mn, mx = self._k.min_max(self._samples())
+        return float(mn[0]), float(mx[0])
+
+    def clipped_fraction(self, clip_min: float, clip_max: float) -> float:
+        """Share of the observed values outside ``[clip_min, clip_max]``: exact from the stored samples, else
+        from the histogram (a bin counts as clipped when its centre is outside)."""
+        self._require_data()
+        if self.in_histogram_mode:
+            return fraction_outside(self._hist, clip_min, clip_max)
+        s = self._samples()
+        return float(np.count_nonzero((s < clip_min) | (s > clip_max))) / s.size
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
+        opts = {k: v for k, v in dataclasses.asdict(self.options).items() if k not in ("bits", "symmetric")}
         return {"kind": "ifmr", "name": self.name, "bits": self.bits, "symmetric": self.symmetric,
-                **self.options, "mode": self.mode, "memory_budget": self.memory_budget,
+                **opts, "mode": self.mode, "memory_budget": self.memory_budget,
                 "num_of_bins": self.num_of_bins, "nonfinite": self.nonfinite, "batches": self.batches,
                 "switched": self.switched, "samples": self._buf[: self._n].copy(),
                 "counts": None if self.counts is None else self.counts.copy(),
@@ -173,11 +227,10 @@ class IFMRCalibrator(HistogramState):
                   d.get("memory_budget", DEFAULT_BUDGET), d.get("num_of_bins", 4096), d.get("nonfinite", "error"),
                   backend)
         cal.switched = bool(d.get("switched", False))
-        samples = np.ascontiguousarray(np.asarray(d["samples"], np.float32).reshape(-1))
+        with named(cal.name):
+            samples = state_field(d, "samples", lambda v: np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1)))
         if samples.size:
             cal._append(samples)
-        if d["counts"] is not None:
-            cal.counts = np.ascontiguousarray(np.asarray(d["counts"], np.uint64))
-            cal.lo, cal.hi = np.float32(d["lo"]).item(), np.float32(d["hi"]).item()
-        cal.batches = int(d.get("batches", 0))
+        cal._load_hist(d)
+        cal.batches = int_param(d.get("batches", 0), f"{cal.name}: state 'batches'", 0)
         return cal

@@ -21,12 +21,21 @@ from ferroquant.onnx.fusion import (
     fuse,
 )
 from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
-from ferroquant.onnx.api import create_quant_config, quantize, quantize_model, save_model
+from ferroquant.onnx.api import (
+    PreparedModel,
+    create_quant_config,
+    prepare_model,
+    quantize,
+    quantize_model,
+    save_model,
+    write_outputs,
+)
 from ferroquant.onnx.calibration import CalibratedModel
 from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_onnx
-from ferroquant.onnx.layers import LayerInfo, QuantTable, quantizable_layers
+from ferroquant.onnx.layers import quantizable_layers
 from ferroquant.onnx.qdq import export_deploy, export_fake_quant
 from ferroquant.onnx.record import RecordError, read_record, record_dict, write_record
+from ferroquant.quant.table import LayerInfo, QuantTable
 
 __all__ = [
     "ConstantsReport",
@@ -48,6 +57,9 @@ __all__ = [
     "read_record",
     "record_dict",
     "save_model",
+    "write_outputs",
+    "PreparedModel",
+    "prepare_model",
     "save_onnx",
     "CalibratedModel",
     "LayerInfo",

@@ -1,153 +1,246 @@
 """The AMCT-style flow for ONNX models: ``create_quant_config`` -> ``quantize_model`` (calibrate) ->
-``save_model`` (fake-quant model, deploy model, record), and the one-call :func:`quantize`."""
+``save_model`` (fake-quant model, deploy model, record), and the one-call :func:`quantize`.
+
+A model is loaded and fused once per run: :func:`prepare_model` returns a :class:`PreparedModel` that both
+``create_quant_config`` and ``quantize_model`` accept (a path or ``ModelProto`` is prepared on the way in)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import onnx
 
-from ferroquant.config import QuantConfig, build_config, load_config
+from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.calibration import (
-    IFMR_MODEL_BUDGET,
-    CalibratedModel,
-    CalibrationData,
-    Progress,
-    ifmr_share,
-    make_activation_calibrator,
-    quantize_weight,
-    run_calibration,
-)
-from ferroquant.onnx.fusion import fuse
+from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
+from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
+from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
-from ferroquant.onnx.io import load_model
-from ferroquant.onnx.layers import QuantTable, quantizable_layers
+from ferroquant.onnx.io import load_model, save_onnx
+from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.placement import plan_deploy
+from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
+from ferroquant.onnx.record import write_record
+from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
+from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
+from ferroquant.quant.profiles import profile as get_profile
+from ferroquant.quant.table import LayerInfo, QuantTable
+from ferroquant.quant.weights import quantize_weight
 
 ModelLike = Union[str, Path, onnx.ModelProto]
 
 
-def _fused(model: ModelLike, do_fusion: bool, skip: Iterable[str]):
-    m = load_model(model)
-    return fuse(m, do_fusion=do_fusion, skip_fusion_layers=tuple(skip))
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model loaded, checked and fused once, with its quantizable layers and the fusion settings used."""
+
+    model: onnx.ModelProto
+    fusion: FusionReport
+    layers: Tuple[LayerInfo, ...]
+    do_fusion: bool = True
+    skip_fusion_layers: Tuple[str, ...] = ()
 
 
-def create_quant_config(config_path: Optional[Union[str, Path]], model: ModelLike,
-                        skip_layers: Optional[Iterable[str]] = None, batch_num: int = 1,
-                        activation_offset: bool = True, config_defination: Optional[Union[str, Path, Mapping]] = None,
-                        do_fusion: bool = True, skip_fusion_layers: Iterable[str] = ()) -> QuantConfig:
+def prepare_model(model: Union[ModelLike, PreparedModel], do_fusion: bool = True,
+                  skip_fusion_layers: Iterable[str] = (), *, loaded: bool = False) -> PreparedModel:
+    """Load ``model`` (:func:`~ferroquant.onnx.load_model`; skipped when ``loaded`` says it already went through
+    it) and fold its BatchNormalizations; a :class:`PreparedModel` made with the same settings is returned as
+    it is."""
+    skip = tuple(skip_fusion_layers)
+    if isinstance(model, PreparedModel):
+        if (model.do_fusion, model.skip_fusion_layers) == (do_fusion, skip):
+            return model
+        if model.do_fusion:
+            raise ConfigError("the model was prepared with other fusion settings (do_fusion, skip_fusion_layers) "
+                              "than the config asks for: prepare it again from the original model")
+        model = model.model
+    if not (loaded and isinstance(model, onnx.ModelProto)):
+        model = load_model(model)
+    fused, report = fuse(model, do_fusion=do_fusion, skip_fusion_layers=skip)
+    return PreparedModel(fused, report, tuple(quantizable_layers(fused)), do_fusion, skip)
+
+
+def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[ModelLike, PreparedModel],
+                        skip_layers: Optional[Iterable[str]] = None, batch_num: Optional[int] = 1,
+                        activation_offset: Optional[bool] = None,
+                        config_defination: Optional[Union[str, Path, Mapping]] = None, do_fusion: bool = True,
+                        skip_fusion_layers: Iterable[str] = (), *, symmetric: Optional[bool] = None,
+                        skip_layer_types: Iterable[str] = ()) -> QuantConfig:
     """Write (when ``config_path`` is given) and return a config with one entry per quantizable layer of the
-    model as it will be after fusion. ``config_defination`` (AMCT's spelling) may hold ``common_config``,
-    ``override_layer_types`` and ``override_layer_configs`` (by layer name)."""
-    m, _ = _fused(model, do_fusion, skip_fusion_layers)
-    layers = [(l.name, l.op_type) for l in quantizable_layers(m)]
+    model as it is after fusion. ``config_defination`` (AMCT's spelling; a dict or a JSON file) may hold
+    ``common_config``, ``override_layer_types`` and ``override_layer_configs`` (by layer name).
+    ``symmetric`` (default False) sets symmetric activations; ``activation_offset`` is AMCT's name for its
+    negation. ``batch_num`` None calibrates on every batch."""
+    if activation_offset is not None and symmetric is not None:
+        raise ConfigError("pass symmetric or AMCT's activation_offset, not both")
+    sym = bool(symmetric) if symmetric is not None else (activation_offset is False)
+    prepared = prepare_model(model, do_fusion, skip_fusion_layers)
+    layers = [(l.name, l.op_type) for l in prepared.layers]
     if not layers:
         raise ConfigError("the model has no quantizable layer (Conv, ConvTranspose, Gemm, MatMul with a constant "
                           "weight)")
     extra: Dict[str, Any] = {}
     if config_defination is not None:
         src = config_defination
-        extra = dict(src) if isinstance(src, Mapping) else load_json(src)
+        extra = dict(src) if isinstance(src, Mapping) else load_json(src, "config_defination file")
         unknown = set(extra) - {"common_config", "override_layer_types", "override_layer_configs"}
         if unknown:
             raise ConfigError(f"config_defination: unknown keys {sorted(unknown)}")
-    cfg = build_config(layers, skip_layers or (), batch_num, activation_offset, extra.get("common_config"),
+    cfg = build_config(layers, skip_layers or (), batch_num, sym, extra.get("common_config"),
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
-                       tuple(skip_fusion_layers))
+                       tuple(skip_fusion_layers), tuple(skip_layer_types))
     if config_path is not None:
         cfg.save(config_path)
     return cfg
 
 
-def load_json(path: Union[str, Path]) -> Dict[str, Any]:
-    import json
+def _enabled_layers(cfg: QuantConfig, prepared: PreparedModel) -> List[LayerInfo]:
+    found = {l.name: l for l in prepared.layers}
+    missing = [n for n in cfg.layers if n not in found]
+    if missing:
+        raise ConfigError(f"config names layers the model does not have (after fusion): {missing}")
+    for n, c in cfg.layers.items():
+        if c.layer_type != found[n].op_type:
+            raise ConfigError(f"layer {n!r}, field 'layer_type': the config says {c.layer_type}, the model's node "
+                              f"is a {found[n].op_type}")
+    layers = [found[n] for n in cfg.enabled_layers()]
+    if not layers:
+        raise ConfigError("no layer is enabled for quantization")
+    return layers
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"file not found: {p}")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON ({e})") from None
+
+def _weight_params(params: WeightParams, cpu: CpuTypes) -> WeightParams:
+    """The weight parameters the CPU's kernels cannot saturate on (ARQ bits capped; NUQ is checked at export)."""
+    if params.algorithm == "arq" and params.bits > cpu.max_weight_bits:
+        return replace(params, bits=cpu.max_weight_bits)
+    return params
 
 
-def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: ModelLike,
+def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[ModelLike, PreparedModel],
                    calibration_data: CalibrationData, batch_num: Optional[int] = None,
-                   progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET) -> CalibratedModel:
-    """Fuse, calibrate every enabled layer's input activation on ``calibration_data`` (at most ``batch_num``
-    batches; default the config's ``batch_num``), and quantize the weights. Returns the calibrated state.
+                   progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET,
+                   profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None) -> CalibratedModel:
+    """Fuse, calibrate every enabled layer's input activation (and the tensors the deploy ``profile`` quantizes
+    besides: layer outputs, residual Adds...) on ``calibration_data`` (at most ``batch_num`` batches; default the
+    config's ``batch_num``, None: every batch), and quantize the weights. Returns the calibrated state.
+
+    ``profile`` (:mod:`ferroquant.quant.profiles`): ``onnxruntime`` (default), ``tensorrt`` or ``amct``;
+    ``cpu_types`` overrides the integer types detected for this CPU (``u8s8`` with VNNI, ``u8s7`` without:
+    7-bit ARQ weights, which onnxruntime's kernels cannot saturate on).
 
     Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
     bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
     mode (one warning names them), so memory does not grow with the number of calibration batches."""
     cfg = load_config(config)
+    prof = get_profile(profile)
+    cpu = cpu_types_for(prof, cpu_types)
+    if prof.symmetric:  # e.g. TensorRT: zero points of 0 everywhere
+        cfg = cfg.with_symmetric_activations()
     t0 = time.perf_counter()
-    m, report = _fused(model, cfg.do_fusion, cfg.skip_fusion_layers)
-    found = {l.name: l for l in quantizable_layers(m)}
-    missing = [n for n in cfg.layers if n not in found]
-    if missing:
-        raise ConfigError(f"config names layers the model does not have (after fusion): {missing}")
-    layers = [found[n] for n in cfg.enabled_layers()]
-    if not layers:
-        raise ConfigError("no layer is enabled for quantization")
-    view = GraphView(m)
-    cals: Dict[str, Any] = {}
-    weights = {}
-    share = ifmr_share(cfg, layers, ifmr_memory_budget)
-    for l in layers:
-        lc = cfg.layers[l.name]
-        if l.activation not in cals:
-            cals[l.activation] = make_activation_calibrator(l.activation, lc, cfg.activation_asymmetric(l.name),
-                                                            share)
-        weights[l.name] = quantize_weight(l, view.array(l.weight), lc)
-    cm = CalibratedModel(m, cfg, layers, cals, weights, fusion=report)
+    prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
+    layers = _enabled_layers(cfg, prepared)
+    view = GraphView(prepared.model)
+    plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
+    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate)
+    weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
+               for l in layers}
+    cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
+                         plan=plan)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
     return cm
 
 
-def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
-               table: Optional[QuantTable] = None) -> Dict[str, Path]:
-    """Write ``<save_path>_fake_quant.onnx`` (QDQ simulation), ``<save_path>_deploy.onnx`` (int8 weights, int32
-    bias) and ``<save_path>_quant_record.json`` (every layer's scales and offsets). Returns the paths.
-    ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
-    from ferroquant.onnx.io import save_onnx as write_onnx
-    from ferroquant.onnx.qdq import export_deploy, export_fake_quant
-    from ferroquant.onnx.record import write_record
+def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
+    """Where :func:`save_model` writes, for ``save_path``."""
+    base = Path(save_path)
+    return {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
+            "record": Path(f"{base}_quant_record.json")}
 
+
+def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
+                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None) -> Dict[str, Path]:
+    """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
+    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without) and
+    ``<save_path>_quant_record.json``."""
+    paths = output_paths(save_path)
+    paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
+    deploy = export_deploy(model, table, layout)
+    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])
+    save_onnx(deploy, paths["deploy"])
+    write_record(paths["record"], table, extra)
+    return paths
+
+
+def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bool = False
+                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation]]:
+    """The table and layout the deploy model is written with, after the profile's rule checker: a violation is
+    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float."""
+    kept: List[Violation] = []
+    while True:
+        layout = deploy_layout(calibrated, table)
+        found = check_rules(export_deploy(calibrated.model, table, layout), calibrated.profile, calibrated.cpu,
+                            table)
+        floats = {v.node for v in enforce(found, allow_float)} & set(table.layers)
+        if not floats:
+            return table, layout, kept + found
+        kept += [v for v in found if v.node in floats]
+        table = table.without(floats)
+
+
+def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
+               table: Optional[QuantTable] = None, allow_float: bool = False,
+               latency_check: Optional[bool] = None) -> Dict[str, Path]:
+    """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
+    calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
+    profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
+    float (``latency_check=False`` skips that; see :mod:`ferroquant.onnx.latency`). Returns the paths.
+    ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
         calibrated.timings["search_s"] = time.perf_counter() - t0
-    base = Path(save_path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
-             "record": Path(f"{base}_quant_record.json")}
-    write_onnx(export_fake_quant(calibrated.model, table), paths["fake_quant"])
-    write_onnx(export_deploy(calibrated.model, table), paths["deploy"])
-    write_record(paths["record"], table)
-    return paths
+    table, layout, violations = deploy_model(calibrated, table, allow_float)
+    kept = sorted({v.node for v in violations})
+    extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
+    check = calibrated.profile.latency_check if latency_check is None else latency_check
+    if check and calibrated.profile.placement == "onnxruntime" and calibrated.sample is not None:
+        t0 = time.perf_counter()
+        table, layout, report = check_latency(calibrated, table, layout, calibrated.sample)
+        calibrated.timings["latency_check_s"] = time.perf_counter() - t0
+        calibrated.latency = report
+        extra["latency"] = report.to_json()
+        kept = sorted(set(kept) | set(report.kept_float))
+    extra["kept_float"] = kept
+    return write_outputs(calibrated.model, table, save_path, extra, layout)
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
              config: Optional[Union[str, Path, Mapping, QuantConfig]] = None, progress: Progress = False,
-             **config_kwargs: Any) -> Dict[str, Any]:
+             profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None, allow_float: bool = False,
+             latency_check: Optional[bool] = None, **config_kwargs: Any) -> Dict[str, Any]:
     """One call, for users of onnxruntime's ``quantize_static`` or NNCF: calibrate on every batch of
     ``calibration_data`` (an iterable of feeds, a callable, or an onnxruntime ``CalibrationDataReader``) and
     write the deploy model to ``output_path`` (the fake-quant model and record beside it). Keyword arguments
-    go to :func:`create_quant_config` when no config is given."""
+    go to :func:`create_quant_config` when no config is given. ``profile`` / ``cpu_types``: see
+    :func:`quantize_model`; ``allow_float``: keep layers that break the profile's rules in float instead of
+    refusing; ``latency_check``: see :func:`save_model`."""
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
     if config is None:
-        config_kwargs.setdefault("batch_num", 1 << 30)
-        config = create_quant_config(None, model, **config_kwargs)
+        config_kwargs.setdefault("batch_num", None)
+        prepared = prepare_model(model, config_kwargs.get("do_fusion", True),
+                                 config_kwargs.get("skip_fusion_layers", ()))
+        config = create_quant_config(None, prepared, **config_kwargs)
+        model = prepared  # type: ignore[assignment]
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
-    cm = quantize_model(config, model, calibration_data, progress=progress)
-    paths = save_model(cm, out.with_suffix(""))
+    cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
+    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check)
     paths["deploy"].replace(out)
     paths["deploy"] = out
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,

@@ -8,16 +8,21 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Union
 
 import numpy as np
 import onnx
 
-from ferroquant import ops
-from ferroquant.calibrate import AnyCalibrator, HistogramCalibrator, IFMRCalibrator, from_state_dict
-from ferroquant.config import LayerConfig, QuantConfig
-from ferroquant.errors import ConfigError, DataError, ModelError
-from ferroquant.onnx.layers import ActivationQuant, LayerInfo, LayerQuant, QuantTable, WeightQuant
+from ferroquant.calibrate import AnyCalibrator, from_state_dict
+from ferroquant.config import QuantConfig
+from ferroquant.errors import DataError, ModelError
+from ferroquant.onnx.external import session_source
+from ferroquant.onnx.graph import GraphView
+from ferroquant.onnx.placement import DeployPlan
+from ferroquant.quant.calibrators import activation_quant, bounded
+from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
+from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
+from ferroquant.quant.weights import layer_quant
 
 Feed = Mapping[str, np.ndarray]
 CalibrationData = Union[Iterable[Feed], Callable[[], Iterable[Feed]], Any]
@@ -70,8 +75,10 @@ def _feed_array(a: np.ndarray, want: Optional[type], name: str, index: int) -> n
     return np.ascontiguousarray(a, dtype=want)
 
 
-def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.ndarray]:
-    """The feed with dtypes matched to the model; clear errors for wrong names, dtypes, ranks and shapes."""
+def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int, unranked: Set[str] = frozenset()
+                ) -> Dict[str, np.ndarray]:
+    """The feed with dtypes matched to the model; clear errors for wrong names, dtypes, ranks and shapes
+    (inputs in ``unranked`` declare no shape: any rank goes)."""
     unknown = set(feed) - set(inputs)
     missing = set(inputs) - set(feed)
     if unknown or missing:
@@ -80,57 +87,19 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
     out = {}
     for name, arg in inputs.items():
         a = np.asarray(feed[name])
-        if len(arg.shape) != a.ndim or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
+        wrong_rank = name not in unranked and len(arg.shape) != a.ndim
+        if wrong_rank or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
             raise DataError(f"calibration batch {index}, input {name!r}: shape {list(a.shape)} does not fit the "
                             f"model's {list(arg.shape)}")
         out[name] = _feed_array(a, _ORT_DTYPES.get(arg.type), name, index)
     return out
 
 
-#: Bytes of samples that all exact-IFMR calibrators of one model may hold together (decision 7): each gets an
-#: equal share; a tensor that outgrows its share switches to the histogram percentile mode.
-IFMR_MODEL_BUDGET = 1 << 30
-_MIN_SHARE = 4 << 20
-
-
-def make_activation_calibrator(tensor: str, cfg: LayerConfig, asymmetric: bool,
-                               memory_budget: Optional[int] = None) -> AnyCalibrator:
-    a = cfg.activation
-    if a.act_algo == "hfmg":
-        return HistogramCalibrator(tensor, "hfmg", num_of_bins=a.num_of_bins, bits=a.num_bits,
-                                   symmetric=not asymmetric, refine=a.hfmg_refine)
-    extra = {} if memory_budget is None else {"memory_budget": memory_budget}
-    return IFMRCalibrator(tensor, bits=a.num_bits, symmetric=not asymmetric, max_percentile=a.max_percentile,
-                          min_percentile=a.min_percentile, search_range=a.search_range, search_step=a.search_step,
-                          search_extend=a.search_extend, search_2d=a.search_2d, num_of_bins=a.num_of_bins,
-                          **extra)
-
-
-def ifmr_share(config: QuantConfig, layers: List[LayerInfo], total: int = IFMR_MODEL_BUDGET) -> int:
-    """Each exact-IFMR tensor's share of the model's sample budget ``total`` (at least 4 MiB)."""
-    tensors = {l.activation for l in layers if config.layers[l.name].activation.act_algo == "ifmr"}
-    return max(_MIN_SHARE, total // max(1, len(tensors)))
-
-
-def quantize_weight(layer: LayerInfo, w: np.ndarray, cfg: LayerConfig) -> WeightQuant:
-    """ARQ or NUQ per the layer's config, in the weight's ONNX layout."""
-    p = cfg.weight
-    cw = p.channel_wise
-    if p.wts_algo == "nuq_quantize":
-        if layer.groups > 1 and cw:
-            raise ConfigError(f"layer {layer.name!r}, field 'wts_algo': NUQ per channel does not support grouped "
-                              "ConvTranspose; set channel_wise false")
-        r = ops.nuq(w, p.num_steps, p.num_of_iteration, channel_wise=cw, axis=layer.axis, name=layer.weight)
-        return WeightQuant(layer.weight, r.scale, r.zero_point, layer.axis if cw else None, 8, "nuq", r.codes,
-                           r.levels)
-    a = ops.arq(w, channel_wise=cw, axis=layer.axis, bits=p.num_bits, groups=layer.groups, name=layer.weight)
-    return WeightQuant(layer.weight, a.scale, a.zero_point, layer.axis if cw else None, p.num_bits, "arq", a.codes)
-
-
 @dataclass
 class CalibratedModel:
     """What :func:`ferroquant.onnx.quantize_model` returns: the (fused) float model, the config, the layers
-    quantized, their calibrators and weight quantization, and timings."""
+    quantized, the calibrators (of the layers' inputs and of the tensors the deploy profile quantizes besides),
+    the weight quantization, timings, and the deploy profile with its CPU types and Q/DQ plan."""
 
     model: onnx.ModelProto
     config: QuantConfig
@@ -140,18 +109,28 @@ class CalibratedModel:
     batches: int = 0
     timings: Dict[str, float] = field(default_factory=dict)
     fusion: Any = None
+    profile: Profile = field(default_factory=lambda: PROFILES["amct"])
+    cpu: CpuTypes = SIGNED
+    plan: DeployPlan = field(default_factory=lambda: DeployPlan("amct"))
+    sample: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the first batch (latency check)
+    latency: Any = None  # the latency check's report, once the deploy model is written
+    activations: Dict[str, ActivationQuant] = field(default_factory=dict, repr=False)  # searched, by tensor
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
-        """Search every calibrator and assemble the qparams table the exporters consume. ``progress(done, total)``
-        is called after each tensor's search."""
+        """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
+        ``progress(done, total)`` is called after each tensor's search."""
         acts: Dict[str, ActivationQuant] = {}
         for i, (tensor, cal) in enumerate(self.calibrators.items()):
-            r = cal.qparams()
+            acts[tensor] = activation_quant(tensor, cal.qparams())
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
-            acts[tensor] = ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min,
-                                           r.clip_max, dict(r.details))
-        return QuantTable({l.name: LayerQuant(l, acts[l.activation], self.weights[l.name]) for l in self.layers})
+        self.activations = acts
+        view = GraphView(self.model)
+        layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], view.array(l.bias) if l.bias else None)
+                  for l in self.layers}
+        tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
+                   for t in self.plan.calibrate}
+        return QuantTable(layers, tensors)
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""
@@ -182,21 +161,21 @@ def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None
 
 
 def tapped_session(model: onnx.ModelProto, tensors: List[str]):
-    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors``."""
+    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors`` (built from a
+    file with external data when the model is over 2 GB, from bytes otherwise)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    source, keep = session_source(model, tensors)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if keep is not None:  # a large model: its weights stay mapped from the file, not packed into copies
+        so.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+    sess._ferroquant_files = keep  # the external data lives as long as the session
+    return sess
 
 
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
@@ -205,6 +184,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     taps = list(cm.calibrators)
     sess = tapped_session(cm.model, taps)
     inputs = {i.name: i for i in sess.get_inputs()}
+    unranked = {i.name for i in cm.model.graph.input if not i.type.tensor_type.HasField("shape")}
     t0 = time.perf_counter()
     n = 0
     with warnings.catch_warnings():
@@ -213,7 +193,10 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
         for feed in iterate_batches(data, list(inputs)):
             if max_batches is not None and n >= max_batches:
                 break
-            outs = sess.run(taps, _check_feed(feed, inputs, n))
+            checked = _check_feed(feed, inputs, n, unranked)
+            if cm.sample is None:
+                cm.sample = checked
+            outs = sess.run(taps, checked)
             for t, arr in zip(taps, outs):
                 cm.calibrators[t].observe(arr)
             del outs

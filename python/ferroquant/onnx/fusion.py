@@ -16,7 +16,8 @@ not all initializers; ``var + eps <= 0`` for some channel; for Conv+BN, the conv
 is a graph output; for BN+Mul/Add, the BN output has another reader or is a graph output, the Mul/Add output
 is a graph output, or the constant is not per-channel on axis 1 (``[]``, ``[1]``, ``[C,1,..]``,
 ``[1,C,1,..]``; ``[C]`` only for rank-2 inputs) or of another dtype. :func:`fuse` runs all passes to a
-fixed point. The arithmetic lives in :mod:`ferroquant.onnx._fold_math`; this module decides and rewires.
+fixed point. The arithmetic lives in :mod:`ferroquant.quant.fold` and which producers fold a BN (and how) in the
+layer registry (:mod:`ferroquant.quant.registry`); this module decides and rewires.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple, Union
 import numpy as np
 import onnx
 
-from ferroquant.onnx import _fold_math as fm
 from ferroquant.onnx.graph import GraphView, ensure_node_names, get_attr, node_label, set_attr
-
-FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
+from ferroquant.quant import fold as fm
+from ferroquant.quant.registry import folding_producer
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _bn_params(view: GraphView, bn: onnx.NodeProto) -> Union[fm.BatchNormParams,
 def _conv_candidate(view: GraphView, bn: onnx.NodeProto, skip: FrozenSet[str]) -> Tuple[Optional[onnx.NodeProto], str]:
     """The Conv/ConvTranspose/Gemm to fold ``bn`` into, or None and the reason."""
     conv = view.producer(bn.input[0])
-    if conv is None or conv.op_type not in FOLDABLE_PRODUCERS or conv.domain not in ("", "ai.onnx"):
+    if conv is None or folding_producer(conv.op_type, conv.domain) is None:
         return None, "its input is not made by a Conv, ConvTranspose or Gemm"
     if bn.name in skip or conv.name in skip:
         return None, "named in skip_fusion_layers"
@@ -132,16 +132,17 @@ def _fold_into_conv(view: GraphView, bn: onnx.NodeProto, conv: onnx.NodeProto,
     b = view.array(conv.input[2]) if has_bias else None
     if not np.issubdtype(w.dtype, np.floating):
         return f"weight dtype {w.dtype} is not floating point"
-    if conv.op_type == "Gemm":
+    t = folding_producer(conv.op_type, conv.domain)
+    if t is not None and t.fold == "gemm":
         folded = fm.fold_gemm(w, b, params, bool(get_attr(conv, "transB", 0)), float(get_attr(conv, "beta", 1.0)))
     else:
-        folded = fm.fold_conv(w, b, params, int(get_attr(conv, "group", 1)), conv.op_type == "ConvTranspose")
+        folded = fm.fold_conv(w, b, params, int(get_attr(conv, "group", 1)), t is not None and t.transposed)
     if isinstance(folded, str):
         return folded
     new_w, new_b = folded
     view.write_input(conv, 1, new_w.astype(w.dtype), "weight_folded")
     view.write_input(conv, 2, new_b.astype(w.dtype), "bias_folded")
-    if conv.op_type == "Gemm":
+    if t is not None and t.fold == "gemm":
         set_attr(conv, "beta", 1.0)
     view.bypass(bn, keep=bn.input[0])
     return ""

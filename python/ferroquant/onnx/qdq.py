@@ -8,9 +8,10 @@ that onnxruntime runs.
   of ``w / s`` (the levels are a subset of the grid), so for them the int codes feed a ``DequantizeLinear``
   directly, as in the deploy model. Biases stay float.
 - :func:`export_deploy`: the same activation pairs; weights are integer initializers (the codes) behind
-  ``DequantizeLinear``; a 1-D bias becomes an int32 initializer ``round(b / (s_in * s_w[c]))`` (clamped to the
-  int32 range) behind ``DequantizeLinear(scale = s_in * s_w, zero_point = 0, axis = 0)``, the QDQ bias pattern
-  onnxruntime fuses. The float weights (and biases) nobody else reads are removed.
+  ``DequantizeLinear``; a bias with codes in the table (:func:`ferroquant.quant.weights.quantize_bias`: int32
+  ``round(b / (s_in * s_w[c]))``) becomes an int32 initializer behind ``DequantizeLinear(scale = s_in * s_w,
+  zero_point = 0, axis = 0)``, the QDQ bias pattern onnxruntime fuses. The float weights (and biases) nobody
+  else reads are removed. The exporters copy the table's numbers; they do no quantization arithmetic.
 
 Decisions. The integer offset ``o`` of spec section 0 is the ONNX ``zero_point``. Activations: 8 bits -> int8
 (opset 13); 16 bits -> int16 and 4 bits -> int4 (opset 21); any other width raises :class:`ConfigError`
@@ -24,22 +25,23 @@ converted to the opset needed (13 or 21) with the ONNX version converter. The in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ferroquant.errors import ConfigError, ModelError
-from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
-from ferroquant.onnx.io import default_opset
-from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable, WeightQuant
+from ferroquant.onnx.external import Skeleton, reattach, skeleton
+from ferroquant.onnx.graph import GraphView, ensure_node_names, names_inside, node_label
+from ferroquant.onnx.io import check_model, convert_opset, default_opset, min_ir_version
+from ferroquant.onnx.shapes import infer_or_keep
+from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable, WeightQuant
 
 BASE_OPSET = 13
 WIDE_OPSET = 21  # int4 / int16 Q/DQ and blocked quantization
 _ACT_TYPES = {4: TensorProto.INT4, 8: TensorProto.INT8, 16: TensorProto.INT16}
-_INT32 = np.iinfo(np.int32)
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,33 @@ class _Layer:
 
     @property
     def blocked(self) -> bool:
-        """Grouped ConvTranspose with per-channel weights: needs blocked Q/DQ."""
-        return self.lq.layer.groups > 1 and self.lq.weight.axis is not None
+        """Grouped ConvTranspose with per-channel weights: needs blocked Q/DQ (see the registry)."""
+        return self.lq.layer.blocked(self.lq.weight.axis is not None)
 
 
-def _act_type(aq: ActivationQuant) -> int:
+@dataclass(frozen=True)
+class Layout:
+    """Where a deploy profile puts activation Q/DQ beyond the layers' inputs (see
+    :func:`ferroquant.onnx.placement.plan_deploy`): ``tensors`` holds the qparams of every quantized activation
+    tensor (the layers' inputs included; a carried tensor has its source's qparams), ``absorbed`` the labels of
+    Relu/Clip nodes to remove, ``all_readers`` whether every reader of a quantized tensor reads the DQ output,
+    ``unsigned`` whether 8-bit activations are written as uint8 (zero point + 128, the same grid),
+    ``signed_weight_bits`` the widest int8 weight codes the CPU's kernels take (wider ones go as uint8), and
+    ``metadata`` what goes into the model's metadata_props."""
+
+    tensors: Mapping[str, ActivationQuant]
+    absorbed: Tuple[str, ...] = ()
+    all_readers: bool = True
+    unsigned: bool = False
+    signed_weight_bits: Optional[int] = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def _act_type(aq: ActivationQuant, unsigned: bool = False) -> int:
     if aq.bits not in _ACT_TYPES:
         raise ConfigError(f"activation {aq.tensor!r}: bits={aq.bits} cannot be exported; QuantizeLinear "
                           f"supports {sorted(_ACT_TYPES)} bits (int4, int8, int16)")
-    return _ACT_TYPES[aq.bits]
+    return TensorProto.UINT8 if unsigned and aq.bits == 8 else _ACT_TYPES[aq.bits]
 
 
 def _weight_type(wq: WeightQuant, layer: str) -> int:
@@ -78,7 +98,8 @@ def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
     values = np.asarray(values)
     if elem_type == TensorProto.INT4:
         return helper.make_tensor(name, elem_type, values.shape, values.astype(np.int64).ravel().tolist())
-    dtype = {TensorProto.INT8: np.int8, TensorProto.INT16: np.int16, TensorProto.INT32: np.int32}[elem_type]
+    dtype = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
+             TensorProto.INT32: np.int32}[elem_type]
     return numpy_helper.from_array(values.astype(dtype), name)
 
 
@@ -110,26 +131,27 @@ def _check_weight(ly: _Layer) -> None:
         raise ConfigError(f"layer {layer.name!r}: codes shape {np.shape(wq.codes)} != weight shape {ly.w_shape}")
 
 
-def _match(model: onnx.ModelProto, table: QuantTable) -> List[_Layer]:
-    """Find each table entry's node (by label, before unnamed nodes get names) and check its qparams."""
-    view = GraphView(model)
+def _match(model: onnx.ModelProto, table: QuantTable, dims: Dict[str, Tuple[int, ...]]) -> List[_Layer]:
+    """Find each table entry's node (by label, before unnamed nodes get names) and check its qparams;
+    ``dims`` are the shapes of the source model's initializers."""
     by_label = {node_label(n): n for n in model.graph.node}
     out, acts = [], {}
     for name, lq in table.layers.items():
         node = by_label.get(name)
-        if node is None or node.op_type != lq.layer.op_type or list(node.input[:2]) != [lq.layer.activation,
-                                                                                     lq.layer.weight]:
+        wi = lq.layer.type.weight_input
+        if node is None or node.op_type != lq.layer.op_type or len(node.input) <= wi or (
+                node.input[0], node.input[wi]) != (lq.layer.activation, lq.layer.weight):
             raise ModelError(f"no {lq.layer.op_type} reading ({lq.layer.activation}, {lq.layer.weight}) "
                              "in the model", name)
-        w = view.initializers.get(lq.layer.weight)
-        if w is None:
+        w_shape = dims.get(lq.layer.weight)
+        if w_shape is None:
             raise ModelError(f"weight {lq.layer.weight!r} is not an initializer", name)
         _check_activation(lq.activation, name)
         other = acts.setdefault(lq.activation.tensor, lq.activation)
         if other != lq.activation:
             raise ConfigError(f"activation {lq.activation.tensor!r} has different qparams in layer {name!r} "
                               "and another layer reading it (one Q/DQ pair per tensor)")
-        ly = _Layer(node, lq, tuple(int(d) for d in w.dims))
+        ly = _Layer(node, lq, w_shape)
         _check_weight(ly)
         out.append(ly)
     return out
@@ -140,31 +162,49 @@ def _needed_opset(layers: List[_Layer]) -> int:
     return WIDE_OPSET if wide else BASE_OPSET
 
 
-def _prepare(model: onnx.ModelProto, table: QuantTable) -> Tuple[onnx.ModelProto, List[_Layer]]:
-    """A copy of ``model`` at the opset the table needs, its layers matched, every node named."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
-    opset = max(default_opset(work), _needed_opset(_match(work, table)))
+def _remove_absorbed(model: onnx.ModelProto, labels: Tuple[str, ...]) -> None:
+    """Remove the absorbed Relu/Clip nodes: each one's producer writes its output instead."""
+    view = GraphView(model)
+    by_label = {node_label(n): n for n in model.graph.node}
+    for label in labels:
+        node = by_label.get(label)
+        if node is None:
+            raise ModelError("the deploy layout absorbs a node the model does not have", label)
+        view.bypass(node, keep=node.input[0])
+
+
+def _prepare(model: onnx.ModelProto, table: QuantTable, absorbed: Tuple[str, ...] = ()
+             ) -> Tuple[onnx.ModelProto, List[_Layer], Skeleton]:
+    """A weightless copy of ``model`` (its large initializers detached, see :mod:`ferroquant.onnx.external`:
+    the weights the export replaces are never copied) at the opset the table needs, its layers matched,
+    absorbed activations removed, every node named."""
+    dims = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
+    opset = max(default_opset(model), _needed_opset(_match(model, table, dims)))
+    sk = skeleton(model)
+    work = sk.model
+    _remove_absorbed(work, absorbed)
     if opset > default_opset(work):
         try:
-            work = onnx.version_converter.convert_version(work, opset)
+            work = convert_opset(work, opset)
         except Exception as e:  # noqa: BLE001 - the converter raises assorted types
             raise ModelError(f"cannot convert the model to opset {opset} for int4/int16/blocked Q/DQ: {e}") from None
-    layers = _match(work, table)
-    work.ir_version = max(work.ir_version, helper.find_min_ir_version_for(list(work.opset_import)))
+    layers = _match(work, table, dims)
+    work.ir_version = max(work.ir_version, min_ir_version(work))
     ensure_node_names(work)
-    return work, layers
+    return work, layers, sk
 
 
 class _Emitter:
     """Collects the new nodes and initializers, with names unique in the graph."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, unsigned: bool = False, signed_weight_bits: Optional[int] = None) -> None:
         self.view = GraphView(model)
+        self.unsigned, self.signed_weight_bits = unsigned, signed_weight_bits
         graph = model.graph
         self.tensors: Set[str] = ({t.name for t in graph.initializer} | {i.name for i in graph.input}
                                   | {v.name for v in graph.value_info} | {o.name for o in graph.output}
-                                  | {o for n in graph.node for o in list(n.output) + list(n.input)})
+                                  | {o for n in graph.node for o in list(n.output) + list(n.input)}
+                                  | names_inside(graph))
         self.nodes_taken: Set[str] = {n.name for n in graph.node}
         self.before: Dict[int, List[onnx.NodeProto]] = {}  # id(layer node) -> weight/bias Q/DQ nodes
         self.after: Dict[str, List[onnx.NodeProto]] = {}  # activation tensor -> its Q/DQ nodes
@@ -199,7 +239,9 @@ def _activation_pair(em: _Emitter, aq: ActivationQuant) -> str:
     """One Q/DQ pair after ``aq.tensor``; returns the DQ output (made once per tensor)."""
     if aq.tensor in em.after:
         return em.after[aq.tensor][-1].output[0]
-    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(aq.zero_point), _act_type(aq))
+    elem = _act_type(aq, em.unsigned)
+    zp = aq.zero_point + 128 if elem == TensorProto.UINT8 else aq.zero_point
+    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(zp), elem)
     q, q_out = em.node("QuantizeLinear", [aq.tensor, s, z], f"{aq.tensor}_QuantizeLinear")
     dq, dq_out = em.node("DequantizeLinear", [q_out, s, z], f"{aq.tensor}_DequantizeLinear")
     em.after[aq.tensor] = [q, dq]
@@ -225,14 +267,21 @@ def _weight_qparams(ly: _Layer) -> Tuple[np.ndarray, np.ndarray, Dict[str, int]]
 
 
 def _weight(em: _Emitter, ly: _Layer, deploy: bool) -> Tuple[List[onnx.NodeProto], str]:
-    """The weight's Q/DQ (fake-quant ARQ) or codes->DQ (deploy, NUQ) nodes and the float tensor they make."""
+    """The weight's Q/DQ (fake-quant ARQ) or codes->DQ (deploy, NUQ) nodes and the float tensor they make. Deploy
+    codes beyond ``em.signed_weight_bits`` are written as uint8 (codes and zero points + 128: the same grid), which
+    onnxruntime's CPU kernels multiply without saturating."""
     layer, wq = ly.lq.layer, ly.lq.weight
     elem = _weight_type(wq, layer.name)
     scale, zp, attrs = _weight_qparams(ly)
+    codes = np.asarray(wq.codes)
+    limit = em.signed_weight_bits
+    if deploy and elem == TensorProto.INT8 and limit is not None and codes.size and (
+            int(codes.min()) < -(1 << (limit - 1)) or int(codes.max()) >= 1 << (limit - 1)):
+        elem, codes, zp = TensorProto.UINT8, codes.astype(np.int16) + 128, zp + 128
     s, z = em.qparams(f"{layer.name}.weight", scale, zp, elem)
     nodes = []
     if deploy or _is_nuq(wq):
-        src = em.init(_int_tensor(em.tensor(f"{layer.name}.weight_quantized"), np.asarray(wq.codes), elem))
+        src = em.init(_int_tensor(em.tensor(f"{layer.name}.weight_quantized"), codes, elem))
     else:
         q, src = em.node("QuantizeLinear", [layer.weight, s, z], f"{layer.name}.weight_QuantizeLinear", **attrs)
         nodes.append(q)
@@ -241,37 +290,32 @@ def _weight(em: _Emitter, ly: _Layer, deploy: bool) -> Tuple[List[onnx.NodeProto
 
 
 def _bias(em: _Emitter, ly: _Layer) -> Optional[Tuple[onnx.NodeProto, str]]:
-    """int32 bias behind DequantizeLinear(s_in * s_w, 0, axis 0); None (bias kept float) unless the bias
-    is a 1-D initializer with one value per output channel."""
-    layer, wq = ly.lq.layer, ly.lq.weight
-    b = em.view.array(layer.bias) if layer.bias else None
-    scale_w = np.asarray(wq.scale, np.float32).ravel()
-    if b is None or b.ndim != 1 or (wq.axis is not None and b.size != scale_w.size):
+    """The table's int32 bias codes behind DequantizeLinear(s_in * s_w, 0, axis 0); None (bias kept float) when
+    the table has no codes for the layer's bias."""
+    layer, bq = ly.lq.layer, ly.lq.bias
+    if bq is None:
         return None
-    scale = (np.float32(ly.lq.activation.scale) * scale_w).astype(np.float32)
-    codes = np.rint(b.astype(np.float64) / scale.astype(np.float64))
-    codes = np.clip(codes, _INT32.min, _INT32.max).astype(np.int32)
-    attrs: Dict[str, int] = {}
-    if wq.axis is None:
-        scale = scale.reshape(())
-    else:
-        attrs["axis"] = 0
+    if bq.tensor != layer.bias:
+        raise ConfigError(f"layer {layer.name!r}: bias codes are for {bq.tensor!r}, not {layer.bias!r}")
+    scale = np.asarray(bq.scale, np.float32)
+    attrs = {} if bq.axis is None else {"axis": bq.axis}
     s = em.init(numpy_helper.from_array(scale, em.tensor(f"{layer.name}.bias_scale")))
     z = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_zero_point"), np.zeros(scale.shape, np.int32),
                             TensorProto.INT32))
-    q = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_quantized"), codes, TensorProto.INT32))
+    q = em.init(_int_tensor(em.tensor(f"{layer.name}.bias_quantized"), np.asarray(bq.codes), TensorProto.INT32))
     return em.node("DequantizeLinear", [q, s, z], f"{layer.name}.bias_DequantizeLinear", **attrs)
 
 
-def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool) -> None:
-    node = ly.node
-    node.input[0] = _activation_pair(em, ly.lq.activation)
-    nodes, node.input[1] = _weight(em, ly, deploy)
+def _rewrite_layer(em: _Emitter, ly: _Layer, deploy: bool, layout: Optional[Layout] = None) -> None:
+    node, t = ly.node, ly.lq.layer.type
+    aq = ly.lq.activation if layout is None else layout.tensors.get(ly.lq.activation.tensor, ly.lq.activation)
+    node.input[0] = _activation_pair(em, aq)
+    nodes, node.input[t.weight_input] = _weight(em, ly, deploy)
     if deploy:
         bias = _bias(em, ly)
-        if bias is not None:
+        if bias is not None and t.bias_input is not None:
             nodes.append(bias[0])
-            node.input[2] = bias[1]
+            node.input[t.bias_input] = bias[1]
     em.before[id(node)] = nodes
 
 
@@ -291,34 +335,65 @@ def _reorder(em: _Emitter, model: onnx.ModelProto) -> None:
 
 
 def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Prune, infer shapes and check, as tolerant of onnx's own gaps as :func:`~ferroquant.onnx.io.load_model`
+    (a model exactly as valid as its input passes)."""
     GraphView(model).prune_initializers()
+    model = infer_or_keep(model)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(f"the exported QDQ model is invalid (a ferroquant bug): {e}") from None
     return model
 
 
-def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool) -> onnx.ModelProto:
-    work, layers = _prepare(model, table)
-    em = _Emitter(work)
+def _place_layout(em: _Emitter, model: onnx.ModelProto, layout: Layout) -> None:
+    """The layout's other Q/DQ pairs and, with ``all_readers``, every reader rewired to the DQ outputs."""
+    made = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    for t, aq in layout.tensors.items():
+        if t in made:
+            _check_activation(aq, t)
+            _activation_pair(em, aq)
+    if not layout.all_readers:
+        return
+    own = {id(n) for pair in em.after.values() for n in pair}
+    for node in model.graph.node:
+        if id(node) in own:
+            continue
+        for i, t in enumerate(node.input):
+            if t in em.after:
+                node.input[i] = em.after[t][-1].output[0]
+
+
+def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool, layout: Optional[Layout] = None
+            ) -> onnx.ModelProto:
+    work, layers, sk = _prepare(model, table, layout.absorbed if layout is not None else ())
+    em = _Emitter(work, *((layout.unsigned, layout.signed_weight_bits) if layout is not None else ()))
     for ly in layers:
-        _rewrite_layer(em, ly, deploy)
+        _rewrite_layer(em, ly, deploy, layout)
+    if layout is not None:
+        _place_layout(em, work, layout)
+        for k, v in layout.metadata.items():
+            work.metadata_props.add(key=k, value=v)
     _reorder(em, work)
-    return _finish(work)
+    del em, layers  # no references into the graph while it is edited below (protobuf would copy them)
+    return _finish(reattach(sk, work, model))
 
 
-def export_fake_quant(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+def export_fake_quant(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None
+                      ) -> onnx.ModelProto:
     """The simulation model: float weights behind Q/DQ (NUQ: codes behind DQ), one Q/DQ pair per quantized
-    activation tensor, float biases. ``model`` is left unchanged; see the module docstring for the opsets."""
-    return _export(model, table, deploy=False)
+    activation tensor, float biases; with a deploy profile's ``layout``, its Q/DQ placement too, so the
+    simulation computes what the deploy model computes. ``model`` is left unchanged; see the module docstring
+    for the opsets."""
+    return _export(model, table, deploy=False, layout=layout)
 
 
-def export_deploy(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+def export_deploy(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None) -> onnx.ModelProto:
     """The deployment model: int8/int4 weight codes and int32 biases behind DequantizeLinear, one Q/DQ pair per
-    quantized activation tensor; float weights removed. ``model`` is left unchanged."""
-    return _export(model, table, deploy=True)
+    quantized activation tensor; float weights removed. Without ``layout`` the pairs are on the quantized layers'
+    inputs (AMCT's layout); a :class:`Layout` (a deploy profile's) adds its tensors. ``model`` is left
+    unchanged."""
+    return _export(model, table, deploy=True, layout=layout)
 
 
-__all__ = ["export_deploy", "export_fake_quant"]
+__all__ = ["Layout", "export_deploy", "export_fake_quant"]

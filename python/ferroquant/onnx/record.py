@@ -3,8 +3,10 @@
 Per layer (keyed by node name): ``op_type``, the layer's tensors (``activation``, ``weight``, ``bias``,
 ``axis``, ``groups``), the activation's ``tensor``, ``scale``, ``zero_point`` (AMCT's offset), ``bits``,
 ``algorithm``, ``clip_min``/``clip_max`` and free-form ``details``, and the weight's ``tensor``, ``scale`` and
-``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``. Integer
-codes are not written (they are in the deploy model). Floats are written by ``repr`` (shortest round-trip
+``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``; and, when the
+bias is quantized, the bias's ``tensor``, ``scale`` list (``s_in * s_w``), ``axis`` and ``bits`` (32). Integer
+codes are not written (they are in the deploy model). ``tensors`` lists the other activation tensors a deploy
+profile quantizes (layer outputs, residual Adds...) with the same fields as a layer's activation. Floats are written by ``repr`` (shortest round-trip
 form), so float32 scales read back bit for bit. :func:`read_record` validates the file and raises
 :class:`RecordError` (a :class:`~ferroquant.errors.ConfigError`) naming the layer and field at fault.
 """
@@ -19,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ferroquant.errors import ConfigError
-from ferroquant.onnx.layers import LayerQuant, QuantTable
+from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable
 
 FORMAT = "ferroquant-quant-record"
 VERSION = 1
@@ -54,21 +56,49 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
               "axis": wq.axis, "bits": int(wq.bits), "algorithm": wq.algorithm}
     if wq.levels is not None:
         weight["levels"] = [int(v) for v in np.asarray(wq.levels).ravel()]
-    return {
+    entry = {
         "op_type": layer.op_type,
         "layer": {"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
                   "axis": layer.axis, "groups": layer.groups},
-        "activation": {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point),
-                       "bits": int(aq.bits), "algorithm": aq.algorithm, "clip_min": float(aq.clip_min),
-                       "clip_max": float(aq.clip_max), "details": _plain(aq.details, f"{layer.name}.details")},
+        "activation": _activation_entry(aq, layer.name),
         "weight": weight,
     }
+    if lq.bias is not None:
+        entry["bias"] = {"tensor": lq.bias.tensor,
+                         "scale": [float(s) for s in np.asarray(lq.bias.scale, np.float32).ravel()],
+                         "axis": lq.bias.axis, "bits": 32}
+    return entry
+
+
+def _activation_entry(aq: ActivationQuant, where: str) -> Dict[str, Any]:
+    return {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point), "bits": int(aq.bits),
+            "algorithm": aq.algorithm, "clip_min": float(aq.clip_min), "clip_max": float(aq.clip_max),
+            "details": _plain(aq.details, f"{where}.details")}
 
 
 def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The record of ``table`` as plain JSON data (what :func:`write_record` writes)."""
     layers = {name: _plain(_layer_entry(lq), name) for name, lq in table.layers.items()}
-    return {"format": FORMAT, "version": VERSION, "layers": layers, "extra": _plain(dict(extra or {}), "extra")}
+    out = {"format": FORMAT, "version": VERSION, "layers": layers}
+    if table.tensors:
+        out["tensors"] = {t: _plain(_activation_entry(aq, t), t) for t, aq in table.tensors.items()}
+    out["extra"] = _plain(dict(extra or {}), "extra")
+    return out
+
+
+def dumps(value: Any, indent: str = "") -> str:
+    """JSON with objects indented one space a level and lists of numbers on one line (a per-channel scale list is
+    one line, not one line per channel: a third of the size, and written in a third of the time)."""
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        inner = indent + " "
+        items = (f"{inner}{json.dumps(str(k))}: {dumps(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and value and not all(isinstance(v, (int, float)) for v in value):
+        inner = indent + " "
+        return "[\n" + ",\n".join(inner + dumps(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False)
 
 
 def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Path:
@@ -76,7 +106,7 @@ def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str,
     path = Path(path)
     data = record_dict(table, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(dumps(data) + "\n", encoding="utf-8")
     return path
 
 
@@ -133,6 +163,17 @@ def _check_weight(entry: Mapping[str, Any], where: str) -> None:
         raise RecordError(f"{where}.levels: expected a list of integers")
 
 
+def _check_bias(entry: Mapping[str, Any], where: str) -> None:
+    _field(entry, "tensor", str, where)
+    scales = _field(entry, "scale", list, where)
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not (math.isfinite(s) and s > 0):
+            raise RecordError(f"{where}.scale: {s!r} is not a finite number > 0")
+    axis = entry.get("axis")
+    if axis is not None and (isinstance(axis, bool) or not isinstance(axis, int)):
+        raise RecordError(f"{where}.axis: expected an integer or null, got {axis!r}")
+
+
 def _check_layer(name: str, entry: Any) -> None:
     _field(entry, "op_type", str, name)
     layer = _field(entry, "layer", dict, name)
@@ -142,6 +183,8 @@ def _check_layer(name: str, entry: Any) -> None:
     _field(layer, "groups", int, f"{name}.layer")
     _check_activation(_field(entry, "activation", dict, name), f"{name}.activation")
     _check_weight(_field(entry, "weight", dict, name), f"{name}.weight")
+    if entry.get("bias") is not None:
+        _check_bias(_field(entry, "bias", dict, name), f"{name}.bias")
 
 
 def read_record(path: PathLike) -> Dict[str, Any]:
@@ -161,6 +204,8 @@ def read_record(path: PathLike) -> Dict[str, Any]:
     layers = _field(data, "layers", dict, str(path))
     for name, entry in layers.items():
         _check_layer(name, entry)
+    for name, entry in data.get("tensors", {}).items():
+        _check_activation(entry, f"tensors.{name}")
     if not isinstance(data.get("extra", {}), dict):
         raise RecordError(f"{path}: 'extra' must be an object")
     return data

@@ -1,11 +1,13 @@
-"""NumPy twins of every native kernel. Each one specifies its Rust counterpart (named in its docstring); the
-tests check that the two agree. Slow on purpose: clarity first, vectorized where that stays readable."""
+"""NumPy twins of every native kernel. Each one specifies its Rust counterpart (named in its docstring) and has
+the signature and result types of its :mod:`ferroquant.ops` counterpart (less ``name``), so
+``ferroquant.ops.backend("reference")`` stands in for the native kernels; the tests check that the two agree.
+Slow on purpose: clarity first, vectorized where that stays readable."""
 
 from ferroquant.reference.affine import dequantize, fake_quant, quantize
 from ferroquant.reference.arq import arq
 from ferroquant.reference.baselines import fold_abs, kl_divergences, kl_search, percentile_clip
-from ferroquant.reference.hfmg import hfmg_candidates, hfmg_losses, hfmg_search
-from ferroquant.reference.histogram import histogram_build, histogram_merge, histogram_observe
+from ferroquant.reference.hfmg import hfmg_candidates, hfmg_losses, hfmg_search, hfmg_search_many
+from ferroquant.reference.histogram import histogram_build, histogram_merge, histogram_observe, histogram_observe_many
 from ferroquant.reference.ifmr import histogram_init, ifmr, ifmr_histogram, percentile_init
 from ferroquant.reference.metrics import compare
 from ferroquant.reference.nuq import nuq, select_levels
@@ -22,10 +24,12 @@ __all__ = [
     "hfmg_candidates",
     "hfmg_losses",
     "hfmg_search",
+    "hfmg_search_many",
     "histogram_build",
     "histogram_init",
     "histogram_merge",
     "histogram_observe",
+    "histogram_observe_many",
     "ifmr",
     "ifmr_histogram",
     "kl_divergences",

@@ -6,15 +6,15 @@ from typing import Optional
 
 import numpy as np
 
-from ferroquant.errors import AxisError, BitsError, EmptyInputError, NonFiniteError
+from ferroquant._arrays import check_bits
+from ferroquant.errors import AxisError, EmptyInputError, NonFiniteError
 
 FLT_EPSILON = np.float32(np.finfo(np.float32).eps)
 
 
 def qrange(bits: int) -> tuple[int, int]:
-    if not 2 <= bits <= 16:
-        raise BitsError(f"bits must be in [2, 16], got {bits}")
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    b = check_bits(bits)
+    return -(1 << (b - 1)), (1 << (b - 1)) - 1
 
 
 def check_finite(x: np.ndarray) -> None:

@@ -6,15 +6,16 @@ from typing import Optional
 
 import numpy as np
 
-from ferroquant.errors import NonFiniteError, ScaleError, ShapeError, ZeroPointError
+from ferroquant._arrays import opt_axis, per_channel
+from ferroquant.errors import DTypeError, NonFiniteError, ParameterError, ScaleError, ShapeError, ZeroPointError
 from ferroquant.reference._common import broadcast_shape, channels_first, qrange
 
 
 def _grid(x: np.ndarray, scale, zero_point, bits: int, axis: Optional[int]):
     qmin, qmax = qrange(bits)
     channels = channels_first(x, axis).shape[0] if x.size or axis is not None else 1
-    s = np.atleast_1d(np.asarray(scale, np.float32)).reshape(-1)
-    z = np.atleast_1d(np.asarray(zero_point, np.int32)).reshape(-1)
+    s = per_channel(scale, np.float32, "scale")
+    z = per_channel(zero_point, np.int32, "zero_point")
     if z.size == 1 and s.size > 1:
         z = np.full(s.shape, z[0], np.int32)
     if s.size != channels or z.size != channels:
@@ -42,20 +43,27 @@ def _codes(x: np.ndarray, s: np.ndarray, z: np.ndarray, qmin: int, qmax: int) ->
 
 def quantize(x, scale, zero_point=0, bits: int = 8, axis: Optional[int] = None) -> np.ndarray:
     """Specifies affine.rs::quantize: int8 for bits <= 8, int16 above."""
-    x = np.asarray(x, np.float32)
+    x, axis = np.asarray(x, np.float32), opt_axis(axis)
     s, z, qmin, qmax = _grid(x, scale, zero_point, bits, axis)
     return _codes(x, s, z, qmin, qmax).astype(np.int8 if bits <= 8 else np.int16)
 
 
 def dequantize(q, scale, zero_point=0, bits: int = 8, axis: Optional[int] = None) -> np.ndarray:
-    """Specifies affine.rs::dequantize."""
+    """Specifies affine.rs::dequantize: every code must lie in ``[qmin, qmax]`` of ``bits``."""
     q = np.asarray(q)
-    s, z, _, _ = _grid(q, scale, zero_point, bits, axis)
+    if q.dtype not in (np.int8, np.int16, np.int32):
+        raise DTypeError(f"q must be int8, int16 or int32, got {q.dtype}")
+    s, z, qmin, qmax = _grid(q, scale, zero_point, bits, opt_axis(axis))
+    flat = q.reshape(-1)
+    bad = np.flatnonzero((flat < qmin) | (flat > qmax))
+    if bad.size:
+        raise ParameterError(f"invalid parameter q: code {flat[bad[0]]} at flat index {bad[0]} is outside "
+                             f"[{qmin}, {qmax}] for {bits} bits")
     return (q.astype(np.float32) - z.astype(np.float32)) * s
 
 
 def fake_quant(x, scale, zero_point=0, bits: int = 8, axis: Optional[int] = None) -> np.ndarray:
     """Specifies affine.rs::fake_quant."""
-    x = np.asarray(x, np.float32)
+    x, axis = np.asarray(x, np.float32), opt_axis(axis)
     s, z, qmin, qmax = _grid(x, scale, zero_point, bits, axis)
     return (_codes(x, s, z, qmin, qmax) - z.astype(np.float32)) * s

@@ -8,17 +8,18 @@ import numpy as np
 from ferroquant.errors import EmptyInputError, ParameterError
 from ferroquant.reference._common import qrange
 from ferroquant.reference.histogram import Grid, _check_state
-from ferroquant.reference.qparams import qparams_from_range
+from ferroquant.ops.types import Clip, Histogram
+from ferroquant.reference.qparams import from_range
 
 KL_EPS = 1e-4
 
 
-def _clip(lo_c: float, hi_c: float, lo: float, hi: float, bits: int, symmetric: bool) -> tuple[float, float, float, int]:
+def _clip(lo_c: float, hi_c: float, lo: float, hi: float, bits: int, symmetric: bool, loss=None) -> Clip:
     f32 = np.float32
     cmin = min(max(f32(lo_c), f32(lo)), f32(hi))
     cmax = min(max(f32(hi_c), f32(lo)), f32(hi))
-    s, z = qparams_from_range(cmin, cmax, bits, symmetric)
-    return float(cmin), float(cmax), float(s), int(z)
+    s, z = from_range(cmin, cmax, bits, symmetric)
+    return Clip(float(cmin), float(cmax), float(s), int(z), None if loss is None else float(loss))
 
 
 def _add_intervals(counts: np.ndarray, width: float, u: np.ndarray, v: np.ndarray, c: np.ndarray) -> None:
@@ -64,14 +65,12 @@ def _first_reaching(counts: np.ndarray, target: float) -> int:
     return int(hit[0]) if hit.size else counts.size - 1
 
 
-def percentile_clip(
-    counts: np.ndarray, lo: float, hi: float, percentile: float = 99.999, bits: int = 8, symmetric: bool = True
-) -> tuple[float, float, float, int]:
-    """Specifies baselines.rs::percentile: (clip_min, clip_max, scale, zero_point)."""
+def percentile_clip(hist: Histogram, percentile: float = 0.99999, bits: int = 8, symmetric: bool = True) -> Clip:
+    """Specifies baselines.rs::percentile (``percentile`` a fraction in (0, 1])."""
     qrange(bits)
-    if not 0.0 < percentile <= 100.0:
-        raise ParameterError(f"invalid parameter percentile: must be in (0, 100], got {percentile}")
-    counts = _check_state(counts, lo, hi)
+    if not 0.0 < percentile <= 1.0:
+        raise ParameterError(f"invalid parameter percentile: must be a fraction in (0, 1], got {percentile}")
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     if not counts.any():
         raise EmptyInputError("input is empty: histogram holds no counts")
     g = Grid(lo, hi, counts.size)
@@ -80,10 +79,10 @@ def percentile_clip(
     total = float(counts.sum(dtype=np.uint64))
     if symmetric:
         start, width, a = fold_abs(counts, lo, hi)
-        j = _first_reaching(a, percentile / 100.0 * total)
+        j = _first_reaching(a, percentile * total)
         t = np.float32(start + (j + 1) * width)
         return _clip(-t, t, lo, hi, bits, symmetric)
-    cut = (100.0 - percentile) / 200.0
+    cut = (1.0 - percentile) / 2.0
     left = _first_reaching(counts, cut * total)
     right = _first_reaching(counts, (1.0 - cut) * total)
     return _clip(np.float32(g.edge(left)), np.float32(g.edge(right + 1)), lo, hi, bits, symmetric)
@@ -122,29 +121,33 @@ def kl_candidate(counts: np.ndarray, i: int, nq: int, outliers: int) -> float:
     return float(np.cumsum(pk * np.log(pk / qk))[-1])
 
 
-def kl_divergences(counts: np.ndarray, lo: float, hi: float, num_quantized_bins: int = 128) -> np.ndarray:
+KL_MAX_BINS = 1 << 13
+
+
+def kl_divergences(hist: Histogram, num_quantized_bins: int = 128) -> np.ndarray:
     """Specifies baselines.rs::kl_divergences (on the folded |x| histogram), candidates ``nq..=n``."""
-    counts = _check_state(counts, lo, hi)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     _, _, a = fold_abs(counts, lo, hi)
     n, nq = a.size, num_quantized_bins
     if not 2 <= nq <= n:
         raise ParameterError(f"invalid parameter num_quantized_bins: must be in [2, nbins = {n}], got {nq}")
+    if n > KL_MAX_BINS:
+        raise ParameterError(f"invalid parameter nbins: the KL search takes at most {KL_MAX_BINS} bins (it is "
+                             f"quadratic), got {n}")
     suffix = np.concatenate([np.cumsum(a[::-1], dtype=np.uint64)[::-1], [0]]).astype(np.uint64)
     return np.array([kl_candidate(a, i, nq, int(suffix[i])) for i in range(nq, n + 1)])
 
 
-def kl_search(
-    counts: np.ndarray, lo: float, hi: float, bits: int = 8, symmetric: bool = True, num_quantized_bins: int = 128
-) -> tuple[float, float, float, int, float]:
-    """Specifies baselines.rs::kl: (clip_min, clip_max, scale, zero_point, kl)."""
+def kl_search(hist: Histogram, bits: int = 8, symmetric: bool = True, num_quantized_bins: int = 128) -> Clip:
+    """Specifies baselines.rs::kl: the clip with the KL divergence as its loss."""
     qrange(bits)
-    counts = _check_state(counts, lo, hi)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     if not counts.any():
         raise EmptyInputError("input is empty: histogram holds no counts")
     if Grid(lo, hi, counts.size).constant:
-        return (*_clip(lo, hi, lo, hi, bits, symmetric), float("nan"))
+        return _clip(lo, hi, lo, hi, bits, symmetric)
     start, width, _ = fold_abs(counts, lo, hi)
-    kls = kl_divergences(counts, lo, hi, num_quantized_bins)
+    kls = kl_divergences(hist, num_quantized_bins)
     best = int(np.argmin(kls))
     t = np.float32(start + (best + num_quantized_bins) * width)
-    return (*_clip(-t, t, lo, hi, bits, symmetric), float(kls[best]))
+    return _clip(-t, t, lo, hi, bits, symmetric, kls[best])

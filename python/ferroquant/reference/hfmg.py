@@ -1,25 +1,37 @@
-"""Specifies rust/ferroquant-core/src/histogram/hfmg.rs (spec §4.2, §4.3).
+"""Specifies rust/ferroquant-core/src/histogram/hfmg/ (spec §4.2, §4.3).
 
-Losses are summed over the source bins in order (``np.cumsum``, which accumulates sequentially), with the same
-float64 operations as the Rust code, so the chosen candidate is the same.
+Candidates are ranked by their loss from prefix sums (:mod:`._hfmg_sums`, the same bits as the native ones);
+two candidates within ``tie_tol`` of each other are ranked by their direct losses (:mod:`._hfmg_direct`), so
+every choice and the reported loss are those of the direct search. The comparisons are made in the same order
+as in the Rust code (rank.rs), so the choices are the same.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
 import numpy as np
 
 from ferroquant.errors import EmptyInputError
+from ferroquant.ops.types import HfmgSearch, Histogram
 from ferroquant.reference._common import qrange
-from ferroquant.reference.histogram import EPS, Grid, _check_state
-from ferroquant.reference.qparams import qparams_from_range
+from ferroquant.reference._hfmg_direct import REFINE_ROUNDS, REFINE_STRIDE, direct_losses, search_direct
+from ferroquant.reference._hfmg_sums import fast_loss
+from ferroquant.reference.histogram import Grid, _check_state
+from ferroquant.reference.qparams import from_range
 
 STEP_DIVISOR = 100_000
 MIN_BIN_RATIO = 4
-_BLOCK = 64  # candidates per vectorized block
 
 
-def hfmg_candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hfmg_candidates(hist: Histogram) -> tuple[np.ndarray, np.ndarray]:
     """Specifies hfmg.rs::candidates: AMCT's trimming walk; (left, right) arrays."""
+    return _candidates(hist.counts)
+
+
+def _candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = [int(v) for v in np.asarray(counts, np.uint64)]
     n = len(c)
     step = max(-(-sum(c) // STEP_DIVISOR), 1)
@@ -44,40 +56,96 @@ def hfmg_candidates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[:, 0].copy(), a[:, 1].copy()
 
 
-def _norm(rho: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return rho * (v * v * v - u * u * u) / 3.0
+def tie_tol(nbins: int) -> float:
+    """Specifies rank.rs::tie_tol."""
+    return float(8 * nbins + 1024) * float(np.finfo(np.float64).eps)
 
 
-def _block_losses(counts: np.ndarray, w: float, left: np.ndarray, right: np.ndarray, dst: int) -> np.ndarray:
-    dw = (w * (right - left + 1) / dst)[:, None]
-    last = float(dst - 1)
-    k = np.arange(counts.size, dtype=np.int64)[None, :]
-    beg = (k - left[:, None]).astype(np.float64) * w
-    end = beg + w
-    with np.errstate(all="ignore"):  # w == 0 only when dw == 0 too: the loss is then 0
-        rho = (counts.astype(np.float64) / w)[None, :]
-        d0 = np.clip(beg / dw, 0.0, last).astype(np.int64)
-        d1 = np.clip(end / dw, 0.0, last).astype(np.int64)
-        c0 = (d0 + 0.5) * dw
-        c1 = (d1 + 0.5) * dw
-        half = dw / 2.0
-        mid_norm = dw * dw * dw / 12.0
-        same = _norm(rho, beg - c0, end - c0)
-        mid = (d1 - d0 - 1).astype(np.float64)
-        diff = _norm(rho, beg - c0, half) + mid * rho * mid_norm + _norm(rho, -half, end - c1)
-        terms = np.where(d0 == d1, same, diff)
-    total = np.cumsum(terms, axis=1)[:, -1]
-    return np.where(dw[:, 0] >= EPS, total, 0.0)
+@dataclass
+class _Score:
+    pair: tuple
+    fast: float
+    exact: Optional[float] = None
 
 
-def hfmg_losses(counts: np.ndarray, lo: float, hi: float, bits: int = 8) -> np.ndarray:
-    """Specifies hfmg.rs::losses: the L2 loss of every candidate, in candidate order."""
+class _Ranker:
+    """Specifies rank.rs::Ranker."""
+
+    def __init__(self, counts: np.ndarray, w: float, bits: int) -> None:
+        self.counts, self.w, self.dst = counts, w, 1 << bits
+        self.fast = fast_loss(counts, w, bits)
+        self.tol = tie_tol(counts.size)
+
+    def exact(self, s: _Score) -> float:
+        if s.exact is None:
+            s.exact = float(direct_losses(self.counts, self.w, [s.pair[0]], [s.pair[1]], self.dst)[0])
+        return s.exact
+
+    def score(self, pairs: list) -> list:
+        a = np.array(pairs, np.int64).reshape(-1, 2)
+        if self.fast is None:
+            v = direct_losses(self.counts, self.w, a[:, 0], a[:, 1], self.dst)
+            return [_Score(p, float(x), float(x)) for p, x in zip(pairs, v)]
+        with np.errstate(all="ignore"):
+            v = np.concatenate([self.fast.losses(a[s : s + 64, 0], a[s : s + 64, 1]) for s in range(0, len(a), 64)])
+        return [_Score(p, float(x)) for p, x in zip(pairs, v)]
+
+    def less(self, a: _Score, b: _Score) -> bool:
+        if a.pair == b.pair:
+            return False  # the same candidate: the same loss
+        if a.exact is not None and b.exact is not None:
+            return a.exact < b.exact
+        x, y = a.fast, b.fast
+        if math.isfinite(x) and math.isfinite(y) and abs(x - y) > self.tol * max(abs(x), abs(y)):
+            return x < y
+        return self.exact(a) < self.exact(b)
+
+    def argmin(self, scores: list) -> Optional[tuple]:
+        best = None
+        for i, x in enumerate(scores):
+            better = best is None or self.less(x, best[1])
+            if better and not (math.isnan(x.fast) and math.isnan(self.exact(x))):
+                best = (i, x)
+        return best
+
+    def scan(self, lo: int, hi: int, at, pair) -> _Score:
+        def pick(vals: list) -> tuple:
+            scores = self.score([pair(b) for b in vals])
+            i, s = self.argmin(scores) or (0, scores[0])
+            return vals[i], s
+
+        if at is None:
+            coarse = list(range(lo, hi + 1, REFINE_STRIDE))
+            if coarse[-1] != hi:
+                coarse.append(hi)
+            at, _ = pick(coarse)
+        return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))[1]
+
+    def refine(self, start: _Score) -> tuple:
+        n = self.counts.size
+        best = start
+        for rnd in range(REFINE_ROUNDS):
+            moved = False
+            l, r = best.pair
+            up = self.scan(l, n - 1, r if rnd else None, lambda b: (l, b))
+            if self.less(up, best):
+                best, moved = up, True
+            l, r = best.pair
+            down = self.scan(0, r, l if rnd else None, lambda b: (b, r))
+            if self.less(down, best):
+                best, moved = down, True
+            if not moved:
+                break
+        return best, best.pair != start.pair
+
+
+def hfmg_losses(hist: Histogram, bits: int = 8) -> np.ndarray:
+    """Specifies hfmg.rs::losses: the loss of every candidate, in candidate order (from prefix sums)."""
     qrange(bits)
-    counts = _check_state(counts, lo, hi)
-    w = Grid(lo, hi, counts.size).width
-    left, right = hfmg_candidates(counts)
-    out = [_block_losses(counts, w, left[s : s + _BLOCK], right[s : s + _BLOCK], 1 << bits) for s in range(0, left.size, _BLOCK)]
-    return np.concatenate(out)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
+    left, right = _candidates(counts)
+    r = _Ranker(counts, Grid(lo, hi, counts.size).width, bits)
+    return np.array([s.fast for s in r.score(list(zip(left.tolist(), right.tolist())))], np.float64)
 
 
 def edge_f32(lo: float, hi: float, n: int, k: int) -> np.float32:
@@ -86,65 +154,33 @@ def edge_f32(lo: float, hi: float, n: int, k: int) -> np.float32:
     return min(max(e, np.float32(lo)), np.float32(hi))
 
 
-REFINE_STRIDE = 16
-REFINE_ROUNDS = 4
-
-
-def _pair_losses(counts: np.ndarray, w: float, pairs: list, dst: int) -> np.ndarray:
-    a = np.array(pairs, np.int64).reshape(-1, 2)
-    return np.concatenate([_block_losses(counts, w, a[s : s + _BLOCK, 0], a[s : s + _BLOCK, 1], dst)
-                           for s in range(0, len(a), _BLOCK)])
-
-
-def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair) -> tuple[int, float]:
-    """Specifies hfmg.rs::scan: wide (``at`` None: every REFINE_STRIDE-th value and hi, then within a stride of
-    the winner) or local (within a stride of ``at``)."""
-
-    def pick(vals: list) -> tuple[int, float]:
-        ls = _pair_losses(counts, w, [pair(b) for b in vals], dst)
-        i = int(np.argmin(ls))
-        return vals[i], float(ls[i])
-
-    if at is None:
-        coarse = list(range(lo, hi + 1, REFINE_STRIDE))
-        if coarse[-1] != hi:
-            coarse.append(hi)
-        at, _ = pick(coarse)
-    return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))
-
-
-def hfmg_refine(counts: np.ndarray, w: float, dst: int, l0: int, r0: int, loss0: float) -> tuple[int, int, float, bool]:
-    """Specifies hfmg.rs::refine: coordinate scans of the upper then the lower bound, strict improvements only."""
-    n = counts.size
-    l, r, best = l0, r0, loss0
-    for rnd in range(REFINE_ROUNDS):
-        moved = False
-        rr, lr = _scan(counts, w, dst, l, n - 1, r if rnd else None, lambda b: (l, b))
-        if lr < best:
-            r, best, moved = rr, lr, True
-        ll, lloss = _scan(counts, w, dst, 0, r, l if rnd else None, lambda b: (b, r))
-        if lloss < best:
-            l, best, moved = ll, lloss, True
-        if not moved:
-            break
-    return l, r, best, (l, r) != (l0, r0)
-
-
-def hfmg_search(
-    counts: np.ndarray, lo: float, hi: float, bits: int = 8, symmetric: bool = False, refine: bool = True
-) -> tuple[float, float, float, int, float, int, bool]:
-    """Specifies hfmg.rs::search: (clip_min, clip_max, scale, zero_point, loss, candidate index, refined)."""
+def hfmg_search(hist: Histogram, bits: int = 8, symmetric: bool = False, refine: bool = True) -> HfmgSearch:
+    """Specifies hfmg.rs::search."""
     qrange(bits)
-    counts = _check_state(counts, lo, hi)
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     if not counts.any():
         raise EmptyInputError("input is empty: histogram holds no counts")
-    losses = hfmg_losses(counts, lo, hi, bits)
-    i = int(np.argmin(losses))
-    left, right = hfmg_candidates(counts)
-    l, r, loss, moved = int(left[i]), int(right[i]), float(losses[i]), False
+    left, right = _candidates(counts)
+    rk = _Ranker(counts, Grid(lo, hi, counts.size).width, bits)
+    i, best = rk.argmin(rk.score(list(zip(left.tolist(), right.tolist()))))
+    moved = False
     if refine:
-        w = Grid(lo, hi, counts.size).width
-        l, r, loss, moved = hfmg_refine(counts, w, 1 << bits, l, r, loss)
+        best, moved = rk.refine(best)
+    loss = rk.exact(best)
+    l, r = best.pair
     cmin, cmax = edge_f32(lo, hi, counts.size, l), edge_f32(lo, hi, counts.size, r + 1)
-    s, z = qparams_from_range(cmin, cmax, bits, symmetric)
-    return float(cmin), float(cmax), float(s), int(z), loss, i, moved
+    s, z = from_range(cmin, cmax, bits, symmetric)
+    return HfmgSearch(float(cmin), float(cmax), float(s), int(z), loss, i, moved, l, r)
+
+
+def hfmg_search_many(hists: Sequence[Histogram], bits: int = 8, symmetric: bool = False,
+                     refine: bool = True) -> List[HfmgSearch]:
+    """Specifies hfmg.rs::search_many: one ``hfmg_search`` per histogram, in order."""
+    return [hfmg_search(h, bits, symmetric, refine) for h in hists]
+
+
+def _hfmg_search_direct(hist: Histogram, bits: int = 8, refine: bool = True):
+    """The tests' oracle: ``(candidate index, left, right, loss, moved)`` of the direct search."""
+    counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
+    left, right = _candidates(counts)
+    return search_direct(counts, Grid(lo, hi, counts.size).width, bits, refine, left, right)

@@ -7,11 +7,12 @@ FLT_EPSILON (constant data) put everything in bin ``nbins // 2``. Counts are ide
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError, ShapeError
+from ferroquant.ops.types import Histogram
 from ferroquant.reference._common import FLT_EPSILON
 
 MAX_BINS = 1 << 20
@@ -86,7 +87,7 @@ def _rebin_into(src: np.ndarray, lo: float, hi: float, g: Grid, hi_new: float, d
     np.add.at(dst, j, c - ci)
 
 
-def histogram_build(x: np.ndarray, nbins: int = 4096, drop_nonfinite: bool = False) -> tuple[np.ndarray, float, float]:
+def histogram_build(x: np.ndarray, nbins: int = 4096, drop_nonfinite: bool = False) -> Histogram:
     """Specifies histogram.rs::Histogram::build."""
     check_nbins(nbins)
     r = batch_range(x, drop_nonfinite)
@@ -94,7 +95,7 @@ def histogram_build(x: np.ndarray, nbins: int = 4096, drop_nonfinite: bool = Fal
         raise EmptyInputError("input is empty: no finite value to build a histogram from")
     counts = np.zeros(nbins, np.uint64)
     _add_batch(x, Grid(r[0], r[1], nbins), drop_nonfinite, counts)
-    return counts, float(r[0]), float(r[1])
+    return Histogram(counts, float(r[0]), float(r[1]))
 
 
 def _check_state(counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -110,35 +111,38 @@ def _check_state(counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def histogram_observe(
-    counts: Optional[np.ndarray],
-    lo: float,
-    hi: float,
-    x: np.ndarray,
-    nbins: Optional[int] = None,
-    drop_nonfinite: bool = False,
-) -> tuple[np.ndarray, float, float]:
-    """Specifies histogram.rs::Histogram::observe (and ``build`` when ``counts`` is None)."""
-    if counts is None:
+    hist: Optional[Histogram], x: np.ndarray, nbins: Optional[int] = None, drop_nonfinite: bool = False
+) -> Histogram:
+    """Specifies histogram.rs::Histogram::observe (and ``build`` when ``hist`` is None)."""
+    if hist is None:
         return histogram_build(x, 4096 if nbins is None else nbins, drop_nonfinite)
-    if nbins is not None and nbins != np.asarray(counts).size:
-        raise ShapeError(f"shape mismatch for counts (nbins): expected {nbins}, got {np.asarray(counts).size}")
-    lo, hi = float(np.float32(lo)), float(np.float32(hi))
+    counts = hist.counts
+    if nbins is not None and nbins != counts.size:
+        raise ShapeError(f"shape mismatch for counts (nbins): expected {nbins}, got {counts.size}")
+    lo, hi = float(np.float32(hist.lo)), float(np.float32(hist.hi))
     counts = _check_state(counts, lo, hi)
     r = batch_range(x, drop_nonfinite)
     if r is None:
-        return counts.copy(), lo, hi
+        return Histogram(counts.copy(), lo, hi)
     new_lo, new_hi = min(lo, float(r[0])), max(hi, float(r[1]))
     g = Grid(new_lo, new_hi, counts.size)
     out = np.zeros(counts.size, np.uint64)
     _rebin_into(counts, lo, hi, g, new_hi, out)
     _add_batch(x, g, drop_nonfinite, out)
-    return out, new_lo, new_hi
+    return Histogram(out, new_lo, new_hi)
 
 
-def histogram_merge(
-    counts1: np.ndarray, lo1: float, hi1: float, counts2: np.ndarray, lo2: float, hi2: float
-) -> tuple[np.ndarray, float, float]:
+def histogram_observe_many(hists: Sequence[Optional[Histogram]], xs: Sequence[np.ndarray],
+                           nbins: Optional[int] = None, drop_nonfinite: bool = False) -> List[Histogram]:
+    """Specifies the binding's ``histogram_observe_many``: one ``histogram_observe`` per pair, in order."""
+    if len(hists) != len(xs):
+        raise ShapeError(f"shape mismatch for batches (one per histogram): expected {len(hists)}, got {len(xs)}")
+    return [histogram_observe(h, x, nbins, drop_nonfinite) for h, x in zip(hists, xs)]
+
+
+def histogram_merge(a: Histogram, b: Histogram) -> Histogram:
     """Specifies histogram.rs::Histogram::merge: both sides re-binned onto the union of the ranges."""
+    counts1, lo1, hi1, counts2, lo2, hi2 = a.counts, a.lo, a.hi, b.counts, b.lo, b.hi
     c1, c2 = _check_state(counts1, lo1, hi1), _check_state(counts2, lo2, hi2)
     if c1.size != c2.size:
         raise ShapeError(f"shape mismatch for nbins of merged histogram: expected {c1.size}, got {c2.size}")
@@ -149,4 +153,4 @@ def histogram_merge(
     out = np.zeros(c1.size, np.uint64)
     _rebin_into(c1, lo1, hi1, g, hi, out)
     _rebin_into(c2, lo2, hi2, g, hi, out)
-    return out, lo, hi
+    return Histogram(out, lo, hi)

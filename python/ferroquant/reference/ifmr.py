@@ -13,8 +13,9 @@ from typing import Optional
 import numpy as np
 
 from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError
+from ferroquant.ops.types import Histogram, IfmrOptions, IfmrResult
 from ferroquant.reference._common import FLT_EPSILON, check_finite, qrange
-from ferroquant.reference.qparams import guard, qparams_from_range
+from ferroquant.reference.qparams import from_range, guard
 
 f32 = np.float32
 CHUNK = 1 << 15
@@ -183,7 +184,7 @@ def _walk(losses, make, pick: dict, start, step, direction: int) -> bool:
                 return moved
 
 
-def _search(losses, max0, min0, bits, symmetric, start, end, step, search_extend, search_2d) -> dict:
+def _search(losses, max0, min0, bits, symmetric, start, end, step, search_extend, search_2d) -> IfmrResult:
     """Specifies ifmr/mod.rs::search_from."""
     qmin, qmax = qrange(bits)
     if symmetric:
@@ -219,44 +220,45 @@ def _search(losses, max0, min0, bits, symmetric, start, end, step, search_extend
     if symmetric:
         scale, zp = f32(s), 0
     else:
-        scale, zp = qparams_from_range(lo, hi, bits, False)
+        scale, zp = from_range(lo, hi, bits, False)
     index = pick["index"]
     extension = index if index < 0 else max(index - (n - 1), 0)
-    return dict(
+    return IfmrResult(
         scale=float(scale), zero_point=int(zp),
         clip_min=float(f32(scale) * f32(qmin - zp)), clip_max=float(f32(scale) * f32(qmax - zp)),
         max_init=float(max0), min_init=float(min0), bound=bound,
-        ratio=start + index * step, index=index,
-        ratio_min=None if index_min is None else start + index_min * step, index_min=index_min,
-        extended=extension != 0, extension=extension, candidates=pick["candidates"], window=n,
-        loss=pick["loss"], search_extend=search_extend, search_2d=search_2d,
+        ratio=float(start + index * step), index=int(index),
+        ratio_min=None if index_min is None else float(start + index_min * step),
+        index_min=None if index_min is None else int(index_min),
+        extended=extension != 0, extension=int(extension), candidates=int(pick["candidates"]), window=n,
+        loss=float(pick["loss"]), search_extend=search_extend, search_2d=search_2d,
     )
 
 
-def ifmr(x, bits: int = 8, symmetric: bool = False, max_percentile: float = 0.999999,
-         min_percentile: float = 0.999999, search_start: float = 0.7, search_end: float = 1.3,
-         search_step: float = 0.01, search_extend: bool = True, search_2d: bool = False) -> dict:
-    """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr. Returns the same dict as ``_native.ifmr``."""
-    _validate(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step, search_2d)
+def ifmr(x, options: IfmrOptions = IfmrOptions()) -> IfmrResult:
+    """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr."""
+    o = options
+    _validate(o.bits, o.symmetric, o.max_percentile, o.min_percentile, o.search_start, o.search_end,
+              o.search_step, o.search_2d)
     x = np.asarray(x, np.float32).reshape(-1)
-    max0, min0 = percentile_init(x, max_percentile, min_percentile)
-    return _search(lambda c: data_losses(x, c), max0, min0, bits, symmetric, search_start, search_end,
-                   search_step, search_extend, search_2d)
+    max0, min0 = percentile_init(x, o.max_percentile, o.min_percentile)
+    return _search(lambda c: data_losses(x, c), max0, min0, o.bits, o.symmetric, o.search_start, o.search_end,
+                   o.search_step, o.search_extend, o.search_2d)
 
 
-def ifmr_histogram(counts, lo: float, hi: float, x=None, bits: int = 8, symmetric: bool = False,
-                   max_percentile: float = 0.999999, min_percentile: float = 0.999999,
-                   search_start: float = 0.7, search_end: float = 1.3, search_step: float = 0.01,
-                   search_extend: bool = True, search_2d: bool = False) -> dict:
+def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()) -> IfmrResult:
     """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr_histogram (losses on ``x`` when given)."""
-    _validate(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step, search_2d)
-    c = _check_histogram(counts, lo, hi)
-    max0, min0 = histogram_init(c, lo, hi, max_percentile, min_percentile)
+    o = options
+    _validate(o.bits, o.symmetric, o.max_percentile, o.min_percentile, o.search_start, o.search_end,
+              o.search_step, o.search_2d)
+    lo, hi = hist.lo, hist.hi
+    c = _check_histogram(hist.counts, lo, hi)
+    max0, min0 = histogram_init(c, lo, hi, o.max_percentile, o.min_percentile)
     if x is not None:
         x = np.asarray(x, np.float32).reshape(-1)
         check_finite(x)
         losses = lambda cs: data_losses(x, cs)  # noqa: E731
     else:
         losses = lambda cs: hist_losses(c, lo, hi, cs)  # noqa: E731
-    return _search(losses, max0, min0, bits, symmetric, search_start, search_end, search_step,
-                   search_extend, search_2d)
+    return _search(losses, max0, min0, o.bits, o.symmetric, o.search_start, o.search_end, o.search_step,
+                   o.search_extend, o.search_2d)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ferroquant.errors import EmptyInputError, NonFiniteError, ShapeError
+from ferroquant.ops.types import Comparison
 
 
-def compare(reference, test) -> tuple[float, float, float, float, float]:
-    """Specifies metrics.rs::compare: (sum r^2, sum t^2, sum r*t, sum (r-t)^2, max |r-t|) in float64."""
+def compare(reference, test) -> Comparison:
+    """Specifies metrics.rs::compare: sum r^2, sum t^2, sum r*t, sum (r-t)^2, max |r-t| in float64."""
     r = np.asarray(reference, np.float32).reshape(-1).astype(np.float64)
     t = np.asarray(test, np.float32).reshape(-1).astype(np.float64)
     if r.size != t.size:
@@ -20,4 +21,4 @@ def compare(reference, test) -> tuple[float, float, float, float, float]:
         if bad.size:
             raise NonFiniteError(f"input contains a non-finite value ({x[bad[0]]}) at flat index {bad[0]}")
     d = r - t
-    return float(r @ r), float(t @ t), float(r @ t), float(d @ d), float(np.abs(d).max())
+    return Comparison(float(r @ r), float(t @ t), float(r @ t), float(d @ d), float(np.abs(d).max()), int(r.size))

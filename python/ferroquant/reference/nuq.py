@@ -6,7 +6,9 @@ from typing import Optional
 
 import numpy as np
 
+from ferroquant._arrays import int_param, opt_axis
 from ferroquant.errors import ParameterError
+from ferroquant.ops.types import NuqResult
 from ferroquant.reference._common import FLT_EPSILON, broadcast_shape
 from ferroquant.reference.affine import quantize
 from ferroquant.reference.qparams import qparams_from_data
@@ -112,8 +114,11 @@ def _round(w: np.ndarray, s: np.ndarray, k: int):
     return table, levels, err, refit
 
 
-def nuq(w, axis: Optional[int] = 0, num_steps: int = 32, num_of_iteration: int = 1):
-    """Specifies nuq.rs::nuq. Returns (levels, scale, codes, fake, mse, iteration)."""
+def nuq(w, num_steps: int = 32, num_of_iteration: int = 1, channel_wise: bool = True, axis: int = 0) -> NuqResult:
+    """Specifies nuq.rs::nuq (per channel of ``axis``, or per tensor when not ``channel_wise``)."""
+    num_steps = int_param(num_steps, "num_steps", 0, 1 << 32)
+    num_of_iteration = int_param(num_of_iteration, "num_of_iteration", 0, 1 << 32)
+    axis = opt_axis(axis) if channel_wise else None
     if not 2 <= num_steps <= GRID:
         raise ParameterError(f"num_steps must be in [2, 256], got {num_steps}")
     if not 0 <= num_of_iteration <= 5:
@@ -133,4 +138,5 @@ def nuq(w, axis: Optional[int] = 0, num_steps: int = 32, num_of_iteration: int =
     q = quantize(w, s.reshape(-1), 0, 8, axis)
     codes = table[q.astype(np.int64) - QMIN].astype(np.int8)
     fake = codes.astype(np.float32) * s
-    return np.array(levels, np.int32), s.reshape(-1).astype(np.float32), codes, fake, err, it
+    return NuqResult(np.array(levels, np.int32), s.reshape(-1).astype(np.float32), codes, fake, float(err), int(it),
+                     num_steps)

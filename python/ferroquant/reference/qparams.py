@@ -6,7 +6,8 @@ from typing import Optional
 
 import numpy as np
 
-from ferroquant.errors import NonFiniteError, ScaleError
+from ferroquant.errors import NonFiniteError, ParameterError, ScaleError
+from ferroquant.ops.types import QParams
 from ferroquant.reference._common import FLT_EPSILON, channels_first, check_finite, qrange
 
 f32 = np.float32
@@ -25,8 +26,17 @@ def guard(scale: np.float32, zero_point: int, bits: int, symmetric: bool) -> tup
     return scale, zero_point
 
 
-def qparams_from_range(lo: float, hi: float, bits: int = 8, symmetric: bool = True) -> tuple[np.float32, int]:
-    """Specifies qparams.rs::from_range."""
+def qparams_from_range(lo: float, hi: float, bits: int = 8, symmetric: bool = True) -> QParams:
+    """Specifies the binding's ``qparams_from_range``: qparams.rs::from_range of a range with ``lo <= hi``."""
+    qrange(bits)
+    if f32(lo) > f32(hi):
+        raise ParameterError(f"invalid parameter range: lo {f32(lo)} > hi {f32(hi)}")
+    s, z = from_range(lo, hi, bits, symmetric)
+    return QParams(float(s), int(z))
+
+
+def from_range(lo: float, hi: float, bits: int = 8, symmetric: bool = True) -> tuple[np.float32, int]:
+    """Specifies qparams.rs::from_range: (scale, zero_point) as (float32, int)."""
     qmin, qmax = qrange(bits)
     lo, hi = f32(lo), f32(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
@@ -59,5 +69,5 @@ def qparams_from_data(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Specifies qparams.rs::from_data."""
     lo, hi = min_max(x, axis)
-    pairs = [qparams_from_range(a, b, bits, symmetric) for a, b in zip(lo, hi)]
+    pairs = [from_range(a, b, bits, symmetric) for a, b in zip(lo, hi)]
     return np.array([p[0] for p in pairs], np.float32), np.array([p[1] for p in pairs], np.int32)

@@ -3,14 +3,16 @@ learned per-channel weight scales (spec §5.2)."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
 from ferroquant.errors import NonFiniteError, ParameterError, ScaleError, ShapeError
 from ferroquant.reference._common import FLT_EPSILON, channels_first, qrange
+from ferroquant._arrays import opt_axis
+from ferroquant.ops.types import UlqBackward, UlqForward
 from ferroquant.reference.affine import fake_quant
-from ferroquant.reference.qparams import qparams_from_range
+from ferroquant.reference.qparams import from_range
 
 _LIMIT = np.float32(4194304.0)  # 2^22
 
@@ -23,21 +25,19 @@ def _check(x: np.ndarray, g: np.ndarray) -> None:
         raise NonFiniteError(f"input contains a non-finite value at flat index {bad[0]}")
 
 
-def ulq_fake_quant(x, clip_min: float, clip_max: float, bits: int = 8,
-                   symmetric: bool = False) -> Tuple[np.ndarray, float, int]:
+def ulq_fake_quant(x, clip_min: float, clip_max: float, bits: int = 8, symmetric: bool = False) -> UlqForward:
     """Specifies ulq.rs::ulq_fake_quant: fake-quant with the §0 qparams of [clip_min, clip_max]."""
-    s, z = qparams_from_range(np.float32(clip_min), np.float32(clip_max), bits, symmetric)
-    return fake_quant(np.asarray(x, np.float32), s, z, bits), float(s), int(z)
+    s, z = from_range(np.float32(clip_min), np.float32(clip_max), bits, symmetric)
+    return UlqForward(fake_quant(np.asarray(x, np.float32), s, z, bits), float(s), int(z))
 
 
-def ulq_backward(x, grad, clip_min: float, clip_max: float, bits: int = 8,
-                 symmetric: bool = False) -> Tuple[np.ndarray, float, float]:
+def ulq_backward(x, grad, clip_min: float, clip_max: float, bits: int = 8, symmetric: bool = False) -> UlqBackward:
     """Specifies ulq.rs::ulq_backward: (grad_x, d clip_max, d clip_min) with the masks, ``t`` and
     ``e = (round(t) - t) / (2^b - 1)`` of spec §5.1 (f32 element math, f64 sums)."""
     x, g = np.asarray(x, np.float32), np.asarray(grad, np.float32)
     _check(x, g)
     qmin, qmax = qrange(bits)
-    s, z = qparams_from_range(np.float32(clip_min), np.float32(clip_max), bits, symmetric)
+    s, z = from_range(np.float32(clip_min), np.float32(clip_max), bits, symmetric)
     s, o = np.float32(s), np.float32(z)
     t_up, t_lo = np.float32(clip_max) / s, np.float32(clip_min) / s
     if not (abs(t_up) < _LIMIT and abs(t_lo) < _LIMIT):
@@ -49,13 +49,13 @@ def ulq_backward(x, grad, clip_min: float, clip_max: float, bits: int = 8,
     gx = np.where(up | lo, np.float32(0), g).astype(np.float32)
     gmax = np.sum((g * (e + up.astype(np.float32))).astype(np.float64))
     gmin = np.sum((g * (lo.astype(np.float32) - e)).astype(np.float64))
-    return gx, float(gmax), float(gmin)
+    return UlqBackward(gx, float(gmax), float(gmin))
 
 
 def lsq_backward(w, grad, scale, bits: int = 8, axis: Optional[int] = 0) -> np.ndarray:
     """Specifies ulq.rs::lsq_backward: per channel, ``Σ grad·(round(w/s) − w/s | qmin | qmax)`` times
     ``1/sqrt(N_c·qmax)``, float32."""
-    w, g = np.asarray(w, np.float32), np.asarray(grad, np.float32)
+    w, g, axis = np.asarray(w, np.float32), np.asarray(grad, np.float32), opt_axis(axis)
     _check(w, g)
     qmin, qmax = qrange(bits)
     wc, gc = channels_first(w, axis), channels_first(g, axis)

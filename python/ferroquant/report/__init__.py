@@ -9,7 +9,7 @@ from typing import Dict, Iterable, Mapping, Optional, Union
 import numpy as np
 
 from ferroquant.onnx.calibration import CalibratedModel
-from ferroquant.onnx.layers import QuantTable
+from ferroquant.quant.table import QuantTable
 from ferroquant.report.measure import LayerStats, QuantReport, measure
 from ferroquant.report.render import fallback_config, summary_lines, write_report
 

@@ -18,13 +18,15 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
-from ferroquant import _native, ops
+from ferroquant import ops
 from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel, iterate_batches
+from ferroquant.onnx.deploy import deploy_layout, quantized_output
+from ferroquant.onnx.external import session_source
 from ferroquant.onnx.graph import GraphView, node_label
-from ferroquant.onnx.layers import LayerQuant, QuantTable
+from ferroquant.quant.table import LayerQuant, QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
 
@@ -85,39 +87,25 @@ def _db(signal: float, noise: float) -> Optional[float]:
 
 
 def activation_histogram(cal: Any, num_of_bins: int = 4096) -> Tuple[Histogram, float, float]:
-    """The calibrator's histogram of its tensor and the observed min/max: the histogram's own range, or, for
-    exact IFMR (samples kept), a histogram built from the samples and their exact min/max."""
-    st = cal.state_dict()
-    samples = st.get("samples")
-    if samples is not None and np.asarray(samples).size:
-        s = np.ascontiguousarray(samples, np.float32)
-        counts, lo, hi = _native.histogram_observe(None, 0.0, 0.0, s, num_of_bins, False)
-        mn, mx = ops.min_max(s)
-        return (counts, float(lo), float(hi)), float(np.min(mn)), float(np.max(mx))
-    counts = np.asarray(st["counts"], np.uint64)
-    return (counts, float(st["lo"]), float(st["hi"])), float(st["lo"]), float(st["hi"])
+    """The calibrator's histogram of its tensor (for exact IFMR, one built from its samples) and the observed
+    min/max (exact for exact IFMR): :meth:`~ferroquant.calibrate.Calibrator.histogram` and
+    :meth:`~ferroquant.calibrate.Calibrator.observed_range`, no copy of the calibrator's state."""
+    h = cal.histogram()
+    mn, mx = cal.observed_range()
+    return (h.counts, float(h.lo), float(h.hi)), float(mn), float(mx)
 
 
 def clipped_fraction(cal: Any, hist: Histogram, clip_min: float, clip_max: float) -> float:
     """Share of the observed values outside ``[clip_min, clip_max]``: exact from IFMR's samples, else from the
     histogram (a bin counts as clipped when its centre is outside)."""
-    samples = cal.state_dict().get("samples")
-    if samples is not None and np.asarray(samples).size:
-        s = np.asarray(samples)
-        return float(np.count_nonzero((s < clip_min) | (s > clip_max))) / s.size
-    counts, lo, hi = hist
-    total = float(counts.sum())
-    if total == 0:
-        return 0.0
-    centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
-    return float(counts[(centres < clip_min) | (centres > clip_max)].sum()) / total
+    return cal.clipped_fraction(clip_min, clip_max)
 
 
 def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
     """SQNR (dB) of the dequantized weight codes against the float weight; None for blocked (grouped
     per-channel ConvTranspose) weights."""
     wq = lq.weight
-    if lq.layer.groups > 1 and wq.axis is not None:
+    if lq.layer.blocked(wq.axis is not None):
         return None
     fake = ops.dequantize(wq.codes, wq.scale, wq.zero_point, 8 if wq.levels is not None else wq.bits, wq.axis)
     c = ops.compare(w, fake)
@@ -125,22 +113,20 @@ def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
 
 
 def _session(model: onnx.ModelProto, taps: Sequence[str] = ()):  # noqa: ANN202 - an InferenceSession
+    """A session with optimizations off over ``model`` plus the outputs ``taps`` (from a file with external
+    data when the model is over 2 GB)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in taps:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-            have.add(t)
+    source, keep = session_source(model, taps)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+    sess._ferroquant_files = keep  # the external data lives as long as the session
+    return sess
 
 
 def _single_layer(view: GraphView, node: onnx.NodeProto, lq: LayerQuant, x: np.ndarray, y: np.ndarray,
@@ -198,8 +184,11 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
                                weight_sqnr(view.array(lq.layer.weight), lq)))
     outs = {name: nodes[name].output[0] for name in table.layers}
     ins = {name: lq.layer.activation for name, lq in table.layers.items()}
-    fp32 = _session(cm.model, list(dict.fromkeys([*ins.values(), *outs.values()])))
-    fq = _session(export_fake_quant(cm.model, table), list(outs.values()))
+    layout = deploy_layout(cm, table)
+    # in a deploy profile's layout an absorbed Relu/Clip is gone: the layer is compared after it
+    seen = {n: quantized_output(cm.model, t, layout.absorbed if layout else ()) for n, t in outs.items()}
+    fp32 = _session(cm.model, list(dict.fromkeys([*ins.values(), *outs.values(), *seen.values()])))
+    fq = _session(export_fake_quant(cm.model, table, layout), list(dict.fromkeys(seen.values())))
     locals_: Dict[str, Any] = {}  # one-layer sessions, made on the first batch (their I/O from real arrays)
     acc_out = {n: _Acc() for n in table.layers}
     acc_loc = {n: _Acc() for n in table.layers}
@@ -211,9 +200,10 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
             if n_batches >= max_batches:
                 break
             ref = dict(zip(names, fp32.run(names, dict(feed))))
-            got = dict(zip(list(outs.values()), fq.run(list(outs.values()), dict(feed))))
+            tensors = list(dict.fromkeys(seen.values()))
+            got = dict(zip(tensors, fq.run(tensors, dict(feed))))
             for n in table.layers:
-                acc_out[n].add(ref[outs[n]], got[outs[n]])
+                acc_out[n].add(ref[seen[n]], got[seen[n]])
                 if n not in locals_:
                     locals_[n] = _session(_single_layer(view, nodes[n], table.layers[n], ref[ins[n]],
                                                         ref[outs[n]], cm.model))

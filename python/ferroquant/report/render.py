@@ -13,8 +13,7 @@ from typing import Dict, Iterable, Optional, Union
 
 import numpy as np
 
-from ferroquant.config import QuantConfig, config_from_json
-from ferroquant.errors import ConfigError
+from ferroquant.config import QuantConfig
 from ferroquant.progress import ProgressBar
 from ferroquant.report.measure import Histogram, LayerStats, QuantReport
 
@@ -22,13 +21,8 @@ PLOT_BINS = 128
 
 
 def fallback_config(config: QuantConfig, float_layers: Iterable[str]) -> QuantConfig:
-    """``config`` with ``quant_enable`` false for ``float_layers`` (validated like any loaded config)."""
-    d = config.to_json()
-    for name in float_layers:
-        if name not in d["layers"]:
-            raise ConfigError(f"no layer named {name!r} in the config")
-        d["layers"][name]["quant_enable"] = False
-    return config_from_json(d)
+    """``config`` with ``quant_enable`` false for ``float_layers`` (:meth:`QuantConfig.with_float_layers`)."""
+    return config.with_float_layers(float_layers)
 
 
 def _safe(name: str) -> str:

@@ -16,15 +16,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from ferroquant.errors import ModelError
-from ferroquant.onnx.io import load_model, save_onnx
-from ferroquant.onnx.layers import ActivationQuant, LayerInfo, LayerQuant, QuantTable, WeightQuant, quantizable_layers
-from ferroquant.onnx.qdq import export_deploy, export_fake_quant
-from ferroquant.onnx.record import write_record
+from ferroquant.onnx.api import write_outputs
+from ferroquant.onnx.graph import GraphView
+from ferroquant.onnx.io import load_model
+from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
+from ferroquant.quant.weights import layer_quant
 from ferroquant.torch.prepare import (
     InputData,
     RetrainConfig,
@@ -56,6 +59,11 @@ def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bo
     return load_model(onnx.load_from_string(buf.getvalue()))
 
 
+def initializer(onnx_model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
+    """The constant ``name`` of an exported model (a weight or bias), or None."""
+    return GraphView(onnx_model).array(name)
+
+
 def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
     """Torch layer name -> the ONNX layer whose weight initializer is ``<name>.weight``."""
     by_weight = {l.weight: l for l in quantizable_layers(onnx_model)}
@@ -75,14 +83,7 @@ def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
 def write_quant_files(onnx_model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
                       extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
     """``<save_path>_fake_quant.onnx``, ``_deploy.onnx`` and ``_quant_record.json`` through the ONNX exporters."""
-    base = Path(save_path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
-             "record": Path(f"{base}_quant_record.json")}
-    save_onnx(export_fake_quant(onnx_model, table), paths["fake_quant"])
-    save_onnx(export_deploy(onnx_model, table), paths["deploy"])
-    write_record(paths["record"], table, extra)
-    return paths
+    return write_outputs(onnx_model, table, save_path, extra)
 
 
 def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelProto, QuantTable]:
@@ -92,17 +93,18 @@ def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelPr
         raise ModelError("the model has no QuantLayer: prepare it with create_quant_retrain_model first")
     m = export_float_onnx(float_copy(model), input_data)
     infos = map_layers(m, qls)
+    view = GraphView(m)
     table = QuantTable()
     for name, ql in qls.items():
         info, aq = infos[name], ql.act_quant
         s, z = aq.qparams()
-        act = ActivationQuant(info.activation, s, z, aq.num_bits, "ulq", aq.clip_min.item(), aq.clip_max.item(),
+        act = ActivationQuant(info.activation, s, z, aq.bits, "ulq", aq.clip_min.item(), aq.clip_max.item(),
                               {"fixed_min": aq.fixed_min, "layer": name})
         wq = ql.quantized_weight()
         axis = info.axis if getattr(ql.weight_quant, "channel_wise", True) else None
-        weight = WeightQuant(info.weight, wq["scale"], wq["zero_point"], axis, ql.weight_quant.num_bits,
+        weight = WeightQuant(info.weight, wq["scale"], wq["zero_point"], axis, ql.weight_quant.bits,
                              wq["algorithm"], wq["codes"])
-        table.layers[info.name] = LayerQuant(info, act, weight)
+        table.layers[info.name] = layer_quant(info, act, weight, view.array(info.bias) if info.bias else None)
     return m, table
 
 

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from ferroquant import _native, ops
+from ferroquant import ops
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 #: Tests set this to run the pure-torch path on CPU (it must give the native bits).
@@ -60,8 +60,7 @@ class ULQFunction(torch.autograd.Function):
         ctx.cfg = (lo, hi, int(bits), bool(symmetric), clip_min.shape, clip_max.shape)
         ctx.save_for_backward(x)
         if native_ok(x):
-            out, _, _ = _native.ulq_fake_quant(_np(x), lo, hi, int(bits), bool(symmetric))
-            return torch.from_numpy(out)
+            return torch.from_numpy(ops.ulq_fake_quant(_np(x), lo, hi, int(bits), bool(symmetric)).fake)
         s, z = _qparams(lo, hi, bits, symmetric)
         dev = x.device
         return _fake_quant_torch(x, torch.tensor(s, device=dev), torch.tensor(float(z), device=dev), bits)
@@ -71,8 +70,8 @@ class ULQFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         lo, hi, bits, sym, smin, smax = ctx.cfg
         if native_ok(x, grad):
-            gx, gmax, gmin = _native.ulq_backward(_np(x), _np(grad), lo, hi, bits, sym)
-            gx = torch.from_numpy(gx)
+            r = ops.ulq_backward(_np(x), _np(grad), lo, hi, bits, sym)
+            gx, gmax, gmin = torch.from_numpy(r.grad_x), r.grad_clip_max, r.grad_clip_min
         else:
             gx, gmax, gmin = ulq_backward_torch(x, grad, lo, hi, bits, sym)
         dmin = torch.full(smin, float(gmin), dtype=torch.float32, device=x.device)
@@ -119,8 +118,7 @@ class LSQFunction(torch.autograd.Function):
         ctx.save_for_backward(w, scale)
         if native_ok(w, scale):
             s = _np(scale).reshape(-1)
-            out = _native.fake_quant(_np(w), s, np.zeros(s.shape, np.int32), int(bits), axis)
-            return torch.from_numpy(out)
+            return torch.from_numpy(ops.fake_quant(_np(w), s, np.zeros(s.shape, np.int32), int(bits), axis))
         sv = scale.detach().reshape(_channel_view(w, axis))
         return _fake_quant_torch(w, sv, torch.zeros((), device=w.device), bits)
 
@@ -129,7 +127,7 @@ class LSQFunction(torch.autograd.Function):
         w, scale = ctx.saved_tensors
         bits, axis = ctx.cfg
         if native_ok(w, grad, scale):
-            gs = torch.from_numpy(_native.lsq_backward(_np(w), _np(grad), _np(scale).reshape(-1), bits, axis))
+            gs = torch.from_numpy(ops.lsq_backward(_np(w), _np(grad), _np(scale).reshape(-1), bits, axis))
         else:
             gs = lsq_backward_torch(w, grad, scale.detach(), bits, axis)
         return grad, gs.reshape(scale.shape), None, None

@@ -28,6 +28,7 @@ from ferroquant import ops
 from ferroquant.calibrate import IFMRCalibrator
 from ferroquant.torch import distributed as fqdist
 from ferroquant.torch.functions import FLT_EPSILON, arq_retrain, lsq, ulq
+from ferroquant.torch.layers import is_transposed
 
 EPS = FLT_EPSILON
 
@@ -35,11 +36,11 @@ EPS = FLT_EPSILON
 class ActivationULQ(nn.Module):
     """ULQ fake-quant of one activation tensor with learned ``clip_min``/``clip_max``."""
 
-    def __init__(self, name: str = "tensor", num_bits: int = 8, asymmetric: bool = True, fixed_min: bool = False,
+    def __init__(self, name: str = "tensor", bits: int = 8, symmetric: bool = False, fixed_min: bool = False,
                  clip_max: Optional[float] = None, clip_min: Optional[float] = None, batch_num: int = 1,
                  sync: bool = True) -> None:
         super().__init__()
-        self.name, self.num_bits, self.symmetric = name, int(num_bits), not asymmetric
+        self.name, self.bits, self.symmetric = name, int(bits), bool(symmetric)
         self.fixed_min, self.batch_num, self.sync = bool(fixed_min), int(batch_num), bool(sync)
         self.clip_max = nn.Parameter(torch.tensor(1.0))
         self.clip_min = nn.Parameter(torch.tensor(0.0 if fixed_min else -1.0))
@@ -63,17 +64,17 @@ class ActivationULQ(nn.Module):
     def qparams(self) -> Tuple[float, int]:
         """The (scale, zero_point) the current clips stand for."""
         lo = 0.0 if self.fixed_min else self.clip_min.item()
-        p = ops.qparams_from_range(lo, self.clip_max.item(), self.num_bits, self.symmetric)
+        p = ops.qparams_from_range(lo, self.clip_max.item(), self.bits, self.symmetric)
         return p.scale, p.zero_point
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, bits={self.num_bits}, symmetric={self.symmetric}, "
+        return (f"name={self.name!r}, bits={self.bits}, symmetric={self.symmetric}, "
                 f"fixed_min={self.fixed_min}, clips=[{self.clip_min.item():.4g}, {self.clip_max.item():.4g}]")
 
     # -- initialisation ------------------------------------------------------------------------------------
     def _observe(self, x: torch.Tensor) -> None:
         if self._calibrator is None:
-            self._calibrator = IFMRCalibrator(self.name, bits=self.num_bits, symmetric=True)
+            self._calibrator = IFMRCalibrator(self.name, bits=self.bits, symmetric=True)
         self._calibrator.observe(x.detach().float().cpu().contiguous().numpy())
         if self._calibrator.batches >= self.batch_num:
             cal = fqdist.merge_calibrator(self._calibrator)
@@ -113,25 +114,25 @@ class ActivationULQ(nn.Module):
                 self._observe(x)
             if not bool(self.initialized):
                 lo, hi = self._batch_range(x)
-                return ulq(x, lo, hi, self.num_bits, self.symmetric)
+                return ulq(x, lo, hi, self.bits, self.symmetric)
         if self.training:
             self.check_clips()
         lo = torch.zeros((), device=x.device) if self.fixed_min else self.clip_min
-        return ulq(x, lo, self.clip_max, self.num_bits, self.symmetric)
+        return ulq(x, lo, self.clip_max, self.bits, self.symmetric)
 
 
 class ArqRetrainWeight(nn.Module):
     """ARQ-retrain: symmetric min/max scales recomputed every step (per output channel or per tensor)."""
 
-    def __init__(self, num_bits: int = 8, channel_wise: bool = True, axis: int = 0, groups: int = 1) -> None:
+    def __init__(self, bits: int = 8, channel_wise: bool = True, axis: int = 0, groups: int = 1) -> None:
         super().__init__()
-        self.num_bits, self.channel_wise, self.axis, self.groups = int(num_bits), bool(channel_wise), axis, groups
+        self.bits, self.channel_wise, self.axis, self.groups = int(bits), bool(channel_wise), axis, groups
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return arq_retrain(w, self.num_bits, self.axis if self.channel_wise else None, self.groups)
+        return arq_retrain(w, self.bits, self.axis if self.channel_wise else None, self.groups)
 
     def quantize(self, w: np.ndarray) -> Dict[str, Any]:
-        r = ops.arq(w, channel_wise=self.channel_wise, axis=self.axis, bits=self.num_bits, groups=self.groups)
+        r = ops.arq(w, channel_wise=self.channel_wise, axis=self.axis, bits=self.bits, groups=self.groups)
         return {"scale": r.scale, "zero_point": r.zero_point, "codes": r.codes, "algorithm": "arq_retrain"}
 
 
@@ -139,26 +140,23 @@ class LsqWeight(nn.Module):
     """LSQ ("ULQ for weights"): a learned symmetric scale per output channel (or one), offset 0, initialised
     by the ARQ 127/128 rule; clamped to ``>= eps`` before each use."""
 
-    def __init__(self, weight: torch.Tensor, num_bits: int = 8, channel_wise: bool = True, axis: int = 0) -> None:
+    def __init__(self, weight: torch.Tensor, bits: int = 8, channel_wise: bool = True, axis: int = 0) -> None:
         super().__init__()
-        self.num_bits, self.channel_wise, self.axis = int(num_bits), bool(channel_wise), axis
+        self.bits, self.channel_wise, self.axis = int(bits), bool(channel_wise), axis
         w = weight.detach().float().cpu().contiguous().numpy()
-        r = ops.arq(w, channel_wise=channel_wise, axis=axis, bits=num_bits)
+        r = ops.arq(w, channel_wise=channel_wise, axis=axis, bits=bits)
         self.scale = nn.Parameter(torch.from_numpy(np.ascontiguousarray(r.scale, np.float32)).to(weight.device))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             self.scale.clamp_(min=EPS)
-        return lsq(w, self.scale, self.num_bits, self.axis if self.channel_wise else None)
+        return lsq(w, self.scale, self.bits, self.axis if self.channel_wise else None)
 
     def quantize(self, w: np.ndarray) -> Dict[str, Any]:
         s = self.scale.detach().float().cpu().clamp(min=EPS).numpy()
         axis = self.axis if self.channel_wise else None
-        codes = ops.quantize(w, s if axis is not None else float(s[0]), 0, self.num_bits, axis)
-        return {"scale": s, "zero_point": np.zeros(s.shape, np.int32), "codes": codes, "algorithm": "ulq"}
-
-
-CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        codes = ops.quantize(w, s if axis is not None else float(s[0]), 0, self.bits, axis)
+        return {"scale": s, "zero_point": np.zeros(s.shape, np.int32), "codes": codes, "algorithm": "lsq"}
 
 
 class QuantLayer(nn.Module):
@@ -174,7 +172,7 @@ class QuantLayer(nn.Module):
         w = self.weight_quant(m.weight)
         if isinstance(m, nn.Linear):
             return F.linear(x, w, m.bias)
-        if isinstance(m, CONV_TRANSPOSE):
+        if is_transposed(m):
             fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[w.ndim - 2]
             return fn(x, w, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
         return m._conv_forward(x, w, m.bias)  # Conv1d/2d/3d, padding modes included

@@ -22,8 +22,7 @@ seen, and fixed_min stays false, which is always safe).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,15 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferroquant.config import check_bool, check_int, field_error
+from ferroquant.config import (
+    RetrainConfig,
+    RetrainLayerConfig,
+    load_retrain_config,
+    retrain_config_from_json,
+)
+from ferroquant.config import amct
+from ferroquant.config.fields import field_error
 from ferroquant.errors import ConfigError
-from ferroquant.onnx._fold_math import BatchNormParams, fold_conv, fold_gemm
-from ferroquant.torch.modules import CONV_TRANSPOSE, ActivationULQ, ArqRetrainWeight, LsqWeight, QuantLayer
+from ferroquant.quant.fold import BatchNormParams, fold_conv, fold_gemm
+from ferroquant.quant.registry import QAT_MODULES
+from ferroquant.torch.layers import QAT_CLASSES, is_transposed, layer_type_of, weight_axis, weight_groups
+from ferroquant.torch.modules import ActivationULQ, ArqRetrainWeight, LsqWeight, QuantLayer
 
-RETRAIN_CONFIG_VERSION = 1
-LAYER_TYPES: Dict[type, str] = {nn.Conv1d: "Conv1d", nn.Conv2d: "Conv2d", nn.Conv3d: "Conv3d",
-                                nn.ConvTranspose2d: "ConvTranspose2d", nn.Linear: "Linear"}
-WEIGHT_ALGOS = ("arq_retrain", "ulq")
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _RELU_MODULES = (nn.ReLU, nn.ReLU6)
 _KEEP_SIGN_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -53,119 +57,6 @@ _KEEP_SIGN_METHODS = {"view", "reshape", "flatten", "contiguous"}
 InputData = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
-@dataclass(frozen=True)
-class UlqParams:
-    """``retrain_data_quant_params`` of one layer (spec §5.1)."""
-
-    num_bits: int = 8
-    asymmetric: bool = True
-    fixed_min: bool = False
-    clip_max: Optional[float] = None
-    clip_min: Optional[float] = None
-
-    def validate(self, layer: str) -> None:
-        check_int(layer, "num_bits", self.num_bits, (4, 8, 16))
-        for k in ("asymmetric", "fixed_min"):
-            check_bool(layer, k, getattr(self, k))
-        if self.clip_max is not None and not self.clip_max > 0:
-            raise field_error(layer, "clip_max", f"must be > 0, got {self.clip_max!r}")
-        if self.clip_min is not None and not self.clip_min <= 0:
-            raise field_error(layer, "clip_min", f"must be <= 0, got {self.clip_min!r}")
-
-
-@dataclass(frozen=True)
-class RetrainWeightParams:
-    """``retrain_weight_quant_params``: ``algo`` arq_retrain (default, spec §5.3) or ulq (LSQ, §5.2)."""
-
-    algo: str = "arq_retrain"
-    num_bits: int = 8
-    channel_wise: bool = True
-
-    def validate(self, layer: str) -> None:
-        if self.algo not in WEIGHT_ALGOS:
-            raise field_error(layer, "algo", f"must be one of {list(WEIGHT_ALGOS)}, got {self.algo!r}")
-        check_int(layer, "num_bits", self.num_bits, range(2, 9))
-        check_bool(layer, "channel_wise", self.channel_wise)
-
-
-@dataclass(frozen=True)
-class RetrainLayerConfig:
-    layer_type: str
-    quant_enable: bool = True
-    activation: UlqParams = field(default_factory=UlqParams)
-    weight: RetrainWeightParams = field(default_factory=RetrainWeightParams)
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """The QAT config: ``batch_num`` (IFMR init batches) and one entry per quantizable module, by name."""
-
-    layers: Dict[str, RetrainLayerConfig]
-    batch_num: int = 1
-
-    def enabled_layers(self) -> List[str]:
-        return [n for n, c in self.layers.items() if c.quant_enable]
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"version": RETRAIN_CONFIG_VERSION, "batch_num": self.batch_num,
-                "layers": {n: {"layer_type": c.layer_type, "quant_enable": c.quant_enable,
-                               "retrain_data_quant_params": asdict(c.activation),
-                               "retrain_weight_quant_params": asdict(c.weight)} for n, c in self.layers.items()}}
-
-    def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-
-def _section(cls: type, layer: str, d: Mapping[str, Any]) -> Any:
-    names = set(cls.__dataclass_fields__)
-    unknown = set(d) - names
-    if unknown:
-        raise field_error(layer, sorted(unknown)[0], f"unknown key (known: {sorted(names)})")
-    obj = cls(**d)
-    obj.validate(layer)
-    return obj
-
-
-def retrain_config_from_json(d: Mapping[str, Any]) -> RetrainConfig:
-    """Validate a retrain config dict (as read from JSON)."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"config must be a JSON object, got {type(d).__name__}")
-    unknown = set(d) - {"version", "batch_num", "layers"}
-    if unknown:
-        raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
-    bn = d.get("batch_num", 1)
-    if isinstance(bn, bool) or not isinstance(bn, int) or bn < 1:
-        raise ConfigError(f"field 'batch_num': must be an integer > 0, got {bn!r}")
-    layers = {}
-    for name, e in d.get("layers", {}).items():
-        extra = set(e) - {"layer_type", "quant_enable", "retrain_data_quant_params", "retrain_weight_quant_params"}
-        if extra:
-            raise field_error(name, sorted(extra)[0], "unknown key")
-        if e.get("layer_type") not in LAYER_TYPES.values():
-            raise field_error(name, "layer_type", f"must be one of {list(LAYER_TYPES.values())}, got {e.get('layer_type')!r}")
-        qe = e.get("quant_enable", True)
-        if not isinstance(qe, bool):
-            raise field_error(name, "quant_enable", f"must be true or false, got {qe!r}")
-        layers[name] = RetrainLayerConfig(e["layer_type"], qe,
-                                          _section(UlqParams, name, e.get("retrain_data_quant_params", {})),
-                                          _section(RetrainWeightParams, name, e.get("retrain_weight_quant_params", {})))
-    return RetrainConfig(layers, bn)
-
-
-def load_retrain_config(config: Union[str, Path, Mapping[str, Any], RetrainConfig]) -> RetrainConfig:
-    if isinstance(config, RetrainConfig):
-        return config
-    if isinstance(config, Mapping):
-        return retrain_config_from_json(config)
-    p = Path(config)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        return retrain_config_from_json(json.loads(p.read_text()))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON ({e})") from None
-
-
 # -- graph analysis --------------------------------------------------------------------------------------------
 @dataclass
 class GraphFacts:
@@ -177,7 +68,8 @@ class GraphFacts:
 
 
 def _quantizable(model: nn.Module) -> Dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if type(m) in LAYER_TYPES}
+    """The modules QAT swaps (the registry's QAT modules), by name."""
+    return {n: m for n, m in model.named_modules() if type(m) in QAT_CLASSES}
 
 
 def _fx_facts(model: nn.Module) -> GraphFacts:
@@ -206,12 +98,12 @@ def _fx_facts(model: nn.Module) -> GraphFacts:
             continue
         m = mods[n.target]
         src = n.args[0] if n.args else None
-        if type(m) in LAYER_TYPES:
+        if type(m) in QAT_CLASSES:
             while hasattr(src, "op") and keeps_sign(src) and src.args:
                 src = src.args[0]
             facts.after_relu[n.target] = bool(hasattr(src, "op") and is_relu(src))
         elif isinstance(m, _BNS) and hasattr(src, "op") and src.op == "call_module":
-            if type(mods[src.target]) in LAYER_TYPES and len(src.users) == 1:
+            if type(mods[src.target]) in QAT_CLASSES and len(src.users) == 1:
                 facts.bn_pairs[src.target] = n.target
     return facts
 
@@ -227,9 +119,9 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
             src = produced.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
             while src is not None and isinstance(src[1], _KEEP_SIGN_MODULES):
                 src = src[2] if len(src) > 2 else None  # type: ignore[misc]
-            if type(mod) in LAYER_TYPES:
+            if type(mod) in QAT_CLASSES:
                 facts.after_relu[name] = bool(src is not None and isinstance(src[1], _RELU_MODULES))
-            elif isinstance(mod, _BNS) and src is not None and type(src[1]) in LAYER_TYPES:
+            elif isinstance(mod, _BNS) and src is not None and type(src[1]) in QAT_CLASSES:
                 facts.bn_pairs[src[0]] = name
             if isinstance(out, torch.Tensor):
                 prev = produced.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
@@ -263,35 +155,36 @@ def analyse(model: nn.Module, input_data: Optional[InputData] = None) -> GraphFa
 
 def create_quant_retrain_config(config_path: Optional[Union[str, Path]], model: nn.Module, input_data: InputData,
                                 skip_layers: Iterable[str] = (), skip_layer_types: Iterable[str] = (),
-                                batch_num: int = 1, num_bits: int = 8, weight_num_bits: int = 8,
-                                weight_algo: str = "arq_retrain", asymmetric: bool = True,
+                                batch_num: int = 1, bits: int = 8, weight_bits: int = 8,
+                                weight_algorithm: str = "arq_retrain", symmetric: bool = False,
                                 fixed_min: Optional[bool] = None,
                                 override_layer_configs: Optional[Mapping[str, Mapping[str, Any]]] = None
                                 ) -> RetrainConfig:
-    """Write (when ``config_path`` is given) and return a retrain config with one entry per Conv1d/2d/3d,
-    ConvTranspose2d and Linear module. ``fixed_min=None`` detects it per layer (true after a ReLU).
-    ``override_layer_configs[name]`` may hold ``retrain_data_quant_params`` / ``retrain_weight_quant_params``
-    (e.g. ``clip_max``/``clip_min``) and ``quant_enable``."""
+    """Write (when ``config_path`` is given) and return a retrain config with one entry per module QAT swaps
+    (the registry's QAT modules: Conv1d/2d/3d, ConvTranspose2d, Linear). ``bits`` / ``symmetric``: the ULQ
+    activations; ``weight_bits`` / ``weight_algorithm`` (``arq_retrain`` or ``lsq``): the weights.
+    ``fixed_min=None`` detects it per layer (true after a ReLU). ``override_layer_configs[name]`` may hold
+    ``activation`` / ``weight`` sections (AMCT's ``retrain_data_quant_params`` / ``retrain_weight_quant_params``
+    too; e.g. ``clip_max``/``clip_min``) and ``quant_enable``."""
     mods = _quantizable(model)
     if not mods:
-        raise ConfigError("the model has no quantizable module (Conv1d/2d/3d, ConvTranspose2d, Linear)")
+        raise ConfigError(f"the model has no quantizable module ({', '.join(QAT_MODULES)})")
     skip, skip_types = set(skip_layers), set(skip_layer_types)
-    for what, names, known in (("skip_layers", skip, set(mods)), ("skip_layer_types", skip_types,
-                                                                    set(LAYER_TYPES.values())),
+    for what, names, known in (("skip_layers", skip, set(mods)), ("skip_layer_types", skip_types, set(QAT_MODULES)),
                                ("override_layer_configs", set(override_layer_configs or {}), set(mods))):
         if names - known:
             raise ConfigError(f"{what}: unknown {sorted(names - known)}")
     facts = analyse(model, input_data)
     layers: Dict[str, Any] = {}
     for name, m in mods.items():
-        lt = LAYER_TYPES[type(m)]
+        lt = type(m).__name__
         fm = facts.after_relu.get(name, False) if fixed_min is None else fixed_min
         entry: Dict[str, Any] = {"layer_type": lt, "quant_enable": name not in skip and lt not in skip_types,
-                                 "retrain_data_quant_params": {"num_bits": num_bits, "asymmetric": asymmetric,
-                                                               "fixed_min": bool(fm)},
-                                 "retrain_weight_quant_params": {"algo": weight_algo, "num_bits": weight_num_bits}}
-        for k, v in (override_layer_configs or {}).get(name, {}).items():
-            entry[k] = {**entry[k], **v} if isinstance(v, Mapping) else v
+                                 "activation": {"bits": bits, "symmetric": symmetric, "fixed_min": bool(fm)},
+                                 "weight": {"algorithm": weight_algorithm, "bits": weight_bits}}
+        override, _ = amct.sections((override_layer_configs or {}).get(name, {}), f"override_layer_configs[{name!r}]")
+        for k, v in override.items():
+            entry[k] = {**entry[k], **v} if isinstance(v, Mapping) and isinstance(entry.get(k), Mapping) else v
         layers[name] = entry
     cfg = retrain_config_from_json({"batch_num": batch_num, "layers": layers})
     if config_path is not None:
@@ -325,12 +218,13 @@ def fold_batch_norm_(model: nn.Module, pairs: Mapping[str, str]) -> List[str]:
             continue
         w = conv.weight.detach().cpu().numpy()
         b = None if conv.bias is None else conv.bias.detach().cpu().numpy()
-        if isinstance(conv, nn.Linear):
+        t = layer_type_of(conv)
+        if t is not None and t.fold == "gemm":
             r = fold_gemm(w, b, p, True, 1.0)
-        elif getattr(conv, "padding_mode", "zeros") != "zeros" and not isinstance(conv, CONV_TRANSPOSE):
+        elif getattr(conv, "padding_mode", "zeros") != "zeros" and not is_transposed(conv):
             continue
         else:
-            r = fold_conv(w, b, p, conv.groups, isinstance(conv, CONV_TRANSPOSE))
+            r = fold_conv(w, b, p, conv.groups, is_transposed(conv))
         if isinstance(r, str):
             continue
         conv.weight.copy_(torch.from_numpy(r[0].astype(np.float32)))
@@ -345,20 +239,17 @@ def fold_batch_norm_(model: nn.Module, pairs: Mapping[str, str]) -> List[str]:
     return done
 
 
-def _weight_axis(m: nn.Module) -> int:
-    return 1 if isinstance(m, CONV_TRANSPOSE) else 0
-
-
 def make_quant_layer(name: str, m: nn.Module, lc: RetrainLayerConfig, batch_num: int) -> QuantLayer:
     a, wp = lc.activation, lc.weight
-    act = ActivationULQ(name, a.num_bits, a.asymmetric, a.fixed_min, a.clip_max, a.clip_min, batch_num)
-    groups = getattr(m, "groups", 1) if isinstance(m, CONV_TRANSPOSE) else 1
-    if wp.algo == "ulq":
+    act = ActivationULQ(name, a.bits, a.symmetric, a.fixed_min, a.clip_max, a.clip_min, batch_num)
+    axis, groups = weight_axis(m), weight_groups(m)
+    if wp.algorithm == "lsq":
         if groups > 1 and wp.channel_wise:
-            raise field_error(name, "algo", "ulq weights per channel do not support grouped ConvTranspose; use arq_retrain")
-        wq: nn.Module = LsqWeight(m.weight, wp.num_bits, wp.channel_wise, _weight_axis(m))
+            raise field_error(name, "algorithm", "lsq weights per channel do not support grouped ConvTranspose; "
+                                                 "use arq_retrain")
+        wq: nn.Module = LsqWeight(m.weight, wp.bits, wp.channel_wise, axis)
     else:
-        wq = ArqRetrainWeight(wp.num_bits, wp.channel_wise, _weight_axis(m), groups)
+        wq = ArqRetrainWeight(wp.bits, wp.channel_wise, axis, groups)
     return QuantLayer(m, act, wq)
 
 

@@ -3,10 +3,10 @@ fed by forward pre-hooks, and the same exporters.
 
 :func:`quantize_torch_model` copies the model, folds Conv/Linear+BN (running statistics), registers a forward
 pre-hook on every enabled Conv/ConvTranspose/Linear that streams the layer's input into an IFMR or HFMG
-calibrator (:mod:`ferroquant.calibrate`, bounded memory), runs the calibration batches, merges calibrator
-states across ranks under torch.distributed, then exports the float copy to ONNX and fills a
-:class:`~ferroquant.onnx.layers.QuantTable` (ARQ or NUQ weights through
-:func:`ferroquant.onnx.calibration.quantize_weight`). ``save`` writes the three files of the ONNX flow.
+calibrator (the middle's factory, :mod:`ferroquant.quant.calibrators`, bounded memory), runs the calibration
+batches, merges calibrator states across ranks under torch.distributed, then exports the float copy to ONNX and
+fills a :class:`~ferroquant.quant.table.QuantTable` (ARQ or NUQ weights and bias codes through
+:mod:`ferroquant.quant.weights`). ``save`` writes the three files of the ONNX flow.
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ from torch import nn
 
 from ferroquant.config import QuantConfig, build_config, load_config
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.calibration import make_activation_calibrator, quantize_weight
-from ferroquant.onnx.graph import GraphView
-from ferroquant.onnx.layers import ActivationQuant, LayerQuant, QuantTable
+from ferroquant.quant.calibrators import activation_quant, make_activation_calibrator
+from ferroquant.quant.table import QuantTable
+from ferroquant.quant.weights import layer_quant, quantize_weight
 from ferroquant.torch import distributed as fqdist
-from ferroquant.torch.export import export_float_onnx, map_layers, write_quant_files
-from ferroquant.torch.modules import CONV_TRANSPOSE
+from ferroquant.torch.export import export_float_onnx, initializer, map_layers, write_quant_files
+from ferroquant.torch.layers import layer_type_of
 from ferroquant.torch.prepare import InputData, analyse, fold_batch_norm_
-
-ONNX_TYPES = {nn.Conv1d: "Conv", nn.Conv2d: "Conv", nn.Conv3d: "Conv", nn.ConvTranspose1d: "ConvTranspose",
-              nn.ConvTranspose2d: "ConvTranspose", nn.ConvTranspose3d: "ConvTranspose", nn.Linear: "Gemm"}
 
 
 @dataclass
@@ -57,7 +54,7 @@ def _args(batch: Any) -> tuple:
 def torch_ptq_config(model: nn.Module, **kwargs: Any) -> QuantConfig:
     """A PTQ config (:mod:`ferroquant.config`) whose layers are the model's quantizable modules, by name, with
     their ONNX op types (Conv, ConvTranspose, Gemm); keyword arguments go to ``build_config``."""
-    layers = [(n, ONNX_TYPES[type(m)]) for n, m in model.named_modules() if type(m) in ONNX_TYPES]
+    layers = [(n, t.op_type) for n, m in model.named_modules() if (t := layer_type_of(m)) is not None]
     if not layers:
         raise ConfigError("the model has no quantizable module (Conv, ConvTranspose, Linear)")
     return build_config(layers, **kwargs)
@@ -72,14 +69,14 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
     when no config is given), quantize the weights, and return the table and float ONNX model ready to save.
     ``input_data`` is the export example (default: the first calibration batch). The model is not modified."""
     if config is None:
-        config_kwargs.setdefault("batch_num", 1 << 30)
+        config_kwargs.setdefault("batch_num", None)
         cfg = torch_ptq_config(model, **config_kwargs)
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     else:
         cfg = load_config(config)
     work = copy.deepcopy(model).eval()
-    mods = {n: m for n, m in work.named_modules() if type(m) in ONNX_TYPES}
+    mods = {n: m for n, m in work.named_modules() if layer_type_of(m) is not None}
     missing = [n for n in cfg.layers if n not in mods]
     if missing:
         raise ConfigError(f"config names layers the model does not have: {missing}")
@@ -105,13 +102,13 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
     for n in enabled:
         t = infos[n].activation
         if t not in cals:
-            cals[t] = make_activation_calibrator(t, cfg.layers[n], cfg.activation_asymmetric(n))
+            cals[t] = make_activation_calibrator(t, cfg.layers[n].activation, cfg.activation_symmetric(n))
             hooks.append(mods[n].register_forward_pre_hook(observe(t)))
     seen = 0
     try:
         with torch.no_grad():
             batch: Any = first
-            while batch is not None and seen < limit:
+            while batch is not None and (limit is None or seen < limit):
                 work(*_args(batch))
                 seen += 1
                 batch = next(it, None)
@@ -120,15 +117,13 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
             h.remove()
     cals = {t: fqdist.merge_calibrator(c) for t, c in cals.items()}
     results = {t: c.qparams() for t, c in cals.items()}
-    view = GraphView(m)
     table = QuantTable()
     for n in enabled:
         info = infos[n]
-        r = results[info.activation]
-        act = ActivationQuant(info.activation, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min, r.clip_max,
-                              dict(r.details))
-        table.layers[info.name] = LayerQuant(info, act, quantize_weight(info, view.array(info.weight), cfg.layers[n]))
+        wq = quantize_weight(info, initializer(m, info.weight), cfg.layers[n].weight)
+        table.layers[info.name] = layer_quant(info, activation_quant(info.activation, results[info.activation]), wq,
+                                              initializer(m, info.bias) if info.bias else None)
     return TorchPtqResult(m, table, cals, cfg, seen)
 
 
-__all__ = ["TorchPtqResult", "quantize_torch_model", "torch_ptq_config", "CONV_TRANSPOSE"]
+__all__ = ["TorchPtqResult", "quantize_torch_model", "torch_ptq_config"]

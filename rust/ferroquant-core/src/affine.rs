@@ -142,6 +142,27 @@ pub fn fake_quant(
 }
 
 /// `(q - zero_point) * scale` per channel.
+/// Codes must lie in the scheme's `[qmin, qmax]`: wider ones (int16/int32 arrays, or a smaller `bits`) are not
+/// codes of this grid, and dequantizing them would give values the grid cannot hold (even inf).
+fn check_codes<T: Code>(q: &[T], scheme: &Scheme) -> Result<()> {
+    let (lo, hi) = (scheme.qmin() as f32, scheme.qmax() as f32);
+    let bad = crate::par::map_chunks(q, CHUNK, |start, c| {
+        c.iter().position(|v| !(lo..=hi).contains(&v.to_f32())).map(|i| (start + i, c[i].to_f32()))
+    });
+    match bad.into_iter().flatten().next() {
+        None => Ok(()),
+        Some((index, v)) => Err(QuantError::InvalidParameter {
+            name: "q",
+            reason: format!(
+                "code {v} at flat index {index} is outside [{}, {}] for {} bits",
+                scheme.qmin(),
+                scheme.qmax(),
+                scheme.bits
+            ),
+        }),
+    }
+}
+
 pub fn dequantize<T: Code>(
     q: &[T],
     layout: &ChannelLayout,
@@ -153,6 +174,7 @@ pub fn dequantize<T: Code>(
     let g = grids(scales, zero_points, scheme, layout)?;
     layout.check_len("input", q.len())?;
     layout.check_len("output", out.len())?;
+    check_codes(q, scheme)?;
     zip_chunks_mut(q, out, CHUNK, |start, qc, oc| {
         layout.for_each_run(start, qc.len(), |off, n, ch| {
             dequantize_run(&g[ch], &qc[off..off + n], &mut oc[off..off + n]);

@@ -28,6 +28,10 @@ pub enum QuantError {
 
     #[error("invalid parameter {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
+
+    /// A stop was requested (`stop::Stop`) while the kernel ran: the caller was interrupted.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T> = std::result::Result<T, QuantError>;

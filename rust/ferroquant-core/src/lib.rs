@@ -23,9 +23,11 @@ pub mod par;
 pub mod qparams;
 pub mod scheme;
 pub mod smooth;
+pub mod stop;
 pub mod ulq;
 
 pub use error::QuantError;
 pub use layout::ChannelLayout;
 pub use qparams::QParams;
 pub use scheme::Scheme;
+pub use stop::Stop;

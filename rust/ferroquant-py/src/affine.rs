@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use crate::arrays::{layout, shape_of, slice, zeros};
 use crate::errors::run;
+use crate::types::build;
 
 /// Integer codes as they come from Python.
 #[derive(FromPyObject)]
@@ -115,16 +116,13 @@ fn fake_quant<'py>(
     Ok(out)
 }
 
-type ArqOut<'py> =
-    (Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyAny>, Bound<'py, PyArrayDyn<f32>>);
-
 fn arq_into<'py, T: Code + Element>(
     py: Python<'py>,
     ws: &[f32],
     shape: &[usize],
     scheme: Scheme,
     axis: Option<isize>,
-) -> PyResult<ArqOut<'py>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let codes = zeros::<T>(py, shape);
     let fake = zeros::<f32>(py, shape);
     let qp = {
@@ -133,19 +131,23 @@ fn arq_into<'py, T: Code + Element>(
         run(py, || core_arq::arq(ws, &layout(shape, axis)?, &scheme, cs, fs))?
     };
     let (s, z): (Vec<f32>, Vec<i32>) = qp.iter().map(|p| (p.scale, p.zero_point)).unzip();
-    Ok((PyArray1::from_vec(py, s), PyArray1::from_vec(py, z), codes.into_any(), fake))
+    build!(py, "ArqResult" {
+        scale: PyArray1::from_vec(py, s), zero_point: PyArray1::from_vec(py, z), codes: codes, fake: fake,
+        axis: axis, bits: scheme.bits,
+    })
 }
 
-/// ARQ: (scale, zero_point, codes, fake-quantized weights); per channel along `axis`, per tensor if None.
+/// ARQ: `ArqResult` (scale, zero_point, codes, fake-quantized weights); per channel along `axis`, per tensor
+/// if None.
 #[pyfunction(name = "arq")]
-#[pyo3(signature = (w, axis=Some(0), bits=8, symmetric=true))]
+#[pyo3(signature = (w, axis=Some(0), bits=8, symmetric=true), text_signature = "(w, axis=0, bits=8, symmetric=True)")]
 fn arq_py<'py>(
     py: Python<'py>,
     w: PyReadonlyArrayDyn<'py, f32>,
     axis: Option<isize>,
     bits: u32,
     symmetric: bool,
-) -> PyResult<ArqOut<'py>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let (ws, shape) = (slice(py, &w, "w")?, shape_of(&w));
     let scheme = run(py, || Scheme::new(bits, symmetric))?;
     if bits <= 8 {

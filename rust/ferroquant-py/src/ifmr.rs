@@ -1,139 +1,57 @@
-//! Bindings of `core::ifmr`: the search on raw data, and on a histogram.
+//! Bindings of `core::ifmr`: the search on raw data, and on a histogram. Both take one `IfmrOptions` and
+//! return an `IfmrResult`; Ctrl-C interrupts them.
 
-use ferroquant_core::ifmr::{self, init::counts_from_i64, Bound as Searched, IfmrOptions, IfmrResult};
-use numpy::{PyReadonlyArray1, PyReadonlyArrayDyn};
+use ferroquant_core::ifmr::{self, Bound as Searched, IfmrOptions, IfmrResult};
+use numpy::PyReadonlyArrayDyn;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use crate::arrays::slice;
-use crate::errors::run;
+use crate::errors::run_long;
+use crate::types::{build, HistArg, OptionsArg};
 
-/// Histogram counts as they come from Python (`np.histogram` gives int64).
-#[derive(FromPyObject)]
-enum Counts<'py> {
-    U64(PyReadonlyArray1<'py, u64>),
-    I64(PyReadonlyArray1<'py, i64>),
-}
-
-fn result_dict<'py>(py: Python<'py>, r: &IfmrResult, o: &IfmrOptions) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
+fn result<'py>(py: Python<'py>, r: &IfmrResult, o: &IfmrOptions) -> PyResult<Bound<'py, PyAny>> {
     let bound = match r.bound {
         Searched::Max => "max",
         Searched::Min => "min",
         Searched::Symmetric => "symmetric",
         Searched::Both => "both",
     };
-    d.set_item("scale", r.scale)?;
-    d.set_item("zero_point", r.zero_point)?;
-    d.set_item("clip_min", r.clip_min)?;
-    d.set_item("clip_max", r.clip_max)?;
-    d.set_item("max_init", r.max_init)?;
-    d.set_item("min_init", r.min_init)?;
-    d.set_item("bound", bound)?;
-    d.set_item("ratio", r.ratio)?;
-    d.set_item("index", r.index)?;
-    d.set_item("ratio_min", r.ratio_min)?;
-    d.set_item("index_min", r.index_min)?;
-    d.set_item("extended", r.extended())?;
-    d.set_item("extension", r.extension)?;
-    d.set_item("candidates", r.candidates)?;
-    d.set_item("window", o.count())?;
-    d.set_item("loss", r.loss)?;
-    d.set_item("search_extend", o.search_extend)?;
-    d.set_item("search_2d", o.search_2d)?;
-    Ok(d)
+    build!(py, "IfmrResult" {
+        scale: r.scale, zero_point: r.zero_point, clip_min: r.clip_min, clip_max: r.clip_max,
+        max_init: r.max_init, min_init: r.min_init, bound: bound, ratio: r.ratio, index: r.index,
+        ratio_min: r.ratio_min, index_min: r.index_min, extended: r.extended(), extension: r.extension,
+        candidates: r.candidates, window: o.count(), loss: r.loss, search_extend: o.search_extend,
+        search_2d: o.search_2d,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn options(
-    bits: u32,
-    symmetric: bool,
-    max_percentile: f64,
-    min_percentile: f64,
-    search_start: f64,
-    search_end: f64,
-    search_step: f64,
-    search_extend: bool,
-    search_2d: bool,
-) -> IfmrOptions {
-    IfmrOptions {
-        bits,
-        symmetric,
-        max_percentile,
-        min_percentile,
-        search_start,
-        search_end,
-        search_step,
-        search_extend,
-        search_2d,
-    }
-}
-
-/// IFMR on the raw data (flattened): exact percentiles, then the clip search. Returns a dict.
+/// IFMR on the raw data (flattened): exact percentiles, then the clip search.
 #[pyfunction(name = "ifmr")]
-#[pyo3(signature = (x, bits=8, symmetric=false, max_percentile=0.999999, min_percentile=0.999999,
-    search_start=0.7, search_end=1.3, search_step=0.01, search_extend=true, search_2d=false))]
-#[allow(clippy::too_many_arguments)]
-fn ifmr_py<'py>(
-    py: Python<'py>,
-    x: PyReadonlyArrayDyn<'py, f32>,
-    bits: u32,
-    symmetric: bool,
-    max_percentile: f64,
-    min_percentile: f64,
-    search_start: f64,
-    search_end: f64,
-    search_step: f64,
-    search_extend: bool,
-    search_2d: bool,
-) -> PyResult<Bound<'py, PyDict>> {
+fn ifmr_py<'py>(py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>, options: OptionsArg) -> PyResult<Bound<'py, PyAny>> {
     let xs = slice(py, &x, "x")?;
-    let o = options(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step,
-        search_extend, search_2d);
-    let r = run(py, || ifmr::ifmr(xs, &o))?;
-    result_dict(py, &r, &o)
+    let o = IfmrOptions::from(options);
+    let r = run_long(py, |stop| ifmr::ifmr(xs, &o, stop))?;
+    result(py, &r, &o)
 }
 
-/// IFMR from a histogram (`counts` over equal bins of `[lo, hi]`): percentiles from the cumulative counts;
-/// losses on `x` when given, else on the bin centres weighted by the counts. Returns a dict.
+/// IFMR from a histogram: percentiles from the cumulative counts; losses on `x` when given, else on the bin
+/// centres weighted by the counts.
 #[pyfunction(name = "ifmr_histogram")]
-#[pyo3(signature = (counts, lo, hi, x=None, bits=8, symmetric=false, max_percentile=0.999999,
-    min_percentile=0.999999, search_start=0.7, search_end=1.3, search_step=0.01, search_extend=true,
-    search_2d=false))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (hist, x, options))]
 fn ifmr_histogram_py<'py>(
     py: Python<'py>,
-    counts: Counts<'py>,
-    lo: f32,
-    hi: f32,
+    hist: HistArg<'py>,
     x: Option<PyReadonlyArrayDyn<'py, f32>>,
-    bits: u32,
-    symmetric: bool,
-    max_percentile: f64,
-    min_percentile: f64,
-    search_start: f64,
-    search_end: f64,
-    search_step: f64,
-    search_extend: bool,
-    search_2d: bool,
-) -> PyResult<Bound<'py, PyDict>> {
+    options: OptionsArg,
+) -> PyResult<Bound<'py, PyAny>> {
     let xs = match &x {
         Some(a) => Some(slice(py, a, "x")?),
         None => None,
     };
-    let o = options(bits, symmetric, max_percentile, min_percentile, search_start, search_end, search_step,
-        search_extend, search_2d);
-    let r = match &counts {
-        Counts::U64(c) => {
-            let cs = c.as_slice()?;
-            run(py, || ifmr::ifmr_histogram(cs, lo, hi, xs, &o))?
-        }
-        Counts::I64(c) => {
-            let cs = c.as_slice()?;
-            run(py, || ifmr::ifmr_histogram(&counts_from_i64(cs)?, lo, hi, xs, &o))?
-        }
-    };
-    result_dict(py, &r, &o)
+    let o = IfmrOptions::from(options);
+    let (c, lo, hi) = (hist.counts(py)?, hist.lo(), hist.hi());
+    let r = run_long(py, |stop| ifmr::ifmr_histogram(&c, lo, hi, xs, &o, stop))?;
+    result(py, &r, &o)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

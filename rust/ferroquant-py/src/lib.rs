@@ -15,7 +15,10 @@ mod metrics;
 mod nuq;
 mod pool;
 mod qparams;
+mod types;
 mod ulq;
+#[cfg(feature = "debug-panic")]
+mod debug;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -31,5 +34,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     groupwise::register(m)?;
     gptq::register(m)?;
     awq::register(m)?;
+    #[cfg(feature = "debug-panic")]
+    debug::register(m)?;
     Ok(())
 }

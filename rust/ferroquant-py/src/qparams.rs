@@ -1,21 +1,25 @@
 //! Bindings of `core::qparams`.
 
-use ferroquant_core::{qparams, Scheme};
+use ferroquant_core::{qparams, QuantError, Scheme};
 use numpy::{PyArray1, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
 use crate::arrays::{layout, shape_of, slice};
 use crate::errors::run;
+use crate::types::build;
 
-/// Guarded (scale, zero_point) for the range [lo, hi].
+/// Guarded `QParams` for the range [lo, hi] (lo > hi is an error).
 #[pyfunction]
 #[pyo3(signature = (lo, hi, bits=8, symmetric=true))]
-fn qparams_from_range(py: Python<'_>, lo: f32, hi: f32, bits: u32, symmetric: bool) -> PyResult<(f32, i32)> {
-    run(py, || {
+fn qparams_from_range(py: Python<'_>, lo: f32, hi: f32, bits: u32, symmetric: bool) -> PyResult<Bound<'_, PyAny>> {
+    let p = run(py, || {
         let s = Scheme::new(bits, symmetric)?;
-        let p = qparams::from_range(lo, hi, &s, 0)?;
-        Ok((p.scale, p.zero_point))
-    })
+        if lo > hi {
+            return Err(QuantError::InvalidParameter { name: "range", reason: format!("lo {lo} > hi {hi}") });
+        }
+        qparams::from_range(lo, hi, &s, 0)
+    })?;
+    build!(py, "QParams" { scale: p.scale, zero_point: p.zero_point })
 }
 
 type Pair<'py, A, B> = (Bound<'py, PyArray1<A>>, Bound<'py, PyArray1<B>>);

@@ -2,13 +2,14 @@
 //! autograd functions (which hand in tensors' memory through `Tensor.numpy()`, without copies).
 
 use ferroquant_core::{ulq, Scheme};
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
 use crate::arrays::{layout, shape_of, slice, zeros};
 use crate::errors::run;
+use crate::types::build;
 
-/// ULQ forward: (fake-quantized x, scale, zero_point) for the clip range [clip_min, clip_max].
+/// ULQ forward: `UlqForward` (fake-quantized x, scale, zero_point) for the clip range [clip_min, clip_max].
 #[pyfunction]
 #[pyo3(signature = (x, clip_min, clip_max, bits=8, symmetric=false))]
 fn ulq_fake_quant<'py>(
@@ -18,7 +19,7 @@ fn ulq_fake_quant<'py>(
     clip_max: f32,
     bits: u32,
     symmetric: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, f32, i32)> {
+) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
     let out = zeros::<f32>(py, &shape);
     let p = {
@@ -26,10 +27,10 @@ fn ulq_fake_quant<'py>(
         let os = w.as_slice_mut()?;
         run(py, || ulq::ulq_fake_quant(xs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
     };
-    Ok((out, p.scale, p.zero_point))
+    build!(py, "UlqForward" { fake: out, scale: p.scale, zero_point: p.zero_point })
 }
 
-/// ULQ backward: (grad_x, grad_clip_max, grad_clip_min).
+/// ULQ backward: `UlqBackward` (grad_x, grad_clip_max, grad_clip_min).
 #[pyfunction]
 #[pyo3(signature = (x, grad, clip_min, clip_max, bits=8, symmetric=false))]
 fn ulq_backward<'py>(
@@ -40,7 +41,7 @@ fn ulq_backward<'py>(
     clip_max: f32,
     bits: u32,
     symmetric: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, f64, f64)> {
+) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
     let gs = slice(py, &grad, "grad")?;
     let out = zeros::<f32>(py, &shape);
@@ -49,12 +50,12 @@ fn ulq_backward<'py>(
         let os = w.as_slice_mut()?;
         run(py, || ulq::ulq_backward(xs, gs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
     };
-    Ok((out, r.clip_max, r.clip_min))
+    build!(py, "UlqBackward" { grad_x: out, grad_clip_max: r.clip_max, grad_clip_min: r.clip_min })
 }
 
 /// LSQ backward of per-channel weight scales along `axis` (per tensor if None), gradient scale included.
 #[pyfunction]
-#[pyo3(signature = (w, grad, scale, bits=8, axis=Some(0)))]
+#[pyo3(signature = (w, grad, scale, bits=8, axis=Some(0)), text_signature = "(w, grad, scale, bits=8, axis=0)")]
 fn lsq_backward<'py>(
     py: Python<'py>,
     w: PyReadonlyArrayDyn<'py, f32>,

@@ -9,8 +9,8 @@
 //!   own grid (`|x| = x`), all-negative data its reversed grid.
 //! - **Percentile.** Cumulative counts are exact integers; the bin where the cumulative count first reaches
 //!   `q * total` is kept whole (its upper edge is the clip; onnxruntime takes the lower edge), so
-//!   `percentile = 100` gives the min/max range. Symmetric: one threshold `t` on |x|; two-sided: `(100-p)/200`
-//!   of the mass cut from each side.
+//!   `q = 1` gives the min/max range (`q` is a fraction, like IFMR's percentiles). Symmetric: one threshold
+//!   `t` on |x|; two-sided: `(1-q)/2` of the mass cut from each side.
 //! - **KL.** Candidates `i = nq..=n` over the |x| bins, reference `P` = the first `i` bins with the outliers
 //!   added to the last one, `Q` = the first `i` bins merged into `nq` bins and spread back over the non-zero
 //!   bins of `P`, both smoothed with `eps = 1e-4` (in f64), `KL(P||Q)` summed in order; argmin first on ties.
@@ -23,6 +23,7 @@ use super::Histogram;
 use crate::error::{QuantError, Result};
 use crate::qparams::{from_range, QParams};
 use crate::scheme::Scheme;
+use crate::stop::Stop;
 
 /// Smoothing of empty bins in the KL search (MXNet / onnxruntime `smooth_distribution`).
 pub const KL_EPS: f64 = 1e-4;
@@ -117,11 +118,15 @@ fn first_reaching(counts: &[u64], target: f64) -> usize {
     counts.len() - 1
 }
 
-/// Clip at the `percentile` of the histogram mass, on |x| when `symmetric`, else cutting both tails.
+/// Clip at the `percentile` (a fraction in (0, 1]) of the histogram mass, on |x| when `symmetric`, else
+/// cutting both tails.
 pub fn percentile(h: &Histogram, percentile: f64, bits: u32, symmetric: bool) -> Result<Clip> {
     let scheme = Scheme::new(bits, symmetric)?;
-    if !(percentile > 0.0 && percentile <= 100.0) {
-        return Err(QuantError::InvalidParameter { name: "percentile", reason: format!("must be in (0, 100], got {percentile}") });
+    if !(percentile > 0.0 && percentile <= 1.0) {
+        return Err(QuantError::InvalidParameter {
+            name: "percentile",
+            reason: format!("must be a fraction in (0, 1], got {percentile}"),
+        });
     }
     nonempty(h)?;
     if h.grid().is_constant() {
@@ -130,11 +135,11 @@ pub fn percentile(h: &Histogram, percentile: f64, bits: u32, symmetric: bool) ->
     let total = h.total() as f64;
     if symmetric {
         let a = fold_abs(h);
-        let j = first_reaching(&a.counts, percentile / 100.0 * total);
+        let j = first_reaching(&a.counts, percentile * total);
         let t = (a.start + (j + 1) as f64 * a.width) as f32;
         return clip(-t, t, h, &scheme, f64::NAN);
     }
-    let cut = (100.0 - percentile) / 200.0;
+    let cut = (1.0 - percentile) / 2.0;
     let left = first_reaching(h.counts(), cut * total);
     let right = first_reaching(h.counts(), (1.0 - cut) * total);
     let g = h.grid();
@@ -195,8 +200,14 @@ pub fn kl_candidate(counts: &[u64], i: usize, nq: usize, outliers: u64) -> f64 {
     kl
 }
 
+/// Largest histogram the KL search takes: its candidates cost O(nbins) each, so the search is O(nbins^2)
+/// (about a second at this size on one core).
+pub const KL_MAX_BINS: usize = 1 << 13;
+/// Candidates per chunk between two checks of the stop token.
+const KL_CHUNK: usize = 64;
+
 /// KL divergence of every candidate `i = nq..=n` of the |x| histogram, in order.
-pub fn kl_divergences(a: &AbsHistogram, nq: usize) -> Result<Vec<f64>> {
+pub fn kl_divergences(a: &AbsHistogram, nq: usize, stop: &Stop) -> Result<Vec<f64>> {
     let n = a.counts.len();
     if nq < 2 || nq > n {
         return Err(QuantError::InvalidParameter {
@@ -204,23 +215,34 @@ pub fn kl_divergences(a: &AbsHistogram, nq: usize) -> Result<Vec<f64>> {
             reason: format!("must be in [2, nbins = {n}], got {nq}"),
         });
     }
+    if n > KL_MAX_BINS {
+        return Err(QuantError::InvalidParameter {
+            name: "nbins",
+            reason: format!("the KL search takes at most {KL_MAX_BINS} bins (it is quadratic), got {n}"),
+        });
+    }
     let mut suffix = vec![0u64; n + 1];
     for k in (0..n).rev() {
         suffix[k] = suffix[k + 1] + a.counts[k];
     }
     let f = |i: usize| kl_candidate(&a.counts, i, nq, suffix[i]);
-    Ok((nq..=n).into_par_iter().map(f).collect())
+    let idx: Vec<usize> = (nq..=n).collect();
+    let parts = idx
+        .par_chunks(KL_CHUNK)
+        .map(|c| stop.check().map(|_| c.iter().map(|&i| f(i)).collect::<Vec<f64>>()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(parts.concat())
 }
 
 /// TensorRT's entropy calibration: the |x| threshold with the smallest `KL(P||Q)`.
-pub fn kl(h: &Histogram, bits: u32, symmetric: bool, num_quantized_bins: usize) -> Result<Clip> {
+pub fn kl(h: &Histogram, bits: u32, symmetric: bool, num_quantized_bins: usize, stop: &Stop) -> Result<Clip> {
     let scheme = Scheme::new(bits, symmetric)?;
     nonempty(h)?;
     if h.grid().is_constant() {
         return minmax(h, bits, symmetric);
     }
     let a = fold_abs(h);
-    let kls = kl_divergences(&a, num_quantized_bins)?;
+    let kls = kl_divergences(&a, num_quantized_bins, stop)?;
     let best = argmin_first(&kls).unwrap_or(kls.len() - 1);
     let t = (a.start + (best + num_quantized_bins) as f64 * a.width) as f32;
     clip(-t, t, h, &scheme, kls[best])
@@ -256,9 +278,10 @@ mod tests {
         let mut c = gauss(256, -3.0, 5.0).into_counts();
         (c[0], c[255]) = (1, 1);
         let h = Histogram::from_parts(c, -3.0, 5.0).unwrap();
-        let p = percentile(&h, 100.0, 8, false).unwrap();
+        let p = percentile(&h, 1.0, 8, false).unwrap();
         assert_eq!((p.clip_min, p.clip_max), (-3.0, 5.0));
-        let p = percentile(&h, 99.0, 8, true).unwrap();
+        let p = percentile(&h, 0.99, 8, true).unwrap();
+        assert!(percentile(&h, 99.0, 8, true).is_err());
         assert!(p.clip_max < 5.0 && p.clip_min == -p.clip_max);
         assert!(percentile(&h, 0.0, 8, true).is_err());
         assert!(percentile(&h, f64::NAN, 8, true).is_err());
@@ -271,10 +294,10 @@ mod tests {
         c[2047] = 1;
         c[0] = 1;
         h = Histogram::from_parts(c, -8.0, 8.0).unwrap();
-        let k = kl(&h, 8, true, 128).unwrap();
+        let k = kl(&h, 8, true, 128, &crate::stop::NEVER).unwrap();
         assert!(k.clip_max < 8.0 && k.clip_max > 1.0);
         assert!(k.loss.is_finite());
-        assert!(kl(&gauss(64, -1.0, 1.0), 8, true, 128).is_err());
+        assert!(kl(&gauss(64, -1.0, 1.0), 8, true, 128, &crate::stop::NEVER).is_err());
         let m = minmax(&h, 8, false).unwrap();
         assert_eq!((m.clip_min, m.clip_max), (-8.0, 8.0));
     }

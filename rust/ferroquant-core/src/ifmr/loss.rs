@@ -15,7 +15,9 @@
 
 use multiversion::multiversion;
 
+use crate::error::Result;
 use crate::par::{map_chunks, CHUNK};
+use crate::stop::Stop;
 
 /// Accumulator lanes per candidate (a multiple of the SIMD width, so the lanes vectorize).
 pub const LANES: usize = 16;
@@ -38,7 +40,7 @@ pub struct Cand {
 /// Something that can score candidates: the raw data or a histogram of it.
 pub trait Loss: Sync {
     /// Mean squared error of each candidate, in order.
-    fn losses(&self, cands: &[Cand]) -> Vec<f64>;
+    fn losses(&self, cands: &[Cand]) -> Result<Vec<f64>>;
 }
 
 /// Quantize-dequantize error of one element (f32 throughout; `v` is finite).
@@ -96,16 +98,18 @@ fn chunk_sums_body(chunk: &[f32], cands: &[Cand]) -> Vec<f64> {
     acc.iter().map(combine_lanes).collect()
 }
 
-/// The raw data as a loss: exact, one pass per batch of candidates.
+/// The raw data as a loss: exact, one pass per batch of candidates; `stop` is checked before each pass.
 pub struct DataLoss<'a> {
     pub x: &'a [f32],
+    pub stop: &'a Stop,
 }
 
 impl Loss for DataLoss<'_> {
-    fn losses(&self, cands: &[Cand]) -> Vec<f64> {
+    fn losses(&self, cands: &[Cand]) -> Result<Vec<f64>> {
         let n = self.x.len().max(1) as f64;
         let mut out = Vec::with_capacity(cands.len());
         for batch in cands.chunks(BATCH) {
+            self.stop.check()?;
             let parts = map_chunks(self.x, CHUNK, |_, chunk| chunk_sums(chunk, batch));
             let mut total = vec![0f64; batch.len()];
             for p in &parts {
@@ -115,7 +119,7 @@ impl Loss for DataLoss<'_> {
             }
             out.extend(total.iter().map(|t| t / n));
         }
-        out
+        Ok(out)
     }
 }
 
@@ -148,13 +152,13 @@ impl HistLoss {
 }
 
 impl Loss for HistLoss {
-    fn losses(&self, cands: &[Cand]) -> Vec<f64> {
+    fn losses(&self, cands: &[Cand]) -> Result<Vec<f64>> {
         use rayon::prelude::*;
-        if cands.len() * self.centres.len() < crate::par::PAR_THRESHOLD {
+        Ok(if cands.len() * self.centres.len() < crate::par::PAR_THRESHOLD {
             cands.iter().map(|c| self.loss(c)).collect()
         } else {
             cands.par_iter().map(|c| self.loss(c)).collect()
-        }
+        })
     }
 }
 
@@ -181,12 +185,12 @@ mod tests {
         let x: Vec<f32> = (0..100_003).map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 3.0).collect();
         let cands: Vec<Cand> =
             (0..70).map(|i| Cand { lo: -3.0, hi: 4.0 + i as f32 * 0.05, scale: 0.03 + i as f32 * 1e-4 }).collect();
-        let l = DataLoss { x: &x }.losses(&cands);
+        let l = DataLoss { x: &x, stop: &crate::stop::NEVER }.losses(&cands).unwrap();
         assert_eq!(l.len(), 70);
         for (v, c) in l.iter().zip(&cands) {
             assert!((v - naive(&x, c)).abs() <= 1e-12 * v.max(1e-30), "{v} vs {}", naive(&x, c));
         }
-        let one = DataLoss { x: &x }.losses(&cands[5..6]);
+        let one = DataLoss { x: &x, stop: &crate::stop::NEVER }.losses(&cands[5..6]).unwrap();
         assert_eq!(one[0], l[5]);
     }
 
@@ -210,6 +214,6 @@ mod tests {
         let h = HistLoss::new(&[1, 0, 3], 0.0, 3.0);
         assert_eq!(h.centres, vec![0.5, 1.5, 2.5]);
         let c = Cand { lo: 0.0, hi: 3.0, scale: 1.0 };
-        assert_eq!(h.losses(&[c])[0], (0.25 + 3.0 * 0.25) / 4.0);
+        assert_eq!(h.losses(&[c]).unwrap()[0], (0.25 + 3.0 * 0.25) / 4.0);
     }
 }

@@ -13,6 +13,7 @@ pub mod search;
 use crate::error::{QuantError, Result};
 use crate::qparams::{from_range, QParams};
 use crate::scheme::Scheme;
+use crate::stop::Stop;
 
 pub use init::{histogram_init, percentile_init};
 pub use loss::{Cand, DataLoss, HistLoss, Loss};
@@ -128,20 +129,27 @@ impl IfmrResult {
     }
 }
 
-/// IFMR on the raw data: exact percentiles, then the search.
-pub fn ifmr(x: &[f32], o: &IfmrOptions) -> Result<IfmrResult> {
+/// IFMR on the raw data: exact percentiles, then the search (`stop` checked before each pass over the data).
+pub fn ifmr(x: &[f32], o: &IfmrOptions, stop: &Stop) -> Result<IfmrResult> {
     o.validate()?;
     if x.is_empty() {
         return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
     }
     let (max0, min0) = percentile_init(x, o.max_percentile, o.min_percentile)?;
-    search_from(&DataLoss { x }, max0, min0, o)
+    search_from(&DataLoss { x, stop }, max0, min0, o)
 }
 
 /// IFMR from a histogram (`counts` over `nbins` equal bins of `[lo, hi]`, §3.5): percentiles from the
 /// cumulative counts; candidate losses on the raw data `x` when given, otherwise on the bin centres weighted
 /// by their counts (no raw data needed).
-pub fn ifmr_histogram(counts: &[u64], lo: f32, hi: f32, x: Option<&[f32]>, o: &IfmrOptions) -> Result<IfmrResult> {
+pub fn ifmr_histogram(
+    counts: &[u64],
+    lo: f32,
+    hi: f32,
+    x: Option<&[f32]>,
+    o: &IfmrOptions,
+    stop: &Stop,
+) -> Result<IfmrResult> {
     o.validate()?;
     let (max0, min0) = histogram_init(counts, lo, hi, o.max_percentile, o.min_percentile)?;
     match x {
@@ -152,7 +160,7 @@ pub fn ifmr_histogram(counts: &[u64], lo: f32, hi: f32, x: Option<&[f32]>, o: &I
             if x.is_empty() {
                 return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
             }
-            search_from(&DataLoss { x }, max0, min0, o)
+            search_from(&DataLoss { x, stop }, max0, min0, o)
         }
         None => search_from(&HistLoss::new(counts, lo, hi), max0, min0, o),
     }

@@ -113,14 +113,14 @@ fn argmin(v: &[f64]) -> usize {
 pub fn search_1d(loss: &dyn Loss, space: &Space, o: &IfmrOptions) -> Result<Pick> {
     let n = o.count();
     let cands = (0..n as i64).map(|i| space.cand(ratio(o, i))).collect::<Result<Vec<_>>>()?;
-    let losses = loss.losses(&cands);
+    let losses = loss.losses(&cands)?;
     let best = argmin(&losses);
     let mut pick = Pick { cand: cands[best], index: best as i64, index_min: 0, loss: losses[best], evaluated: n };
     if o.search_extend {
         let last = n as i64 - 1;
-        let moved = pick.index == 0 && walk(loss, space, o, &mut pick, -1);
+        let moved = pick.index == 0 && walk(loss, space, o, &mut pick, -1)?;
         if !moved && pick.index == last {
-            walk(loss, space, o, &mut pick, 1);
+            walk(loss, space, o, &mut pick, 1)?;
         }
     }
     Ok(pick)
@@ -128,7 +128,7 @@ pub fn search_1d(loss: &dyn Loss, space: &Space, o: &IfmrOptions) -> Result<Pick
 
 /// Step from the pick in direction `dir` while the loss falls, within the extension limits; candidates
 /// whose scale fails the guard end the walk. Returns whether the pick moved.
-fn walk(loss: &dyn Loss, space: &Space, o: &IfmrOptions, pick: &mut Pick, dir: i64) -> bool {
+fn walk(loss: &dyn Loss, space: &Space, o: &IfmrOptions, pick: &mut Pick, dir: i64) -> Result<bool> {
     let mut moved = false;
     loop {
         let (mut idx, mut cands) = (Vec::new(), Vec::new());
@@ -146,16 +146,16 @@ fn walk(loss: &dyn Loss, space: &Space, o: &IfmrOptions, pick: &mut Pick, dir: i
             i += dir;
         }
         if cands.is_empty() {
-            return moved;
+            return Ok(moved);
         }
-        let losses = loss.losses(&cands);
+        let losses = loss.losses(&cands)?;
         pick.evaluated += cands.len();
         for ((&l, &c), &k) in losses.iter().zip(&cands).zip(&idx) {
             if l < pick.loss {
                 (pick.loss, pick.cand, pick.index) = (l, c, k);
                 moved = true;
             } else {
-                return moved;
+                return Ok(moved);
             }
         }
     }
@@ -171,7 +171,7 @@ pub fn search_2d(loss: &dyn Loss, space: &Space, o: &IfmrOptions) -> Result<Pick
             cands.push(space.cand_2d(ratio(o, j), ratio(o, i))?);
         }
     }
-    let losses = loss.losses(&cands);
+    let losses = loss.losses(&cands)?;
     let best = argmin(&losses);
     let (j, i) = (best as i64 / n, best as i64 % n);
     Ok(Pick { cand: cands[best], index: i, index_min: j, loss: losses[best], evaluated: cands.len() })

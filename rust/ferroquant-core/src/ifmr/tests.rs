@@ -1,4 +1,5 @@
 use super::*;
+use crate::stop::NEVER;
 
 fn amct() -> IfmrOptions {
     IfmrOptions { search_extend: false, ..IfmrOptions::default() }
@@ -27,23 +28,23 @@ fn heavy(n: usize) -> Vec<f32> {
 #[test]
 fn default_window_has_61_candidates() {
     assert_eq!(IfmrOptions::default().count(), 61);
-    let r = ifmr(&[0.5, -1.0, 2.0], &amct()).unwrap();
+    let r = ifmr(&[0.5, -1.0, 2.0], &amct(), &NEVER).unwrap();
     assert_eq!(r.candidates, 61);
     assert_eq!(r.extension, 0);
 }
 
 #[test]
 fn all_zero_gives_scale_one() {
-    let r = ifmr(&[0.0; 100], &amct()).unwrap();
+    let r = ifmr(&[0.0; 100], &amct(), &NEVER).unwrap();
     assert_eq!((r.scale, r.zero_point, r.index), (1.0, -128, 0));
     let sym = IfmrOptions { symmetric: true, ..amct() };
-    let r = ifmr(&[0.0; 100], &sym).unwrap();
+    let r = ifmr(&[0.0; 100], &sym, &NEVER).unwrap();
     assert_eq!((r.scale, r.zero_point), (1.0, 0));
 }
 
 #[test]
 fn constant_is_reproduced() {
-    let r = ifmr(&[3.0; 1000], &amct()).unwrap();
+    let r = ifmr(&[3.0; 1000], &amct(), &NEVER).unwrap();
     assert_eq!(r.zero_point, -128);
     let back = ((3.0f32 / r.scale).round_ties_even()) * r.scale;
     assert!((back - 3.0).abs() < 1e-5, "{back}");
@@ -53,11 +54,11 @@ fn constant_is_reproduced() {
 #[test]
 fn negative_only_searches_the_lower_bound() {
     let x: Vec<f32> = heavy(20_000).iter().map(|v| -v).collect();
-    let r = ifmr(&x, &IfmrOptions::default()).unwrap();
+    let r = ifmr(&x, &IfmrOptions::default(), &NEVER).unwrap();
     assert_eq!(r.bound, Bound::Min);
     assert_eq!(r.zero_point, 127);
     assert!(r.ratio < 1.0);
-    let fixed = search_from(&DataLoss { x: &x }, 0.0, r.min_init, &IfmrOptions { search_start: 1.0, search_end: 1.01, search_step: 0.01, search_extend: false, ..amct() }).unwrap();
+    let fixed = search_from(&DataLoss { x: &x, stop: &NEVER }, 0.0, r.min_init, &IfmrOptions { search_start: 1.0, search_end: 1.01, search_step: 0.01, search_extend: false, ..amct() }).unwrap();
     assert!(r.loss < fixed.loss);
 }
 
@@ -66,9 +67,9 @@ fn extension_beats_the_window_on_heavy_tails() {
     // 4 bits, a bulk in [0, 1) and a few outliers at 10: the best clip is far below 0.7 x max.
     let mut x = uniform(100_000, 5);
     x[..5].iter_mut().for_each(|v| *v = 10.0);
-    let a = ifmr(&x, &IfmrOptions { bits: 4, ..amct() }).unwrap();
+    let a = ifmr(&x, &IfmrOptions { bits: 4, ..amct() }, &NEVER).unwrap();
     assert_eq!(a.index, 0);
-    let e = ifmr(&x, &IfmrOptions { bits: 4, ..IfmrOptions::default() }).unwrap();
+    let e = ifmr(&x, &IfmrOptions { bits: 4, ..IfmrOptions::default() }, &NEVER).unwrap();
     assert!(e.extension < 0, "{e:?}");
     assert!(e.ratio < 0.7 && e.loss < a.loss);
     assert!(e.candidates > 61);
@@ -78,19 +79,19 @@ fn extension_beats_the_window_on_heavy_tails() {
 fn two_d_is_no_worse_than_one_d() {
     let u = uniform(5_000, 3);
     let x: Vec<f32> = u.iter().map(|&v| (v - 0.3).powi(3) * 10.0).collect();
-    let one = ifmr(&x, &amct()).unwrap();
+    let one = ifmr(&x, &amct(), &NEVER).unwrap();
     let o2 = IfmrOptions { search_2d: true, search_step: 0.05, ..amct() };
-    let two = ifmr(&x, &o2).unwrap();
+    let two = ifmr(&x, &o2, &NEVER).unwrap();
     assert_eq!(two.candidates, 13 * 13);
     assert!(two.ratio_min.is_some());
-    let one_coarse = ifmr(&x, &IfmrOptions { search_step: 0.05, ..amct() }).unwrap();
+    let one_coarse = ifmr(&x, &IfmrOptions { search_step: 0.05, ..amct() }, &NEVER).unwrap();
     assert!(two.loss <= one_coarse.loss);
     assert!(one.loss > 0.0);
 }
 
 #[test]
 fn symmetric_uses_128_for_negative_dominant() {
-    let r = ifmr(&[-4.0, 1.0], &IfmrOptions { symmetric: true, ..amct() }).unwrap();
+    let r = ifmr(&[-4.0, 1.0], &IfmrOptions { symmetric: true, ..amct() }, &NEVER).unwrap();
     assert_eq!(r.zero_point, 0);
     assert_eq!(r.scale, (r.ratio * 4.0) as f32 / 128.0);
 }
@@ -98,7 +99,7 @@ fn symmetric_uses_128_for_negative_dominant() {
 #[test]
 fn options_are_validated() {
     let d = IfmrOptions::default();
-    let name = |o: IfmrOptions| match ifmr(&[1.0], &o) {
+    let name = |o: IfmrOptions| match ifmr(&[1.0], &o, &NEVER) {
         Err(QuantError::InvalidParameter { name, .. }) => name,
         other => panic!("{other:?}"),
     };
@@ -109,9 +110,9 @@ fn options_are_validated() {
     assert_eq!(name(IfmrOptions { search_step: 0.7, ..d }), "search_step");
     assert_eq!(name(IfmrOptions { search_step: 1e-9, ..d }), "search_step");
     assert_eq!(name(IfmrOptions { search_2d: true, symmetric: true, ..d }), "search_2d");
-    assert!(matches!(ifmr(&[1.0], &IfmrOptions { bits: 1, ..d }), Err(QuantError::InvalidBits { .. })));
-    assert!(matches!(ifmr(&[], &d), Err(QuantError::EmptyInput { .. })));
-    assert!(matches!(ifmr(&[f32::NAN], &d), Err(QuantError::NonFinite { .. })));
+    assert!(matches!(ifmr(&[1.0], &IfmrOptions { bits: 1, ..d }, &NEVER), Err(QuantError::InvalidBits { .. })));
+    assert!(matches!(ifmr(&[], &d, &NEVER), Err(QuantError::EmptyInput { .. })));
+    assert!(matches!(ifmr(&[f32::NAN], &d, &NEVER), Err(QuantError::NonFinite { .. })));
 }
 
 #[test]
@@ -122,8 +123,8 @@ fn histogram_mode_runs_without_data() {
     for &v in &x {
         counts[((v / hi * 128.0) as usize).min(127)] += 1;
     }
-    let r = ifmr_histogram(&counts, 0.0, hi, None, &IfmrOptions::default()).unwrap();
+    let r = ifmr_histogram(&counts, 0.0, hi, None, &IfmrOptions::default(), &NEVER).unwrap();
     assert!(r.scale > 0.0 && r.max_init <= hi);
-    let d = ifmr_histogram(&counts, 0.0, hi, Some(&x), &IfmrOptions::default()).unwrap();
+    let d = ifmr_histogram(&counts, 0.0, hi, Some(&x), &IfmrOptions::default(), &NEVER).unwrap();
     assert_eq!(d.max_init, r.max_init);
 }

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 import numpy as np
 
 from ferroquant import ops, reference
-from ferroquant.pretrained import mobilenet_v2_state_dict
+from ferroquant.examples.pretrained import mobilenet_v2_state_dict
 
 
 def sqnr_db(w: np.ndarray, fake: np.ndarray) -> float:
@@ -29,11 +29,11 @@ def _timed(fn: Callable[[], object]) -> Tuple[object, float]:
 
 
 METHODS: Dict[str, Tuple[Callable, Callable]] = {
-    "ARQ int8": (lambda w: ops.arq(w).fake, lambda w: reference.arq(w, 0)[3]),
-    "ARQ int5": (lambda w: ops.arq(w, bits=5).fake, lambda w: reference.arq(w, 0, 5)[3]),
-    "ARQ int4": (lambda w: ops.arq(w, bits=4).fake, lambda w: reference.arq(w, 0, 4)[3]),
-    "NUQ 32": (lambda w: ops.nuq(w, 32, 1).fake, lambda w: reference.nuq(w, 0, 32, 1)[3]),
-    "NUQ 16": (lambda w: ops.nuq(w, 16, 1).fake, lambda w: reference.nuq(w, 0, 16, 1)[3]),
+    "ARQ int8": (lambda w: ops.arq(w).fake, lambda w: reference.arq(w).fake),
+    "ARQ int5": (lambda w: ops.arq(w, bits=5).fake, lambda w: reference.arq(w, bits=5).fake),
+    "ARQ int4": (lambda w: ops.arq(w, bits=4).fake, lambda w: reference.arq(w, bits=4).fake),
+    "NUQ 32": (lambda w: ops.nuq(w, 32, 1).fake, lambda w: reference.nuq(w, 32, 1).fake),
+    "NUQ 16": (lambda w: ops.nuq(w, 16, 1).fake, lambda w: reference.nuq(w, 16, 1).fake),
 }
 
 
@@ -80,9 +80,9 @@ def weights_demo(layers: int = 0, check_reference: bool = True) -> int:
 # -- the model demo ----------------------------------------------------------------------------------------------
 #: (label, activation params, weight params) of each quantized variant
 VARIANTS = (
-    ("HFMG act + ARQ int8", {"act_algo": "hfmg"}, {"wts_algo": "arq_quantize"}),
-    ("IFMR act + ARQ int8", {"act_algo": "ifmr"}, {"wts_algo": "arq_quantize"}),
-    ("HFMG act + NUQ 32 lv", {"act_algo": "hfmg"}, {"wts_algo": "nuq_quantize", "num_steps": 32}),
+    ("HFMG act + ARQ int8", {"algorithm": "hfmg"}, {"algorithm": "arq"}),
+    ("IFMR act + ARQ int8", {"algorithm": "ifmr"}, {"algorithm": "arq"}),
+    ("HFMG act + NUQ 32 lv", {"algorithm": "hfmg"}, {"algorithm": "nuq", "num_steps": 32}),
 )
 BATCH = 8
 
@@ -118,9 +118,9 @@ def _table(rows: List[List[str]]) -> str:
 def model_demo(out_dir: Union[str, Path] = "ferroquant-demo", n_calib: int = 32, n_eval: int = 64,
                seed: int = 0) -> int:
     """Quantize MobileNetV2 three ways, compare with FP32, write the models and one report into ``out_dir``."""
-    from ferroquant.data.photos import calibration_and_eval_sets
-    from ferroquant.models.mobilenet_v2 import mobilenet_v2_onnx
-    from ferroquant.onnx import create_quant_config, quantize_model, save_model, save_onnx
+    from ferroquant.examples.photos import calibration_and_eval_sets
+    from ferroquant.examples.models import mobilenet_v2_onnx
+    from ferroquant.onnx import create_quant_config, prepare_model, quantize_model, save_model, save_onnx
     from ferroquant.progress import ProgressBar
     from ferroquant.report import create_report, summary_lines
 
@@ -135,12 +135,13 @@ def model_demo(out_dir: Union[str, Path] = "ferroquant-demo", n_calib: int = 32,
     ref = _run(model, sets.evaluation)
     rows = [["FP32", "1.000", "1.000", "inf", f"{fp32_path.stat().st_size / 1e6:.1f}", "-"]]
     first = None
+    prepared = prepare_model(model)  # loaded and fused once for every variant
     for label, act, wts in VARIANTS:
         t = time.perf_counter()
-        cfg = create_quant_config(None, model, batch_num=len(calib), config_defination={
-            "common_config": {"activation_quant_params": act, "weight_quant_params": wts}})
+        cfg = create_quant_config(None, prepared, batch_num=len(calib), config_defination={
+            "common_config": {"activation": act, "weight": wts}})
         with ProgressBar(f"calibrating {label}", len(calib), "batches") as bar:
-            cm = quantize_model(cfg, model, calib, progress=bar)
+            cm = quantize_model(cfg, prepared, calib, progress=bar)
         with ProgressBar(f"searching clips {label}", len(cm.calibrators), "tensors") as bar:
             table = cm.table(progress=bar)
         folder = out / (label.split()[0].lower() + ("_nuq" if "NUQ" in label else ""))

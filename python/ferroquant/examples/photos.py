@@ -1,4 +1,4 @@
-"""Real colour photos that ship inside PyPI wheels, preprocessed for ImageNet models.
+"""The demo's photos: real colour photos that ship inside PyPI wheels, preprocessed for ImageNet models.
 
 Sources (found with ``importlib`` without importing the packages): scikit-image ``skimage/data`` (astronaut,
 chelsea, coffee, rocket, ...), scikit-learn ``datasets/images`` (china, flower) and matplotlib
@@ -17,9 +17,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ferroquant.errors import DataError
-
-IMAGENET_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
-IMAGENET_STD = np.array([58.395, 57.12, 57.375], np.float32)
+from ferroquant.images import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
+from ferroquant.images import pil as _pil
+from ferroquant.images import resize as _resize
 
 # (package, folder inside it, file, group)
 _CATALOGUE = (
@@ -83,14 +83,6 @@ def list_photos() -> Tuple[Photo, ...]:
     return tuple(found)
 
 
-def _pil():  # noqa: ANN202 - the PIL.Image module
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise DataError("loading photos needs Pillow: pip install 'ferroquant[data]'") from e
-    return Image
-
-
 def load_photo(photo: Union[Photo, str]) -> np.ndarray:
     """A photo (a :class:`Photo` or a name from :func:`list_photos`) as uint8 RGB ``[H, W, 3]``."""
     if isinstance(photo, str):
@@ -100,17 +92,6 @@ def load_photo(photo: Union[Photo, str]) -> np.ndarray:
         photo = by_name[photo]
     with _pil().open(photo.path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    image = _pil()
-    return np.asarray(image.fromarray(rgb).resize((width, height), image.BILINEAR), dtype=np.uint8)
-
-
-def normalize_imagenet(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, H, W]``, ``(x - mean) / std`` with ImageNet's 0-255 stats."""
-    x = (np.asarray(rgb, np.float32) - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
 def preprocess_imagenet(rgb: np.ndarray, size: int = 224, resize: int = 256) -> np.ndarray:

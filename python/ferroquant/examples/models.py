@@ -1,6 +1,6 @@
 """torchvision's MobileNetV2 as an ONNX graph, built with ``onnx.helper`` straight from the NumPy state dict.
 
-No torch is involved: the weights come from :func:`ferroquant.pretrained.mobilenet_v2_state_dict`. The graph
+No torch is involved: the weights come from :func:`ferroquant.examples.pretrained.mobilenet_v2_state_dict`. The graph
 keeps every BatchNormalization (52 Conv + 52 BN) so fusion can be tested on a real network; ReLU6 is
 ``Clip(x, 0, 6)`` with min/max inputs; dropout is dropped. Node names mirror torchvision's module names
 (``features.2.conv.0.0`` is a conv, ``features.2.conv.0.1`` its BN, ``classifier.1`` the Gemm) and
@@ -109,7 +109,7 @@ def mobilenet_v2_onnx(opset: int = 13, state_dict: Optional[Mapping[str, np.ndar
     if not 13 <= opset <= newest:
         raise ConfigError(f"mobilenet_v2_onnx: opset must be in 13..{newest}, got {opset}")
     if state_dict is None:
-        from ferroquant.pretrained import mobilenet_v2_state_dict
+        from ferroquant.examples.pretrained import mobilenet_v2_state_dict
 
         state_dict = mobilenet_v2_state_dict()
     b = _Builder(state_dict)

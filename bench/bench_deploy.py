@@ -1,0 +1,184 @@
+"""Deploy models on onnxruntime's CPU: latency and accuracy of FP32, each ferroquant profile and onnxruntime's own
+``quantize_static`` (QDQ, per-channel, with and without ``reduce_range``), on the same calibration data.
+
+    python bench/bench_deploy.py [--calib 32] [--eval 256] [--runs 30] [--models mobilenet_v2,mobilenet_v2_folded]
+
+Latency: onnxruntime with graph optimizations on, 1 and 2 intra-op threads, median of ``--runs`` runs of one
+image, the models interleaved run by run in one process (so a change in the machine's speed hits all alike).
+Accuracy: top-1 agreement with FP32 (and FP32's top-1 inside the top-5) on ``--eval`` crops of photos not used
+for calibration, run as specified (optimizations off: every Q and DQ executed as written) and with onnxruntime's
+integer kernels (optimizations on). Deploy size against the FP32 file. Writes bench/results/deploy.md with the CPU
+and its VNNI flag (without VNNI onnxruntime's u8 x s8 kernels can saturate; see quant/profiles.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Table, write_report  # noqa: E402
+
+BATCH = 8
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in have) or "-"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def session(path: Path, optimize: bool = True, threads: int = 1):  # noqa: ANN201
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def latency_ms(paths: Dict[str, Path], x: np.ndarray, threads: int, runs: int) -> Dict[str, float]:
+    sessions = {k: session(p, True, threads) for k, p in paths.items()}
+    name = {k: s.get_inputs()[0].name for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(3):
+            s.run(None, {name[k]: x})
+    times: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, {name[k]: x})
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def logits(path: Path, x: np.ndarray, optimize: bool) -> np.ndarray:
+    s = session(path, optimize, threads=2)
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: x[i:i + BATCH]})[0] for i in range(0, len(x), BATCH)])
+
+
+def agreement(ref: np.ndarray, got: np.ndarray) -> Tuple[float, float]:
+    top1 = ref.argmax(1)
+    top5 = np.argsort(-got, axis=1)[:, :5]
+    return float(np.mean(top1 == got.argmax(1))), float(np.mean([t in r for t, r in zip(top1, top5)]))
+
+
+# -- the methods -----------------------------------------------------------------------------------------------
+def ferroquant(profile: str, algorithm: str) -> Callable[[Path, List[dict], Path], None]:
+    def run(fp32: Path, feeds: List[dict], out: Path) -> None:
+        import ferroquant.onnx as fo
+
+        fo.quantize(str(fp32), feeds, out, profile=profile, config_defination={
+            "common_config": {"activation": {"algorithm": algorithm}}})
+    return run
+
+
+def ort_static(reduce_range: bool) -> Callable[[Path, List[dict], Path], None]:
+    def run(fp32: Path, feeds: List[dict], out: Path) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(feeds)
+
+            def get_next(self):  # noqa: ANN202
+                return next(self.it, None)
+
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return run
+
+
+METHODS = {
+    "ferroquant onnxruntime (HFMG)": ferroquant("onnxruntime", "hfmg"),
+    "ferroquant onnxruntime (IFMR)": ferroquant("onnxruntime", "ifmr"),
+    "ferroquant tensorrt (HFMG)": ferroquant("tensorrt", "hfmg"),
+    "ferroquant amct (HFMG)": ferroquant("amct", "hfmg"),
+    "ort quantize_static": ort_static(False),
+    "ort quantize_static reduce_range": ort_static(True),
+}
+
+
+def mobilenet_v2(folded: bool, work: Path) -> Path:
+    import onnx
+
+    from ferroquant.examples.models import mobilenet_v2_onnx
+    from ferroquant.onnx import prepare_model
+
+    m = mobilenet_v2_onnx()
+    path = work / ("mobilenet_v2_folded.onnx" if folded else "mobilenet_v2.onnx")
+    onnx.save(prepare_model(m).model if folded else m, str(path))
+    return path
+
+
+def bench_model(name: str, fp32: Path, calib: np.ndarray, evaluation: np.ndarray, runs: int, work: Path,
+                lat: Table, acc: Table) -> None:
+
+    input_name = session(fp32).get_inputs()[0].name
+    feeds = [{input_name: calib[i:i + BATCH]} for i in range(0, len(calib), BATCH)]
+    paths = {"FP32": fp32}
+    quant_s: Dict[str, float] = {}
+    for label, fn in METHODS.items():
+        out = work / f"{name}_{len(paths)}.onnx"
+        t0 = time.perf_counter()
+        fn(fp32, feeds, out)
+        quant_s[label] = time.perf_counter() - t0
+        paths[label] = out
+    x = evaluation[:1]
+    ms = {t: latency_ms(paths, x, t, runs) for t in (1, 2)}
+    ref = logits(fp32, evaluation, False)
+    fp32_mb = fp32.stat().st_size / 1e6
+    for label, p in paths.items():
+        spec, fused = agreement(ref, logits(p, evaluation, False)), agreement(ref, logits(p, evaluation, True))
+        lat.add(name, label, ms[1][label], ms[1]["FP32"] / ms[1][label], ms[2][label], ms[2]["FP32"] / ms[2][label],
+                p.stat().st_size / 1e6, p.stat().st_size / 1e6 / fp32_mb)
+        acc.add(name, label, spec[0], spec[1], fused[0], fused[1], quant_s.get(label, 0.0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--eval", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--models", default="mobilenet_v2,mobilenet_v2_folded")
+    args = ap.parse_args()
+    from ferroquant.examples.photos import calibration_and_eval_sets
+    from ferroquant.quant.profiles import detect_cpu_types
+
+    sets = calibration_and_eval_sets(args.calib, args.eval, seed=0)
+    lat = Table("Latency (onnxruntime CPU, optimizations on, batch 1)",
+                ["model", "method", "1 thread ms", "speed-up", "2 threads ms", "speed-up", "size MB", "size / FP32"])
+    acc = Table(f"Top-1 agreement with FP32 ({args.eval} crops; as specified = optimizations off, every Q/DQ "
+                "executed; fused = onnxruntime's integer kernels)",
+                ["model", "method", "as specified", "top-5", "fused", "top-5 fused", "quantize s"])
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        for name in args.models.split(","):
+            print(f"== {name}", flush=True)
+            bench_model(name, mobilenet_v2(name.endswith("folded"), work), sets.calibration, sets.evaluation,
+                        args.runs, work, lat, acc)
+    cpu = detect_cpu_types()
+    intro = (f"CPU flags: {cpu_flags()}; ferroquant's onnxruntime profile chose {cpu.name} ({cpu.reason}). "
+             f"{args.calib} calibration crops, {args.eval} evaluation crops of other photos; latency median of "
+             f"{args.runs} runs per model, interleaved.")
+    write_report("deploy", [lat, acc], intro)
+
+
+if __name__ == "__main__":
+    main()
