@@ -57,7 +57,7 @@ def rtn_table(k: int, repeats: int) -> Table:
     for gs, clip in ((128, None), (32, None), (128, ops.ClipSearch())):
         spec = ops.GroupSpec(4, gs, False)
         tn = median_time(lambda: ops.quantize_groupwise(w, spec, clip), repeats)
-        tr = median_time(lambda: reference.quantize_groupwise(w, 4, gs, False, False, None if clip is None else 20),
+        tr = median_time(lambda: reference.quantize_groupwise(w, spec, clip),
                          max(1, repeats // 2), budget_s=60)
         t.add(f"g{gs}, {'MSE clip search (10 ratios)' if clip else 'min/max'}", f"{tn * 1e3:.1f}",
               f"{tr * 1e3:.0f}", f"{tr / tn:.1f}x")
@@ -97,7 +97,7 @@ def gptq_table(sizes: list) -> Table:
             spec = ops.GroupSpec(4, 128, True)
             r = {}
             tn = _once(lambda: r.setdefault("n", ops.gptq(w, h, spec, act_order=act_order)))
-            tr = _once(lambda: r.setdefault("r", reference.gptq(w, h, 4, 128, True, act_order=act_order)))
+            tr = _once(lambda: r.setdefault("r", reference.gptq(w, h, spec, act_order=act_order)))
             same = np.array_equal(r["n"].quant.codes, r["r"].quant.codes)
             t.add(f"{k}x{k}{', act_order' if act_order else ''}", f"{tn:.2f}", f"{tr:.1f}", f"{tr / tn:.1f}x",
                   "yes" if same else f"no ({int((r['n'].quant.codes != r['r'].quant.codes).sum())} differ)")
@@ -118,7 +118,7 @@ def awq_table(k: int, rows: int) -> Table:
     w, x = _layer(k, k, rows)
     r = {}
     tn = _once(lambda: r.setdefault("n", ops.awq(w, x, ops.GroupSpec(4, 128, False))))
-    tr = _once(lambda: r.setdefault("r", reference.awq(w, x, 4, 128, False)))
+    tr = _once(lambda: r.setdefault("r", reference.awq(w, x, ops.GroupSpec(4, 128, False))))
     t.add("AWQ", f"{tn:.2f}", f"{tr:.1f}", f"{tr / tn:.1f}x", str(r["n"].alpha == r["r"].alpha))
     act = np.abs(x).max(axis=0)
     alphas = ops.groupwise.DEFAULT_ALPHAS

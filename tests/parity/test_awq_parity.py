@@ -27,8 +27,8 @@ def _data(seed, k, n, rows, outliers=2):
 def test_awq_parity(seed, k, n, rows, bits, gs, sym, n_grid, clip):
     w, x = _data(seed, k, n, rows)
     spec = ops.GroupSpec(bits, gs, sym)
-    got = ops.awq(w, x, spec, n_grid, None if clip is None else ops.ClipSearch(clip))
-    want = reference.awq(w, x, bits, gs, sym, False, n_grid, clip)
+    args = (spec, n_grid, None if clip is None else ops.ClipSearch(clip))
+    got, want = ops.awq(w, x, *args), reference.awq(w, x, *args)
     assert got.alpha == want.alpha
     assert_array_equal(got.alphas, want.alphas)
     assert_array_equal(got.channel_scale, want.channel_scale)
@@ -58,11 +58,18 @@ def test_awq_nan_in_activations_names_the_layer():
     with pytest.raises(NonFiniteError, match=r"'decoder.0.q_proj \(calibration activations\)'.*row 4, channel 9"):
         ops.awq(w, x, ops.GroupSpec(4, 8), name="decoder.0.q_proj")
     with pytest.raises(NonFiniteError):
-        reference.awq(w, x, 4, 8)
+        reference.awq(w, x, ops.GroupSpec(4, 8))
     with pytest.raises(ShapeError):
         ops.awq(w, x[:, :15])
     with pytest.raises(ParameterError):
         ops.awq(w, np.abs(x).clip(0, 1), n_grid=0)
+
+
+def reference_part(c, x):
+    """The reference's statistics of one batch, updated in place from the empty state."""
+    lo, hi, s = np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32), np.zeros(c)
+    n = reference.channel_stats_update(lo, hi, s, x)
+    return lo, hi, s, n
 
 
 @given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 30), rows=st.integers(1, 3000), cut=st.floats(0, 1))
@@ -75,9 +82,11 @@ def test_channel_stats_parity_and_merge(seed, c, rows, cut):
     if i < rows:
         b.observe(x[i:].reshape(-1, 1, c))
     a.merge(b)
-    lo, hi, s, n = reference.channel_stats_update(np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32),
-                                                  np.zeros(c), x)
-    assert a.count == n == rows
+    lo, hi, s = np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32), np.zeros(c)
+    parts = [reference_part(c, part) for part in (x[:i], x[i:]) if len(part)]
+    for p in parts:
+        reference.channel_stats_merge(lo, hi, s, *p[:3])
+    assert a.count == sum(p[3] for p in parts) == rows
     assert_array_equal(a.min, lo)
     assert_array_equal(a.max, hi)
     assert_allclose(a.abs_sum, s, rtol=1e-12)

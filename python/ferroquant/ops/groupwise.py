@@ -8,7 +8,7 @@ uint8 zero point per group (``MatMulNBits``' convention; symmetric groups use ``
 points are ``[G, N]`` with ``G = ceil(K / group_size)`` -- the shape of an opset-21 blocked ``DequantizeLinear``
 on ``B`` with ``axis=0``. ``MatMulNBits`` wants ``[N, G]`` (``GroupQuant.scale.T``) and codes per output row.
 
-Every function has a NumPy twin of the same name in :mod:`ferroquant.reference`.
+Every function has a NumPy twin of the same name and signature (less ``name``) in :mod:`ferroquant.reference`.
 """
 
 from __future__ import annotations
@@ -266,6 +266,15 @@ def channel_stats_update(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, 
             raise _located(e, xr) from None
 
 
+def channel_stats_merge(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, min2: np.ndarray, max2: np.ndarray,
+                        abs_sum2: np.ndarray, name: Optional[str] = None) -> None:
+    """Fold the statistics ``(min2, max2, abs_sum2)`` into ``(min, max, abs_sum)`` in place."""
+    with named(name):
+        if min2.shape != min.shape:
+            raise ShapeError(f"cannot merge statistics of {min2.shape[0]} channels into {min.shape[0]}")
+        _native.channel_stats_merge(min, max, abs_sum, min2, max2, abs_sum2)
+
+
 @dataclass
 class ChannelStats:
     """Streaming per-channel statistics over the last axis (min, max, abs-max, mean |x|), mergeable."""
@@ -288,9 +297,7 @@ class ChannelStats:
         self.count += channel_stats_update(self.min, self.max, self.abs_sum, x, self.name)
 
     def merge(self, other: "ChannelStats") -> None:
-        if other.channels != self.channels:
-            raise ShapeError(f"cannot merge statistics of {other.channels} channels into {self.channels}")
-        _native.channel_stats_merge(self.min, self.max, self.abs_sum, other.min, other.max, other.abs_sum)
+        channel_stats_merge(self.min, self.max, self.abs_sum, other.min, other.max, other.abs_sum, self.name)
         self.count += other.count
 
     @property
@@ -327,6 +334,7 @@ def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[flo
 __all__ = [
     "AwqResult",
     "ChannelStats",
+    "DEFAULT_ALPHAS",
     "ClipSearch",
     "GptqResult",
     "GroupQuant",
@@ -334,6 +342,7 @@ __all__ = [
     "HessianAccumulator",
     "SmoothResult",
     "awq",
+    "channel_stats_merge",
     "channel_stats_update",
     "dequantize_groupwise",
     "gptq",

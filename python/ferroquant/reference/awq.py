@@ -9,11 +9,9 @@ from typing import Optional
 import numpy as np
 
 from ferroquant.errors import ParameterError, ShapeError
-from ferroquant.ops.groupwise import AwqResult
+from ferroquant.ops.groupwise import AwqResult, ClipSearch, GroupSpec
 from ferroquant.reference._common import check_finite
-from ferroquant.reference.groupwise import (
-    best_params, clip_ratios, dequantize_groupwise, quantize_groupwise, quantize_params, spec_of,
-)
+from ferroquant.reference.groupwise import best_params, dequant_rows, quantize_params, ratios_of, rtn, weight_of
 
 f32, f64 = np.float32, np.float64
 MIN_SCALE = 1e-4
@@ -31,46 +29,41 @@ def scales_for(m: np.ndarray, alpha: float) -> np.ndarray:
     return (s / math.sqrt(s.max() * s.min())).astype(f32)
 
 
-def output_error(w: np.ndarray, x64: np.ndarray, sc: np.ndarray, bits, group_size, symmetric, scale_f16) -> float:
+def output_error(w: np.ndarray, x64: np.ndarray, sc: np.ndarray, spec: GroupSpec) -> float:
     """``‖X (W - Q(W·s)/s)‖²``."""
     ws = (w * sc[:, None]).astype(f32)
-    q = quantize_groupwise(ws, bits, group_size, symmetric, scale_f16)
-    eff = (dequantize_groupwise(q.codes, q.scale, q.zero_point, group_size) / sc[:, None]).astype(f32)
+    q = rtn(ws, spec)
+    eff = (dequant_rows(q.codes, q.scale, q.zero_point, spec.group_size) / sc[:, None]).astype(f32)
     y = x64 @ (w.astype(f64) - eff.astype(f64))
     return float((y * y).sum())
 
 
-def awq(w: np.ndarray, x: np.ndarray, bits: int = 4, group_size: int = 128, symmetric: bool = True,
-        scale_f16: bool = False, n_grid: int = 20, clip_grid: Optional[int] = 20,
-        clip_max_shrink: float = 0.5) -> AwqResult:
+def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
+        clip: Optional[ClipSearch] = ClipSearch()) -> AwqResult:
     """Specifies awq.rs::awq."""
-    spec = spec_of(bits, group_size, symmetric, scale_f16)
-    w, x = np.asarray(w, f32), np.asarray(x, f32)
-    k = w.shape[0]
+    w = weight_of(w)
+    x = np.asarray(x, f32)
+    k, gs = w.shape[0], spec.group_size
     if x.shape[-1] != k:
-        raise ShapeError(f"x rows must hold K={k} values")
+        raise ShapeError(f"x must have K={k} values in its last axis, got shape {x.shape}")
     if n_grid < 1:
         raise ParameterError(f"n_grid must be >= 1, got {n_grid}")
-    check_finite(w)
     check_finite(x)
     x = x.reshape(-1, k)
     m, x64 = mean_abs(x), x.astype(f64)
     alphas = np.array([i / n_grid for i in range(n_grid)])
-    losses = np.array([output_error(w, x64, scales_for(m, a), bits, group_size, symmetric, scale_f16)
-                       for a in alphas]) / (x.shape[0] * w.shape[1])
+    losses = np.array([output_error(w, x64, scales_for(m, a), spec) for a in alphas]) / (x.shape[0] * w.shape[1])
     best = int(np.argmin(losses))
     sc = scales_for(m, alphas[best])
     ws = (w * sc[:, None]).astype(f32)
-    if clip_grid is None:
-        quant = quantize_groupwise(ws, bits, group_size, symmetric, scale_f16)
-    else:
-        ratios = clip_ratios(clip_grid, clip_max_shrink)
-        xs = x64 / sc.astype(f64)[None, :]
+    if clip is None:
+        return AwqResult(sc, float(alphas[best]), alphas, losses, rtn(ws, spec))
+    ratios = ratios_of(clip)
+    xs = x64 / sc.astype(f64)[None, :]
 
-        def params(j: int, block: np.ndarray):
-            xg = xs[:, j * group_size:j * group_size + block.shape[0]]
-            gram = xg.T @ xg
-            return best_params(block, spec, ratios, lambda d: np.einsum("an,an->n", d, gram @ d))
+    def params(j: int, block: np.ndarray):
+        xg = xs[:, j * gs:j * gs + block.shape[0]]
+        gram = xg.T @ xg
+        return best_params(block, spec, ratios, lambda d: np.einsum("an,an->n", d, gram @ d))
 
-        quant = quantize_params(ws, spec, params)
-    return AwqResult(sc, float(alphas[best]), alphas, losses, quant)
+    return AwqResult(sc, float(alphas[best]), alphas, losses, quantize_params(ws, spec, params))

@@ -8,23 +8,26 @@ from __future__ import annotations
 import numpy as np
 
 from ferroquant.errors import NonFiniteError, ParameterError, ShapeError
-from ferroquant.ops.groupwise import GptqResult, GroupQuant
+from ferroquant.ops.groupwise import GptqResult, GroupQuant, GroupSpec
 from ferroquant.reference._common import check_finite
-from ferroquant.reference.groupwise import group_qparams, spec_of
+from ferroquant.reference.groupwise import group_qparams, weight_of
 
 f32, f64 = np.float32, np.float64
 
 
-def hessian_update(h: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Specifies hessian.rs::hessian_update: ``h + xᵀx`` in float64 (``x`` ``[..., K]``; the caller applies
-    ``2/n``)."""
+def hessian_update(h: np.ndarray, x: object) -> np.ndarray:
+    """Specifies hessian.rs::hessian_update: adds ``xᵀx`` in float64 to ``h`` in place (``x`` ``[..., K]``; the
+    caller applies ``2/n``) and returns ``h``; a batch with NaN/Inf raises and leaves ``h`` unchanged."""
+    if not (isinstance(h, np.ndarray) and h.dtype == f64 and h.ndim == 2 and h.flags.c_contiguous):
+        raise ShapeError("h must be a C-contiguous float64 [K, K] array")
     x = np.asarray(x, f32)
-    check_finite(x)
-    k = h.shape[0]
+    k = h.shape[1]
     if x.shape[-1] != k or h.shape != (k, k):
         raise ShapeError(f"x rows of {x.shape[-1]} values do not fit a [{k}, {k}] hessian")
+    check_finite(x)
     x64 = x.reshape(-1, k).astype(f64)
-    return h + x64.T @ x64
+    h += x64.T @ x64
+    return h
 
 
 def _prepare(w: np.ndarray, h: np.ndarray, percdamp: float, act_order: bool):
@@ -32,7 +35,6 @@ def _prepare(w: np.ndarray, h: np.ndarray, percdamp: float, act_order: bool):
     k = w.shape[0]
     if h.shape != (k, k):
         raise ShapeError(f"hessian must be [{k}, {k}], got {h.shape}")
-    check_finite(w)
     if not np.all(np.isfinite(h)):
         raise NonFiniteError("hessian contains a non-finite value")
     if np.any(np.diag(h) < 0):
@@ -56,18 +58,15 @@ def _prepare(w: np.ndarray, h: np.ndarray, percdamp: float, act_order: bool):
     return W, U, perm, dead, damp
 
 
-def gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, group_size: int = 128, symmetric: bool = True,
-         scale_f16: bool = False, percdamp: float = 0.01, block_size: int = 128,
-         act_order: bool = False) -> GptqResult:
+def gptq(w: object, hessian: object, spec: GroupSpec = GroupSpec(), percdamp: float = 0.01,
+         act_order: bool = False, block_size: int = 128) -> GptqResult:
     """Specifies gptq.rs::gptq. Groups are contiguous in the original input order; a group's params are fixed
     when its first input (in processing order) is reached, from its members' fully updated weights."""
-    spec = spec_of(bits, group_size, symmetric, scale_f16)
     if block_size < 1:
         raise ParameterError(f"block_size must be >= 1, got {block_size}")
-    w = np.asarray(w, f32)
-    W, U, perm, dead, damp = _prepare(w, np.asarray(h, f64), percdamp, act_order)
+    W, U, perm, dead, damp = _prepare(weight_of(w), np.asarray(hessian, f64), percdamp, act_order)
     k, n = W.shape
-    qmax, gs = (1 << bits) - 1, group_size
+    qmax, gs = (1 << spec.bits) - 1, spec.group_size
     pos = np.argsort(perm)
     start = {int(pos[g * gs:(g + 1) * gs].min()): g for g in range(spec.groups(k))}
     codes = np.zeros((k, n), np.uint8)
@@ -93,5 +92,5 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, group_size: int = 128, sym
         W[i2:] -= U[i1:i2, i2:].T @ err
     out = np.zeros_like(codes)
     out[perm] = codes
-    quant = GroupQuant(out, scales.astype(np.float16) if scale_f16 else scales, zps, spec)
+    quant = GroupQuant(out, scales.astype(np.float16) if spec.scale_f16 else scales, zps, spec)
     return GptqResult(quant, perm if act_order else None, dead.astype(np.int64), float(damp))

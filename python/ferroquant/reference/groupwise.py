@@ -8,19 +8,11 @@ from typing import Optional
 
 import numpy as np
 
-from ferroquant.errors import BitsError, ParameterError, ScaleError, ShapeError
-from ferroquant.ops.groupwise import GroupQuant, GroupSpec
+from ferroquant.errors import ParameterError, ScaleError, ShapeError
+from ferroquant.ops.groupwise import ClipSearch, GroupQuant, GroupSpec
 from ferroquant.reference._common import FLT_EPSILON, check_finite
 
 f32, f64 = np.float32, np.float64
-
-
-def spec_of(bits: int, group_size: int, symmetric: bool, scale_f16: bool) -> GroupSpec:
-    if not 2 <= bits <= 8:
-        raise BitsError(f"bits must be in [2, 8], got {bits}")
-    if group_size < 1:
-        raise ParameterError(f"group_size must be >= 1, got {group_size}")
-    return GroupSpec(bits, group_size, symmetric, "float16" if scale_f16 else "float32")
 
 
 def group_qparams(lo: np.ndarray, hi: np.ndarray, spec: GroupSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -105,21 +97,33 @@ def quantize_params(w: np.ndarray, spec: GroupSpec, params) -> GroupQuant:
     return GroupQuant(codes, scales.astype(np.float16) if spec.scale_f16 else scales, zps, spec)
 
 
-def quantize_groupwise(w: np.ndarray, bits: int = 4, group_size: int = 128, symmetric: bool = True,
-                       scale_f16: bool = False, clip_grid: Optional[int] = None,
-                       clip_max_shrink: float = 0.5) -> GroupQuant:
-    """Specifies groupwise.rs::quantize_groupwise."""
-    spec = spec_of(bits, group_size, symmetric, scale_f16)
+def ratios_of(clip: Optional[ClipSearch]) -> Optional[list]:
+    return None if clip is None else clip_ratios(clip.n_grid, clip.max_shrink)
+
+
+def weight_of(w: object) -> np.ndarray:
     w = np.asarray(w, f32)
     if w.ndim != 2:
-        raise ShapeError(f"w must be [K, N], got {w.shape}")
+        raise ShapeError(f"w must be a 2-D [K, N] MatMul weight, got shape {w.shape}")
     check_finite(w)
-    ratios = None if clip_grid is None else clip_ratios(clip_grid, clip_max_shrink)
+    return w
+
+
+def rtn(w: np.ndarray, spec: GroupSpec, ratios: Optional[list] = None) -> GroupQuant:
+    """Group-wise round to nearest of a checked float32 ``[K, N]`` weight."""
     return quantize_params(w, spec, lambda j, block: best_params(block, spec, ratios, sq_err))
 
 
-def dequantize_groupwise(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
-                         group_size: int) -> np.ndarray:
-    """Specifies groupwise.rs::dequantize_groupwise."""
+def dequant_rows(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, group_size: int) -> np.ndarray:
     rows = np.arange(codes.shape[0]) // group_size
     return dequant(codes, np.asarray(scales, f32)[rows], zero_points[rows])
+
+
+def quantize_groupwise(w: object, spec: GroupSpec = GroupSpec(), clip: Optional[ClipSearch] = None) -> GroupQuant:
+    """Specifies groupwise.rs::quantize_groupwise."""
+    return rtn(weight_of(w), spec, ratios_of(clip))
+
+
+def dequantize_groupwise(quant: GroupQuant) -> np.ndarray:
+    """Specifies groupwise.rs::dequantize_groupwise."""
+    return dequant_rows(quant.codes, quant.scale, quant.zero_point, quant.spec.group_size)

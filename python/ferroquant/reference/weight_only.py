@@ -3,7 +3,7 @@ SmoothQuant search)."""
 
 from ferroquant.reference.awq import awq
 from ferroquant.reference.gptq import gptq, hessian_update
-from ferroquant.reference.groupwise import dequantize_groupwise, group_qparams, quantize_groupwise
+from ferroquant.reference.groupwise import dequantize_groupwise, quantize_groupwise
 from ferroquant.reference.smooth import channel_stats_merge, channel_stats_update, smooth_search
 
 __all__ = [
@@ -12,7 +12,6 @@ __all__ = [
     "channel_stats_update",
     "dequantize_groupwise",
     "gptq",
-    "group_qparams",
     "hessian_update",
     "quantize_groupwise",
     "smooth_search",

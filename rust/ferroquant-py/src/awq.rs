@@ -23,7 +23,9 @@ pub struct PyAwqOutput {
 /// AWQ of `w` `[K, N]` with calibration rows `x` `[R, K]`.
 #[pyfunction(name = "awq")]
 #[pyo3(signature = (w, x, bits=4, group_size=128, symmetric=true, scale_f16=false, n_grid=20, clip_grid=Some(20),
-    clip_max_shrink=0.5))]
+    clip_max_shrink=0.5),
+    text_signature = "(w, x, bits=4, group_size=128, symmetric=True, scale_f16=False, n_grid=20, clip_grid=20, \
+    clip_max_shrink=0.5)")]
 #[allow(clippy::too_many_arguments)]
 fn awq_py<'py>(
     py: Python<'py>,
