@@ -68,3 +68,18 @@ def test_int8_blocked_qdq_is_closer(exported, tmp_path):
             agree.add(ref_s.run(None, feed)[0], got_s.run(None, feed)[0])
         cos[bits] = agree.metrics()["cosine"]
     assert cos[8] > 0.9999 and cos[8] > cos[4], cos
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_dynamic_int8(exported, kind, tmp_path):
+    from ferroquant.onnx import quantize_dynamic
+    from tests.foreign.torch_models import token_feeds
+
+    path = exported[kind]
+    r = quantize_dynamic(path, tmp_path / "d.onnx")
+    assert len(r["layers"]) >= 12
+    ref_s, got_s = session(path, True), session(tmp_path / "d.onnx", True)
+    agree = Agreement()
+    for feed in token_feeds(3, seed=2, batch=3, seq=(5, 30)):
+        agree.add(ref_s.run(None, feed)[0], got_s.run(None, feed)[0])
+    assert agree.metrics()["cosine"] > 0.99, agree.metrics()

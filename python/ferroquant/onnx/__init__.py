@@ -32,6 +32,7 @@ from ferroquant.onnx.api import (
     write_outputs,
 )
 from ferroquant.onnx.calibration import CalibratedModel
+from ferroquant.onnx.dynamic import quantize_dynamic
 from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_onnx
 from ferroquant.onnx.layers import quantizable_layers
 from ferroquant.onnx.qdq import export_deploy, export_fake_quant
@@ -68,6 +69,7 @@ __all__ = [
     "QuantTable",
     "create_quant_config",
     "quantize",
+    "quantize_dynamic",
     "quantize_model",
     "quantize_weight_only",
     "quantizable_layers",
