@@ -106,6 +106,19 @@ def test_blocked_dequantize_linear(bits, symmetric):
     assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_accuracy_level_is_written_and_runs():
+    m, x = _model(), _feeds(1, seed=9)[0]["x"]
+    out = quantize_weights_only(m, WeightOnlyConfig(accuracy_level=4)).export()
+    nodes = [n for n in out.graph.node if n.op_type == "MatMulNBits"]
+    assert all(helper.get_attribute_value(a) == 4 for n in nodes for a in n.attribute if a.name == "accuracy_level")
+    assert sum(a.name == "accuracy_level" for n in nodes for a in n.attribute) == 2
+    fp = _session(m).run(None, {"x": x})[0]
+    got = _session(out).run(None, {"x": x})[0]
+    assert np.linalg.norm(got - fp) / np.linalg.norm(fp) < 0.2
+    with pytest.raises(FieldError, match="accuracy_level"):
+        WeightOnlyConfig(accuracy_level=5)
+
+
 def test_nibble_packing_is_low_first():
     assert_array_equal(pack_nibbles(np.array([[1, 2, 3]], np.uint8)), [[0x21, 0x03]])
     assert_array_equal(pack_nibbles(np.array([-1, 7], np.int8)), [0x7F])

@@ -44,6 +44,8 @@ class WeightOnlyConfig:
     - ``percdamp``, ``act_order``, ``block_size``: GPTQ's dampening, activation order and lazy block size.
     - ``n_grid``: AWQ's scale grid; ``awq_max_rows``: calibration rows kept per input tensor for AWQ's loss
       (a uniform reservoir sample: memory is bounded whatever the number of batches).
+    - ``accuracy_level``: ``MatMulNBits``' attribute (None: not written, onnxruntime's default 0 = float32
+      compute; 4: int8 activations quantized per block at run time, faster on CPUs, not what the codes alone say).
     - ``skip_layers``: layers (node names) kept in float; ``batch_num``: calibration batches (None: all).
     """
 
@@ -59,6 +61,7 @@ class WeightOnlyConfig:
     block_size: int = 128
     n_grid: int = 20
     awq_max_rows: int = 4096
+    accuracy_level: Optional[int] = None
     skip_layers: Tuple[str, ...] = ()
     batch_num: Optional[int] = None
 
@@ -81,6 +84,8 @@ class WeightOnlyConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise field_error(where, k, f"must be an integer >= {lo}, got {v!r}")
+        if self.accuracy_level is not None:
+            check_int(where, "accuracy_level", self.accuracy_level, range(5))
         check_names("weight_only.skip_layers", list(self.skip_layers))
         check_batch_num(self.batch_num)
 

@@ -104,7 +104,8 @@ class WeightOnlyModel:
     timings: Dict[str, float] = field(default_factory=dict)
 
     def export(self) -> onnx.ModelProto:
-        return export_weight_only(self.model, list(self.quants.values()), self.config.format)
+        return export_weight_only(self.model, list(self.quants.values()), self.config.format,
+                                  self.config.accuracy_level)
 
     def record(self) -> Dict[str, Any]:
         return {"kind": "weight_only", "config": self.config.to_json()["weight_only"], "batches": self.batches,
@@ -150,7 +151,8 @@ def _divide_input(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, ne
     return out
 
 
-def _nbits_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, a: str) -> list:
+def _nbits_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, a: str,
+                 accuracy_level: Optional[int] = None) -> list:
     label, arr = node_label(node), matmulnbits_arrays(wq.quant)
     names = [a]
     for suffix, value in (("qweight", arr.packed), ("scales", arr.scales), ("zero_points", arr.zero_points)):
@@ -160,7 +162,8 @@ def _nbits_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, a: 
     bias = wq.layer.bias
     out = view.unique_name(f"{label}.nbits_out") if bias else node.output[0]
     nodes = [helper.make_node("MatMulNBits", names, [out], name=view.unique_name(f"{label}_nbits"), domain=MS_DOMAIN,
-                              K=arr.k, N=arr.n, bits=arr.bits, block_size=arr.block_size)]
+                              K=arr.k, N=arr.n, bits=arr.bits, block_size=arr.block_size,
+                              **({} if accuracy_level is None else {"accuracy_level": accuracy_level}))]
     if bias:
         nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=view.unique_name(f"{label}_bias")))
     return nodes
@@ -187,7 +190,8 @@ def _blocked_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, a
     return [dq, layer]
 
 
-def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fmt: str) -> onnx.ModelProto:
+def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fmt: str,
+                       accuracy_level: Optional[int] = None) -> onnx.ModelProto:
     """A copy of ``model`` with each quantized layer replaced (``matmulnbits``) or fed a dequantized weight
     (``qdq``: blocked DequantizeLinear, the model converted to opset 21 when older)."""
     out = onnx.ModelProto()
@@ -203,7 +207,10 @@ def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fm
             nodes.append(node)
             continue
         a = _divide_input(view, node, wq, nodes) if wq.input_divisor is not None else node.input[0]
-        nodes += (_nbits_nodes if fmt == "matmulnbits" else _blocked_nodes)(view, node, wq, a)
+        if fmt == "matmulnbits":
+            nodes += _nbits_nodes(view, node, wq, a, accuracy_level)
+        else:
+            nodes += _blocked_nodes(view, node, wq, a)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     if fmt == "matmulnbits" and not any(i.domain == MS_DOMAIN for i in out.opset_import):
