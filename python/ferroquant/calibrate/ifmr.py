@@ -14,15 +14,8 @@ import numpy as np
 
 from ferroquant import ops
 from ferroquant._arrays import int_param, named
-from ferroquant.calibrate.base import (
-    CalibResult,
-    batch,
-    check_bits,
-    check_nonfinite,
-    fraction_outside,
-    require_state,
-    state_field,
-)
+from ferroquant.calibrate import base
+from ferroquant.calibrate.base import CalibResult
 from ferroquant.calibrate.histogram import MAX_BINS, HistogramState
 from ferroquant.errors import EmptyInputError, MemoryBudgetError, ParameterError
 from ferroquant.ops.types import Histogram, IfmrOptions
@@ -63,13 +56,13 @@ class IFMRCalibrator(HistogramState):
         nb = int_param(num_of_bins, f"{name}: num_of_bins")
         if not 2 <= nb <= MAX_BINS["hfmg"] or nb & (nb - 1):
             raise ParameterError(f"{name}: num_of_bins must be a power of two in [2, {MAX_BINS['hfmg']}], got {nb}")
-        self.name, self.bits, self.symmetric = str(name), check_bits(bits), bool(symmetric)
+        self.name, self.bits, self.symmetric = str(name), base.check_bits(bits), bool(symmetric)
         lo_r, hi_r = search_range
         with named(self.name):
             self.options = IfmrOptions(self.bits, self.symmetric, max_percentile, min_percentile, lo_r, hi_r,
                                        search_step, bool(search_extend), bool(search_2d))
         self.mode, self.memory_budget, self.num_of_bins = mode, budget, nb
-        self.nonfinite, self.backend = check_nonfinite(nonfinite), backend
+        self.nonfinite, self.backend = base.check_nonfinite(nonfinite), backend
         self._k: ModuleType = ops.backend(backend)
         self._hist = None
         self._buf = np.empty(0, np.float32)  # exact mode: samples in [0, _n)
@@ -95,7 +88,7 @@ class IFMRCalibrator(HistogramState):
     # -- streaming ---------------------------------------------------------------------------------------
     def observe(self, x: Any) -> None:
         """Add one batch (any shape, float16/32/64). Holds no reference to ``x`` afterwards."""
-        flat = batch(x, self.name)
+        flat = base.batch(x, self.name)
         if self.nonfinite == "drop":
             flat = flat[np.isfinite(flat)]
         elif not self.in_histogram_mode:
@@ -204,7 +197,7 @@ class IFMRCalibrator(HistogramState):
         from the histogram (a bin counts as clipped when its centre is outside)."""
         self._require_data()
         if self.in_histogram_mode:
-            return fraction_outside(self._hist, clip_min, clip_max)
+            return base.fraction_outside(self._hist, clip_min, clip_max)
         s = self._samples()
         return float(np.count_nonzero((s < clip_min) | (s > clip_max))) / s.size
 
@@ -220,7 +213,7 @@ class IFMRCalibrator(HistogramState):
 
     @classmethod
     def from_state_dict(cls, d: Dict[str, Any], backend: str = "native") -> "IFMRCalibrator":
-        require_state(d, "ifmr", ("name", "bits", "symmetric", "mode", "samples", "counts"))
+        base.require_state(d, "ifmr", ("name", "bits", "symmetric", "mode", "samples", "counts"))
         cal = cls(d["name"], d["bits"], d["symmetric"], d.get("max_percentile", 0.999999),
                   d.get("min_percentile", 0.999999), (d.get("search_start", 0.7), d.get("search_end", 1.3)),
                   d.get("search_step", 0.01), d.get("search_extend", True), d.get("search_2d", False), d["mode"],
@@ -228,7 +221,8 @@ class IFMRCalibrator(HistogramState):
                   backend)
         cal.switched = bool(d.get("switched", False))
         with named(cal.name):
-            samples = state_field(d, "samples", lambda v: np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1)))
+            samples = base.state_field(d, "samples",
+                                       lambda v: np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1)))
         if samples.size:
             cal._append(samples)
         cal._load_hist(d)

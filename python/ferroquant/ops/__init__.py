@@ -26,56 +26,16 @@ from types import ModuleType
 from ferroquant import _native
 from ferroquant._arrays import int_param
 from ferroquant.errors import ParameterError
-from ferroquant.ops import groupwise as _groupwise
-from ferroquant.ops.affine import dequantize, fake_quant, min_max, qparams_from_data, qparams_from_range, quantize
-from ferroquant.ops.groupwise import (
-    DEFAULT_ALPHAS,
-    AwqResult,
-    ChannelStats,
-    ClipSearch,
-    GptqResult,
-    GroupQuant,
-    GroupSpec,
-    HessianAccumulator,
-    SmoothResult,
-    awq,
-    channel_stats_merge,
-    channel_stats_update,
-    dequantize_groupwise,
-    gptq,
-    hessian_update,
-    quantize_groupwise,
-    smooth_search,
-)
-from ferroquant.ops.histogram import (
-    hfmg_candidates,
-    hfmg_losses,
-    hfmg_search,
-    hfmg_search_many,
-    histogram_merge,
-    histogram_observe,
-    histogram_observe_many,
-    kl_divergences,
-    kl_search,
-    percentile_clip,
-)
-from ferroquant.ops.ifmr import ifmr, ifmr_histogram
-from ferroquant.ops.metrics import compare
-from ferroquant.ops.qat import lsq_backward, ulq_backward, ulq_fake_quant
-from ferroquant.ops.types import (
-    ArqResult,
-    Clip,
-    Comparison,
-    HfmgSearch,
-    Histogram,
-    IfmrOptions,
-    IfmrResult,
-    NuqResult,
-    QParams,
-    UlqBackward,
-    UlqForward,
-)
-from ferroquant.ops.weights import arq, nuq
+from ferroquant.ops import affine as _affine, groupwise as _groupwise, histogram as _histogram, ifmr as _ifmr
+from ferroquant.ops import metrics as _metrics, qat as _qat, types as _types, weights as _weights
+from ferroquant.ops.affine import *  # noqa: F401,F403 - each submodule's __all__ lists its public names once
+from ferroquant.ops.groupwise import *  # noqa: F401,F403
+from ferroquant.ops.histogram import *  # noqa: F401,F403
+from ferroquant.ops.ifmr import *  # noqa: F401,F403
+from ferroquant.ops.metrics import *  # noqa: F401,F403
+from ferroquant.ops.qat import *  # noqa: F401,F403
+from ferroquant.ops.types import *  # noqa: F401,F403
+from ferroquant.ops.weights import *  # noqa: F401,F403
 
 BACKENDS = ("native", "reference")
 
@@ -101,44 +61,6 @@ def get_num_threads() -> int:
     return int(_native.get_num_threads())
 
 
-__all__ = sorted([
-    "ArqResult",
-    "BACKENDS",
-    "Clip",
-    "Comparison",
-    "HfmgSearch",
-    "Histogram",
-    "IfmrOptions",
-    "IfmrResult",
-    "NuqResult",
-    "QParams",
-    "UlqBackward",
-    "UlqForward",
-    "arq",
-    "backend",
-    "compare",
-    "dequantize",
-    "fake_quant",
-    "get_num_threads",
-    "hfmg_candidates",
-    "hfmg_losses",
-    "hfmg_search",
-    "hfmg_search_many",
-    "histogram_merge",
-    "histogram_observe",
-    "histogram_observe_many",
-    "ifmr",
-    "ifmr_histogram",
-    "kl_divergences",
-    "kl_search",
-    "lsq_backward",
-    "min_max",
-    "nuq",
-    "percentile_clip",
-    "qparams_from_data",
-    "qparams_from_range",
-    "quantize",
-    "set_num_threads",
-    "ulq_backward",
-    "ulq_fake_quant",
-] + _groupwise.__all__)
+__all__ = sorted(["BACKENDS", "backend", "get_num_threads", "set_num_threads"]
+                 + [n for m in (_affine, _groupwise, _histogram, _ifmr, _metrics, _qat, _types, _weights)
+                    for n in m.__all__])

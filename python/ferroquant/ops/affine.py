@@ -94,3 +94,5 @@ def fake_quant(
         b = check_bits(bits)
         s, z = _grid(scale, zero_point)
         return _native.fake_quant(as_f32(x), s, z, b, opt_axis(axis))
+
+__all__ = ["dequantize", "fake_quant", "min_max", "qparams_from_data", "qparams_from_range", "quantize"]

@@ -90,3 +90,8 @@ def kl_search(hist: Histogram, bits: int = 8, symmetric: bool = True, num_quanti
     8192 bins (the search is quadratic). Ctrl-C interrupts it."""
     return _native.kl_search(_hist(hist), check_bits(bits), bool(symmetric),
                              int_param(num_quantized_bins, "num_quantized_bins", 0, _BIG))
+
+__all__ = [
+    "hfmg_candidates", "hfmg_losses", "hfmg_search", "hfmg_search_many", "histogram_merge", "histogram_observe",
+    "histogram_observe_many", "kl_divergences", "kl_search", "percentile_clip"
+]

@@ -30,3 +30,5 @@ def ifmr_histogram(hist: Histogram, x: Optional[ArrayLike] = None, options: Ifmr
     given, else on the bin centres weighted by the counts (no raw data needed)."""
     xs = None if x is None else as_f32(x, "x", allow_empty=True)
     return _native.ifmr_histogram(_hist(hist), xs, _options(options))
+
+__all__ = ["ifmr", "ifmr_histogram"]

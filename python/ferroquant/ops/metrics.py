@@ -14,3 +14,5 @@ def compare(reference: ArrayLike, test: ArrayLike, name: Optional[str] = None) -
     """Compare ``test`` with ``reference`` (same number of elements, any shapes): f64 sums, SQNR, cosine."""
     with named(name):
         return _native.compare(as_f32(reference, "reference"), as_f32(test, "test"))
+
+__all__ = ["compare"]

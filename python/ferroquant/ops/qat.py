@@ -33,3 +33,5 @@ def lsq_backward(w: ArrayLike, grad: ArrayLike, scale: ArrayLike, bits: int = 8,
     ``1/sqrt(N_c qmax)`` included (spec §5.2)."""
     return _native.lsq_backward(as_f32(w, "w"), as_f32(grad, "grad"), per_channel(scale, np.float32, "scale"),
                                 check_bits(bits), opt_axis(axis))
+
+__all__ = ["lsq_backward", "ulq_backward", "ulq_fake_quant"]

@@ -57,3 +57,5 @@ def nuq(
         steps = int_param(num_steps, "num_steps", 0, _BIG)  # the kernel checks the ranges themselves
         iters = int_param(num_of_iteration, "num_of_iteration", 0, _BIG)
         return _native.nuq(a, opt_axis(axis) if channel_wise else None, steps, iters)
+
+__all__ = ["arq", "nuq"]

@@ -67,3 +67,5 @@ def fake_quant(x, scale, zero_point=0, bits: int = 8, axis: Optional[int] = None
     x, axis = np.asarray(x, np.float32), opt_axis(axis)
     s, z, qmin, qmax = _grid(x, scale, zero_point, bits, axis)
     return (_codes(x, s, z, qmin, qmax) - z.astype(np.float32)) * s
+
+__all__ = ["dequantize", "fake_quant", "quantize"]

@@ -30,3 +30,5 @@ def arq(w, channel_wise: bool = True, axis: int = 0, bits: int = 8, symmetric: b
         return dataclasses.replace(r, codes=group_restore(r.codes, w.shape, g),
                                    fake=group_restore(r.fake, w.shape, g), axis=ax)
     return _arq(w, ax if channel_wise else None, b, bool(symmetric))
+
+__all__ = ["arq"]

@@ -67,3 +67,5 @@ def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
         return best_params(block, spec, ratios, lambda d: np.einsum("an,an->n", d, gram @ d))
 
     return AwqResult(sc, float(alphas[best]), alphas, losses, quantize_params(ws, spec, params))
+
+__all__ = ["awq"]

@@ -151,3 +151,5 @@ def kl_search(hist: Histogram, bits: int = 8, symmetric: bool = True, num_quanti
     best = int(np.argmin(kls))
     t = np.float32(start + (best + num_quantized_bins) * width)
     return _clip(-t, t, lo, hi, bits, symmetric, kls[best])
+
+__all__ = ["fold_abs", "kl_divergences", "kl_search", "percentile_clip"]

@@ -94,3 +94,5 @@ def gptq(w: object, hessian: object, spec: GroupSpec = GroupSpec(), percdamp: fl
     out[perm] = codes
     quant = GroupQuant(out, scales.astype(np.float16) if spec.scale_f16 else scales, zps, spec)
     return GptqResult(quant, perm if act_order else None, dead.astype(np.int64), float(damp))
+
+__all__ = ["gptq", "hessian_update"]

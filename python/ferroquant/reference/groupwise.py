@@ -127,3 +127,5 @@ def quantize_groupwise(w: object, spec: GroupSpec = GroupSpec(), clip: Optional[
 def dequantize_groupwise(quant: GroupQuant) -> np.ndarray:
     """Specifies groupwise.rs::dequantize_groupwise."""
     return dequant_rows(quant.codes, quant.scale, quant.zero_point, quant.spec.group_size)
+
+__all__ = ["dequantize_groupwise", "quantize_groupwise"]

@@ -179,3 +179,5 @@ def _hfmg_search_direct(hist: Histogram, bits: int = 8, refine: bool = True):
     counts, lo, hi = _check_state(hist.counts, hist.lo, hist.hi), hist.lo, hist.hi
     left, right = _candidates(counts)
     return search_direct(counts, Grid(lo, hi, counts.size).width, bits, refine, left, right)
+
+__all__ = ["hfmg_candidates", "hfmg_losses", "hfmg_search", "hfmg_search_many"]

@@ -154,3 +154,5 @@ def histogram_merge(a: Histogram, b: Histogram) -> Histogram:
     _rebin_into(c1, lo1, hi1, g, hi, out)
     _rebin_into(c2, lo2, hi2, g, hi, out)
     return Histogram(out, lo, hi)
+
+__all__ = ["histogram_build", "histogram_merge", "histogram_observe", "histogram_observe_many"]

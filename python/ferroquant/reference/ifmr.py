@@ -262,3 +262,5 @@ def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()
         losses = lambda cs: hist_losses(c, lo, hi, cs)  # noqa: E731
     return _search(losses, max0, min0, o.bits, o.symmetric, o.search_start, o.search_end, o.search_step,
                    o.search_extend, o.search_2d)
+
+__all__ = ["histogram_init", "ifmr", "ifmr_histogram", "percentile_init"]

@@ -22,3 +22,5 @@ def compare(reference, test) -> Comparison:
             raise NonFiniteError(f"input contains a non-finite value ({x[bad[0]]}) at flat index {bad[0]}")
     d = r - t
     return Comparison(float(r @ r), float(t @ t), float(r @ t), float(d @ d), float(np.abs(d).max()), int(r.size))
+
+__all__ = ["compare"]

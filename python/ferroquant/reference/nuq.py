@@ -140,3 +140,5 @@ def nuq(w, num_steps: int = 32, num_of_iteration: int = 1, channel_wise: bool = 
     fake = codes.astype(np.float32) * s
     return NuqResult(np.array(levels, np.int32), s.reshape(-1).astype(np.float32), codes, fake, float(err), int(it),
                      num_steps)
+
+__all__ = ["nuq", "select_levels"]

@@ -71,3 +71,5 @@ def qparams_from_data(
     lo, hi = min_max(x, axis)
     pairs = [from_range(a, b, bits, symmetric) for a, b in zip(lo, hi)]
     return np.array([p[0] for p in pairs], np.float32), np.array([p[1] for p in pairs], np.int32)
+
+__all__ = ["min_max", "qparams_from_data", "qparams_from_range"]

@@ -94,3 +94,5 @@ def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[flo
     best = int(np.argmin(losses))
     return SmoothResult(smooth_scales(act, w_absmax, alphas[best]), float(alphas[best]), np.asarray(alphas, f64),
                         losses, balanced_error(act, w, x, np.ones(k, f32), bits))
+
+__all__ = ["channel_stats_merge", "channel_stats_update", "smooth_search"]

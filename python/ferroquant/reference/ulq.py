@@ -68,3 +68,5 @@ def lsq_backward(w, grad, scale, bits: int = 8, axis: Optional[int] = 0) -> np.n
     d = np.where(t < qmin, np.float32(qmin), np.where(t > qmax, np.float32(qmax), np.rint(t) - t)).astype(np.float32)
     sums = np.sum((gc * d).astype(np.float64), axis=1)
     return (sums / np.sqrt(np.float64(wc.shape[1]) * qmax)).astype(np.float32)
+
+__all__ = ["lsq_backward", "ulq_backward", "ulq_fake_quant"]

@@ -9,37 +9,7 @@ use crate::layout::ChannelLayout;
 use crate::par::{zip_chunks_mut, CHUNK};
 use crate::scheme::Scheme;
 
-/// An integer type that holds codes: i8 for bits <= 8, i16 up to 16 bits, i32 for anything.
-pub trait Code: Copy + Send + Sync + Default {
-    const BITS: u32;
-    fn from_f32(v: f32) -> Self;
-    /// Wrapping conversion of a value known to be in range.
-    fn from_i32(v: i32) -> Self;
-    fn to_f32(self) -> f32;
-}
-
-macro_rules! impl_code {
-    ($t:ty) => {
-        impl Code for $t {
-            const BITS: u32 = <$t>::BITS;
-            #[inline(always)]
-            fn from_f32(v: f32) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn from_i32(v: i32) -> Self {
-                v as $t
-            }
-            #[inline(always)]
-            fn to_f32(self) -> f32 {
-                self as f32
-            }
-        }
-    };
-}
-impl_code!(i8);
-impl_code!(i16);
-impl_code!(i32);
+pub use crate::kernels::Code;
 
 fn grids(scales: &[f32], zero_points: &[i32], scheme: &Scheme, layout: &ChannelLayout) -> Result<Vec<Grid>> {
     let c = layout.channels;

@@ -59,6 +59,21 @@ fn awq_py<'py>(
     })
 }
 
+/// The running statistics as mutable slices (C-contiguous, else a LayoutError).
+fn stats_mut<'a, 'py>(
+    py: Python<'py>,
+    min: &'a mut PyReadwriteArray1<'py, f32>,
+    max: &'a mut PyReadwriteArray1<'py, f32>,
+    abs_sum: &'a mut PyReadwriteArray1<'py, f64>,
+) -> PyResult<StatsMut<'a>> {
+    let lay = |_| raise(py, "LayoutError", "statistics must be C-contiguous".into());
+    Ok(StatsMut {
+        min: min.as_slice_mut().map_err(lay)?,
+        max: max.as_slice_mut().map_err(lay)?,
+        abs_sum: abs_sum.as_slice_mut().map_err(lay)?,
+    })
+}
+
 /// Fold the batch `x` `[rows, C]` into running per-channel `(min, max, abs_sum)` in place; returns the rows.
 #[pyfunction]
 fn channel_stats_update<'py>(
@@ -69,12 +84,7 @@ fn channel_stats_update<'py>(
     x: PyReadonlyArray2<'py, f32>,
 ) -> PyResult<usize> {
     let (xs, _, _) = slice2(py, &x, "x")?;
-    let lay = |py: Python<'_>| raise(py, "LayoutError", "statistics must be C-contiguous".into());
-    let mut st = StatsMut {
-        min: min.as_slice_mut().map_err(|_| lay(py))?,
-        max: max.as_slice_mut().map_err(|_| lay(py))?,
-        abs_sum: abs_sum.as_slice_mut().map_err(|_| lay(py))?,
-    };
+    let mut st = stats_mut(py, &mut min, &mut max, &mut abs_sum)?;
     run(py, || channel_stats::channel_stats_update(&mut st, xs))
 }
 
@@ -89,12 +99,7 @@ fn channel_stats_merge<'py>(
     max2: PyReadonlyArray1<'py, f32>,
     abs_sum2: PyReadonlyArray1<'py, f64>,
 ) -> PyResult<()> {
-    let lay = |py: Python<'_>| raise(py, "LayoutError", "statistics must be C-contiguous".into());
-    let mut st = StatsMut {
-        min: min.as_slice_mut().map_err(|_| lay(py))?,
-        max: max.as_slice_mut().map_err(|_| lay(py))?,
-        abs_sum: abs_sum.as_slice_mut().map_err(|_| lay(py))?,
-    };
+    let mut st = stats_mut(py, &mut min, &mut max, &mut abs_sum)?;
     let (a, b, c) = (min2.as_slice()?, max2.as_slice()?, abs_sum2.as_slice()?);
     run(py, || st.merge(a, b, c))
 }
