@@ -24,6 +24,7 @@ from ferroquant.onnx.layers import quantizable_layers
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
+from ferroquant.outputs import output_set, refuse_input
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
 from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
 from ferroquant.quant.profiles import profile as get_profile
@@ -93,6 +94,7 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
                        tuple(skip_fusion_layers), tuple(skip_layer_types))
     if config_path is not None:
+        refuse_input([config_path], [model], "config_path")
         cfg.save(config_path)
     return cfg
 
@@ -154,24 +156,29 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     return cm
 
 
-def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
-    """Where :func:`save_model` writes, for ``save_path``."""
+def output_paths(save_path: Union[str, Path], deploy_path: Optional[Union[str, Path]] = None) -> Dict[str, Path]:
+    """Where :func:`save_model` writes, for ``save_path`` (``deploy_path``: the deploy model elsewhere)."""
     base = Path(save_path)
-    return {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
+    return {"fake_quant": Path(f"{base}_fake_quant.onnx"),
+            "deploy": Path(deploy_path) if deploy_path is not None else Path(f"{base}_deploy.onnx"),
             "record": Path(f"{base}_quant_record.json")}
 
 
 def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
-                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None) -> Dict[str, Path]:
+                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None,
+                  deploy_path: Optional[Union[str, Path]] = None) -> Dict[str, Path]:
     """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
     ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without) and
-    ``<save_path>_quant_record.json``."""
-    paths = output_paths(save_path)
+    ``<save_path>_quant_record.json``, as one set (:func:`ferroquant.outputs.output_set`): all three are
+    renamed into place only once all are written."""
+    paths = output_paths(save_path, deploy_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
     deploy = export_deploy(model, table, layout)
-    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])
-    save_onnx(deploy, paths["deploy"])
-    write_record(paths["record"], table, extra)
+    fake = export_fake_quant(model, table, layout)
+    with output_set():
+        save_onnx(fake, paths["fake_quant"])
+        save_onnx(deploy, paths["deploy"])
+        write_record(paths["record"], table, extra)
     return paths
 
 
@@ -193,12 +200,14 @@ def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bo
 
 def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
                table: Optional[QuantTable] = None, allow_float: bool = False,
-               latency_check: Optional[bool] = None) -> Dict[str, Path]:
+               latency_check: Optional[bool] = None, deploy_path: Optional[Union[str, Path]] = None
+               ) -> Dict[str, Path]:
     """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
     calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
     profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
     float (``latency_check=False`` skips that; see :mod:`ferroquant.onnx.latency`). Returns the paths.
-    ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
+    ``table``: qparams already searched with ``calibrated.table()`` (not searched again); ``deploy_path``: write
+    the deploy model there instead of ``<save_path>_deploy.onnx``."""
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
@@ -215,7 +224,7 @@ def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
         extra["latency"] = report.to_json()
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
-    return write_outputs(calibrated.model, table, save_path, extra, layout)
+    return write_outputs(calibrated.model, table, save_path, extra, layout, deploy_path)
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
@@ -231,6 +240,8 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
+    sources = [model] + ([config] if isinstance(config, (str, Path)) else [])
+    refuse_input(output_paths(out.with_suffix(""), out).values(), sources, "output_path")
     if config is None:
         config_kwargs.setdefault("batch_num", None)
         prepared = prepare_model(model, config_kwargs.get("do_fusion", True),
@@ -240,8 +251,7 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
-    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check)
-    paths["deploy"].replace(out)
-    paths["deploy"] = out
+    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check,
+                       deploy_path=out)
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,
             "calibrated": cm}
