@@ -224,6 +224,7 @@ def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
         extra["latency"] = report.to_json()
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
+    extra["scale_guard"] = list(table.scale_guard)
     return write_outputs(calibrated.model, table, save_path, extra, layout, deploy_path)
 
 

@@ -20,6 +20,7 @@ from ferroquant.onnx.external import session_source
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant.quant.calibrators import activation_quant, bounded
+from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
 from ferroquant.quant.weights import layer_quant
@@ -130,7 +131,10 @@ class CalibratedModel:
                   for l in self.layers}
         tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
                    for t in self.plan.calibrate}
-        return QuantTable(layers, tensors)
+        guarded = guarded_tensors(layers, {l.name: view.array(l.weight) for l in self.layers},
+                                  {t: c.observed_range() for t, c in self.calibrators.items()})
+        warn_guarded(guarded)
+        return QuantTable(layers, tensors, guarded)
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""
