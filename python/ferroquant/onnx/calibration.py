@@ -4,6 +4,7 @@ weights. The result is a :class:`QuantTable` plus the calibrators' state (saveab
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -41,6 +42,13 @@ def iterate_batches(data: CalibrationData, input_names: List[str]) -> Iterator[F
         data = data()
     if isinstance(data, np.ndarray):
         data = [data]
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise DataError(f"calibration_data is a {type(data).__name__} ({str(data)[:60]!r}), not batches: pass an "
+                        "iterable of {input name: array}; for a file or folder, "
+                        "ferroquant.calib_data.load_calibration_data reads it")
+    if not isinstance(data, Iterable):
+        raise DataError(f"calibration_data must be an iterable of {{input name: array}} (or a callable or a "
+                        f"CalibrationDataReader), got {type(data).__name__}")
     for item in data:
         if isinstance(item, Mapping):
             yield item
