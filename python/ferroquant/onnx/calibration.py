@@ -190,6 +190,20 @@ def tapped_session(model: onnx.ModelProto, tensors: List[str]):
     return sess
 
 
+def _warn_switched(cm: CalibratedModel) -> None:
+    """One warning, in plain words, for the IFMR calibrators whose samples did not fit in memory."""
+    switched = [(t, c) for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
+    if not switched:
+        return
+    names = ", ".join(t for t, _ in switched[:3]) + (f" and {len(switched) - 3} more" if len(switched) > 3 else "")
+    bins = switched[0][1].num_of_bins
+    warnings.warn(f"IFMR: the calibration data of {len(switched)} activation tensor(s) ({names}) did not fit in "
+                  f"the memory set aside for the exact search, so their clipping ranges were searched on a "
+                  f"{bins}-bin histogram of the values instead (close to, but not always the same as, the exact "
+                  "result); calibrate on fewer batches, raise ifmr_memory_budget, or use HFMG to avoid this",
+                  RuntimeWarning, stacklevel=4)
+
+
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
                     progress: Progress = False) -> None:
     """Stream the batches through the tapped model into ``cm.calibrators``."""
@@ -214,10 +228,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
             del outs
             n += 1
             _report(progress, n, max_batches, t0)
-    switched = [t for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
-    if switched:
-        warnings.warn(f"IFMR: {len(switched)} tensor(s) outgrew their share of the model's sample budget and use "
-                      f"the histogram percentile mode: {', '.join(switched)}", RuntimeWarning, stacklevel=3)
+    _warn_switched(cm)
     if progress is True and n:
         sys.stderr.write("\n")
     if n == 0:
