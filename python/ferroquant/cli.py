@@ -244,13 +244,15 @@ def _calibrate(args: argparse.Namespace):  # noqa: ANN202
 
 def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: Any, out: Path) -> None:
     from ferroquant.report import create_report, summary_lines
+    from ferroquant.report.render import fallback_sentence
 
     rep, paths = create_report(cm, feeds, out, args.report_batches, not args.no_plots, args.fallback_sqnr,
                                args.fallback_count, table)
     print(summary_lines(rep))
-    n = len(rep.worst(args.fallback_count, args.fallback_sqnr))
-    print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/); fallback config with {n} float "
-          f"layer(s): {paths['fallback_config']}")
+    print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/)")
+    worst = rep.worst(args.fallback_count, args.fallback_sqnr)
+    print("fallback: " + fallback_sentence(worst, args.fallback_sqnr, args.fallback_count)
+          .replace("fallback_config.json", str(paths["fallback_config"]), 2))
 
 
 # -- commands --------------------------------------------------------------------------------------------------
@@ -358,8 +360,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ferroquant.examples import demo
 
     if args.weights:
-        return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference)
-    return demo.model_demo(args.out, n_calib=args.calib, n_eval=args.eval)
+        return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference, out_dir=args.out)
+    return demo.model_demo(args.out or "ferroquant-demo", n_calib=args.calib, n_eval=args.eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common],
                        help="MobileNetV2 (ImageNet weights) on real photos: HFMG, IFMR, NUQ vs FP32, and a report")
-    d.add_argument("--out", default="ferroquant-demo", metavar="DIR", help="output folder (default ./ferroquant-demo)")
+    d.add_argument("--out", metavar="DIR", help="output folder (default ./ferroquant-demo; with --weights: the "
+                                                 "table is also written there, as weights_demo.txt and .json)")
     d.add_argument("--calib", type=_count(1), default=32, metavar="N", help="calibration images (default 32)")
     d.add_argument("--eval", type=_count(1), default=64, metavar="N", help="evaluation images (default 64)")
     d.add_argument("--weights", action="store_true",

@@ -10,7 +10,7 @@ import math
 import re
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
@@ -98,7 +98,21 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str]) -> str:
+def fallback_sentence(float_layers: List[str], sqnr_db: Optional[float], count: Optional[int]) -> str:
+    """What the fallback config keeps in float and why, in one sentence (no layer: says so)."""
+    why = f"the {count} most sensitive" if count is not None else f"local SQNR under {sqnr_db:g} dB"
+    if not float_layers:
+        if count is not None:
+            return "fallback_config.json keeps every layer quantized (--fallback-count 0)"
+        return (f"no layer has a local SQNR under {sqnr_db:g} dB, so fallback_config.json keeps every layer "
+                "quantized (raise --fallback-sqnr or use --fallback-count K to keep the worst layers in float)")
+    shown = ", ".join(float_layers[:5]) + (f" and {len(float_layers) - 5} more" if len(float_layers) > 5 else "")
+    n = len(float_layers)
+    return (f"fallback_config.json keeps {n} layer{'s' if n > 1 else ''} in float ({shown}; {why}); quantize "
+            "with it: ferroquant quantize MODEL --config fallback_config.json")
+
+
+def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str], fallback: str = "") -> str:
     fl = set(float_layers)
     head = ("layer", "type", "act algo", "observed range", "clip", "clipped %", "weight", "weight SQNR dB",
             "output SQNR dB", "output cosine", "local SQNR dB", "histogram")
@@ -119,8 +133,9 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
             f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers, measured on "
             f"{report.batches} batches. Output SQNR/cosine: fake-quant model vs FP32 at each layer's output "
             "(errors accumulate); local SQNR: the layer alone quantized, on FP32 inputs. Red dashed lines in the "
-            "histograms mark the chosen clip. <a href='fallback_config.json'>fallback_config.json</a> keeps the "
-            f"highlighted layers in float.</p><table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
+            f"histograms mark the chosen clip.</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
+            f"{' (highlighted below)' if fl else ''}. <a href='fallback_config.json'>fallback_config.json</a></p>"
+            f"<table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
 
 
 def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, Path], plots: bool = True,
@@ -167,7 +182,8 @@ def _write_report(report: QuantReport, config: QuantConfig, out: Path, plots: bo
     doc["fallback"] = {"float_layers": worst, "sqnr_db": None if fallback_count is not None else fallback_sqnr_db,
                        "count": fallback_count, "config": paths["fallback_config"].name}
     write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
-    write_text(paths["html"], _html(report, pngs, worst))
+    sentence = fallback_sentence(worst, fallback_sqnr_db, fallback_count)
+    write_text(paths["html"], _html(report, pngs, worst, sentence))
     patch.save(paths["fallback_config"])
     return paths
 
@@ -183,4 +199,4 @@ def summary_lines(report: QuantReport, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["fallback_config", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
+__all__ = ["fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
