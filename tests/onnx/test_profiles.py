@@ -226,3 +226,18 @@ def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path):
     assert "dw7" not in rec["layers"]
     assert not rep.all_float and "conv" in rec["layers"]  # the 3x3 conv stays quantized
     assert rep.deploy_ms < rep.fp32_ms
+
+
+def test_kept_float_warnings_say_which_why_and_what_to_do(tmp_path):
+    """Issue 14: the fallback message names the layers, the reason, and what the user can do about it."""
+    m = convt_net()
+    cm = quantize_model(create_quant_config(None, m, batch_num=4), m, feeds(), cpu_types="u8s8")
+    with pytest.warns(RuntimeWarning) as caught:
+        save_model(cm, tmp_path / "m", latency_check=False)
+    (msg,) = [str(w.message) for w in caught if "float" in str(w.message)]
+    assert msg.startswith("1 layer kept in float (up)") and "no integer kernel" in msg and "nothing to fix" in msg
+    cm = calibrated("tensorrt", config_defination={"override_layer_configs": {"fc": {"weight": {"bits": 4}}}})
+    with pytest.warns(RuntimeWarning) as caught:
+        save_model(cm, tmp_path / "b", allow_float=True)
+    (msg,) = [str(w.message) for w in caught if "float" in str(w.message)]
+    assert msg.startswith("1 layer kept in float (fc)") and "allow_float" in msg and "to quantize" in msg
