@@ -9,59 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, NoReturn, Optional
+from typing import Any, Callable, List, Optional
 
 from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
+from ferroquant.cli_args import Parser, count, number
 from ferroquant.errors import ConfigError, DataError, QuantError
 
 EVALUATOR_CONTRACT = """The evaluator file defines evaluate(model_path: str) -> float: it receives the path of an
 ONNX model file (the FP32 model, then fake-quant QDQ models), runs it on the user's validation data, and returns
 a metric where higher is better (accuracy, top-1 agreement, mAP...). The drop is metric(FP32) - metric(quant)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments end in one line, ``ferroquant: error: ...``, and exit status 2 (the usage is one
-    ``--help`` away)."""
-
-    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
-        self.exit(2, f"ferroquant: error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
-        return v
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def _number(minimum: Optional[float] = None) -> Callable[[str], float]:
-    """An argparse type: a finite number (>= ``minimum`` when given)."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(v) or (minimum is not None and v < minimum):
-            bound = f" >= {minimum:g}" if minimum is not None else ""
-            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text!r}")
-        return v
-
-    parse.__name__ = "number"
-    return parse
 
 
 def _common() -> argparse.ArgumentParser:
@@ -77,7 +36,7 @@ def _quant_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("quantization options (for a default config; not with --config)")
     g.add_argument("--act-algo", choices=ACT_ALGORITHMS, help="activation calibration (default ifmr)")
     g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS, help="weight quantization (default arq)")
-    g.add_argument("--bits", type=_count(1), help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
+    g.add_argument("--bits", type=count(1), help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
     g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
@@ -93,8 +52,8 @@ def _calib_options() -> argparse.ArgumentParser:
                         "images")
     g.add_argument("--config", metavar="JSON", help="a config file (from `ferroquant config` or a report's "
                                                     "fallback_config.json)")
-    g.add_argument("--batch-num", type=_count(1), metavar="N", help="calibrate on the first N batches (default all)")
-    g.add_argument("--batch-size", type=_count(1), metavar="B",
+    g.add_argument("--batch-num", type=count(1), metavar="N", help="calibrate on the first N batches (default all)")
+    g.add_argument("--batch-size", type=count(1), metavar="B",
                    help="samples per batch (default: the model's fixed batch size, else 8)")
     g.add_argument("--input-shape", metavar="NAME:DIMS", action="append", default=[],
                    help="fill in dynamic input dims, e.g. x:1,3,320,320 (-1 keeps a dim dynamic; NAME: may be "
@@ -137,10 +96,10 @@ def _deploy_options(default: Optional[str] = None) -> argparse.ArgumentParser:
 
 def _report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("report")
-    g.add_argument("--report-batches", type=_count(1), default=2, metavar="N", help="batches measured (default 2)")
-    g.add_argument("--fallback-sqnr", type=_number(), default=20.0, metavar="DB",
+    g.add_argument("--report-batches", type=count(1), default=2, metavar="N", help="batches measured (default 2)")
+    g.add_argument("--fallback-sqnr", type=number(), default=20.0, metavar="DB",
                    help="the fallback config keeps layers whose local SQNR is under DB in float (default 20)")
-    g.add_argument("--fallback-count", type=_count(0), metavar="K", help="... or the K most sensitive layers")
+    g.add_argument("--fallback-count", type=count(0), metavar="K", help="... or the K most sensitive layers")
     g.add_argument("--no-plots", action="store_true", help="skip the histogram PNGs")
 
 
@@ -366,7 +325,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common, quant, calib, deploy = _common(), _quant_options(), _calib_options(), _deploy_options()
-    p = _Parser(prog="ferroquant", description="Post-training quantization of ONNX models with a Rust core "
+    p = Parser(prog="ferroquant", description="Post-training quantization of ONNX models with a Rust core "
                                                "(ARQ/NUQ weights, IFMR/HFMG activations).")
     p.add_argument("--version", action="version", version=f"ferroquant {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -401,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the fewest sensitive layers in float so the metric drops by at most --max-drop")
     a.add_argument("model", help="ONNX model file")
     a.add_argument("--evaluator", required=True, metavar="FILE.py", help="defines evaluate(model_path) -> float")
-    a.add_argument("--max-drop", required=True, type=_number(0.0), help="largest allowed metric drop (e.g. 0.01)")
+    a.add_argument("--max-drop", required=True, type=number(0.0), help="largest allowed metric drop (e.g. 0.01)")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     a.set_defaults(func=_cmd_autocal)
 
@@ -409,11 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MobileNetV2 (ImageNet weights) on real photos: HFMG, IFMR, NUQ vs FP32, and a report")
     d.add_argument("--out", metavar="DIR", help="output folder (default ./ferroquant-demo; with --weights: the "
                                                  "table is also written there, as weights_demo.txt and .json)")
-    d.add_argument("--calib", type=_count(1), default=32, metavar="N", help="calibration images (default 32)")
-    d.add_argument("--eval", type=_count(1), default=64, metavar="N", help="evaluation images (default 64)")
+    d.add_argument("--calib", type=count(1), default=32, metavar="N", help="calibration images (default 32)")
+    d.add_argument("--eval", type=count(1), default=64, metavar="N", help="evaluation images (default 64)")
     d.add_argument("--weights", action="store_true",
                    help="the weights-only demo instead: ARQ/NUQ error per layer, speed and parity vs NumPy")
-    d.add_argument("--layers", type=_count(0), default=0, help="--weights: only the first N weight tensors (0: all)")
+    d.add_argument("--layers", type=count(0), default=0, help="--weights: only the first N weight tensors (0: all)")
     d.add_argument("--no-reference", action="store_true", help="--weights: skip the NumPy reference")
     d.set_defaults(func=_cmd_demo)
     return p
