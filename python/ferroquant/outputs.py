@@ -6,9 +6,11 @@
   one. On an error the temporary file is removed.
 - :func:`output_set` groups every file a run writes: inside it, :func:`replacing` keeps each finished file under
   its temporary name, and only when the whole run has succeeded are they all renamed into place, one right after
-  the other (microseconds apart). A run that fails or is killed before that leaves the old outputs as they were;
-  its temporary files (``.<name>.fq-tmp-*``) are removed, or left behind by ``kill -9`` under names no reader
-  takes for an output.
+  the other. A run that fails or is killed before that leaves the old outputs as they were; its temporary files
+  (``.<name>.fq-tmp-*``) are removed, or left behind by ``kill -9`` under names no reader takes for an output.
+  The renames are preceded by a journal (``.fq-commit.json`` in the folder that holds the set): a run killed
+  between two renames (a window of microseconds, wider on an overloaded machine) leaves the journal, and the
+  next write into that folder, or :func:`recover`, finishes the renames, so the set never stays mixed.
 - :func:`refuse_input` raises when an output path is one of the inputs (the same file also through a symlink or
   a hard link), before anything is written.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -44,13 +47,48 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _commit(pairs: Iterable[Tuple[Path, Path]]) -> None:
-    folders = set()
+JOURNAL = ".fq-commit.json"
+
+
+def _commit(pairs: List[Tuple[Path, Path]]) -> None:
+    if not pairs:
+        return
+    journal = None
+    if len(pairs) > 1:
+        home = Path(os.path.commonpath([str(d.parent.resolve()) for _, d in pairs]))
+        journal = home / JOURNAL
+        fd, name = tempfile.mkstemp(prefix=f"{JOURNAL}{TMP_MARK}", dir=home)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump([[str(t.resolve()), str(d.resolve())] for t, d in pairs], f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, journal)
+        _fsync_dir(home)
     for tmp, dest in pairs:
         os.replace(tmp, dest)
-        folders.add(dest.parent)
-    for folder in folders:
+    for folder in {dest.parent for _, dest in pairs}:
         _fsync_dir(folder)
+    if journal is not None:
+        journal.unlink()
+
+
+def recover(folder: PathLike) -> bool:
+    """Finish the renames of a set whose run was killed between two of them (see the module's note); returns
+    whether there was one. Every write into a folder does this first for the folder and its parent."""
+    journal = Path(folder) / JOURNAL
+    try:
+        pairs = json.loads(journal.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # a journal cut short was written before any rename: nothing to finish
+        journal.unlink(missing_ok=True)
+        return False
+    for tmp, dest in pairs:
+        if Path(tmp).exists():
+            os.replace(tmp, dest)
+    _fsync_dir(Path(folder))
+    journal.unlink(missing_ok=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -63,6 +101,8 @@ def replacing(path: PathLike, mode: str = "wb", encoding: Optional[str] = None, 
         raise ValueError(f"replacing() writes whole files ('wb' or 'w'), not mode {mode!r}")
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    recover(dest.parent)
+    recover(dest.parent.parent)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent)
     tmp = Path(name)
     try:
@@ -152,4 +192,4 @@ def _is_path(p: object) -> bool:
     return isinstance(p, (str, os.PathLike))
 
 
-__all__ = ["output_set", "refuse_input", "replacing", "write_bytes", "write_text"]
+__all__ = ["JOURNAL", "output_set", "recover", "refuse_input", "replacing", "write_bytes", "write_text"]

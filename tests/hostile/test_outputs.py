@@ -59,6 +59,30 @@ def test_an_output_set_renames_nothing_until_it_ends(tmp_path):
     assert (a.read_text(), b.read_text()) == ("new a", "new b")
 
 
+def test_a_set_cut_between_two_renames_is_finished_by_the_next_write(tmp_path, monkeypatch):
+    from ferroquant import outputs
+
+    a, b = outputs.write_text(tmp_path / "a", "old a"), outputs.write_text(tmp_path / "sub" / "b", "old b")
+    real, calls = os.replace, []
+
+    def dying_replace(src, dst):  # noqa: ANN001 - the process dies after the journal and one rename
+        calls.append(dst)
+        if len(calls) == 3:
+            raise SystemExit("killed")
+        real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", dying_replace)
+    with pytest.raises(SystemExit):
+        with outputs.output_set():
+            outputs.write_text(a, "new a")
+            outputs.write_text(b, "new b")
+    monkeypatch.setattr(outputs.os, "replace", real)
+    assert (a.read_text(), b.read_text()) == ("new a", "old b")  # mixed, with the journal left
+    assert (tmp_path / outputs.JOURNAL).exists()
+    outputs.write_text(tmp_path / "sub" / "c", "another run")  # any later write into the folder finishes it
+    assert (a.read_text(), b.read_text()) == ("new a", "new b") and not (tmp_path / outputs.JOURNAL).exists()
+
+
 def test_files_keep_ordinary_permissions(tmp_path):
     from ferroquant.outputs import write_text
 
@@ -107,13 +131,18 @@ def test_kill_9_at_random_points_of_a_quantize_run_never_mixes_runs(tmp_path):
     subprocess.run(_cli(*old_args, "--out", tmp_path / "out"), check=True, capture_output=True)
     assert _digests(tmp_path / "out") == old
     rng = random.Random(13)
-    seen = set()
+    seen, recovered = set(), 0
     for i in range(20):
         p = subprocess.Popen(_cli(*new_args, "--out", tmp_path / "out"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.0, span * 1.1))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        now = _digests(tmp_path / "out")
+        assert all(now[f] in (old[f], new[f]) for f in FILES), f"kill {i}: a file that is neither old nor new"
+        from ferroquant.outputs import recover
+
+        recovered += recover(tmp_path / "out")  # what the next run does first (a kill between two renames)
         now = _digests(tmp_path / "out")
         assert now in (old, new), f"kill {i}: a mix of runs: {[f for f in FILES if now.get(f) != old[f]]}"
         seen.add("new" if now == new else "old")
