@@ -147,6 +147,16 @@ def test_ifmr_model_budget_bounds_memory():
     assert cm.table().layers["conv1"].activation.details["mode"] in ("exact", "histogram")
 
 
+def test_ifmr_share_splits_the_budget():
+    from ferroquant.quant.calibrators import ifmr_share
+
+    m = small_net()
+    cfg = create_quant_config(None, m)
+    layers = quantizable_layers(m)
+    assert ifmr_share(cfg, layers, 3 << 30) == 1 << 30  # three IFMR tensors: x, r1, f
+    assert ifmr_share(cfg, layers, 1) == 4 << 20
+
+
 def test_amct_switches_reach_the_calibrators():
     m = small_net()
     cfg = create_quant_config(None, m, config_defination={"override_layer_configs": {
@@ -266,26 +276,3 @@ def test_bias_codes_are_in_the_table_and_the_record(tmp_path):
     assert rec["conv1"]["bias"]["tensor"] == "b1" and rec["conv1"]["bias"]["bits"] == 32
     assert rec["conv1"]["bias"]["scale"] == [float(v) for v in bq.scale]
     assert "bias" not in rec["conv2"]
-
-
-def test_ifmr_budget_is_one_pool_for_the_model():
-    """Issue 14: a tensor larger than an equal share no longer leaves exact IFMR while the model's samples
-    together fit the budget (the warning fired on a 7-image run); the result is then the exact one."""
-    import warnings
-
-    m = small_net()
-    cfg = create_quant_config(None, m, batch_num=None)
-    rng = np.random.default_rng(5)
-    data = [{"x": rng.standard_normal((512, 3, 8, 8)).astype(np.float32)} for _ in range(6)]
-    # IFMR tensors x (2.25 MiB), r1 and c2 (6 MiB each) and f: r1 and c2 are over an equal quarter of 16 MiB,
-    # all of them together inside the 16 MiB
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        pooled = quantize_model(cfg, m, data, ifmr_memory_budget=16 << 20)
-    assert not any(c.switched for c in pooled.calibrators.values())
-    roomy = quantize_model(cfg, m, data, ifmr_memory_budget=1 << 30)
-    assert pooled.table().activations() == roomy.table().activations()
-    with pytest.warns(RuntimeWarning, match="did not fit"):
-        tight = quantize_model(cfg, m, data, ifmr_memory_budget=6 << 20)
-    assert sum(c.stored_bytes for c in tight.calibrators.values()) <= 6 << 20
-    assert any(c.switched for c in tight.calibrators.values())

@@ -33,25 +33,6 @@ DEFAULT_BUDGET = 256 << 20  # bytes of stored samples per tensor
 REPORT_BINS = 4096
 
 
-class SamplePool:
-    """Bytes of exact-IFMR samples that several calibrators (one model's) hold together: a calibrator switches to
-    the histogram mode only when the pool is full, not when it passes an equal share, so a large tensor can use
-    what small ones leave. Observation order decides which tensor switches first (deterministic for a given
-    data order). Not part of a calibrator's state."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.used = int(total), 0
-
-    def take(self, nbytes: int) -> bool:
-        if self.used + nbytes > self.total:
-            return False
-        self.used += nbytes
-        return True
-
-    def give(self, nbytes: int) -> None:
-        self.used = max(0, self.used - nbytes)
-
-
 def physical_memory() -> Optional[int]:
     """Bytes of physical memory of this machine (None where the system does not say)."""
     try:
@@ -69,7 +50,7 @@ class IFMRCalibrator(HistogramState):
                  search_range: Tuple[float, float] = (0.7, 1.3), search_step: float = 0.01,
                  search_extend: bool = True, search_2d: bool = False, mode: str = "auto",
                  memory_budget: int = DEFAULT_BUDGET, num_of_bins: int = 4096, nonfinite: str = "error",
-                 backend: str = "native", pool: Optional[SamplePool] = None) -> None:
+                 backend: str = "native") -> None:
         if mode not in MODES:
             raise ParameterError(f"{name}: mode must be one of {MODES}, got {mode!r}")
         if backend not in ops.BACKENDS:
@@ -93,7 +74,6 @@ class IFMRCalibrator(HistogramState):
         self._hist = None
         self._buf = np.empty(0, np.float32)  # exact mode: samples in [0, _n)
         self._n = 0
-        self.pool = pool  # shared with the other calibrators of a model (memory_budget still bounds this one)
         self.batches = 0
         self.switched = False
         self._validate()
@@ -132,7 +112,7 @@ class IFMRCalibrator(HistogramState):
 
     def _append(self, flat: np.ndarray) -> None:
         need = (self._n + flat.size) * 4
-        if need > self.memory_budget or (self.pool is not None and not self.pool.take(flat.size * 4)):
+        if need > self.memory_budget:
             if self.mode == "exact":
                 raise MemoryBudgetError(
                     f"calibrator {self.name!r}: exact IFMR would store {need / 2**20:.1f} MiB of samples, over its "
@@ -141,17 +121,11 @@ class IFMRCalibrator(HistogramState):
             self._switch_to_histogram(need)
             self._observe_hist(flat)
             return
-        if self._buf.size == 0 and self.pool is None:
+        if self._buf.size == 0:
             # One buffer of the whole budget, reserved but not touched: the operating system backs only the
             # pages that samples are written to, so resident memory follows the data and nothing is copied
             # twice (growing a buffer would re-copy and re-fault every page).
             self._buf = np.empty(self.memory_budget // 4, np.float32)
-        elif self._n + flat.size > self._buf.size:
-            # Pooled: every calibrator may reach the whole pool, so reserving it for each would promise many
-            # times the memory; the buffer doubles instead (each sample copied at most about once more).
-            grown = np.empty(min(self.memory_budget // 4, max(self._n + flat.size, 2 * self._buf.size)), np.float32)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
         self._buf[self._n : self._n + flat.size] = flat
         self._n += flat.size
 
@@ -161,8 +135,6 @@ class IFMRCalibrator(HistogramState):
             f"{self.memory_budget / 2**20:.1f} MiB memory_budget; switching to the histogram percentile mode "
             f"({self.num_of_bins} bins)", RuntimeWarning, stacklevel=3)
         stored = self._buf[: self._n]
-        if self.pool is not None:
-            self.pool.give(self._n * 4)
         self.switched = True
         self._buf, self._n = np.empty(0, np.float32), 0
         if stored.size:

@@ -4,30 +4,25 @@ memory budget that bounds exact IFMR (decision 7)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 from ferroquant import ops
 from ferroquant.calibrate import AnyCalibrator, CalibResult, HistogramCalibrator, IFMRCalibrator
-from ferroquant.calibrate.ifmr import SamplePool
 from ferroquant.config.ptq import ActivationParams, QuantConfig
 from ferroquant.quant.table import ActivationQuant, LayerInfo
 
-#: Bytes of samples that all exact-IFMR calibrators of one model may hold together (one pool: a tensor switches to
-#: the histogram percentile mode when the pool is full, whatever its own size).
+#: Bytes of samples that all exact-IFMR calibrators of one model may hold together: each gets an equal share;
+#: a tensor that outgrows its share switches to the histogram percentile mode.
 IFMR_MODEL_BUDGET = 1 << 30
 MIN_SHARE = 4 << 20
 
 
 def make_activation_calibrator(tensor: str, params: ActivationParams, symmetric: bool,
-                               memory_budget: Optional[int] = None, pool: Optional[SamplePool] = None
-                               ) -> AnyCalibrator:
-    """The calibrator ``params.algorithm`` names, for the activation tensor ``tensor`` (exact IFMR: at most
-    ``memory_budget`` bytes of samples, drawn from ``pool`` when given)."""
+                               memory_budget: Optional[int] = None) -> AnyCalibrator:
+    """The calibrator ``params.algorithm`` names, for the activation tensor ``tensor``."""
     a = params
     if a.algorithm == "ifmr":
-        extra: Dict[str, Any] = {} if memory_budget is None else {"memory_budget": memory_budget}
-        if pool is not None:
-            extra["pool"] = pool
+        extra = {} if memory_budget is None else {"memory_budget": memory_budget}
         return IFMRCalibrator(tensor, bits=a.bits, symmetric=symmetric, max_percentile=a.max_percentile,
                               min_percentile=a.min_percentile, search_range=a.search_range,
                               search_step=a.search_step, search_extend=a.search_extend, search_2d=a.search_2d,
@@ -37,22 +32,30 @@ def make_activation_calibrator(tensor: str, params: ActivationParams, symmetric:
                                num_quantized_bins=a.num_quantized_bins)
 
 
+def ifmr_share(config: QuantConfig, layers: Iterable[LayerInfo], total: int = IFMR_MODEL_BUDGET,
+               others: int = 0) -> int:
+    """Each exact-IFMR tensor's share of the model's sample budget ``total`` (at least 4 MiB), with ``others``
+    more IFMR tensors beside the layers' inputs."""
+    tensors = {l.activation for l in layers if config.layers[l.name].activation.algorithm == "ifmr"}
+    return max(MIN_SHARE, total // max(1, len(tensors) + others))
+
+
 def layer_calibrators(config: QuantConfig, layers: Iterable[LayerInfo], memory_budget: int = IFMR_MODEL_BUDGET,
                       tensors: Sequence[str] = ()) -> Dict[str, AnyCalibrator]:
     """One calibrator per activation tensor read by ``layers`` (the first layer that reads a tensor decides its
     parameters), by tensor name, in layer order; then one per other tensor of ``tensors`` (a deploy profile's
-    outputs, residual Adds...) with the config's tensor parameters. Exact IFMR draws from one pool of
-    ``memory_budget`` bytes (at least 4 MiB) for all of them."""
+    outputs, residual Adds...) with the config's tensor parameters. Exact IFMR shares ``memory_budget`` among all
+    of them."""
     layers = list(layers)
     extra = [t for t in tensors if t not in {l.activation for l in layers}]
-    total = max(MIN_SHARE, memory_budget)
-    pool = SamplePool(total)
+    ifmr_extra = len(extra) if config.tensor_activation().algorithm == "ifmr" else 0
+    share = ifmr_share(config, layers, memory_budget, ifmr_extra)
     cals: Dict[str, AnyCalibrator] = {}
     for l in layers:
         if l.activation not in cals:
             cals[l.activation] = make_activation_calibrator(l.activation, config.layers[l.name].activation,
-                                                            config.activation_symmetric(l.name), total, pool)
-    cals.update(tensor_calibrators(config, extra, total, pool))
+                                                            config.activation_symmetric(l.name), share)
+    cals.update(tensor_calibrators(config, extra, share))
     return cals
 
 
@@ -62,11 +65,10 @@ def activation_quant(tensor: str, r: CalibResult) -> ActivationQuant:
                            dict(r.details))
 
 
-def tensor_calibrators(config: QuantConfig, tensors: Iterable[str], share: int,
-                       pool: Optional[SamplePool] = None) -> Dict[str, AnyCalibrator]:
+def tensor_calibrators(config: QuantConfig, tensors: Iterable[str], share: int) -> Dict[str, AnyCalibrator]:
     """Calibrators for activation tensors that are no layer's input, with the config's tensor parameters."""
     params, symmetric = config.tensor_activation(), config.tensor_symmetric()
-    return {t: make_activation_calibrator(t, params, symmetric, share, pool) for t in tensors}
+    return {t: make_activation_calibrator(t, params, symmetric, share) for t in tensors}
 
 
 def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:
@@ -84,5 +86,5 @@ def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:
                            details)
 
 
-__all__ = ["IFMR_MODEL_BUDGET", "activation_quant", "bounded", "layer_calibrators",
+__all__ = ["IFMR_MODEL_BUDGET", "activation_quant", "bounded", "ifmr_share", "layer_calibrators",
            "make_activation_calibrator", "tensor_calibrators"]
