@@ -49,9 +49,14 @@ def test_snippet_runs(line, mark, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ns = placeholders(tmp_path)
     ns["__name__"] = "readme_snippet"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # calibration notes on a tiny model
-        exec(compile(code, f"README.md:{line}", "exec"), ns)  # noqa: S102 - our own README
+    from ferroquant import ops
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # calibration notes on a tiny model
+            exec(compile(code, f"README.md:{line}", "exec"), ns)  # noqa: S102 - our own README
+    finally:
+        ops.set_num_threads(0)  # the array snippet sets one thread; later tests expect the default
     assert os.getcwd() == str(tmp_path)
 
 
