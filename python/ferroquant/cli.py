@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
+from ferroquant.cli_args import Parser, count, number
 from ferroquant.config.weight_only import WEIGHT_ONLY_ALGORITHMS, WEIGHT_ONLY_FORMATS
 from ferroquant.errors import ConfigError, DataError, QuantError
 
@@ -25,7 +26,8 @@ a metric where higher is better (accuracy, top-1 agreement, mAP...). The drop is
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (warnings, errors and the result lines on stdout remain)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -36,7 +38,7 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--act-algo", choices=ACT_ALGORITHMS, help="activation calibration (default ifmr)")
     g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS + WEIGHT_ONLY_ALGORITHMS,
                    help="weight quantization (default arq; with --weight-only: rtn (default), gptq or awq)")
-    g.add_argument("--bits", type=int, help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
+    g.add_argument("--bits", type=count(1), help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
     g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
@@ -45,7 +47,7 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--weight-only", action="store_true",
                    help="quantize only the weights of MatMul/Gemm layers, group-wise (onnxruntime MatMulNBits)")
     g.add_argument("--weight-bits", type=int, choices=(4, 8), help="weight-only bits (default 4)")
-    g.add_argument("--group-size", type=int, metavar="G", help="weight-only inputs per group (default 128)")
+    g.add_argument("--group-size", type=count(1), metavar="G", help="weight-only inputs per group (default 128)")
     g.add_argument("--weight-format", choices=WEIGHT_ONLY_FORMATS,
                    help="weight-only export: matmulnbits (default) or qdq (opset-21 blocked DequantizeLinear)")
     g.add_argument("--symmetric-weights", action="store_true", help="weight-only: no zero points")
@@ -60,8 +62,8 @@ def _calib_options() -> argparse.ArgumentParser:
                         "images")
     g.add_argument("--config", metavar="JSON", help="a config file (from `ferroquant config` or a report's "
                                                     "fallback_config.json)")
-    g.add_argument("--batch-num", type=int, metavar="N", help="calibrate on the first N batches (default all)")
-    g.add_argument("--batch-size", type=int, metavar="B",
+    g.add_argument("--batch-num", type=count(1), metavar="N", help="calibrate on the first N batches (default all)")
+    g.add_argument("--batch-size", type=count(1), metavar="B",
                    help="samples per batch (default: the model's fixed batch size, else 8)")
     g.add_argument("--input-shape", metavar="NAME:DIMS", action="append", default=[],
                    help="fill in dynamic input dims, e.g. x:1,3,320,320 (-1 keeps a dim dynamic; NAME: may be "
@@ -104,14 +106,38 @@ def _deploy_options(default: Optional[str] = None) -> argparse.ArgumentParser:
 
 def _report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("report")
-    g.add_argument("--report-batches", type=int, default=2, metavar="N", help="batches measured (default 2)")
-    g.add_argument("--fallback-sqnr", type=float, default=20.0, metavar="DB",
+    g.add_argument("--report-batches", type=count(1), default=2, metavar="N", help="batches measured (default 2)")
+    g.add_argument("--fallback-sqnr", type=number(), default=20.0, metavar="DB",
                    help="the fallback config keeps layers whose local SQNR is under DB in float (default 20)")
-    g.add_argument("--fallback-count", type=int, metavar="K", help="... or the K most sensitive layers")
+    g.add_argument("--fallback-count", type=count(0), metavar="K", help="... or the K most sensitive layers")
     g.add_argument("--no-plots", action="store_true", help="skip the histogram PNGs")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+def _version() -> str:
+    from ferroquant import __version__
+
+    return __version__
+
+
+REPORT_FILES = ("report.json", "report.html", "fallback_config.json")
+
+
+def _refuse_inputs(args: argparse.Namespace, outputs: List[Path]) -> None:
+    """Stop before any work when an output path is one of the command's input files."""
+    from ferroquant.outputs import refuse_input
+
+    inputs = [getattr(args, k, None) for k in ("model", "calib", "config", "evaluator")]
+    refuse_input(outputs, [p for p in inputs if p], "output")
+
+
+def _quantize_outputs(out: Path, report: bool) -> List[Path]:
+    from ferroquant.onnx.api import output_paths
+
+    files = [*output_paths(out / "model").values(), out / "config.json"]
+    return files + ([out / "report" / f for f in REPORT_FILES] if report else [])
+
+
 def _load_model(path: str):  # noqa: ANN202 - onnx.ModelProto
     from ferroquant.onnx.io import load_model
 
@@ -189,19 +215,21 @@ def _calibrate(args: argparse.Namespace):  # noqa: ANN202
 
 def _write_report(args: argparse.Namespace, cm: Any, feeds: List[dict], table: Any, out: Path) -> None:
     from ferroquant.report import create_report, summary_lines
+    from ferroquant.report.render import fallback_sentence
 
     rep, paths = create_report(cm, feeds, out, args.report_batches, not args.no_plots, args.fallback_sqnr,
                                args.fallback_count, table)
     print(summary_lines(rep))
-    n = len(rep.worst(args.fallback_count, args.fallback_sqnr))
-    print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/); fallback config with {n} float "
-          f"layer(s): {paths['fallback_config']}")
+    print(f"report: {paths['html']} (JSON {paths['json'].name}, plots/)")
+    worst = rep.worst(args.fallback_count, args.fallback_sqnr)
+    print("fallback: " + fallback_sentence(worst, args.fallback_sqnr, args.fallback_count)
+          .replace("fallback_config.json", str(paths["fallback_config"]), 2))
 
 
 # -- commands --------------------------------------------------------------------------------------------------
 def _cmd_config(args: argparse.Namespace) -> int:
+    _refuse_inputs(args, [Path(args.output)])
     _, _, cfg = _config_and_model(args)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     cfg.save(args.output)
     print(f"wrote {args.output}: {len(cfg.layers)} layers, {len(cfg.enabled_layers())} quantized")
     return 0
@@ -254,14 +282,24 @@ def _cmd_weight_only(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from ferroquant.onnx.api import save_model
+    from ferroquant.outputs import output_set
 
+    out = Path(args.out)
+    _refuse_inputs(args, _quantize_outputs(out, not args.no_report))
     wo = _weight_only_config(args)
     if wo is not None:
         return _cmd_weight_only(args, wo)
-
     cm, feeds, table = _calibrate(args)
-    out = Path(args.out)
+    with output_set():  # models, record, config and report are renamed into place together, at the end
+        _save_quantized(args, cm, table, out)
+        if not args.no_report:
+            _write_report(args, cm, feeds, table, out / "report")
+    return 0
+
+
+def _save_quantized(args: argparse.Namespace, cm: Any, table: Any, out: Path) -> dict:
+    from ferroquant.onnx.api import save_model
+
     with warnings.catch_warnings():  # the latency check's outcome is printed below, with its timings
         for message in ("kept in float because their integer kernels are slower", "the quantized model ran slower"):
             warnings.filterwarnings("ignore", message=message, category=RuntimeWarning)
@@ -278,12 +316,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                  f"; kept float for speed: {', '.join(lat.kept_float)}" if lat.kept_float else ""))
     for k, p in paths.items():
         print(f"{k:10s} {p}")
-    if not args.no_report:
-        _write_report(args, cm, feeds, table, out / "report")
-    return 0
+    return paths
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    _refuse_inputs(args, [Path(args.out) / f for f in REPORT_FILES])
     cm, feeds, table = _calibrate(args)
     _write_report(args, cm, feeds, table, Path(args.out))
     return 0
@@ -293,6 +330,7 @@ def _cmd_fuse(args: argparse.Namespace) -> int:
     from ferroquant.onnx.fusion import fuse
     from ferroquant.onnx.io import save_onnx
 
+    _refuse_inputs(args, [Path(args.output)])
     fused, rep = fuse(_load_model(args.model), skip_fusion_layers=args.skip)
     save_onnx(fused, args.output)
     print(rep.summary())
@@ -319,6 +357,11 @@ def load_evaluator(path: str) -> Callable[[str], float]:
 def _cmd_autocal(args: argparse.Namespace) -> int:
     from ferroquant.autocal import accuracy_based_auto_calibration
 
+    from ferroquant.onnx.api import output_paths
+
+    out = Path(args.out)
+    _refuse_inputs(args, [*output_paths(out / "model").values(), out / "config.json", out / "model_fp32.onnx",
+                          out / "autocal_summary.json"])
     evaluate = load_evaluator(args.evaluator)
     model, _, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
@@ -337,14 +380,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ferroquant.examples import demo
 
     if args.weights:
-        return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference)
-    return demo.model_demo(args.out, n_calib=args.calib, n_eval=args.eval)
+        return demo.weights_demo(layers=args.layers, check_reference=not args.no_reference, out_dir=args.out)
+    return demo.model_demo(args.out or "ferroquant-demo", n_calib=args.calib, n_eval=args.eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
     common, quant, calib, deploy = _common(), _quant_options(), _calib_options(), _deploy_options()
-    p = argparse.ArgumentParser(prog="ferroquant", description="Post-training quantization of ONNX models with a "
-                                                               "Rust core (ARQ/NUQ weights, IFMR/HFMG activations).")
+    p = Parser(prog="ferroquant", description="Post-training quantization of ONNX models with a Rust core "
+                                               "(ARQ/NUQ weights, IFMR/HFMG activations).")
+    p.add_argument("--version", action="version", version=f"ferroquant {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("config", parents=[common, quant], help="write the default config of a model")
@@ -377,18 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the fewest sensitive layers in float so the metric drops by at most --max-drop")
     a.add_argument("model", help="ONNX model file")
     a.add_argument("--evaluator", required=True, metavar="FILE.py", help="defines evaluate(model_path) -> float")
-    a.add_argument("--max-drop", required=True, type=float, help="largest allowed metric drop (e.g. 0.01)")
+    a.add_argument("--max-drop", required=True, type=number(0.0), help="largest allowed metric drop (e.g. 0.01)")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     a.set_defaults(func=_cmd_autocal)
 
     d = sub.add_parser("demo", parents=[common],
                        help="MobileNetV2 (ImageNet weights) on real photos: HFMG, IFMR, NUQ vs FP32, and a report")
-    d.add_argument("--out", default="ferroquant-demo", metavar="DIR", help="output folder (default ./ferroquant-demo)")
-    d.add_argument("--calib", type=int, default=32, metavar="N", help="calibration images (default 32)")
-    d.add_argument("--eval", type=int, default=64, metavar="N", help="evaluation images (default 64)")
+    d.add_argument("--out", metavar="DIR", help="output folder (default ./ferroquant-demo; with --weights: the "
+                                                 "table is also written there, as weights_demo.txt and .json)")
+    d.add_argument("--calib", type=count(1), default=32, metavar="N", help="calibration images (default 32)")
+    d.add_argument("--eval", type=count(1), default=64, metavar="N", help="evaluation images (default 64)")
     d.add_argument("--weights", action="store_true",
                    help="the weights-only demo instead: ARQ/NUQ error per layer, speed and parity vs NumPy")
-    d.add_argument("--layers", type=int, default=0, help="--weights: only the first N weight tensors (0: all)")
+    d.add_argument("--layers", type=count(0), default=0, help="--weights: only the first N weight tensors (0: all)")
     d.add_argument("--no-reference", action="store_true", help="--weights: skip the NumPy reference")
     d.set_defaults(func=_cmd_demo)
     return p

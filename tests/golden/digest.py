@@ -58,8 +58,8 @@ def model_digest(model: onnx.ModelProto) -> Dict[str, str]:
 
 #: The record's fields that the digests cover (records may gain fields; these must not change).
 RECORD_LAYER_FIELDS = ("op_type", "layer", "activation", "weight")
-#: Keys the record's ``extra`` gained with deploy profiles (which profile, CPU types, layers kept float).
-RECORD_EXTRA_NEW = ("profile", "cpu_types", "kept_float", "latency")
+#: Keys the record's ``extra`` gained later (deploy profile, CPU types, layers kept float, latency, scale guard hits).
+RECORD_EXTRA_NEW = ("profile", "cpu_types", "kept_float", "latency", "scale_guard")
 
 
 def record_digest(record: Dict[str, Any]) -> Dict[str, str]:

@@ -262,3 +262,18 @@ def test_latency_check_times_every_layer_on_this_machine(tmp_path):
         assert set(rep.layer_us) == {l.name for l in cm.layers}
         assert all(f > 0 and i > 0 for f, i in rep.layer_us.values())
     assert paths["deploy"].is_file()
+
+
+def test_kept_float_warnings_say_which_why_and_what_to_do(tmp_path):
+    """Issue 14: the fallback message names the layers, the reason, and what the user can do about it."""
+    m = convt_net()
+    cm = quantize_model(create_quant_config(None, m, batch_num=4), m, feeds(), cpu_types="u8s8")
+    with pytest.warns(RuntimeWarning) as caught:
+        save_model(cm, tmp_path / "m", latency_check=False)
+    (msg,) = [str(w.message) for w in caught if "float" in str(w.message)]
+    assert msg.startswith("1 layer kept in float (up)") and "no integer kernel" in msg and "nothing to fix" in msg
+    cm = calibrated("tensorrt", config_defination={"override_layer_configs": {"fc": {"weight": {"bits": 4}}}})
+    with pytest.warns(RuntimeWarning) as caught:
+        save_model(cm, tmp_path / "b", allow_float=True)
+    (msg,) = [str(w.message) for w in caught if "float" in str(w.message)]
+    assert msg.startswith("1 layer kept in float (fc)") and "allow_float" in msg and "to quantize" in msg

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 from ferroquant.errors import ConfigError
+from ferroquant.outputs import write_text
 
 
 class FieldError(ConfigError):
@@ -100,8 +101,6 @@ def load_json(path: Union[str, Path], what: str = "file") -> Any:
 
 
 def save_json(path: Union[str, Path], doc: Any) -> Path:
-    """Write ``doc`` as indented JSON to ``path`` (parent folders made)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    return p
+    """Write ``doc`` as indented JSON to ``path`` (parent folders made; replaced whole, see
+    :mod:`ferroquant.outputs`)."""
+    return write_text(path, json.dumps(doc, indent=2) + "\n")

@@ -7,9 +7,10 @@ with FP32 on photos not used for calibration, and the per-layer report of one of
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -37,44 +38,73 @@ METHODS: Dict[str, Tuple[Callable, Callable]] = {
 }
 
 
-def weights_demo(layers: int = 0, check_reference: bool = True) -> int:
-    sd = mobilenet_v2_state_dict()
-    names = [k for k, v in sd.items() if k.endswith("weight") and v.ndim in (2, 4)]
-    if layers:
-        names = names[:layers]
-    total = sum(sd[k].size for k in names)
-    print(f"MobileNetV2 (torchvision ImageNet weights): {len(names)} weight tensors, {total / 1e6:.2f}M values")
-    print(f"native threads: {ops.get_num_threads()}; per-output-channel scales; SQNR in dB (higher is better)\n")
+def _weights_rows(sd: Dict[str, np.ndarray], names: List[str], check_reference: bool
+                  ) -> Tuple[List[Dict[str, Any]], Dict[str, float], Dict[str, float], List[str]]:
     t_native = {m: 0.0 for m in METHODS}
     t_ref = {m: 0.0 for m in METHODS}
     mismatches: List[str] = []
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for name in names:
         w = sd[name]
-        row = [name, "x".join(map(str, w.shape))]
+        row: Dict[str, Any] = {"layer": name, "shape": list(w.shape)}
         for m, (native, ref) in METHODS.items():
             fake, dt = _timed(lambda: native(w))
             t_native[m] += dt
-            row.append(f"{sqnr_db(w, fake):6.2f}")
+            row[m] = sqnr_db(w, fake)
             if check_reference:
                 want, dr = _timed(lambda: ref(w))
                 t_ref[m] += dr
                 if not np.array_equal(fake, want):
                     mismatches.append(f"{name} {m}")
         rows.append(row)
+    return rows, t_native, t_ref, mismatches
+
+
+def weights_demo(layers: int = 0, check_reference: bool = True, out_dir: Union[str, Path, None] = None) -> int:
+    """ARQ and NUQ on MobileNetV2's weight tensors (the first ``layers``, 0: all): SQNR per tensor and method,
+    time, parity with the NumPy reference. Prints the table; with ``out_dir``, also writes it there as
+    ``weights_demo.txt`` and ``weights_demo.json``. Returns 1 when native and reference results differ."""
+    sd = mobilenet_v2_state_dict()
+    names = [k for k, v in sd.items() if k.endswith("weight") and v.ndim in (2, 4)]
+    if layers:
+        names = names[:layers]
+    rows, t_native, t_ref, mismatches = _weights_rows(sd, names, check_reference)
+    total = sum(sd[k].size for k in names)
+    lines = [f"MobileNetV2 (torchvision ImageNet weights): {len(names)} weight tensors, {total / 1e6:.2f}M values",
+             f"native threads: {ops.get_num_threads()}; per-output-channel scales; SQNR in dB (higher is better)", ""]
     head = ["layer", "shape", *METHODS]
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    for r in [head] + rows:
-        print("  ".join(str(c).ljust(wd) for c, wd in zip(r, widths)))
-    print()
+    cells = [[r["layer"], "x".join(map(str, r["shape"])), *(f"{r[m]:6.2f}" for m in METHODS)] for r in rows]
+    widths = [max(len(str(r[i])) for r in cells + [head]) for i in range(len(head))]
+    lines += ["  ".join(str(c).ljust(wd) for c, wd in zip(r, widths)) for r in [head] + cells] + [""]
     for m in METHODS:
         line = f"{m:9s} native {t_native[m] * 1e3:8.1f} ms"
         if check_reference:
             line += f"   NumPy reference {t_ref[m] * 1e3:9.1f} ms   speed-up {t_ref[m] / max(t_native[m], 1e-9):5.1f}x"
-        print(line)
+        lines.append(line)
     if check_reference:
-        print(f"\nparity with the NumPy reference: {'all identical' if not mismatches else mismatches}")
+        lines += ["", f"parity with the NumPy reference: {'all identical' if not mismatches else mismatches}"]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if out_dir is not None:
+        _write_weights_demo(Path(out_dir), text, rows, t_native, t_ref if check_reference else None, mismatches)
     return 1 if mismatches else 0
+
+
+def _write_weights_demo(out: Path, text: str, rows: List[Dict[str, Any]], t_native: Dict[str, float],
+                        t_ref: Optional[Dict[str, float]], mismatches: List[str]) -> None:
+    from ferroquant.outputs import output_set, write_text
+
+    def num(v: float) -> Any:
+        return v if np.isfinite(v) else str(v)
+
+    doc = {"layers": [{"layer": r["layer"], "shape": r["shape"], "sqnr_db": {m: num(r[m]) for m in METHODS}}
+                      for r in rows],
+           "native_ms": {m: t * 1e3 for m, t in t_native.items()},
+           "reference_ms": None if t_ref is None else {m: t * 1e3 for m, t in t_ref.items()},
+           "mismatches": mismatches}
+    with output_set():
+        write_text(out / "weights_demo.txt", text)
+        write_text(out / "weights_demo.json", json.dumps(doc, indent=2) + "\n")
 
 
 # -- the model demo ----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
 from ferroquant.onnx.weight_only import WeightOnlyModel, quantize_weights_only, save_weight_only
+from ferroquant.outputs import output_set, refuse_input
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
 from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
 from ferroquant.quant.profiles import profile as get_profile
@@ -97,6 +98,7 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
                        tuple(skip_fusion_layers), tuple(skip_layer_types))
     if config_path is not None:
+        refuse_input([config_path], [model], "config_path")
         cfg.save(config_path)
     return cfg
 
@@ -183,24 +185,28 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     return cm
 
 
-def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
-    """Where :func:`save_model` writes, for ``save_path``."""
+def output_paths(save_path: Union[str, Path], deploy_path: Optional[Union[str, Path]] = None) -> Dict[str, Path]:
+    """Where :func:`save_model` writes, for ``save_path`` (``deploy_path``: the deploy model elsewhere)."""
     base = Path(save_path)
-    return {"fake_quant": Path(f"{base}_fake_quant.onnx"), "deploy": Path(f"{base}_deploy.onnx"),
+    return {"fake_quant": Path(f"{base}_fake_quant.onnx"),
+            "deploy": Path(deploy_path) if deploy_path is not None else Path(f"{base}_deploy.onnx"),
             "record": Path(f"{base}_quant_record.json")}
 
 
 def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
                   extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None,
-                  deploy: Optional[onnx.ModelProto] = None) -> Dict[str, Path]:
+                  deploy: Optional[onnx.ModelProto] = None, deploy_path: Optional[Union[str, Path]] = None
+                  ) -> Dict[str, Path]:
     """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
-    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without; ``deploy``:
-    that model when already exported) and ``<save_path>_quant_record.json``."""
-    paths = output_paths(save_path)
+    ``<save_path>_deploy.onnx`` (or ``deploy_path``; int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's
+    without; ``deploy``: that model when already exported) and ``<save_path>_quant_record.json``, as one set
+    (:func:`ferroquant.outputs.output_set`): all three are renamed into place only once all are written."""
+    paths = output_paths(save_path, deploy_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
-    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])  # first: its float copy is freed
-    save_onnx(deploy if deploy is not None else export_deploy(model, table, layout), paths["deploy"])
-    write_record(paths["record"], table, extra)
+    with output_set():
+        save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])  # first: its float copy is freed
+        save_onnx(deploy if deploy is not None else export_deploy(model, table, layout), paths["deploy"])
+        write_record(paths["record"], table, extra)
     return paths
 
 
@@ -223,13 +229,15 @@ def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bo
 
 def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: Union[str, Path],
                table: Optional[QuantTable] = None, allow_float: bool = False,
-               latency_check: Optional[bool] = None) -> Dict[str, Path]:
+               latency_check: Optional[bool] = None, deploy_path: Optional[Union[str, Path]] = None
+               ) -> Dict[str, Path]:
     """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
     calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
     profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
     float (``latency_check=False`` skips that; by default it is skipped for models over 2 GB, where it would
     double the peak memory; see :mod:`ferroquant.onnx.latency`). Returns the paths.
-    ``table``: qparams already searched with ``calibrated.table()`` (not searched again). A weight-only model
+    ``table``: qparams already searched with ``calibrated.table()`` (not searched again); ``deploy_path``: write
+    the deploy model there instead of ``<save_path>_deploy.onnx``. A weight-only model
     (:func:`quantize_weight_only`) writes its deploy model and record (:func:`save_weight_only`)."""
     if isinstance(calibrated, WeightOnlyModel):
         return save_weight_only(calibrated, save_path)
@@ -254,10 +262,11 @@ def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: U
         extra["latency"] = report.to_json()
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
+    extra["scale_guard"] = list(table.scale_guard)
     if is_large(calibrated.model):
         deploy = None  # exported again after the fake-quant model is written: never two copies held at once
     t0 = time.perf_counter()
-    paths = write_outputs(calibrated.model, table, save_path, extra, layout, deploy)
+    paths = write_outputs(calibrated.model, table, save_path, extra, layout, deploy, deploy_path)
     calibrated.timings["write_s"] = time.perf_counter() - t0
     return paths
 
@@ -277,6 +286,8 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
+    sources = [model] + ([config] if isinstance(config, (str, Path)) else [])
+    refuse_input(output_paths(out.with_suffix(""), out).values(), sources, "output_path")
     if weight_only is not None or has_weight_only_section(config):
         if config_kwargs or (weight_only is not None and config is not None):
             raise ConfigError("weight_only takes its options in its own config, not config options or a config")
@@ -296,8 +307,7 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
-    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check)
-    paths["deploy"].replace(out)
-    paths["deploy"] = out
+    paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check,
+                       deploy_path=out)
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,
             "calibrated": cm}

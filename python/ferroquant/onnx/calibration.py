@@ -4,6 +4,7 @@ weights. The result is a :class:`QuantTable` plus the calibrators' state (saveab
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -20,6 +21,7 @@ from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant.onnx.session import cpu_session
 from ferroquant.quant.calibrators import activation_quant, bounded
+from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
 from ferroquant.quant.weights import layer_quant
@@ -40,6 +42,13 @@ def iterate_batches(data: CalibrationData, input_names: List[str]) -> Iterator[F
         data = data()
     if isinstance(data, np.ndarray):
         data = [data]
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise DataError(f"calibration_data is a {type(data).__name__} ({str(data)[:60]!r}), not batches: pass an "
+                        "iterable of {input name: array}; for a file or folder, "
+                        "ferroquant.calib_data.load_calibration_data reads it")
+    if not isinstance(data, Iterable):
+        raise DataError(f"calibration_data must be an iterable of {{input name: array}} (or a callable or a "
+                        f"CalibrationDataReader), got {type(data).__name__}")
     for item in data:
         if isinstance(item, Mapping):
             yield item
@@ -130,7 +139,10 @@ class CalibratedModel:
                   for l in self.layers}
         tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
                    for t in self.plan.calibrate}
-        return QuantTable(layers, tensors)
+        guarded = guarded_tensors(layers, {l.name: view.array(l.weight) for l in self.layers},
+                                  {t: c.observed_range() for t, c in self.calibrators.items()})
+        warn_guarded(guarded)
+        return QuantTable(layers, tensors, guarded)
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""
@@ -166,6 +178,20 @@ def tapped_session(model: onnx.ModelProto, tensors: Sequence[str]):  # noqa: ANN
     return cpu_session(model, tensors, mapped_weights=True)
 
 
+def _warn_switched(cm: CalibratedModel) -> None:
+    """One warning, in plain words, for the IFMR calibrators whose samples did not fit in memory."""
+    switched = [(t, c) for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
+    if not switched:
+        return
+    names = ", ".join(t for t, _ in switched[:3]) + (f" and {len(switched) - 3} more" if len(switched) > 3 else "")
+    bins = switched[0][1].num_of_bins
+    warnings.warn(f"IFMR: the calibration data of {len(switched)} activation tensor(s) ({names}) did not fit in "
+                  f"the memory set aside for the exact search, so their clipping ranges were searched on a "
+                  f"{bins}-bin histogram of the values instead (close to, but not always the same as, the exact "
+                  "result); calibrate on fewer batches, raise ifmr_memory_budget, or use HFMG to avoid this",
+                  RuntimeWarning, stacklevel=4)
+
+
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
                     progress: Progress = False) -> None:
     """Stream the batches through the tapped model into ``cm.calibrators``."""
@@ -192,10 +218,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
             del outs
             n += 1
             _report(progress, n, max_batches, t0)
-    switched = [t for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
-    if switched:
-        warnings.warn(f"IFMR: {len(switched)} tensor(s) outgrew their share of the model's sample budget and use "
-                      f"the histogram percentile mode: {', '.join(switched)}", RuntimeWarning, stacklevel=3)
+    _warn_switched(cm)
     if progress is True and n:
         sys.stderr.write("\n")
     if n == 0:

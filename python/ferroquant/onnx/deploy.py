@@ -151,9 +151,25 @@ def enforce(violations: List[Violation], allowed: bool = False) -> List[Violatio
         raise ModelError(f"{v.rule}: {v.message}{more}; or allow float layers (allow_float=True, --allow-float)",
                          v.node)
     if violations:
-        warnings.warn("kept in float for the deploy profile: " + "; ".join(str(v) for v in violations),
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(kept_float_message(violations), RuntimeWarning, stacklevel=3)
     return violations
+
+
+def kept_float_message(violations: List[Violation]) -> str:
+    """Which layers the deploy profile keeps in float, why, and what the user can do, in one paragraph."""
+    nodes = sorted({v.node for v in violations})
+    head = f"{len(nodes)} layer{'s' if len(nodes) > 1 else ''} kept in float ({', '.join(nodes)}) in the deploy model"
+    slow = [v for v in violations if v.slow]
+    rest = [v for v in violations if not v.slow]
+    parts = []
+    if slow:
+        parts.append("; ".join(str(v) for v in slow) + " (nothing to fix: the layer runs "
+                     "correctly in float, and quantizing it would not make it faster on this runtime)")
+    if rest:
+        parts.append("; ".join(str(v) for v in rest) + " (kept in float because "
+                     "allow_float / --allow-float was given; to quantize it, change what the rule names in the "
+                     "layer's config, or choose another --profile or --cpu-types)")
+    return f"{head}: " + "; ".join(parts)
 
 
 
@@ -208,9 +224,11 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
         layout = deploy_layout(cm, table)
         report.deploy_ms = report.fp32_ms
     elif report.kept_float:
-        warnings.warn(f"kept in float because their integer kernels are slower here: {', '.join(report.kept_float)}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"kept in float because their integer kernels are slower here: {', '.join(report.kept_float)} "
+                      "(timed on this machine with onnxruntime; latency_check=False / --no-latency-check writes them "
+                      "quantized, e.g. for a machine with other kernels)", RuntimeWarning, stacklevel=3)
     return table, layout, report
 
 
-__all__ = ["Violation", "check_latency", "check_rules", "deploy_layout", "enforce", "quantized_output"]
+__all__ = ["Violation", "check_latency", "check_rules", "deploy_layout", "enforce", "kept_float_message",
+           "quantized_output"]

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ferroquant.outputs import replacing
+
 PROTOBUF_LIMIT = 2**31 - 1
 #: a model whose tensors hold more than this is treated as large (headroom for the graph itself)
 LARGE = PROTOBUF_LIMIT - (64 << 20)
@@ -194,10 +196,12 @@ def _raw(t: TensorProto) -> bytes:
 
 
 def write_external(model: onnx.ModelProto, path: Union[str, Path], extra_outputs: Sequence[str] = (),
-                   size_threshold: int = DETACH_BYTES) -> Path:
+                   size_threshold: int = DETACH_BYTES, deferred: bool = True) -> Path:
     """Write ``model`` to ``path`` with every top-level initializer of ``size_threshold`` bytes or more in
     ``<path>.data`` (4 KiB-aligned offsets), one tensor at a time, never copying the model; ``extra_outputs``
-    are appended as float graph outputs (taps for calibration). ``model`` is not changed. Returns ``path``."""
+    are appended as float graph outputs (taps for calibration). ``model`` is not changed. Returns ``path``.
+    Both files are replaced whole (:func:`ferroquant.outputs.replacing`; ``deferred=False`` for scratch copies
+    read back at once)."""
     path = Path(path)
     data_name = path.name + ".data"
     out = _shell(model)
@@ -206,7 +210,7 @@ def write_external(model: onnx.ModelProto, path: Union[str, Path], extra_outputs
         if name not in have:
             out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
             have.add(name)
-    with open(path.parent / data_name, "wb") as f:
+    with replacing(path.parent / data_name, deferred=deferred) as f:
         for t in model.graph.initializer:
             if not _detachable(t, size_threshold):
                 out.graph.initializer.append(t)
@@ -217,7 +221,7 @@ def write_external(model: onnx.ModelProto, path: Union[str, Path], extra_outputs
             f.write(blob)
             out.graph.initializer.append(_external_copy(t, data_name, offset, len(blob)))
             del blob
-    with open(path, "wb") as f:
+    with replacing(path, deferred=deferred) as f:
         f.write(out.SerializeToString())
     return path
 
@@ -229,7 +233,7 @@ def session_source(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()
     folder holding it, which must live as long as the session)."""
     if is_large(model):
         tmp = tempfile.TemporaryDirectory(prefix="ferroquant-session-")
-        path = write_external(model, Path(tmp.name) / "model.onnx", extra_outputs)
+        path = write_external(model, Path(tmp.name) / "model.onnx", extra_outputs, deferred=False)
         return str(path), tmp
     m = onnx.ModelProto()
     m.CopyFrom(model)

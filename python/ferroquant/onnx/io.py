@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from ferroquant.errors import ModelError
+from ferroquant.outputs import write_bytes
 from ferroquant.onnx.external import MEDIUM, is_large, reattach, skeleton, weights_size, write_external
 from ferroquant.onnx.graph import GraphView, node_label
 from ferroquant.onnx.shapes import infer_or_keep
@@ -277,7 +278,8 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def save_onnx(model: onnx.ModelProto, path: Union[str, Path], *, external_data: "bool | None" = None) -> Path:
     """Write ``model`` to ``path``; its initializers go to ``<name>.data`` beside it when the model passes
-    2 GB (or when asked), one tensor at a time (the model is neither copied nor changed).
+    2 GB (or when asked), one tensor at a time (the model is neither copied nor changed). Both files are
+    replaced whole (:mod:`ferroquant.outputs`): never a half-written model.
 
     ``external_data=None`` decides by size. Returns the path written.
     """
@@ -289,7 +291,7 @@ def save_onnx(model: onnx.ModelProto, path: Union[str, Path], *, external_data: 
         if external_data:
             write_external(model, path, size_threshold=0)
         else:
-            onnx.save_model(model, str(path))
+            write_bytes(path, model.SerializeToString())
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot save the model to {path}: {e}") from None
     return path

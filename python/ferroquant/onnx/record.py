@@ -21,6 +21,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 
 from ferroquant.errors import ConfigError
+from ferroquant.outputs import write_text
 from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable
 
 FORMAT = "ferroquant-quant-record"
@@ -103,11 +104,7 @@ def dumps(value: Any, indent: str = "") -> str:
 
 def write_record(path: PathLike, table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write the record of ``table`` (and the JSON-able ``extra``) to ``path``; returns the path."""
-    path = Path(path)
-    data = record_dict(table, extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(data) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, dumps(record_dict(table, extra)) + "\n")
 
 
 def _field(entry: Mapping[str, Any], key: str, kind: Any, where: str) -> Any:

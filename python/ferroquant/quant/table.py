@@ -5,7 +5,7 @@ downstream of the table does quantization arithmetic (bias codes are in it too).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -91,6 +91,8 @@ class QuantTable:
 
     layers: Dict[str, LayerQuant] = field(default_factory=dict)
     tensors: Dict[str, ActivationQuant] = field(default_factory=dict)
+    #: tensors AMCT's scale guard zeroed (:mod:`ferroquant.quant.guard`): ``[{"layer", "tensor", "kind"}]``
+    scale_guard: List[Dict[str, str]] = field(default_factory=list)
 
     def activations(self) -> Dict[str, ActivationQuant]:
         """One entry per quantized activation tensor."""
@@ -99,7 +101,8 @@ class QuantTable:
     def without(self, names: Any) -> "QuantTable":
         """The table with the layers ``names`` left out (kept in float)."""
         drop = set(names)
-        return QuantTable({n: lq for n, lq in self.layers.items() if n not in drop}, dict(self.tensors))
+        return QuantTable({n: lq for n, lq in self.layers.items() if n not in drop}, dict(self.tensors),
+                          [h for h in self.scale_guard if h["layer"] not in drop])
 
 
 __all__ = ["ActivationQuant", "BiasQuant", "LayerInfo", "LayerQuant", "QuantTable", "WeightQuant"]

@@ -8,12 +8,14 @@ import html
 import json
 import math
 import re
+import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
 from ferroquant.config import QuantConfig
+from ferroquant.outputs import output_set, replacing, write_text
 from ferroquant.progress import ProgressBar
 from ferroquant.report.measure import Histogram, LayerStats, QuantReport
 
@@ -27,6 +29,32 @@ def fallback_config(config: QuantConfig, float_layers: Iterable[str]) -> QuantCo
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def plot_names(names: Iterable[str]) -> Dict[str, str]:
+    """One PNG file name per layer name: the name with unsafe characters replaced, and ``-2``, ``-3``... added
+    where two layers would otherwise share a file (``blk/conv`` and ``blk_conv``; also names that differ only in
+    case, for case-insensitive file systems). Deterministic: the order of ``names`` decides the suffixes."""
+    taken: set = set()
+    out: Dict[str, str] = {}
+    for name in names:
+        base = _safe(name)[:120] or "layer"
+        stem, k = base, 1
+        while stem.lower() in taken:
+            k += 1
+            stem = f"{base}-{k}"
+        taken.add(stem.lower())
+        out[name] = f"{stem}.png"
+    return out
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (the plots are skipped, with one warning, when it cannot)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _figure():  # noqa: ANN202 - a matplotlib Figure (Agg, no pyplot state)
@@ -58,7 +86,8 @@ def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> No
     ax.set_title(f"{row.name}: clip [{row.clip_min:.3g}, {row.clip_max:.3g}], "
                  f"{100 * row.clipped_fraction:.3f}% clipped", fontsize=7)
     ax.tick_params(labelsize=6)
-    fig.savefig(path)
+    with replacing(path) as f:
+        fig.savefig(f, format="png")
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
@@ -69,7 +98,21 @@ def _fmt(v: Optional[float], digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str]) -> str:
+def fallback_sentence(float_layers: List[str], sqnr_db: Optional[float], count: Optional[int]) -> str:
+    """What the fallback config keeps in float and why, in one sentence (no layer: says so)."""
+    why = f"the {count} most sensitive" if count is not None else f"local SQNR under {sqnr_db:g} dB"
+    if not float_layers:
+        if count is not None:
+            return "fallback_config.json keeps every layer quantized (--fallback-count 0)"
+        return (f"no layer has a local SQNR under {sqnr_db:g} dB, so fallback_config.json keeps every layer "
+                "quantized (raise --fallback-sqnr or use --fallback-count K to keep the worst layers in float)")
+    shown = ", ".join(float_layers[:5]) + (f" and {len(float_layers) - 5} more" if len(float_layers) > 5 else "")
+    n = len(float_layers)
+    return (f"fallback_config.json keeps {n} layer{'s' if n > 1 else ''} in float ({shown}; {why}); quantize "
+            "with it: ferroquant quantize MODEL --config fallback_config.json")
+
+
+def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str], fallback: str = "") -> str:
     fl = set(float_layers)
     head = ("layer", "type", "act algo", "observed range", "clip", "clipped %", "weight", "weight SQNR dB",
             "output SQNR dB", "output cosine", "local SQNR dB", "histogram")
@@ -90,8 +133,9 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
             f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers, measured on "
             f"{report.batches} batches. Output SQNR/cosine: fake-quant model vs FP32 at each layer's output "
             "(errors accumulate); local SQNR: the layer alone quantized, on FP32 inputs. Red dashed lines in the "
-            "histograms mark the chosen clip. <a href='fallback_config.json'>fallback_config.json</a> keeps the "
-            f"highlighted layers in float.</p><table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
+            f"histograms mark the chosen clip.</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
+            f"{' (highlighted below)' if fl else ''}. <a href='fallback_config.json'>fallback_config.json</a></p>"
+            f"<table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
 
 
 def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, Path], plots: bool = True,
@@ -100,17 +144,31 @@ def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, P
     """Write the report files into ``out_dir``; returns their paths (``html``, ``json``, ``fallback_config``,
     ``plots`` folder). The fallback keeps :meth:`QuantReport.worst` (``fallback_count`` or the SQNR threshold)
     in float."""
-    out = Path(out_dir)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    with output_set():
+        return _write_report(report, config, Path(out_dir), plots, fallback_sqnr_db, fallback_count)
+
+
+def _plots(report: QuantReport, out: Path) -> Dict[str, str]:
+    if not plots_available():
+        warnings.warn("matplotlib is not installed, so the report has no histogram plots (pip install "
+                      "matplotlib, or pass --no-plots to skip them quietly)", RuntimeWarning, stacklevel=3)
+        return {}
     pngs: Dict[str, str] = {}
-    if plots:
-        fig = _figure()
-        with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
-            for r in report.layers:
-                rel = f"plots/{_safe(r.name)}.png"
-                plot_histogram(out / rel, r, report.histograms[r.activation], fig)
-                pngs[r.name] = rel
-                bar.update()
+    files = plot_names(r.name for r in report.layers)
+    fig = _figure()
+    with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
+        for r in report.layers:
+            rel = f"plots/{files[r.name]}"
+            plot_histogram(out / rel, r, report.histograms[r.activation], fig)
+            pngs[r.name] = rel
+            bar.update()
+    return pngs
+
+
+def _write_report(report: QuantReport, config: QuantConfig, out: Path, plots: bool,
+                  fallback_sqnr_db: Optional[float], fallback_count: Optional[int]) -> Dict[str, Path]:
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    pngs = _plots(report, out) if plots else {}
     worst = report.worst(fallback_count, fallback_sqnr_db)
     patch = fallback_config(config, worst)
     paths = {"json": out / "report.json", "html": out / "report.html", "fallback_config": out / "fallback_config.json",
@@ -123,8 +181,9 @@ def write_report(report: QuantReport, config: QuantConfig, out_dir: Union[str, P
                 row[k] = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     doc["fallback"] = {"float_layers": worst, "sqnr_db": None if fallback_count is not None else fallback_sqnr_db,
                        "count": fallback_count, "config": paths["fallback_config"].name}
-    paths["json"].write_text(json.dumps(doc, indent=2) + "\n")
-    paths["html"].write_text(_html(report, pngs, worst))
+    write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
+    sentence = fallback_sentence(worst, fallback_sqnr_db, fallback_count)
+    write_text(paths["html"], _html(report, pngs, worst, sentence))
     patch.save(paths["fallback_config"])
     return paths
 
@@ -140,4 +199,4 @@ def summary_lines(report: QuantReport, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["fallback_config", "plot_histogram", "summary_lines", "write_report"]
+__all__ = ["fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
