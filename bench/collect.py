@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat", "deploy", "foreign", "weight_only"]
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat", "deploy", "foreign", "weight_only", "llm"]
 
 INTRO = """# Benchmarks
 
@@ -22,6 +22,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
 | `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
+| `bench/bench_llm.py` | a small GPT-style decoder trained here on `pydoc_data.topics`: held-out perplexity of FP32 vs weight-only RTN / GPTQ / AWQ (int4 g128 and g32, int8) through the ONNX export and onnxruntime, and the MatMul weight bytes |
 | `bench/bench_foreign.py` | models nobody here wrote (RapidOCR, ddddocr, nudenet YOLOv8n, silero-vad, torch-exported MobileNetV2 and transformers): load, folds, layers, time, peak RSS, size, cosine/SQNR and task metric vs FP32; the ONNX conformance corpus counts |
 
 `python bench/collect.py` rebuilds this page from `results/`.

@@ -138,15 +138,43 @@ def native_calls(n, bits, axis, scale, zp, steps, iters, val):
         "ulq_fake_quant": lambda: _native.ulq_fake_quant(x, val, scale, bits, zp % 2 == 0),
         "ulq_backward": lambda: _native.ulq_backward(x, g if zp % 2 else g[:0], val, scale, bits, zp % 2 == 0),
         "lsq_backward": lambda: _native.lsq_backward(x, g, s, bits, axis),
+        **weight_only_calls(x, n, bits, scale, zp, steps, iters, val),
         "get_num_threads": lambda: _native.get_num_threads(),
         "set_num_threads": lambda: _native.set_num_threads(steps % 4),
+    }
+
+
+def weight_only_calls(x, n, bits, scale, zp, steps, iters, val):
+    """The group-wise, GPTQ, AWQ, channel-statistics and SmoothQuant kernels with the same random arguments
+    (``x`` is an ``[n, 3]`` weight or batch of rows; sizes that do not fit on purpose)."""
+    from ferroquant import _native
+
+    f32, k = np.float32, 3 if zp % 2 else 2
+    gs, sym, f16 = steps % 9, zp % 2 == 0, iters % 2 == 0
+    stats = lambda c: (np.full(c, np.inf, f32), np.full(c, -np.inf, f32), np.zeros(c))  # noqa: E731
+    return {
+        "quantize_groupwise": lambda: _native.quantize_groupwise(x, bits, gs, sym, f16, None if steps % 3 else iters,
+                                                                 float(scale)),
+        "dequantize_groupwise": lambda: _native.dequantize_groupwise(
+            np.full((n, 3), abs(zp) % 256, np.uint8), np.full((iters % 3, 3), scale, f32),
+            np.full((iters % 3, 3), 8, np.uint8), steps % 5),
+        "hessian_update": lambda: _native.hessian_update(np.zeros((k, 3)), x),
+        "gptq": lambda: _native.gptq(x, np.full((n, n), scale, np.float64) + np.eye(n) * float(val), bits, gs, sym,
+                                     f16, float(val), iters, zp % 3 == 0),
+        "awq": lambda: _native.awq(x, np.full((4, n if zp % 2 else n + 1), val, f32), bits, gs, sym, f16, iters,
+                                   None if steps % 2 else steps % 25, float(scale)),
+        "channel_stats_update": lambda: _native.channel_stats_update(*stats(3)[:2], stats(k)[2], x),
+        "channel_stats_merge": lambda: _native.channel_stats_merge(*stats(3), *stats(k)),
+        "smooth_search": lambda: _native.smooth_search(np.full(3, scale, f32), np.full((k, 2), val, f32), x,
+                                                       [float(val), 0.5][: 1 + iters % 2], bits),
     }
 
 
 def test_no_panic_covers_every_native_function():
     from ferroquant import _native
 
-    public = {k for k in dir(_native) if not k.startswith("_") and callable(getattr(_native, k))}
+    public = {k for k in dir(_native) if not k.startswith("_") and callable(getattr(_native, k))
+              and not isinstance(getattr(_native, k), type)}  # classes are result types
     assert set(native_calls(1, 8, None, 1.0, 0, 1, 1, 1.0)) == public
 
 
