@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat", "deploy", "foreign", "weight_only", "llm"]
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "ptq_time", "qat", "deploy", "foreign", "weight_only", "llm"]
 
 INTRO = """# Benchmarks
 
@@ -20,6 +20,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_search.py` | clip searches before/after in the same run: one 4096-bin HFMG search, direct summation vs prefix sums (Rust, `cargo run --release -p ferroquant-core --example bench_hfmg`); MobileNetV2's 53 activation tensors: HFMG search vs exact IFMR's 61-candidate search, and one call per tensor vs `observe_all` / `search_all` |
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
+| `bench/bench_ptq_time.py` | where a whole quantization spends its time (load, taps, observes, searches, writing) against onnxruntime's own pass over the same batches: MobileNetV2, PP-OCRv6 det, BERT; HFMG and IFMR |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
 | `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
 | `bench/bench_llm.py` | a small GPT-style decoder trained here on `pydoc_data.topics`: held-out perplexity of FP32 vs weight-only RTN / GPTQ / AWQ (int4 g128 and g32, int8) through the ONNX export and onnxruntime, and the MatMul weight bytes |
