@@ -21,6 +21,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_ptq_time.py` | where a whole quantization spends its time (load, taps, observes, searches, writing) against onnxruntime's own pass over the same batches: MobileNetV2, PP-OCRv6 det, BERT; HFMG and IFMR |
+| `bench/bench_deploy.py` | deploy models per profile (onnxruntime, tensorrt, amct) against FP32 and onnxruntime's `quantize_static` on MobileNetV2 (BN kept / folded): latency at 1 and 2 threads (interleaved medians), size, top-1 agreement as specified and with onnxruntime's integer kernels |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
 | `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
 | `bench/bench_llm.py` | a small GPT-style decoder trained here on `pydoc_data.topics`: held-out perplexity of FP32 vs weight-only RTN / GPTQ / AWQ (int4 g128 and g32, int8) through the ONNX export and onnxruntime, and the MatMul weight bytes |
