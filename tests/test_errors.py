@@ -1,5 +1,7 @@
 """Bad input gets a clear error, never a crash, and never a PanicException."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -152,17 +154,19 @@ def weight_only_calls(x, n, bits, scale, zp, steps, iters, val):
     f32, k = np.float32, 3 if zp % 2 else 2
     gs, sym, f16 = steps % 9, zp % 2 == 0, iters % 2 == 0
     stats = lambda c: (np.full(c, np.inf, f32), np.full(c, -np.inf, f32), np.zeros(c))  # noqa: E731
+    # raw values past GroupSpec's checks: the native side must refuse them itself
+    spec = SimpleNamespace(bits=bits, group_size=gs, symmetric=sym, scale_f16=f16)
+    clip = lambda grid: None if grid is None else SimpleNamespace(n_grid=grid, max_shrink=float(scale))  # noqa: E731
     return {
-        "quantize_groupwise": lambda: _native.quantize_groupwise(x, bits, gs, sym, f16, None if steps % 3 else iters,
-                                                                 float(scale)),
+        "quantize_groupwise": lambda: _native.quantize_groupwise(x, spec, clip(None if steps % 3 else iters)),
         "dequantize_groupwise": lambda: _native.dequantize_groupwise(
             np.full((n, 3), abs(zp) % 256, np.uint8), np.full((iters % 3, 3), scale, f32),
             np.full((iters % 3, 3), 8, np.uint8), steps % 5),
         "hessian_update": lambda: _native.hessian_update(np.zeros((k, 3)), x),
-        "gptq": lambda: _native.gptq(x, np.full((n, n), scale, np.float64) + np.eye(n) * float(val), bits, gs, sym,
-                                     f16, float(val), iters, zp % 3 == 0),
-        "awq": lambda: _native.awq(x, np.full((4, n if zp % 2 else n + 1), val, f32), bits, gs, sym, f16, iters,
-                                   None if steps % 2 else steps % 25, float(scale)),
+        "gptq": lambda: _native.gptq(x, np.full((n, n), scale, np.float64) + np.eye(n) * float(val), spec,
+                                     float(val), iters, zp % 3 == 0),
+        "awq": lambda: _native.awq(x, np.full((4, n if zp % 2 else n + 1), val, f32), spec, iters,
+                                   clip(None if steps % 2 else steps % 25)),
         "channel_stats_update": lambda: _native.channel_stats_update(*stats(3)[:2], stats(k)[2], x),
         "channel_stats_merge": lambda: _native.channel_stats_merge(*stats(3), *stats(k)),
         "smooth_search": lambda: _native.smooth_search(np.full(3, scale, f32), np.full((k, 2), val, f32), x,

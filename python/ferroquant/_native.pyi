@@ -4,7 +4,7 @@ Arguments and results are the types of ferroquant/ops/types.py: histograms and I
 attribute, results are built by keyword. Clip searches (hfmg_*, kl_*, ifmr*) can be interrupted with Ctrl-C.
 """
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Protocol, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -99,39 +99,22 @@ class SmoothOutput:
     losses: F64
     loss_unbalanced: float
 
-def quantize_groupwise(
-    w: F32,
-    bits: int = 4,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale_f16: bool = False,
-    clip_grid: Optional[int] = None,
-    clip_max_shrink: float = 0.5,
-) -> GroupQuant: ...
+class _Spec(Protocol):  # ferroquant.ops.GroupSpec: read once at the boundary
+    bits: int
+    group_size: int
+    symmetric: bool
+    scale_f16: bool
+
+class _Clip(Protocol):  # ferroquant.ops.ClipSearch
+    n_grid: int
+    max_shrink: float
+
+def quantize_groupwise(w: F32, spec: _Spec, clip: Optional[_Clip] = None) -> GroupQuant: ...
 def dequantize_groupwise(codes: U8, scales: F32, zero_points: U8, group_size: int) -> F32: ...
 def hessian_update(h: F64, x: F32) -> int: ...
-def gptq(
-    w: F32,
-    h: F64,
-    bits: int = 4,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale_f16: bool = False,
-    percdamp: float = 0.01,
-    block_size: int = 128,
-    act_order: bool = False,
-) -> GptqOutput: ...
-def awq(
-    w: F32,
-    x: F32,
-    bits: int = 4,
-    group_size: int = 128,
-    symmetric: bool = True,
-    scale_f16: bool = False,
-    n_grid: int = 20,
-    clip_grid: Optional[int] = 20,
-    clip_max_shrink: float = 0.5,
-) -> AwqOutput: ...
+def gptq(w: F32, h: F64, spec: _Spec, percdamp: float = 0.01, block_size: int = 128,
+         act_order: bool = False) -> GptqOutput: ...
+def awq(w: F32, x: F32, spec: _Spec, n_grid: int = 20, clip: Optional[_Clip] = None) -> AwqOutput: ...
 def channel_stats_update(min: F32, max: F32, abs_sum: F64, x: F32) -> int: ...
 def channel_stats_merge(min: F32, max: F32, abs_sum: F64, min2: F32, max2: F32, abs_sum2: F64) -> None: ...
 def smooth_search(act_absmax: F32, w: F32, x: F32, alphas: list[float], bits: int = 8) -> SmoothOutput: ...

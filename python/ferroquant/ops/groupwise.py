@@ -71,11 +71,6 @@ class ClipSearch:
             raise ParameterError(f"ClipSearch.max_shrink must lie in [0, 1), got {self.max_shrink!r}")
 
 
-def _clip_args(clip: Optional[ClipSearch]) -> dict:
-    return dict(clip_grid=None if clip is None else clip.n_grid,
-                clip_max_shrink=0.5 if clip is None else float(clip.max_shrink))
-
-
 @dataclass(frozen=True)
 class GroupQuant:
     """A group-quantized ``[K, N]`` weight: ``w ~ (codes - zero_point[g]) * scale[g]`` for the rows of group g."""
@@ -163,7 +158,7 @@ def quantize_groupwise(w: object, spec: GroupSpec = GroupSpec(), clip: Optional[
                        name: Optional[str] = None) -> GroupQuant:
     """Round to nearest per group of ``spec.group_size`` inputs (per-group min/max, or the MSE clip search)."""
     with named(name):
-        return _quant(_native.quantize_groupwise(_weight(w), **spec.native(), **_clip_args(clip)), spec)
+        return _quant(_native.quantize_groupwise(_weight(w), spec, clip), spec)
 
 
 def dequantize_groupwise(quant: GroupQuant) -> np.ndarray:
@@ -230,7 +225,7 @@ def gptq(w: object, hessian: object, spec: GroupSpec = GroupSpec(), percdamp: fl
     with named(name):
         a = _weight(w)
         h = np.ascontiguousarray(hessian, np.float64)
-        r = _native.gptq(a, h, **spec.native(), percdamp=float(percdamp), block_size=int(block_size),
+        r = _native.gptq(a, h, spec, percdamp=float(percdamp), block_size=int(block_size),
                          act_order=bool(act_order))
         return GptqResult(_quant(r.quant, spec), r.perm if act_order else None, r.dead, float(r.damp))
 
@@ -251,7 +246,7 @@ def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
     xr = _rows(x, a.shape[0])
     _check_acts(xr, name)
     with named(name):
-        r = _native.awq(a, xr, **spec.native(), n_grid=int(n_grid), **_clip_args(clip))
+        r = _native.awq(a, xr, spec, int(n_grid), clip)
         return AwqResult(r.scales, float(r.alpha), r.alphas, r.losses, _quant(r.quant, spec))
 
 

@@ -1,14 +1,14 @@
 //! Bindings of `core::awq`, `core::channel_stats` and `core::smooth`: the activation-aware searches.
 
 use ferroquant_core::channel_stats::{self, StatsMut};
-use ferroquant_core::groupwise::{ClipSearch, GroupSpec, MatShape};
+use ferroquant_core::groupwise::MatShape;
 use ferroquant_core::awq as core_awq;
 use ferroquant_core::smooth;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1};
 use pyo3::prelude::*;
 
 use crate::errors::{raise, run};
-use crate::groupwise::{quant_object, slice2, PyGroupQuant};
+use crate::groupwise::{quant_object, slice2, ClipArg, PyGroupQuant, SpecArg};
 
 /// What AWQ returns.
 #[pyclass(frozen, get_all, name = "AwqOutput", module = "ferroquant._native")]
@@ -22,22 +22,14 @@ pub struct PyAwqOutput {
 
 /// AWQ of `w` `[K, N]` with calibration rows `x` `[R, K]`.
 #[pyfunction(name = "awq")]
-#[pyo3(signature = (w, x, bits=4, group_size=128, symmetric=true, scale_f16=false, n_grid=20, clip_grid=Some(20),
-    clip_max_shrink=0.5),
-    text_signature = "(w, x, bits=4, group_size=128, symmetric=True, scale_f16=False, n_grid=20, clip_grid=20, \
-    clip_max_shrink=0.5)")]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (w, x, spec, n_grid=20, clip=None))]
 fn awq_py<'py>(
     py: Python<'py>,
     w: PyReadonlyArray2<'py, f32>,
     x: PyReadonlyArray2<'py, f32>,
-    bits: u32,
-    group_size: usize,
-    symmetric: bool,
-    scale_f16: bool,
+    spec: SpecArg,
     n_grid: usize,
-    clip_grid: Option<usize>,
-    clip_max_shrink: f64,
+    clip: Option<ClipArg>,
 ) -> PyResult<PyAwqOutput> {
     let (ws, k, n) = slice2(py, &w, "w")?;
     let (xs, _, xk) = slice2(py, &x, "x")?;
@@ -45,9 +37,9 @@ fn awq_py<'py>(
         return Err(raise(py, "ShapeError", format!("x rows must hold K={k} values (the weight's rows), got {xk}")));
     }
     let s = MatShape { k, n };
-    let clip = clip_grid.map(|n_grid| ClipSearch { n_grid, max_shrink: clip_max_shrink });
+    let clip = clip.map(|c| c.search());
     let (r, groups) = run(py, || {
-        let spec = GroupSpec::new(bits, group_size, symmetric, scale_f16)?;
+        let spec = spec.spec()?;
         Ok((core_awq::awq(ws, s, xs, &core_awq::AwqOptions { spec, n_grid, clip })?, spec.groups(k)))
     })?;
     Ok(PyAwqOutput {

@@ -1,14 +1,14 @@
 //! Bindings of `core::hessian` and `core::gptq`: the streaming Hessian sum (updated in place in a NumPy
 //! float64 buffer the Python accumulator owns) and GPTQ.
 
-use ferroquant_core::groupwise::{GroupSpec, MatShape};
+use ferroquant_core::groupwise::MatShape;
 use ferroquant_core::gptq as core_gptq;
 use ferroquant_core::hessian;
 use numpy::{PyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::errors::{raise, run};
-use crate::groupwise::{quant_object, slice2, PyGroupQuant};
+use crate::groupwise::{quant_object, slice2, PyGroupQuant, SpecArg};
 
 /// `h += xᵀx` in place (`h` `[K, K]` float64, `x` `[rows, K]` float32); returns the number of rows.
 #[pyfunction]
@@ -33,17 +33,12 @@ pub struct PyGptqOutput {
 
 /// GPTQ of `w` `[K, N]` with its Hessian `h` `[K, K]`.
 #[pyfunction(name = "gptq")]
-#[pyo3(signature = (w, h, bits=4, group_size=128, symmetric=true, scale_f16=false, percdamp=0.01, block_size=128,
-    act_order=false))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (w, h, spec, percdamp=0.01, block_size=128, act_order=false))]
 fn gptq_py<'py>(
     py: Python<'py>,
     w: PyReadonlyArray2<'py, f32>,
     h: PyReadonlyArray2<'py, f64>,
-    bits: u32,
-    group_size: usize,
-    symmetric: bool,
-    scale_f16: bool,
+    spec: SpecArg,
     percdamp: f64,
     block_size: usize,
     act_order: bool,
@@ -55,7 +50,7 @@ fn gptq_py<'py>(
     }
     let s = MatShape { k, n };
     let (r, groups) = run(py, || {
-        let spec = GroupSpec::new(bits, group_size, symmetric, scale_f16)?;
+        let spec = spec.spec()?;
         let o = core_gptq::GptqOptions { spec, percdamp, block_size, act_order };
         Ok((core_gptq::gptq(ws, s, hs, &o)?, spec.groups(k)))
     })?;

@@ -7,6 +7,34 @@ use pyo3::prelude::*;
 
 use crate::errors::{raise, run};
 
+/// The Python `GroupSpec` (or any object with these attributes), read once at the boundary.
+#[derive(FromPyObject)]
+pub struct SpecArg {
+    bits: u32,
+    group_size: usize,
+    symmetric: bool,
+    scale_f16: bool,
+}
+
+impl SpecArg {
+    pub fn spec(&self) -> Result<GroupSpec, ferroquant_core::QuantError> {
+        GroupSpec::new(self.bits, self.group_size, self.symmetric, self.scale_f16)
+    }
+}
+
+/// The Python `ClipSearch` (`n_grid`, `max_shrink`), read once at the boundary.
+#[derive(FromPyObject)]
+pub struct ClipArg {
+    n_grid: usize,
+    max_shrink: f64,
+}
+
+impl ClipArg {
+    pub fn search(&self) -> ClipSearch {
+        ClipSearch { n_grid: self.n_grid, max_shrink: self.max_shrink }
+    }
+}
+
 /// A group-quantized `[K, N]` weight.
 #[pyclass(frozen, get_all, name = "GroupQuant", module = "ferroquant._native")]
 pub struct PyGroupQuant {
@@ -35,26 +63,21 @@ pub fn slice2<'a, T: numpy::Element>(py: Python<'_>, a: &'a PyReadonlyArray2<'_,
     Ok((s, a.shape()[0], a.shape()[1]))
 }
 
-/// Round-to-nearest group-wise quantization of `w` `[K, N]` (groups along K), with the MSE clip search when
-/// `clip_grid` is given (`clip_grid` points, ratios down to `1 - clip_max_shrink`).
+/// Round-to-nearest group-wise quantization of `w` `[K, N]` (groups along K) as `spec` says, with the MSE
+/// clip search when `clip` is given.
 #[pyfunction]
-#[pyo3(signature = (w, bits=4, group_size=128, symmetric=true, scale_f16=false, clip_grid=None, clip_max_shrink=0.5))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (w, spec, clip=None))]
 fn quantize_groupwise<'py>(
     py: Python<'py>,
     w: PyReadonlyArray2<'py, f32>,
-    bits: u32,
-    group_size: usize,
-    symmetric: bool,
-    scale_f16: bool,
-    clip_grid: Option<usize>,
-    clip_max_shrink: f64,
+    spec: SpecArg,
+    clip: Option<ClipArg>,
 ) -> PyResult<PyGroupQuant> {
     let (ws, k, n) = slice2(py, &w, "w")?;
     let s = MatShape { k, n };
-    let clip = clip_grid.map(|n_grid| ClipSearch { n_grid, max_shrink: clip_max_shrink });
+    let clip = clip.map(|c| c.search());
     let (q, groups) = run(py, || {
-        let spec = GroupSpec::new(bits, group_size, symmetric, scale_f16)?;
+        let spec = spec.spec()?;
         Ok((groupwise::quantize_groupwise(ws, s, &spec, clip.as_ref())?, spec.groups(k)))
     })?;
     quant_object(py, q, s, groups)
