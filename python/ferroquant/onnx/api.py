@@ -20,7 +20,7 @@ from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy
 from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
-from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
@@ -86,12 +86,12 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
     if config_defination is not None:
         src = config_defination
         extra = dict(src) if isinstance(src, Mapping) else load_json(src, "config_defination file")
-        unknown = set(extra) - {"common_config", "override_layer_types", "override_layer_configs"}
+        unknown = set(extra) - {"common_config", "override_layer_types", "override_layer_configs", "methods"}
         if unknown:
             raise ConfigError(f"config_defination: unknown keys {sorted(unknown)}")
     cfg = build_config(layers, skip_layers or (), batch_num, sym, extra.get("common_config"),
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
-                       tuple(skip_fusion_layers), tuple(skip_layer_types))
+                       tuple(skip_fusion_layers), tuple(skip_layer_types), extra.get("methods"))
     if config_path is not None:
         cfg.save(config_path)
     return cfg
@@ -144,7 +144,8 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
     plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
-    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate)
+    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate,
+                             depthwise_inputs(prepared.model, layers))
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
                for l in layers}
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
