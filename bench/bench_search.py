@@ -47,8 +47,8 @@ def rust_table(repeats: int) -> List[str]:
 
 def activations(n_calib: int) -> Dict[str, List[np.ndarray]]:
     """The activation tensors the ONNX flow taps on MobileNetV2, for ``n_calib`` photos in batches of 8."""
-    from ferroquant.data.photos import calibration_and_eval_sets
-    from ferroquant.models.mobilenet_v2 import mobilenet_v2_onnx
+    from ferroquant.examples.photos import calibration_and_eval_sets
+    from ferroquant.examples.models import mobilenet_v2_onnx
     from ferroquant.onnx import create_quant_config, quantize_model
     from ferroquant.onnx.calibration import tapped_session
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat"]
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat", "deploy", "foreign"]
 
 INTRO = """# Benchmarks
 
@@ -21,6 +21,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
+| `bench/bench_foreign.py` | models nobody here wrote (RapidOCR, ddddocr, nudenet YOLOv8n, silero-vad, torch-exported MobileNetV2 and transformers): load, folds, layers, time, peak RSS, size, cosine/SQNR and task metric vs FP32; the ONNX conformance corpus counts |
 
 `python bench/collect.py` rebuilds this page from `results/`.
 """

@@ -31,6 +31,7 @@ from ferroquant.config import QuantConfig, load_config
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.api import create_quant_config, prepare_model, quantize_model, save_model
 from ferroquant.onnx.calibration import iterate_batches
+from ferroquant.onnx.deploy import deploy_layout
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
@@ -82,11 +83,14 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
                                     config: Optional[Union[str, Path, Mapping, QuantConfig]],
                                     calibration_data: Iterable[Mapping[str, np.ndarray]], max_drop: float,
                                     save_dir: Union[str, Path], batch_num: Optional[int] = None,
-                                    report_batches: int = 2) -> AutoCalResult:
+                                    report_batches: int = 2, profile: str = "amct",
+                                    cpu_types: Optional[str] = None) -> AutoCalResult:
     """Find the fewest float layers that keep the metric within ``max_drop`` of FP32 (see the module docstring)
     and write ``config.json``, ``model_fake_quant.onnx``, ``model_deploy.onnx``, ``model_quant_record.json`` and
     ``autocal_summary.json`` into ``save_dir``. ``calibration_data`` is read into memory once (it is used for
-    calibration and for the sensitivity ranking)."""
+    calibration and for the sensitivity ranking). ``profile`` is the deploy profile whose layout is searched and
+    written (AMCT's simulation layout by default; ``onnxruntime`` searches the faster layout's fallbacks, every
+    trial model evaluated in that layout)."""
     if not isinstance(max_drop, (int, float)) or max_drop < 0:
         raise ConfigError(f"max_drop must be a number >= 0, got {max_drop!r}")
     m = load_model(model)
@@ -101,7 +105,7 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
         fp32 = _score(evaluator, save_onnx(m, work / "fp32.onnx"))
         with ProgressBar("calibrating", None, "batches") as cbar:
             cm = quantize_model(cfg, prepared, feeds, batch_num=batch_num if batch_num else len(feeds),
-                                progress=cbar)
+                                progress=cbar, profile=profile, cpu_types=cpu_types)
         with ProgressBar("searching clips", len(cm.calibrators), "tensors") as sbar:
             table = cm.table(progress=sbar)
         ranking = measure(cm, feeds, report_batches, table).ranking()
@@ -111,7 +115,8 @@ def accuracy_based_auto_calibration(model: Union[str, Path, onnx.ModelProto], ev
             def trial(k: int) -> float:
                 if k not in scores:
                     sub = table.without(ranking[:k])
-                    scores[k] = _score(evaluator, save_onnx(export_fake_quant(cm.model, sub), work / f"k{k}.onnx"))
+                    model = export_fake_quant(cm.model, sub, deploy_layout(cm, sub))
+                    scores[k] = _score(evaluator, save_onnx(model, work / f"k{k}.onnx"))
                     bar.update()
                 return scores[k]
 

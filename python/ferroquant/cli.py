@@ -53,20 +53,34 @@ def _calib_options() -> argparse.ArgumentParser:
     g.add_argument("--batch-num", type=int, metavar="N", help="calibrate on the first N batches (default all)")
     g.add_argument("--batch-size", type=int, metavar="B",
                    help="samples per batch (default: the model's fixed batch size, else 8)")
-    g.add_argument("--preprocess", choices=["imagenet", "none"],
-                   help="for image folders: imagenet (resize, centre crop to the input H,W, normalize; default) "
-                        "or none (resize only, RGB 0-255)")
+    g.add_argument("--input-shape", metavar="NAME:DIMS", action="append", default=[],
+                   help="fill in dynamic input dims, e.g. x:1,3,320,320 (-1 keeps a dim dynamic; NAME: may be "
+                        "left out for a single-input model); a fixed first dim is the batch size")
+    g = p.add_argument_group("image preprocessing (image folders): (x * scale - mean) / std on 0-255 values")
+    g.add_argument("--preprocess", choices=["imagenet", "none", "paddleocr", "yolo", "tf"],
+                   help="a preset the options below modify: imagenet (centre crop, ImageNet mean/std; default), "
+                        "none (plain resize, RGB 0-255), paddleocr ((x/255-0.5)/0.5), yolo (letterbox, x/255), "
+                        "tf ((x-127)/128)")
+    g.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean (one value or one per channel)")
+    g.add_argument("--std", metavar="S[,S,S]", help="per-channel std (one value or one per channel)")
+    g.add_argument("--scale", metavar="K", help="multiplier applied first, e.g. 1/255")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects")
+    g.add_argument("--resize", choices=["center-crop", "plain", "letterbox"],
+                   help="center-crop (short side to 256/224 of the target, centre crop), plain (stretch to the "
+                        "target), letterbox (fit, keep the aspect ratio, pad with 114)")
     return p
 
 
-def _deploy_options() -> argparse.ArgumentParser:
+def _deploy_options(default: Optional[str] = None) -> argparse.ArgumentParser:
     from ferroquant.quant.profiles import CPU_TYPES, DEFAULT_PROFILE, PROFILES
 
+    default = default or DEFAULT_PROFILE
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("deploy model")
-    g.add_argument("--profile", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
-                   help=f"the runtime the deploy model is for (default {DEFAULT_PROFILE}: Q/DQ where onnxruntime "
-                        "forms integer kernels; tensorrt: symmetric int8; amct: Q/DQ on layer inputs only)")
+    g.add_argument("--profile", choices=sorted(PROFILES), default=default,
+                   help=f"the runtime the deploy model is for (default {default}; onnxruntime: Q/DQ where "
+                        "onnxruntime forms integer kernels; tensorrt: symmetric int8; amct: Q/DQ on layer inputs "
+                        "only, AMCT's simulation layout)")
     g.add_argument("--cpu-types", choices=sorted(CPU_TYPES),
                    help="integer types for the CPU (default: detected; u8s7 = 7-bit weights, which onnxruntime "
                         "cannot saturate on without VNNI; u8s8 with VNNI)")
@@ -125,13 +139,26 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     return model, prepared, cfg
 
 
-def _calibration(args: argparse.Namespace, model: Any, cfg: Any) -> List[dict]:
-    from ferroquant.calib_data import load_calibration_data, model_inputs
+def _preprocess(args: argparse.Namespace):  # noqa: ANN202 - a Preprocess
+    from ferroquant.preprocess import parse_numbers, preset
+
+    scale = parse_numbers(args.scale, "--scale")
+    if scale is not None and len(scale) != 1:
+        raise DataError(f"--scale takes one number, got {args.scale!r}")
+    return preset(args.preprocess).with_options(
+        mean=parse_numbers(args.mean, "--mean"), std=parse_numbers(args.std, "--std"),
+        scale=None if scale is None else scale[0], channel_order=args.channel_order, resize=args.resize)
+
+
+def _calibration(args: argparse.Namespace, model: Any, cfg: Any):  # noqa: ANN202 - a CalibrationSet
+    from ferroquant.calib_data import load_calibration_data, model_inputs, parse_input_shape
 
     if args.batch_num is not None and args.batch_num < 1:
         raise DataError(f"--batch-num must be >= 1, got {args.batch_num}")
     limit = args.batch_num or (cfg.batch_num if args.config else None)
-    return load_calibration_data(args.calib, model_inputs(model), args.batch_size, args.preprocess, limit)
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    return load_calibration_data(args.calib, model_inputs(model), args.batch_size, _preprocess(args), limit,
+                                 shapes)
 
 
 def _calibrate(args: argparse.Namespace):  # noqa: ANN202
@@ -233,7 +260,8 @@ def _cmd_autocal(args: argparse.Namespace) -> int:
     evaluate = load_evaluator(args.evaluator)
     model, _, cfg = _config_and_model(args)
     feeds = _calibration(args, model, cfg)
-    res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out)
+    res = accuracy_based_auto_calibration(model, evaluate, cfg, feeds, args.max_drop, args.out,
+                                          profile=args.profile, cpu_types=args.cpu_types)
     print(f"FP32 metric {res.fp32_metric:.4f}; all layers quantized {res.quantized_metric:.4f}; "
           f"with {len(res.float_layers)} float layer(s) {res.final_metric:.4f} (drop {res.drop:.4f}, "
           f"max {res.max_drop})")
@@ -283,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _report_options(r)
     r.set_defaults(func=_cmd_report)
 
-    a = sub.add_parser("autocal", parents=[common, quant, calib], epilog=EVALUATOR_CONTRACT,
+    a = sub.add_parser("autocal", parents=[common, quant, calib, _deploy_options("amct")], epilog=EVALUATOR_CONTRACT,
                        help="keep the fewest sensitive layers in float so the metric drops by at most --max-drop")
     a.add_argument("model", help="ONNX model file")
     a.add_argument("--evaluator", required=True, metavar="FILE.py", help="defines evaluate(model_path) -> float")

@@ -161,7 +161,7 @@ def test_errors_are_one_clear_line(case, tmp_path, kind):
 
         (tmp_path / "img").mkdir()
         Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "a.png")
-        args, frag = ["report", m, "--calib", tmp_path / "img", "--out", tmp_path], ["[N, 3, H, W]"]
+        args, frag = ["report", m, "--calib", tmp_path / "img", "--out", tmp_path], ["[N, C, H, W]"]
     assert_one_error_line(fq(*args, check=False), *frag)
 
 
@@ -173,3 +173,35 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_weights_demo_is_reachable():
     p = fq("demo", "--weights", "--layers", "2", "--no-reference")
     assert "ARQ int8" in p.stdout and "features.0.0.weight" in p.stdout
+
+
+def test_dynamic_image_model_from_a_folder(tmp_path):
+    """A det-style model with every input dim dynamic, calibrated from images: --input-shape gives the size,
+    a preset and options give the normalization; bad options are one clear line."""
+    from onnx import TensorProto, helper, numpy_helper
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["y"], name="sig")]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    (tmp_path / "img").mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (50, 70, 3), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    base = ["quantize", tmp_path / "det.onnx", "--calib", tmp_path / "img", "-q", "--no-report"]
+    assert_one_error_line(fq(*base, "--out", tmp_path / "o", check=False), "--input-shape x:1,3,H,W")
+    out = fq(*base, "--out", tmp_path / "o", "--input-shape", "x:-1,3,32,48", "--batch-size", "2", "--batch-num", "2",
+             "--preprocess", "paddleocr", "--channel-order", "BGR", "--resize", "letterbox").stdout
+    assert "calibrated 1 layers on 2 batches" in out
+    out = fq(*base, "--out", tmp_path / "o2", "--input-shape", "x:1,3,32,32", "--mean", "127", "--std", "128",
+             "--scale", "1", "--resize", "plain").stdout
+    assert "on 5 batches" in out
+    assert_one_error_line(fq(*base, "--out", tmp_path / "o3", "--input-shape", "x:1,3,32,32", "--scale", "1/0",
+                             check=False), "--scale")
+    assert_one_error_line(fq(*base, "--out", tmp_path / "o3", "--input-shape", "x:1,3,32,32", "--std", "0",
+                             check=False), "std must not be 0")

@@ -215,7 +215,7 @@ def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path):
     data = [{"x": np.random.default_rng(i).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)} for i in range(2)]
     cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data, cpu_types="u8s7")
     with pytest.warns(RuntimeWarning, match="slower"):
-        paths = save_model(cm, tmp_path / "m")
+        paths = save_model(cm, tmp_path / "m", latency_check=True)
     rep = cm.latency
     f, i = rep.layer_us["dw7"]
     assert i > f and "dw7" in rep.kept_float

@@ -170,7 +170,7 @@ def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[st
     paths = output_paths(save_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
     deploy = export_deploy(model, table, layout)
-    save_onnx(export_fake_quant(model, table), paths["fake_quant"])
+    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])
     save_onnx(deploy, paths["deploy"])
     write_record(paths["record"], table, extra)
     return paths
@@ -208,7 +208,7 @@ def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
     kept = sorted({v.node for v in violations})
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
     check = calibrated.profile.latency_check if latency_check is None else latency_check
-    if check and calibrated.profile.latency_check and calibrated.sample is not None:
+    if check and calibrated.profile.placement == "onnxruntime" and calibrated.sample is not None:
         t0 = time.perf_counter()
         table, layout, report = check_latency(calibrated, table, layout, calibrated.sample)
         calibrated.timings["latency_check_s"] = time.perf_counter() - t0

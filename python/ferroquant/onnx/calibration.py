@@ -8,7 +8,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Union
 
 import numpy as np
 import onnx
@@ -16,6 +16,7 @@ import onnx
 from ferroquant.calibrate import AnyCalibrator, from_state_dict
 from ferroquant.config import QuantConfig
 from ferroquant.errors import DataError, ModelError
+from ferroquant.onnx.external import session_source
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant.quant.calibrators import activation_quant, bounded
@@ -74,8 +75,10 @@ def _feed_array(a: np.ndarray, want: Optional[type], name: str, index: int) -> n
     return np.ascontiguousarray(a, dtype=want)
 
 
-def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.ndarray]:
-    """The feed with dtypes matched to the model; clear errors for wrong names, dtypes, ranks and shapes."""
+def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int, unranked: Set[str] = frozenset()
+                ) -> Dict[str, np.ndarray]:
+    """The feed with dtypes matched to the model; clear errors for wrong names, dtypes, ranks and shapes
+    (inputs in ``unranked`` declare no shape: any rank goes)."""
     unknown = set(feed) - set(inputs)
     missing = set(inputs) - set(feed)
     if unknown or missing:
@@ -84,7 +87,8 @@ def _check_feed(feed: Feed, inputs: Dict[str, Any], index: int) -> Dict[str, np.
     out = {}
     for name, arg in inputs.items():
         a = np.asarray(feed[name])
-        if len(arg.shape) != a.ndim or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
+        wrong_rank = name not in unranked and len(arg.shape) != a.ndim
+        if wrong_rank or any(isinstance(d, int) and d != s for d, s in zip(arg.shape, a.shape)):
             raise DataError(f"calibration batch {index}, input {name!r}: shape {list(a.shape)} does not fit the "
                             f"model's {list(arg.shape)}")
         out[name] = _feed_array(a, _ORT_DTYPES.get(arg.type), name, index)
@@ -157,21 +161,21 @@ def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None
 
 
 def tapped_session(model: onnx.ModelProto, tensors: List[str]):
-    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors``."""
+    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors`` (built from a
+    file with external data when the model is over 2 GB, from bytes otherwise)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in tensors:
-        if t not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    source, keep = session_source(model, tensors)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if keep is not None:  # a large model: its weights stay mapped from the file, not packed into copies
+        so.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+    sess._ferroquant_files = keep  # the external data lives as long as the session
+    return sess
 
 
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
@@ -180,6 +184,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     taps = list(cm.calibrators)
     sess = tapped_session(cm.model, taps)
     inputs = {i.name: i for i in sess.get_inputs()}
+    unranked = {i.name for i in cm.model.graph.input if not i.type.tensor_type.HasField("shape")}
     t0 = time.perf_counter()
     n = 0
     with warnings.catch_warnings():
@@ -188,7 +193,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
         for feed in iterate_batches(data, list(inputs)):
             if max_batches is not None and n >= max_batches:
                 break
-            checked = _check_feed(feed, inputs, n)
+            checked = _check_feed(feed, inputs, n, unranked)
             if cm.sample is None:
                 cm.sample = checked
             outs = sess.run(taps, checked)

@@ -168,7 +168,7 @@ def enforce(violations: List[Violation], allowed: bool = False) -> List[Violatio
 
 
 
-def _quantized_output(model: onnx.ModelProto, out: str, absorbed: Dict[str, str]) -> str:
+def quantized_output(model: onnx.ModelProto, out: str, absorbed: Mapping[str, object]) -> str:
     """The tensor that carries layer output ``out``'s qparams: past the activations absorbed after it."""
     view = GraphView(model)
     while True:
@@ -191,7 +191,7 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
     def quantize_one(single: onnx.ModelProto, name: str) -> onnx.ModelProto:
         lq = table.layers[name]
         tensors = {lq.activation.tensor: (layout.tensors if layout else {}).get(lq.activation.tensor, lq.activation)}
-        out = _quantized_output(fp32, nodes[name].output[0], cm.plan.absorbed)
+        out = quantized_output(fp32, nodes[name].output[0], cm.plan.absorbed)
         if layout is not None and out in layout.tensors:
             tensors[nodes[name].output[0]] = replace(layout.tensors[out], tensor=nodes[name].output[0])
         one = Layout(tensors, (), True, layout.unsigned if layout else False,
@@ -219,4 +219,4 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
     return table, layout, report
 
 
-__all__ = ["Violation", "check_latency", "check_rules", "deploy_layout", "enforce"]
+__all__ = ["Violation", "check_latency", "check_rules", "deploy_layout", "enforce", "quantized_output"]

@@ -1,8 +1,12 @@
 """A small mutable view over an ONNX graph: who produces and who consumes each tensor, initializers as NumPy.
 
 The view indexes ``model.graph`` once; every edit made through it (set an initializer, rewire a tensor, remove
-a node) keeps the indexes right, so passes can look up, rewrite and look up again without rebuilding. Only the
-top-level graph is indexed; subgraphs (If/Loop bodies) are left alone.
+a node) keeps the indexes right, so passes can look up, rewrite and look up again without rebuilding.
+
+Subgraphs (the bodies of ``If``, ``Loop``, ``Scan``) are never edited: ferroquant leaves them as they are and
+quantizes only the top-level graph. They are still seen: every outer-scope tensor a subgraph reads counts as
+an input of the node that owns the subgraph (so a pass never removes or rewires a tensor a subgraph needs), and
+names defined inside subgraphs are never reused for new tensors.
 """
 
 from __future__ import annotations
@@ -19,6 +23,49 @@ from ferroquant.errors import ModelError
 def node_label(node: onnx.NodeProto) -> str:
     """The name used for a node in reports and errors: its name, else ``op_type(first output)``."""
     return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held in ``node``'s attributes (``If`` branches, ``Loop``/``Scan`` bodies)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _outer_names(graph: onnx.GraphProto) -> Set[str]:
+    """Names ``graph`` (and the graphs nested in it) read from enclosing scopes."""
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    used: Set[str] = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(i for i in node.input if i)
+        for g in subgraphs(node):
+            used |= _outer_names(g)
+        defined.update(node.output)
+    return used - defined
+
+
+def implicit_inputs(node: onnx.NodeProto) -> List[str]:
+    """The outer-scope tensors ``node``'s subgraphs read (empty for nodes without subgraphs), sorted."""
+    names: Set[str] = set()
+    for g in subgraphs(node):
+        names |= _outer_names(g)
+    return sorted(names)
+
+
+def names_inside(graph: onnx.GraphProto) -> Set[str]:
+    """Every tensor name defined or used in the graphs nested in ``graph``'s nodes (at any depth)."""
+    out: Set[str] = set()
+    for node in graph.node:
+        for g in subgraphs(node):
+            out |= {i.name for i in g.input} | {o.name for o in g.output} | {t.name for t in g.initializer}
+            out |= {v.name for v in g.value_info}
+            for n in g.node:
+                out.update(x for x in list(n.input) + list(n.output) if x)
+            out |= names_inside(g)
+    return out
 
 
 def ensure_node_names(model: onnx.ModelProto) -> None:
@@ -60,6 +107,9 @@ class GraphView:
         self.initializers: Dict[str, onnx.TensorProto] = {t.name: t for t in self.graph.initializer}
         self.producers: Dict[str, onnx.NodeProto] = {}
         self.consumers: Dict[str, List[onnx.NodeProto]] = {}
+        #: id(node) -> outer-scope tensors its subgraphs read (only nodes that have subgraphs)
+        self.implicit: Dict[int, List[str]] = {}
+        self._inner: Optional[Set[str]] = None
         for node in self.graph.node:
             self._index(node)
         self.outputs: Set[str] = {o.name for o in self.graph.output}
@@ -70,9 +120,16 @@ class GraphView:
         for out in node.output:
             if out:
                 self.producers[out] = node
-        for inp in node.input:
+        implicit = implicit_inputs(node)
+        if implicit:
+            self.implicit[id(node)] = implicit
+        for inp in list(node.input) + implicit:
             if inp:
                 self.consumers.setdefault(inp, []).append(node)
+
+    def reads(self, node: onnx.NodeProto) -> List[str]:
+        """The tensors ``node`` reads: its inputs and the outer-scope tensors its subgraphs read."""
+        return [i for i in node.input if i] + self.implicit.get(id(node), [])
 
     def nodes(self, op_type: Optional[str] = None) -> Iterator[onnx.NodeProto]:
         """A snapshot of the nodes (of one op type when given), safe to iterate while editing."""
@@ -114,8 +171,10 @@ class GraphView:
             old.CopyFrom(new)
 
     def unique_name(self, base: str) -> str:
-        """A tensor name not used by any initializer, node output, node input or graph input."""
-        used = set(self.initializers) | set(self.producers) | set(self.consumers)
+        """A tensor name not used by any initializer, node output, node input, graph input or subgraph."""
+        if self._inner is None:
+            self._inner = names_inside(self.graph)
+        used = set(self.initializers) | set(self.producers) | set(self.consumers) | self._inner
         used |= {i.name for i in self.graph.input}
         name, k = base, 0
         while name in used:
@@ -142,6 +201,19 @@ class GraphView:
         node.input[index] = name
         self.consumers.setdefault(name, []).append(node)
 
+    def replace_input(self, node: onnx.NodeProto, old: str, new: str) -> None:
+        """Make ``node`` read ``new`` wherever it reads ``old`` as an input (not inside its subgraphs)."""
+        hits = [i for i, name in enumerate(node.input) if name == old]
+        if not hits:
+            return
+        for i in hits:
+            node.input[i] = new
+        if old not in self.implicit.get(id(node), []):
+            self.consumers[old] = [n for n in self.consumers.get(old, []) if n is not node]
+            if not self.consumers[old]:
+                del self.consumers[old]
+        self.consumers.setdefault(new, []).append(node)
+
     def bypass(self, node: onnx.NodeProto, keep: str) -> None:
         """Remove single-output ``node``, making ``keep`` (one of its inputs) stand in for its output.
 
@@ -161,7 +233,7 @@ class GraphView:
 
     def remove_node(self, node: onnx.NodeProto) -> None:
         """Remove ``node`` from the graph and the indexes (its outputs must be unused by then)."""
-        for inp in node.input:
+        for inp in self.reads(node):
             if inp in self.consumers:
                 self.consumers[inp] = [n for n in self.consumers[inp] if n is not node]
                 if not self.consumers[inp]:
@@ -169,22 +241,24 @@ class GraphView:
         for out in node.output:
             if self.producers.get(out) is node:
                 del self.producers[out]
+        self.implicit.pop(id(node), None)
         for i, n in enumerate(self.graph.node):
             if n is node:
                 del self.graph.node[i]
                 return
 
     def prune_initializers(self) -> List[str]:
-        """Delete initializers no node reads and that are no graph output; return their names."""
-        used = {i for n in self.graph.node for i in n.input} | self.outputs
+        """Delete initializers no node (nor any subgraph) reads and that are no graph output; return their
+        names. Deleted one by one, with no reference kept to them: removing a message that Python still
+        references makes protobuf copy it first (the whole weights of a large model)."""
+        used = {i for n in self.graph.node for i in self.reads(n)} | self.outputs
         dead = [t.name for t in self.graph.initializer if t.name not in used]
         if dead:
-            keep = [t for t in self.graph.initializer if t.name in used]
-            del self.graph.initializer[:]
-            self.graph.initializer.extend(keep)
-            inputs = [i for i in self.graph.input if i.name not in set(dead)]
-            del self.graph.input[:]
-            self.graph.input.extend(inputs)
+            gone = set(dead)
             for name in dead:
                 self.initializers.pop(name, None)
+            for i in reversed([i for i, t in enumerate(self.graph.initializer) if t.name in gone]):
+                del self.graph.initializer[i]
+            for i in reversed([i for i, v in enumerate(self.graph.input) if v.name in gone]):
+                del self.graph.input[i]
         return dead

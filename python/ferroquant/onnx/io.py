@@ -2,25 +2,32 @@
 
 :func:`load_model` is the one door models come in by: it reads the file (with external data), refuses what
 ferroquant cannot work on with a :class:`~ferroquant.errors.ModelError` that names the node at fault, upgrades
-models older than opset 13, turns weights held in ``Constant`` nodes into initializers, runs the checker and
-shape inference. :func:`save_onnx` writes weights to an external data file when the model passes 2 GB.
+models older than opset 13 with the ONNX version converter, turns weights held in ``Constant`` nodes (and
+``Identity`` nodes of a constant) into initializers, infers shapes (:mod:`ferroquant.onnx.shapes`: a failure of
+onnx's shape inference is never blamed on the model) and runs the checker. Everything else is kept as it is:
+names, value_info, metadata, doc strings, opset imports of other domains, graph outputs, and the subgraphs of
+``If``/``Loop``/``Scan`` nodes (ferroquant quantizes the top-level graph only; subgraphs stay in float).
+Models from opset 7 (older ones when the converter manages) to the newest opset the installed ``onnx``
+knows are accepted. :func:`save_onnx` writes the weights to an external data file when the model passes 2 GB;
+models that large are never serialized in one piece (:mod:`ferroquant.onnx.external`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from ferroquant.errors import ModelError
+from ferroquant.onnx.external import MEDIUM, is_large, reattach, skeleton, weights_size, write_external
 from ferroquant.onnx.graph import GraphView, node_label
+from ferroquant.onnx.shapes import infer_or_keep
 
 MIN_OPSET = 13
-_PROTOBUF_LIMIT = 2**31 - 1
 _KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 ModelLike = Union[str, Path, onnx.ModelProto]
@@ -39,6 +46,31 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return imp.version
     return 0
+
+
+def newest_opset() -> int:
+    """The newest opset of the default domain the installed ``onnx`` knows."""
+    return int(onnx.defs.onnx_opset_version())
+
+
+def min_ir_version(model: onnx.ModelProto) -> int:
+    """The lowest IR version the model's opset imports need (domains onnx does not know are ignored)."""
+    return int(onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True))
+
+
+def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """``model`` converted to opset ``target`` by the ONNX version converter (which raises on failure).
+
+    A model over 2 GB is converted as a skeleton without its weights, which are then copied over (drop
+    ``model`` afterwards to free them)."""
+    if is_large(model):
+        sk = skeleton(model)
+        converted = onnx.version_converter.convert_version(sk.model, target)
+        out = reattach(sk, converted, model)
+    else:
+        out = onnx.version_converter.convert_version(model, target)
+    out.ir_version = max(out.ir_version, min_ir_version(out))
+    return out
 
 
 def _read(path: Path) -> onnx.ModelProto:
@@ -64,6 +96,10 @@ def _check_supported(model: onnx.ModelProto) -> None:
     graph = model.graph
     if len(graph.node) == 0:
         raise ModelError("the graph has no nodes")
+    opset = default_opset(model)
+    if opset > newest_opset():
+        raise ModelError(f"the model uses opset {opset}, newer than the installed onnx knows ({newest_opset()}); "
+                         "upgrade onnx (pip install -U onnx)")
     imported = {imp.domain for imp in model.opset_import}
     known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
     for node in graph.node:
@@ -78,20 +114,39 @@ def _check_supported(model: onnx.ModelProto) -> None:
 
 
 def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Models below opset 13 (per-axis Q/DQ needs 13) go through the version converter; a model that
+    imports no default-domain opset (only other domains) has nothing to upgrade."""
     opset = default_opset(model)
-    if opset >= MIN_OPSET:
+    if opset == 0 or opset >= MIN_OPSET:
         return model
+    before = _interface(model)
     try:
-        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+        upgraded = convert_opset(model, MIN_OPSET)
     except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError or C++ errors
+        detail = " ".join(f"{type(e).__name__}: {e}".split())
         raise ModelError(
             f"the model uses opset {opset}; ferroquant needs opset >= {MIN_OPSET} and the ONNX version "
-            f"converter could not upgrade it ({type(e).__name__}: {e}). Re-export it with opset {MIN_OPSET} "
-            "or newer."
+            f"converter could not upgrade it ({detail}). Re-export it with opset {MIN_OPSET} or newer."
         ) from None
-    min_ir = onnx.helper.find_min_ir_version_for(list(upgraded.opset_import))
-    upgraded.ir_version = max(upgraded.ir_version, min_ir)
+    after = _interface(upgraded)
+    changed = [name for name in before if before[name] != after.get(name)]
+    if changed:
+        raise ModelError(
+            f"the model uses opset {opset}; ferroquant needs opset >= {MIN_OPSET}, and the ONNX version converter's "
+            f"upgrade changes the model's inputs/outputs {changed} (e.g. Scan-8 -> 9 drops the batch axis). "
+            f"Re-export it with opset {MIN_OPSET} or newer.")
     return upgraded
+
+
+def _interface(model: onnx.ModelProto) -> dict:
+    """Graph inputs (not initializers) and outputs by name: element type and rank."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in [i for i in model.graph.input if i.name not in inits] + list(model.graph.output):
+        t = vi.type.tensor_type
+        out[vi.name] = (vi.type.WhichOneof("value"), t.elem_type,
+                        len(t.shape.dim) if t.HasField("shape") else None)
+    return out
 
 
 def _initializers_not_inputs(model: onnx.ModelProto) -> None:
@@ -140,31 +195,59 @@ def constants_to_initializers(model: onnx.ModelProto) -> Tuple[onnx.ModelProto, 
     return model, ConstantsReport(tuple(converted))
 
 
+def fold_constant_identities(model: onnx.ModelProto) -> List[str]:
+    """Make the readers of ``Identity(constant)`` read the constant itself (in place), so a weight reached
+    through an Identity (torch exports write them for shared weights) is seen as a constant; the Identity is
+    removed unless its output is a graph output or a subgraph reads it. Returns the Identity outputs
+    bypassed."""
+    view = GraphView(model)
+    done = []
+    for node in view.nodes("Identity"):
+        src, out = node.input[0], node.output[0]
+        if view.array(src) is None:
+            continue
+        readers = view.consumers_of(out)
+        for reader in readers:
+            view.replace_input(reader, out, src)
+        if not view.is_graph_output(out) and not view.consumers_of(out):
+            view.remove_node(node)
+        done.append(out)
+    return done
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """``onnx.checker.check_model`` (structure, not shapes) that works on models over 2 GB (on a skeleton,
+    as for any model over 64 MiB) and does not insist on shapes for graph inputs and outputs: onnxruntime
+    runs models whose I/O declare a type without a shape, and nothing ferroquant does needs them. Raises
+    ``ValidationError``."""
+    m = skeleton(model).model if weights_size(model) > MEDIUM else model
+    io = [vi for vi in list(m.graph.input) + list(m.graph.output)
+          if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
+    if io:
+        if m is model:
+            m = _copy(model)
+        names = {vi.name for vi in io}
+        for vi in list(m.graph.input) + list(m.graph.output):
+            if vi.name in names and not vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.SetInParent()  # for the checker only: "some shape"
+    onnx.checker.check_model(m, full_check=False)
+
+
 def _check(model: onnx.ModelProto) -> None:
     try:
-        onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as e:
-        raise ModelError(f"the ONNX checker refuses the model: {e}") from None
-    except ValueError as e:  # models over 2 GB cannot be checked in memory
-        if "2GB" not in str(e):
-            raise ModelError(f"the ONNX checker refuses the model: {e}") from None
-
-
-def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
-        raise ModelError(f"shape inference fails (ill-formed graph): {e}") from None
-    except ValueError:  # over 2 GB: keep the model without inferred shapes
-        return model
+        check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise ModelError(f"the ONNX checker refuses the model: {' '.join(str(e).split())}") from None
 
 
 def load_model(model: ModelLike, *, check: bool = True, infer_shapes: bool = True) -> onnx.ModelProto:
     """Read ``model`` (a path or a ``ModelProto``, which is copied) and make it ready for ferroquant's passes.
 
     Steps: read with external data; refuse empty or ill-formed graphs; upgrade opset < 13 with the ONNX
-    version converter (or refuse it with a clear message); convert ``Constant`` nodes to initializers; run
-    infer shapes; run ``onnx.checker``. Every refusal is a :class:`ModelError` naming the node when there is one.
+    version converter (or refuse it with a clear message); convert ``Constant`` nodes to initializers and
+    bypass ``Identity`` nodes of constants; infer shapes (falling back to weaker modes, see
+    :mod:`ferroquant.onnx.shapes`); run ``onnx.checker``. Every refusal is a :class:`ModelError` naming the
+    node when there is one.
     """
     if isinstance(model, onnx.ModelProto):
         loaded = _copy(model)
@@ -178,8 +261,9 @@ def load_model(model: ModelLike, *, check: bool = True, infer_shapes: bool = Tru
     if ir_version < 4:
         _initializers_not_inputs(loaded)
     loaded, _ = constants_to_initializers(loaded)
+    fold_constant_identities(loaded)
     if infer_shapes:
-        loaded = _infer_shapes(loaded)
+        loaded = infer_or_keep(loaded)
     if check:
         _check(loaded)
     return loaded
@@ -191,24 +275,19 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _weights_size(model: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) + 4 * len(t.float_data) + 8 * len(t.int64_data) for t in model.graph.initializer)
-
-
 def save_onnx(model: onnx.ModelProto, path: Union[str, Path], *, external_data: "bool | None" = None) -> Path:
-    """Write ``model`` to ``path``; weights go to ``<name>.data`` beside it when over 2 GB (or when asked).
+    """Write ``model`` to ``path``; its initializers go to ``<name>.data`` beside it when the model passes
+    2 GB (or when asked), one tensor at a time (the model is neither copied nor changed).
 
     ``external_data=None`` decides by size. Returns the path written.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
-        external_data = _weights_size(model) > _PROTOBUF_LIMIT - (64 << 20)
+        external_data = is_large(model)
     try:
-        if external_data:  # onnx rewrites the tensors it externalizes: work on a copy
-            model = _copy(model)
-            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=path.name + ".data", size_threshold=0)
+        if external_data:
+            write_external(model, path, size_threshold=0)
         else:
             onnx.save_model(model, str(path))
     except (OSError, ValueError) as e:

@@ -35,8 +35,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ferroquant.errors import ConfigError, ModelError
-from ferroquant.onnx.graph import GraphView, ensure_node_names, node_label
-from ferroquant.onnx.io import default_opset
+from ferroquant.onnx.external import Skeleton, reattach, skeleton
+from ferroquant.onnx.graph import GraphView, ensure_node_names, names_inside, node_label
+from ferroquant.onnx.io import check_model, convert_opset, default_opset, min_ir_version
+from ferroquant.onnx.shapes import infer_or_keep
 from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable, WeightQuant
 
 BASE_OPSET = 13
@@ -143,9 +145,9 @@ def _check_weight(ly: _Layer) -> None:
         raise ConfigError(f"layer {layer.name!r}: codes shape {np.shape(wq.codes)} != weight shape {ly.w_shape}")
 
 
-def _match(model: onnx.ModelProto, table: QuantTable) -> List[_Layer]:
-    """Find each table entry's node (by label, before unnamed nodes get names) and check its qparams."""
-    view = GraphView(model)
+def _match(model: onnx.ModelProto, table: QuantTable, dims: Dict[str, Tuple[int, ...]]) -> List[_Layer]:
+    """Find each table entry's node (by label, before unnamed nodes get names) and check its qparams;
+    ``dims`` are the shapes of the source model's initializers."""
     by_label = {node_label(n): n for n in model.graph.node}
     out, acts = [], {}
     for name, lq in table.layers.items():
@@ -155,15 +157,15 @@ def _match(model: onnx.ModelProto, table: QuantTable) -> List[_Layer]:
                 node.input[0], node.input[wi]) != (lq.layer.activation, lq.layer.weight):
             raise ModelError(f"no {lq.layer.op_type} reading ({lq.layer.activation}, {lq.layer.weight}) "
                              "in the model", name)
-        w = view.initializers.get(lq.layer.weight)
-        if w is None:
+        w_shape = dims.get(lq.layer.weight)
+        if w_shape is None:
             raise ModelError(f"weight {lq.layer.weight!r} is not an initializer", name)
         _check_activation(lq.activation, name)
         other = acts.setdefault(lq.activation.tensor, lq.activation)
         if other != lq.activation:
             raise ConfigError(f"activation {lq.activation.tensor!r} has different qparams in layer {name!r} "
                               "and another layer reading it (one Q/DQ pair per tensor)")
-        ly = _Layer(node, lq, tuple(int(d) for d in w.dims))
+        ly = _Layer(node, lq, w_shape)
         _check_weight(ly)
         out.append(ly)
     return out
@@ -186,22 +188,24 @@ def _remove_absorbed(model: onnx.ModelProto, labels: Tuple[str, ...]) -> None:
 
 
 def _prepare(model: onnx.ModelProto, table: QuantTable, absorbed: Tuple[str, ...] = ()
-             ) -> Tuple[onnx.ModelProto, List[_Layer]]:
-    """A copy of ``model`` at the opset the table needs, its layers matched, absorbed activations removed, every
-    node named."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+             ) -> Tuple[onnx.ModelProto, List[_Layer], Skeleton]:
+    """A weightless copy of ``model`` (its large initializers detached, see :mod:`ferroquant.onnx.external`:
+    the weights the export replaces are never copied) at the opset the table needs, its layers matched,
+    absorbed activations removed, every node named."""
+    dims = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
+    opset = max(default_opset(model), _needed_opset(_match(model, table, dims)))
+    sk = skeleton(model)
+    work = sk.model
     _remove_absorbed(work, absorbed)
-    opset = max(default_opset(work), _needed_opset(_match(work, table)))
     if opset > default_opset(work):
         try:
-            work = onnx.version_converter.convert_version(work, opset)
+            work = convert_opset(work, opset)
         except Exception as e:  # noqa: BLE001 - the converter raises assorted types
             raise ModelError(f"cannot convert the model to opset {opset} for int4/int16/blocked Q/DQ: {e}") from None
-    layers = _match(work, table)
-    work.ir_version = max(work.ir_version, helper.find_min_ir_version_for(list(work.opset_import)))
+    layers = _match(work, table, dims)
+    work.ir_version = max(work.ir_version, min_ir_version(work))
     ensure_node_names(work)
-    return work, layers
+    return work, layers, sk
 
 
 class _Emitter:
@@ -213,7 +217,8 @@ class _Emitter:
         graph = model.graph
         self.tensors: Set[str] = ({t.name for t in graph.initializer} | {i.name for i in graph.input}
                                   | {v.name for v in graph.value_info} | {o.name for o in graph.output}
-                                  | {o for n in graph.node for o in list(n.output) + list(n.input)})
+                                  | {o for n in graph.node for o in list(n.output) + list(n.input)}
+                                  | names_inside(graph))
         self.nodes_taken: Set[str] = {n.name for n in graph.node}
         self.before: Dict[int, List[onnx.NodeProto]] = {}  # id(layer node) -> weight/bias Q/DQ nodes
         self.after: Dict[str, List[onnx.NodeProto]] = {}  # activation tensor -> its Q/DQ nodes
@@ -346,11 +351,13 @@ def _reorder(em: _Emitter, model: onnx.ModelProto) -> None:
 
 
 def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Prune, infer shapes and check, as tolerant of onnx's own gaps as :func:`~ferroquant.onnx.io.load_model`
+    (a model exactly as valid as its input passes)."""
     GraphView(model).prune_initializers()
+    model = infer_or_keep(model)
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(f"the exported QDQ model is invalid (a ferroquant bug): {e}") from None
     return model
 
@@ -375,7 +382,7 @@ def _place_layout(em: _Emitter, model: onnx.ModelProto, layout: Layout) -> None:
 
 def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool, layout: Optional[Layout] = None
             ) -> onnx.ModelProto:
-    work, layers = _prepare(model, table, layout.absorbed if layout is not None else ())
+    work, layers, sk = _prepare(model, table, layout.absorbed if layout is not None else ())
     em = _Emitter(work, *((layout.unsigned, layout.signed_weight_bits) if layout is not None else ()))
     for ly in layers:
         _rewrite_layer(em, ly, deploy, layout)
@@ -384,13 +391,17 @@ def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool, layout: Opt
         for k, v in layout.metadata.items():
             work.metadata_props.add(key=k, value=v)
     _reorder(em, work)
-    return _finish(work)
+    del em, layers  # no references into the graph while it is edited below (protobuf would copy them)
+    return _finish(reattach(sk, work, model))
 
 
-def export_fake_quant(model: onnx.ModelProto, table: QuantTable) -> onnx.ModelProto:
+def export_fake_quant(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None
+                      ) -> onnx.ModelProto:
     """The simulation model: float weights behind Q/DQ (NUQ: codes behind DQ), one Q/DQ pair per quantized
-    activation tensor, float biases. ``model`` is left unchanged; see the module docstring for the opsets."""
-    return _export(model, table, deploy=False)
+    activation tensor, float biases; with a deploy profile's ``layout``, its Q/DQ placement too, so the
+    simulation computes what the deploy model computes. ``model`` is left unchanged; see the module docstring
+    for the opsets."""
+    return _export(model, table, deploy=False, layout=layout)
 
 
 def export_deploy(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None) -> onnx.ModelProto:

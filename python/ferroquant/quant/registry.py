@@ -102,6 +102,9 @@ class OpRule:
 
 _ALL = None  # Placement.inputs None: every input
 ORT_IO = Placement(inputs=(0,), output=True)
+#: onnxruntime fuses DQ -> MatMul into MatMulIntegerToFloat without a Q on the output (and into QLinearMatMul
+#: when a Q follows): the output stays float, which keeps a transformer's residual stream exact
+ORT_IN = Placement(inputs=(0,), output=False)
 TRT_IN = Placement(inputs=(0,), output=False)
 
 
@@ -144,7 +147,7 @@ REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
               placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
     LayerType("MatMul", axis=lambda attr, ndim: ndim - 1, bias_input=None,  # [.., K, N]: a scale per output
               refuse=lambda attr, ndim: None if ndim >= 2 else f"MatMul weight of rank {ndim}",
-              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
+              placements={"onnxruntime": ORT_IN, "tensorrt": TRT_IN}),
 )}
 
 #: The op types a config may name, in registry order.

@@ -18,11 +18,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ferroquant import ops
 from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel, iterate_batches
+from ferroquant.onnx.deploy import deploy_layout, quantized_output
+from ferroquant.onnx.external import session_source
 from ferroquant.onnx.graph import GraphView, node_label
 from ferroquant.quant.table import LayerQuant, QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
@@ -111,22 +113,20 @@ def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
 
 
 def _session(model: onnx.ModelProto, taps: Sequence[str] = ()):  # noqa: ANN202 - an InferenceSession
+    """A session with optimizations off over ``model`` plus the outputs ``taps`` (from a file with external
+    data when the model is over 2 GB)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for t in taps:
-        if t not in have:
-            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-            have.add(t)
+    source, keep = session_source(model, taps)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
         raise ModelError(f"onnxruntime cannot run the model: {e}") from None
+    sess._ferroquant_files = keep  # the external data lives as long as the session
+    return sess
 
 
 def _single_layer(view: GraphView, node: onnx.NodeProto, lq: LayerQuant, x: np.ndarray, y: np.ndarray,
@@ -184,8 +184,11 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
                                weight_sqnr(view.array(lq.layer.weight), lq)))
     outs = {name: nodes[name].output[0] for name in table.layers}
     ins = {name: lq.layer.activation for name, lq in table.layers.items()}
-    fp32 = _session(cm.model, list(dict.fromkeys([*ins.values(), *outs.values()])))
-    fq = _session(export_fake_quant(cm.model, table), list(outs.values()))
+    layout = deploy_layout(cm, table)
+    # in a deploy profile's layout an absorbed Relu/Clip is gone: the layer is compared after it
+    seen = {n: quantized_output(cm.model, t, layout.absorbed if layout else ()) for n, t in outs.items()}
+    fp32 = _session(cm.model, list(dict.fromkeys([*ins.values(), *outs.values(), *seen.values()])))
+    fq = _session(export_fake_quant(cm.model, table, layout), list(dict.fromkeys(seen.values())))
     locals_: Dict[str, Any] = {}  # one-layer sessions, made on the first batch (their I/O from real arrays)
     acc_out = {n: _Acc() for n in table.layers}
     acc_loc = {n: _Acc() for n in table.layers}
@@ -197,9 +200,10 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
             if n_batches >= max_batches:
                 break
             ref = dict(zip(names, fp32.run(names, dict(feed))))
-            got = dict(zip(list(outs.values()), fq.run(list(outs.values()), dict(feed))))
+            tensors = list(dict.fromkeys(seen.values()))
+            got = dict(zip(tensors, fq.run(tensors, dict(feed))))
             for n in table.layers:
-                acc_out[n].add(ref[outs[n]], got[outs[n]])
+                acc_out[n].add(ref[seen[n]], got[seen[n]])
                 if n not in locals_:
                     locals_[n] = _session(_single_layer(view, nodes[n], table.layers[n], ref[ins[n]],
                                                         ref[outs[n]], cm.model))
