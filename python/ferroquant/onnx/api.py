@@ -21,6 +21,7 @@ from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
+from ferroquant.onnx.methods import apply_methods, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
@@ -142,6 +143,10 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     t0 = time.perf_counter()
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
+    methods_model, methods = apply_methods(cfg, prepared.model, layers)
+    if methods_model is not prepared.model:  # equalized or given biases: weight and bias names may change
+        prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
+        layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
     plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
     cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate,
@@ -149,7 +154,7 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
                for l in layers}
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
-                         plan=plan)
+                         plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
     return cm
@@ -207,6 +212,8 @@ def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
     table, layout, violations = deploy_model(calibrated, table, allow_float)
     kept = sorted({v.node for v in violations})
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
+    if calibrated.methods:
+        extra["methods"] = calibrated.methods
     check = calibrated.profile.latency_check if latency_check is None else latency_check
     if check and calibrated.profile.placement == "onnxruntime" and calibrated.sample is not None:
         t0 = time.perf_counter()

@@ -106,6 +106,15 @@ class LayerMoments:
         positions = x.shape[0] * int(np.prod(out))
         self.count += positions
 
+    def merge(self, other: "LayerMoments") -> None:
+        """Add another stream's statistics (other batches of the same layer)."""
+        if other.sum is None:
+            return
+        if self.sum is not None and self.sum.shape != other.sum.shape:
+            raise ShapeError(f"cannot merge input statistics of shape {other.sum.shape} into {self.sum.shape}")
+        self.sum = other.sum.copy() if self.sum is None else self.sum + other.sum
+        self.count += other.count
+
     def mean(self) -> np.ndarray:
         """The mean patch per group, ``[groups, patch]``."""
         if self.sum is None or self.count == 0:
