@@ -175,3 +175,43 @@ def test_cli_equalize_flag(tmp_path):
     rc = main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--out",
                str(tmp_path / "o2"), "--relu6-to-relu", "-q"])
     assert rc != 0 and not (tmp_path / "o2").exists()
+
+
+def _conv_bn_relu_conv(rng):
+    """x (uniform in [-1, 1]) -> 1x1 Conv -> BN (statistics of the data; beta - 3|gamma| > 0 on some channels)
+    -> Relu -> 1x1 Conv -> y: the pre-activation never drops below beta - 3|gamma| (|w.x| <= 3 std of w.x)."""
+    w1 = rng.normal(0, 1, (4, 3, 1, 1)).astype(np.float32)
+    var = (np.square(w1).reshape(4, 3).sum(1) / 3).astype(np.float32)
+    inits = {"w1": w1, "b1": np.zeros(4, np.float32), "bn.scale": np.array([0.5, -1.0, 2.0, 0.3], np.float32),
+             "bn.bias": np.array([3.0, 1.0, 2.0, -1.0], np.float32), "bn.mean": np.zeros(4, np.float32),
+             "bn.var": var, "w2": rng.normal(0, 1, (2, 4, 1, 1)).astype(np.float32),
+             "b2": np.zeros(2, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="conv1"),
+             helper.make_node("BatchNormalization", ["c", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["n"],
+                              name="bn", epsilon=0.0),
+             helper.make_node("Relu", ["n"], ["a"], name="relu"),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["y"], name="conv2")]
+    return make_model(nodes, {"x": ("N", 3, 5, 5)}, ["y"], inits)
+
+
+def test_bias_absorption_moves_the_always_positive_part_of_the_bias():
+    from ferroquant.onnx.methods import bn_statistics
+
+    rng = np.random.default_rng(6)
+    prepared = prepare_model(_conv_bn_relu_conv(rng))
+    stats = bn_statistics(prepared.fusion)
+    assert set(stats) == {"conv1"}
+    out, report = equalize(prepared.model, EqualizationParams(enabled=True), stats)
+    # channels 0 and 1 have beta - 3|gamma| = 1.5 and -2: only channel 0 moves (channel 2: 2 - 6 < 0)
+    assert report.absorbed == (("conv1", "conv2", 1),)
+    x = rng.uniform(-1, 1, (16, 3, 5, 5)).astype(np.float32)
+    assert rel_diff(run(prepared.model, {"x": x})[0], run(out, {"x": x})[0]) < 1e-5
+    off, _ = equalize(prepared.model, EqualizationParams(enabled=True, bias_absorption=False), stats)
+    assert rel_diff(run(prepared.model, {"x": x})[0], run(off, {"x": x})[0]) < 1e-5
+
+    def bias(m):
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+        return inits[m.graph.node[0].input[2]]
+
+    moved = bias(off) - bias(out)
+    assert moved[0] > 0.1 and np.all(moved[1:] == 0)

@@ -143,7 +143,7 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     t0 = time.perf_counter()
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
-    methods_model, methods = apply_methods(cfg, prepared.model, layers)
+    methods_model, methods = apply_methods(cfg, prepared.model, layers, prepared.fusion)
     if methods_model is not prepared.model:  # equalized or given biases: weight and bias names may change
         prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
         layers = _enabled_layers(cfg, prepared)

@@ -8,19 +8,25 @@ weights (and layer 1's bias) are initializers. ReLU6 (``Clip(0, 6)``) does not c
 with :func:`max_relative_difference`), otherwise the pair is skipped and the report says why. Equalizing every
 pair once is repeated (``iterations`` rounds at most, until every scale is within 1e-6 of 1), so chains such as
 ``expand -> depthwise -> project`` settle on the depthwise layer.
+
+Bias absorption (``bias_absorption``) then moves ``c = max(0, beta - 3 |gamma|)`` (scaled like the channel)
+from layer 1's bias into layer 2's, for pairs with a Relu between whose layer 1 had a BatchNormalization folded
+into it (``beta``, ``gamma``: that BN's, from the fusion report) and whose layer 2 reads no zero padding: exact
+wherever the pre-activation stays above ``beta - 3 |gamma|`` (the BN's statistics say it nearly always does), so
+equalization with absorption is only nearly exact in float; the bench measures it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import onnx
 
 from ferroquant.config.methods import EqualizationParams
 from ferroquant.onnx.graph import GraphView, ensure_node_names, get_attr, node_label
-from ferroquant.quant.equalize import equalize_pair, pair_fits
+from ferroquant.quant.equalize import absorb_bias, equalize_pair, pair_fits
 
 _TOL = 1e-6
 
@@ -46,12 +52,14 @@ class EqualizationReport:
     skipped: Tuple[Tuple[str, str, str], ...] = ()
     relu6_replaced: Tuple[str, ...] = ()
     rounds: int = 0
+    absorbed: Tuple[Tuple[str, str, int], ...] = ()  # (first, second, channels with c > 0)
 
     def to_json(self) -> Dict[str, Any]:
         return {"pairs": [{"first": p.first, "activation": p.activation, "second": p.second,
                            "scale_min": p.scale_min, "scale_max": p.scale_max} for p in self.pairs],
                 "skipped": [{"first": a, "second": b, "reason": r} for a, b, r in self.skipped],
-                "relu6_replaced": list(self.relu6_replaced), "rounds": self.rounds}
+                "relu6_replaced": list(self.relu6_replaced), "rounds": self.rounds,
+                "absorbed": [{"first": a, "second": b, "channels": n} for a, b, n in self.absorbed]}
 
 
 def _clip_bounds(view: GraphView, node: onnx.NodeProto) -> Optional[Tuple[float, float]]:
@@ -146,14 +154,43 @@ def _round(view: GraphView, pairs: List[Tuple[onnx.NodeProto, onnx.NodeProto]], 
     return worst
 
 
-def equalize(model: onnx.ModelProto, params: EqualizationParams = EqualizationParams(enabled=True)
+def _reads_no_padding(node: onnx.NodeProto) -> bool:
+    auto = get_attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    return auto in ("NOTSET", "VALID", "") and not any(get_attr(node, "pads") or ())
+
+
+def _absorb(view: GraphView, first: onnx.NodeProto, act: Optional[onnx.NodeProto], second: onnx.NodeProto,
+            stats: Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]], scale: np.ndarray) -> int:
+    """Bias absorption for one pair (see the module docstring); returns the channels moved."""
+    if act is None or act.op_type != "Relu" or first.name not in stats or not _reads_no_padding(second):
+        return 0
+    if len(first.input) < 3 or not first.input[2]:
+        return 0
+    beta, spread = (np.asarray(v, np.float64) for v in stats[first.name])
+    if beta.shape != scale.shape:
+        return 0
+    c = np.maximum(beta - 3.0 * spread, 0.0) / scale
+    if not np.any(c > 0):
+        return 0
+    b1, w2 = view.array(first.input[2]), view.array(second.input[1])
+    b2 = view.array(second.input[2]) if len(second.input) > 2 and second.input[2] else None
+    new_b1, new_b2 = absorb_bias(b1, w2, b2, c, int(get_attr(second, "group", 1)))
+    view.write_input(first, 2, new_b1.astype(b1.dtype), "bias_absorbed")
+    view.write_input(second, 2, new_b2.astype(w2.dtype), "bias_absorbed")
+    return int(np.count_nonzero(c > 0))
+
+
+def equalize(model: onnx.ModelProto, params: EqualizationParams = EqualizationParams(enabled=True),
+             stats: Optional[Mapping[str, Tuple[Tuple[float, ...], Tuple[float, ...]]]] = None
              ) -> Tuple[onnx.ModelProto, EqualizationReport]:
-    """A copy of ``model`` with its Conv pairs equalized (see the module docstring), and the report."""
+    """A copy of ``model`` with its Conv pairs equalized (see the module docstring), and the report. ``stats``:
+    per Conv node name, the ``(beta, |gamma|)`` of the BN folded into it (bias absorption)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     ensure_node_names(out)
     view = GraphView(out)
-    pairs, labels, skipped, replaced = [], [], [], []
+    pairs, labels, skipped, replaced, acts = [], [], [], [], []
     taken = set()
     for second in view.nodes("Conv"):
         if not _conv_weight(view, second):
@@ -171,6 +208,7 @@ def equalize(model: onnx.ModelProto, params: EqualizationParams = EqualizationPa
             replaced.append(node_label(act))
             _to_relu(act)
         pairs.append((first, second))
+        acts.append(act)
         labels.append((node_label(first), node_label(act) if act is not None else "", node_label(second)))
     total = [np.ones(view.array(f.input[1]).shape[0]) for f, _ in pairs]
     rounds = 0
@@ -179,8 +217,14 @@ def equalize(model: onnx.ModelProto, params: EqualizationParams = EqualizationPa
             break
     done = tuple(EqualizedPair(a, b, c, float(t.min(initial=1.0)), float(t.max(initial=1.0)))
                  for (a, b, c), t in zip(labels, total))
+    absorbed = []
+    if params.bias_absorption and stats:
+        for (first, second), act, t in zip(pairs, acts, total):
+            n = _absorb(view, first, act, second, stats, t)
+            if n:
+                absorbed.append((node_label(first), node_label(second), n))
     view.prune_initializers()
-    return out, EqualizationReport(done, tuple(skipped), tuple(replaced), rounds if pairs else 0)
+    return out, EqualizationReport(done, tuple(skipped), tuple(replaced), rounds if pairs else 0, tuple(absorbed))
 
 
 def max_relative_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -35,14 +35,22 @@ def _add_zero_biases(model: onnx.ModelProto, names: Sequence[str]) -> List[str]:
     return added
 
 
-def apply_methods(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[LayerInfo]
+def bn_statistics(fusion: Any) -> Dict[str, Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """Per Conv node name, the ``(beta, |gamma|)`` of the BatchNormalization folded into it (from a
+    :class:`~ferroquant.onnx.fusion.FusionReport`)."""
+    folded = getattr(fusion, "folded", ()) or ()
+    return {f.into: (f.beta, f.spread) for f in folded if f.kind == "conv_bn" and f.beta}
+
+
+def apply_methods(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[LayerInfo], fusion: Any = None
                   ) -> Tuple[onnx.ModelProto, Dict[str, Any]]:
     """The model the calibration runs on, and what was done (for the record: ``equalization``, and
-    ``bias_correction`` with the layers that got a zero bias)."""
+    ``bias_correction`` with the layers that got a zero bias). ``fusion``: the fusion report (BN statistics for
+    bias absorption)."""
     done: Dict[str, Any] = {}
     eq = cfg.methods.equalization
     if eq.enabled:
-        model, report = equalize(model, eq)
+        model, report = equalize(model, eq, bn_statistics(fusion))
         done["equalization"] = report.to_json()
     corrected = corrected_layers(cfg, layers)
     if corrected:
@@ -76,4 +84,4 @@ def layer_moments(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Lay
             for l in corrected_layers(cfg, layers)}
 
 
-__all__ = ["apply_methods", "corrected_layers", "layer_moments", "patch_spec"]
+__all__ = ["apply_methods", "bn_statistics", "corrected_layers", "layer_moments", "patch_spec"]

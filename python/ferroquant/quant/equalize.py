@@ -82,4 +82,16 @@ def equalize_pair(w1: np.ndarray, b1: Optional[np.ndarray], w2: np.ndarray, grou
     return Equalized(new_w1, new_b1, _output_major(wi, groups2, w2.shape), s)
 
 
-__all__ = ["Equalized", "channel_ranges", "equalize_pair", "pair_fits"]
+def absorb_bias(b1: np.ndarray, w2: np.ndarray, b2: Optional[np.ndarray], c: np.ndarray, groups2: int = 1
+                ) -> Tuple[np.ndarray, np.ndarray]:
+    """Bias absorption (Nagel et al. 2019, section 4.1): move ``c`` (>= 0, per channel between the layers) out of
+    layer 1's bias into layer 2's: ``b1 - c`` and ``b2 + W2 c`` (summed over the kernel taps). Exact through a
+    Relu wherever layer 1's output stays at or above ``c``, and only when layer 2 reads no zero padding."""
+    wi = _input_major(w2, groups2)  # [C, C2/g, taps]
+    per = wi.shape[0] // groups2
+    contrib = (wi.sum(axis=2) * c[:, None]).reshape(groups2, per, -1).sum(axis=1).reshape(-1)
+    base = np.zeros(w2.shape[0]) if b2 is None else b2.astype(np.float64)
+    return b1.astype(np.float64) - c, base + contrib
+
+
+__all__ = ["Equalized", "absorb_bias", "channel_ranges", "equalize_pair", "pair_fits"]
