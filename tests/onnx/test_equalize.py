@@ -172,6 +172,7 @@ def test_cli_equalize_flag(tmp_path):
     assert rc == 0
     rec = json.loads(next((tmp_path / "out").glob("*_quant_record.json")).read_text())
     assert rec["extra"]["methods"]["equalization"]["relu6_replaced"] == ["relu6"]
+    assert rec["extra"]["methods"]["equalization"]["fp32_max_relative_difference"] >= 0
     rc = main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--out",
                str(tmp_path / "o2"), "--relu6-to-relu", "-q"])
     assert rc != 0 and not (tmp_path / "o2").exists()
@@ -201,7 +202,8 @@ def test_bias_absorption_moves_the_always_positive_part_of_the_bias():
     prepared = prepare_model(_conv_bn_relu_conv(rng))
     stats = bn_statistics(prepared.fusion)
     assert set(stats) == {"conv1"}
-    out, report = equalize(prepared.model, EqualizationParams(enabled=True), stats)
+    assert equalize(prepared.model, EqualizationParams(enabled=True), stats)[1].absorbed == ()  # off by default
+    out, report = equalize(prepared.model, EqualizationParams(enabled=True, bias_absorption=True), stats)
     # channels 0 and 1 have beta - 3|gamma| = 1.5 and -2: only channel 0 moves (channel 2: 2 - 6 < 0)
     assert report.absorbed == (("conv1", "conv2", 1),)
     x = rng.uniform(-1, 1, (16, 3, 5, 5)).astype(np.float32)

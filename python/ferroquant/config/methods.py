@@ -2,7 +2,7 @@
 ``methods`` key; today that is cross-layer equalization::
 
     "methods": {
-      "equalization": {"enabled": true, "relu6_to_relu": true, "bias_absorption": true}
+      "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false}
     }
 
 Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
@@ -27,13 +27,14 @@ class EqualizationParams:
     """Cross-layer equalization of Conv -> (Relu) -> Conv chains, after BN folding and before calibration.
 
     ``relu6_to_relu``: equalize across ReLU6 (``Clip(0, 6)``) by replacing it with Relu (changes the FP32 model;
-    the record says by how much), else such pairs are skipped. ``bias_absorption``: move the part of a bias that
-    the next layer can take (where the activation stays above it on the calibration data) into that layer.
+    the record says by how much on the first calibration batch), else such pairs are skipped.
+    ``bias_absorption``: move ``max(0, beta - 3|gamma|)`` of a folded BN through the Relu into the next layer's
+    bias (AIMET's rule; nearly exact only, so off by default: equalization alone is exact in float).
     ``iterations``: rounds over the chains (each round equalizes every pair once)."""
 
     enabled: bool = False
     relu6_to_relu: bool = False
-    bias_absorption: bool = True
+    bias_absorption: bool = False
     iterations: int = 20
 
     def validate(self) -> None:

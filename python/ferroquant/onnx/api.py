@@ -21,7 +21,7 @@ from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
-from ferroquant.onnx.methods import apply_methods, layer_moments
+from ferroquant.onnx.methods import apply_methods, fp32_change, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
@@ -143,8 +143,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
     t0 = time.perf_counter()
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
-    methods_model, methods = apply_methods(cfg, prepared.model, layers, prepared.fusion)
-    if methods_model is not prepared.model:  # equalized or given biases: weight and bias names may change
+    original = prepared.model
+    methods_model, methods = apply_methods(cfg, original, layers, prepared.fusion)
+    if methods_model is not original:  # equalized or given biases: weight and bias names may change
         prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
         layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
@@ -157,6 +158,8 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
                          plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
+    if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
+        methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, prepared.model, cm.sample)
     return cm
 
 

@@ -5,13 +5,13 @@ calls these only when the config turns a method on, so the default flow is uncha
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import onnx
 
 from ferroquant.config import QuantConfig
-from ferroquant.onnx.equalize import equalize
+from ferroquant.onnx.equalize import equalize, max_relative_difference
 from ferroquant.onnx.graph import GraphView, get_attr, node_label
 from ferroquant.quant.moments import LayerMoments, PatchSpec
 from ferroquant.quant.table import LayerInfo
@@ -63,6 +63,15 @@ def apply_methods(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Lay
     return model, done
 
 
+def fp32_change(before: onnx.ModelProto, after: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> float:
+    """The largest relative difference (:func:`~ferroquant.onnx.equalize.max_relative_difference`) between the
+    outputs of two float models on one batch."""
+    from ferroquant.onnx.calibration import tapped_session
+
+    outs = [tapped_session(m, []).run(None, dict(feed)) for m in (before, after)]
+    return max(max_relative_difference(a, b) for a, b in zip(*outs))
+
+
 def patch_spec(node: onnx.NodeProto, weight_shape: Sequence[int]) -> PatchSpec:
     """How Conv ``node`` reads its input, from its attributes (ONNX defaults where absent)."""
     r = len(weight_shape) - 2
@@ -84,4 +93,4 @@ def layer_moments(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Lay
             for l in corrected_layers(cfg, layers)}
 
 
-__all__ = ["apply_methods", "bn_statistics", "corrected_layers", "layer_moments", "patch_spec"]
+__all__ = ["apply_methods", "bn_statistics", "fp32_change", "corrected_layers", "layer_moments", "patch_spec"]
