@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "qat", "deploy", "foreign"]
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy", "qat", "deploy", "foreign"]
 
 INTRO = """# Benchmarks
 
@@ -19,7 +19,8 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_kernels.py` | quantize / dequantize / fake-quant / ARQ / NUQ vs NumPy twins vs torch (weights 512x4608, activations 6.4M and 50M) |
 | `bench/bench_search.py` | clip searches before/after in the same run: one 4096-bin HFMG search, direct summation vs prefix sums (Rust, `cargo run --release -p ferroquant-core --example bench_hfmg`); MobileNetV2's 53 activation tensors: HFMG search vs exact IFMR's 61-candidate search, and one call per tensor vs `observe_all` / `search_all` |
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
-| `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
+| `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` and NNCF `nncf.quantize` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
+| `bench/bench_accuracy.py` | MobileNetV2 int8: the share of each accuracy method (cross-layer equalization, bias correction, per-channel depthwise inputs), alone and together, beside onnxruntime and NNCF, on crops of scenes disjoint from the calibration scenes, with a scene-bootstrap interval |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
 | `bench/bench_foreign.py` | models nobody here wrote (RapidOCR, ddddocr, nudenet YOLOv8n, silero-vad, torch-exported MobileNetV2 and transformers): load, folds, layers, time, peak RSS, size, cosine/SQNR and task metric vs FP32; the ONNX conformance corpus counts |
 
