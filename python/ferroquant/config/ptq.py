@@ -120,6 +120,15 @@ class QuantConfig:
     override_layer_types: Dict[str, Any] = field(default_factory=dict)
     methods: MethodsConfig = field(default_factory=MethodsConfig)
 
+    def methods_in_use(self) -> List[str]:
+        """The accuracy methods this config turns on (issue 15), as the config spells them; [] by default."""
+        out = ["methods.equalization"] if self.methods.equalization.enabled else []
+        for key, on in (("weight.bias_correction", lambda c: c.weight.bias_correction != "none"),
+                        ("activation.channel_wise", lambda c: c.activation.channel_wise)):
+            if any(on(c) for c in self.layers.values() if c.quant_enable):
+                out.append(key)
+        return out
+
     def activation_symmetric(self, layer: str) -> bool:
         s = self.layers[layer].activation.symmetric
         return self.symmetric if s is None else s
