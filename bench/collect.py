@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy", "qat", "deploy", "foreign"]
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy", "bias_correction", "qat", "deploy", "foreign",
+         "weight_only"]
 
 INTRO = """# Benchmarks
 
@@ -22,6 +23,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` and NNCF `nncf.quantize` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_accuracy.py` | MobileNetV2 int8: the share of each accuracy method (cross-layer equalization, bias correction, per-channel depthwise inputs), alone and together, beside onnxruntime and NNCF, on crops of scenes disjoint from the calibration scenes, with a scene-bootstrap interval |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
+| `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
 | `bench/bench_foreign.py` | models nobody here wrote (RapidOCR, ddddocr, nudenet YOLOv8n, silero-vad, torch-exported MobileNetV2 and transformers): load, folds, layers, time, peak RSS, size, cosine/SQNR and task metric vs FP32; the ONNX conformance corpus counts |
 
 `python bench/collect.py` rebuilds this page from `results/`.

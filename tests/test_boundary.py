@@ -18,6 +18,12 @@ PKG = Path(ops.__file__).resolve().parents[1]
 SHARED = sorted(n for n in reference.__all__ if callable(getattr(ops, n, None)))
 
 
+def _native_functions() -> set:
+    """The native module's functions; its classes (``#[pyclass]`` result types) are not functions."""
+    return {n for n in dir(_native) if callable(getattr(_native, n)) and not isinstance(getattr(_native, n), type)
+            and not n.startswith("__")}
+
+
 def _params(f):
     return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
 
@@ -32,7 +38,7 @@ def test_reference_has_the_signature_of_ops(name):
 
 
 def test_every_native_function_has_an_ops_function_and_a_twin():
-    native = {n for n in dir(_native) if not n.startswith("_") and callable(getattr(_native, n))}
+    native = {n for n in _native_functions() if not n.startswith("_")}
     for n in native - {"set_num_threads", "get_num_threads"}:
         assert callable(getattr(ops, n, None)), n
         assert n in SHARED, n
@@ -52,14 +58,19 @@ def test_only_ops_imports_the_native_module():
     assert re.findall(r"_native\b.*", init) == ["_native import __version__"]
 
 
-def _stub():
+def _stub(kind=ast.FunctionDef):
     tree = ast.parse((PKG / "_native.pyi").read_text())
-    return {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    return {f.name: f for f in tree.body if isinstance(f, kind)}
 
 
 def test_the_stub_lists_every_native_function():
-    native = {n for n in dir(_native) if callable(getattr(_native, n)) and not n.startswith("__")}
-    assert set(_stub()) - {"_debug_panic"} == native - {"_debug_panic"}
+    assert set(_stub()) - {"_debug_panic"} == _native_functions() - {"_debug_panic"}
+
+
+def test_the_stub_lists_every_native_class():
+    classes = {n for n in dir(_native) if isinstance(getattr(_native, n), type) and not n.startswith("__")}
+    classes -= {n for n in classes if issubclass(getattr(_native, n), BaseException)}
+    assert classes <= set(_stub(ast.ClassDef))
 
 
 @pytest.mark.parametrize("name", sorted(_stub()))

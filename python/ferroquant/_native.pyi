@@ -68,5 +68,72 @@ def ulq_backward(
 ) -> UlqBackward: ...
 def lsq_backward(w: F32, grad: F32, scale: F32, bits: int = 8, axis: Optional[int] = 0) -> F32: ...
 
+# Weight-only group-wise quantization (rust/ferroquant-py/src/groupwise.rs, gptq.rs, awq.rs). Weights are [K, N]
+# (ONNX MatMul B); codes uint8 [K, N]; scales float32 and zero points uint8 [ceil(K / group_size), N].
+U8 = npt.NDArray[np.uint8]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+class GroupQuant:
+    codes: U8
+    scales: F32
+    zero_points: U8
+
+class GptqOutput:
+    quant: GroupQuant
+    perm: I64
+    dead: I64
+    damp: float
+
+class AwqOutput:
+    scales: F32
+    alpha: float
+    alphas: F64
+    losses: F64
+    quant: GroupQuant
+
+class SmoothOutput:
+    scales: F32
+    alpha: float
+    alphas: F64
+    losses: F64
+    loss_unbalanced: float
+
+def quantize_groupwise(
+    w: F32,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = True,
+    scale_f16: bool = False,
+    clip_grid: Optional[int] = None,
+    clip_max_shrink: float = 0.5,
+) -> GroupQuant: ...
+def dequantize_groupwise(codes: U8, scales: F32, zero_points: U8, group_size: int) -> F32: ...
+def hessian_update(h: F64, x: F32) -> int: ...
+def gptq(
+    w: F32,
+    h: F64,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = True,
+    scale_f16: bool = False,
+    percdamp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+) -> GptqOutput: ...
+def awq(
+    w: F32,
+    x: F32,
+    bits: int = 4,
+    group_size: int = 128,
+    symmetric: bool = True,
+    scale_f16: bool = False,
+    n_grid: int = 20,
+    clip_grid: Optional[int] = 20,
+    clip_max_shrink: float = 0.5,
+) -> AwqOutput: ...
+def channel_stats_update(min: F32, max: F32, abs_sum: F64, x: F32) -> int: ...
+def channel_stats_merge(min: F32, max: F32, abs_sum: F64, min2: F32, max2: F32, abs_sum2: F64) -> None: ...
+def smooth_search(act_absmax: F32, w: F32, x: F32, alphas: list[float], bits: int = 8) -> SmoothOutput: ...
 # Only in builds with the `debug-panic` cargo feature (the test build): panics inside the native runner.
 def _debug_panic(long: bool = False) -> None: ...

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
+from ferroquant.config.weight_only import WEIGHT_ONLY_ALGORITHMS, WEIGHT_ONLY_FORMATS
 from ferroquant.errors import ConfigError, DataError, QuantError
 
 EVALUATOR_CONTRACT = """The evaluator file defines evaluate(model_path: str) -> float: it receives the path of an
@@ -33,7 +34,8 @@ def _quant_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("quantization options (for a default config; not with --config)")
     g.add_argument("--act-algo", choices=ACT_ALGORITHMS, help="activation calibration (default ifmr)")
-    g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS, help="weight quantization (default arq)")
+    g.add_argument("--wts-algo", choices=WEIGHT_ALGORITHMS + WEIGHT_ONLY_ALGORITHMS,
+                   help="weight quantization (default arq; with --weight-only: rtn (default), gptq or awq)")
     g.add_argument("--bits", type=int, help="activation bits (4, 8, 16) and weight bits (2..8; 8 when 16)")
     g.add_argument("--symmetric", action="store_true", help="symmetric activations (zero point 0)")
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
@@ -49,6 +51,14 @@ def _quant_options() -> argparse.ArgumentParser:
     m.add_argument("--per-channel-depthwise", action="store_true",
                    help="per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime and "
                         "tensorrt profiles)")
+    g = p.add_argument_group("weight-only (group-wise int4/int8 MatMul/Gemm weights, float activations)")
+    g.add_argument("--weight-only", action="store_true",
+                   help="quantize only the weights of MatMul/Gemm layers, group-wise (onnxruntime MatMulNBits)")
+    g.add_argument("--weight-bits", type=int, choices=(4, 8), help="weight-only bits (default 4)")
+    g.add_argument("--group-size", type=int, metavar="G", help="weight-only inputs per group (default 128)")
+    g.add_argument("--weight-format", choices=WEIGHT_ONLY_FORMATS,
+                   help="weight-only export: matmulnbits (default) or qdq (opset-21 blocked DequantizeLinear)")
+    g.add_argument("--symmetric-weights", action="store_true", help="weight-only: no zero points")
     return p
 
 
@@ -124,6 +134,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     from ferroquant.config import QUANTIZABLE_TYPES, load_config
     from ferroquant.onnx.api import create_quant_config, prepare_model
 
+    if getattr(args, "weight_only", False):
+        raise ConfigError("--weight-only is an option of `ferroquant quantize`")
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
@@ -215,8 +227,58 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight_only_config(args: argparse.Namespace):  # noqa: ANN202 - a WeightOnlyConfig or None
+    """The weight-only config of the command line: from ``--config`` (a ``weight_only`` section) or the flags;
+    None for static quantization."""
+    from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
+
+    flags = {"bits": args.weight_bits, "group_size": args.group_size, "format": args.weight_format}
+    given = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "group_size", "weight_format", "symmetric_weights")
+             if getattr(args, k)]
+    if getattr(args, "config", None) and has_weight_only_section(args.config):
+        if given or args.wts_algo:
+            raise ConfigError(f"--config cannot be combined with {', '.join(given + ['--wts-algo'])}")
+        return load_weight_only_config(args.config)
+    if not args.weight_only:
+        if given:
+            raise ConfigError(f"{', '.join(given)} need --weight-only")
+        if args.wts_algo in WEIGHT_ONLY_ALGORITHMS:
+            raise ConfigError(f"--wts-algo {args.wts_algo} is a weight-only algorithm: add --weight-only")
+        return None
+    if args.wts_algo in WEIGHT_ALGORITHMS:
+        raise ConfigError(f"--weight-only takes --wts-algo {'/'.join(WEIGHT_ONLY_ALGORITHMS)}, got {args.wts_algo}")
+    opts = {k: v for k, v in flags.items() if v is not None}
+    return WeightOnlyConfig(algorithm=args.wts_algo or "rtn", symmetric=args.symmetric_weights,
+                            skip_layers=tuple(args.skip), batch_num=args.batch_num, **opts)
+
+
+def _cmd_weight_only(args: argparse.Namespace, cfg: Any) -> int:
+    from ferroquant.onnx.api import quantize_weight_only, save_model
+    from ferroquant.progress import ProgressBar
+
+    model = _load_model(args.model)
+    if cfg.needs_data:
+        feeds = _calibration(args, model, cfg)
+        with ProgressBar("calibrating", len(feeds), "batches") as bar:
+            wom = quantize_weight_only(cfg, model, feeds, progress=bar)
+    else:
+        wom = quantize_weight_only(cfg, model)
+    out = Path(args.out)
+    paths = save_model(wom, out / "model")
+    cfg.save(out / "config.json")
+    print(f"weight-only {cfg.algorithm} int{cfg.bits} g{cfg.group_size} ({cfg.format}): {len(wom.quants)} layers"
+          + (f", calibrated on {wom.batches} batches" if wom.batches else ""))
+    for k, p in paths.items():
+        print(f"{k:10s} {p}")
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from ferroquant.onnx.api import save_model
+
+    wo = _weight_only_config(args)
+    if wo is not None:
+        return _cmd_weight_only(args, wo)
 
     cm, feeds, table = _calibrate(args)
     out = Path(args.out)

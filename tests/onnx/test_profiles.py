@@ -3,6 +3,7 @@ rule of the rule checkers with a model that triggers it."""
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -210,19 +211,54 @@ def slow_depthwise_net():
     return make_model(nodes, {"x": [1, 64, 56, 56]}, ["y"], inits)
 
 
-def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path):
+def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path, monkeypatch):
+    """The decision, on given timings (a timed assertion would follow the machine's load): the whole deploy model
+    is slower, dw7's integer kernel (measured alone on its real input, the single-layer models built for real)
+    is slower than its float one, so dw7 is kept float and recorded; the 3x3 conv stays quantized."""
+    import ferroquant.onnx.deploy as deploy
+    import ferroquant.onnx.latency as latency
+
     m = slow_depthwise_net()
     data = [{"x": np.random.default_rng(i).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)} for i in range(2)]
     cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data, cpu_types="u8s7")
+    whole = iter([[1.0e-3, 2.0e-3], [1.0e-3, 0.5e-3]])  # deploy slower, then faster without dw7
+    monkeypatch.setattr(deploy, "time_models", lambda models, feed, runs=7: next(whole))
+    measured = []
+
+    def kernel_us(single, feed):
+        node = next(n for n in single.graph.node if n.op_type in ("Conv", "QLinearConv", "ConvInteger"))
+        integer = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in single.graph.node)
+        measured.append((node.name, integer))
+        return (300.0 if "dw7" in node.name else 50.0) if integer else 100.0
+
+    monkeypatch.setattr(latency, "kernel_us", kernel_us)
     with pytest.warns(RuntimeWarning, match="slower"):
         paths = save_model(cm, tmp_path / "m", latency_check=True)
     rep = cm.latency
-    f, i = rep.layer_us["dw7"]
-    assert i > f and "dw7" in rep.kept_float
+    assert sorted(measured) == sorted((n, i) for n in {n for n, _ in measured} for i in (False, True))
+    assert any("dw7" in n for n, _ in measured) and len(measured) == 2 * len(cm.layers)
+    assert rep.layer_us["dw7"] == (100.0, 300.0) and rep.kept_float == ["dw7"] and not rep.all_float
     from ferroquant.onnx import read_record
 
     rec = read_record(paths["record"])
-    assert "dw7" in rec["extra"]["kept_float"] and rec["extra"]["latency"]["fp32_ms"] > 0
-    assert "dw7" not in rec["layers"]
-    assert not rep.all_float and "conv" in rec["layers"]  # the 3x3 conv stays quantized
-    assert rep.deploy_ms < rep.fp32_ms
+    assert "dw7" in rec["extra"]["kept_float"] and rec["extra"]["latency"]["fp32_ms"] == 1.0
+    assert "dw7" not in rec["layers"] and "conv" in rec["layers"]
+    kinds = {n.op_type for n in onnx.load(str(paths["deploy"])).graph.node}
+    assert "Conv" in kinds and ("QLinearConv" in kinds or "QuantizeLinear" in kinds)
+
+
+def test_latency_check_times_every_layer_on_this_machine(tmp_path):
+    """The real measurement runs end to end (whatever it decides on a loaded machine): every quantized layer is
+    timed alone in float and in integer, the totals are recorded."""
+    m = slow_depthwise_net()
+    data = [{"x": np.random.default_rng(i).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)} for i in range(2)]
+    cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data, cpu_types="u8s7")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # slower layers or not depends on the machine
+        paths = save_model(cm, tmp_path / "m", latency_check=True)
+    rep = cm.latency
+    assert rep.fp32_ms > 0 and rep.deploy_ms > 0
+    if rep.layer_us:  # timed per layer only when the whole deploy model was slower
+        assert set(rep.layer_us) == {l.name for l in cm.layers}
+        assert all(f > 0 and i > 0 for f, i in rep.layer_us.values())
+    assert paths["deploy"].is_file()

@@ -28,6 +28,12 @@ from ferroquant.config.qat import (
     load_retrain_config,
     retrain_config_from_json,
 )
+from ferroquant.config.weight_only import (
+    WEIGHT_ONLY_ALGORITHMS,
+    WEIGHT_ONLY_FORMATS,
+    WeightOnlyConfig,
+    load_weight_only_config,
+)
 from ferroquant.quant.registry import QUANTIZABLE_TYPES
 
 __all__ = [
@@ -36,6 +42,8 @@ __all__ = [
     "QAT_WEIGHT_ALGORITHMS",
     "QUANTIZABLE_TYPES",
     "WEIGHT_ALGORITHMS",
+    "WEIGHT_ONLY_ALGORITHMS",
+    "WEIGHT_ONLY_FORMATS",
     "ActivationParams",
     "FieldError",
     "LayerConfig",
@@ -44,6 +52,7 @@ __all__ = [
     "RetrainLayerConfig",
     "RetrainWeightParams",
     "UlqParams",
+    "WeightOnlyConfig",
     "WeightParams",
     "build_config",
     "check_bool",
@@ -54,6 +63,7 @@ __all__ = [
     "load_config",
     "load_json",
     "load_retrain_config",
+    "load_weight_only_config",
     "resolve_layer",
     "retrain_config_from_json",
 ]

@@ -21,21 +21,16 @@ from ferroquant.images import IMAGENET_MEAN, IMAGENET_STD, normalize_imagenet
 from ferroquant.images import pil as _pil
 from ferroquant.images import resize as _resize
 
-# (package, folder inside it, file, group)
-_CATALOGUE = (
-    ("skimage", "data", "astronaut.png", "astronaut"),
-    ("skimage", "data", "chelsea.png", "chelsea"),
-    ("skimage", "data", "coffee.png", "coffee"),
-    ("skimage", "data", "rocket.jpg", "rocket"),
-    ("skimage", "data", "motorcycle_left.png", "motorcycle"),
-    ("skimage", "data", "motorcycle_right.png", "motorcycle"),
-    ("skimage", "data", "hubble_deep_field.jpg", "hubble_deep_field"),
-    ("skimage", "data", "retina.jpg", "retina"),
-    ("skimage", "data", "ihc.png", "ihc"),
-    ("sklearn", "datasets/images", "china.jpg", "china"),
-    ("sklearn", "datasets/images", "flower.jpg", "flower"),
-    ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg", "grace_hopper"),
-)
+# package -> (folder inside it, files); a file's group is its name up to the first "." or "_left"/"_right"
+# (the two motorcycle views are one scene)
+_FOLDERS = {
+    "skimage": ("data", "astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png motorcycle_right.png "
+                        "hubble_deep_field.jpg retina.jpg ihc.png"),
+    "sklearn": ("datasets/images", "china.jpg flower.jpg"),
+    "matplotlib": ("mpl-data/sample_data", "grace_hopper.jpg"),
+}
+_CATALOGUE = tuple((package, folder, file, file.split(".")[0].removesuffix("_left").removesuffix("_right"))
+                   for package, (folder, files) in _FOLDERS.items() for file in files.split())
 _PACKAGES = {"skimage": "scikit-image", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 

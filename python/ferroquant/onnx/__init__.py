@@ -6,10 +6,9 @@ Needs the ``onnx`` extra (``pip install ferroquant[onnx]``); the core package do
 
 from __future__ import annotations
 
-try:
-    import onnx as _onnx  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("ferroquant.onnx needs the onnx package: pip install 'ferroquant[onnx]'") from e
+from ferroquant._extras import require_extra
+
+require_extra("onnx", "onnx", "ferroquant.onnx")
 
 from ferroquant.onnx.fusion import (
     Folded,
@@ -27,14 +26,17 @@ from ferroquant.onnx.api import (
     prepare_model,
     quantize,
     quantize_model,
+    quantize_weight_only,
     save_model,
     write_outputs,
 )
 from ferroquant.onnx.calibration import CalibratedModel
+from ferroquant.onnx.dynamic import quantize_dynamic
 from ferroquant.onnx.io import ConstantsReport, constants_to_initializers, load_model, save_onnx
 from ferroquant.onnx.layers import quantizable_layers
 from ferroquant.onnx.qdq import export_deploy, export_fake_quant
 from ferroquant.onnx.record import RecordError, read_record, record_dict, write_record
+from ferroquant.onnx.weight_only import WeightOnlyModel, export_weight_only, save_weight_only
 from ferroquant.quant.table import LayerInfo, QuantTable
 
 __all__ = [
@@ -66,7 +68,12 @@ __all__ = [
     "QuantTable",
     "create_quant_config",
     "quantize",
+    "quantize_dynamic",
     "quantize_model",
+    "quantize_weight_only",
     "quantizable_layers",
+    "WeightOnlyModel",
+    "export_weight_only",
+    "save_weight_only",
     "write_record",
 ]

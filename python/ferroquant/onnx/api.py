@@ -14,10 +14,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import onnx
 
 from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
+from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
 from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
+from ferroquant.onnx.external import is_large
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
@@ -25,6 +27,7 @@ from ferroquant.onnx.methods import apply_methods, fp32_change, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
+from ferroquant.onnx.weight_only import WeightOnlyModel, quantize_weights_only, save_weight_only
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
 from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
 from ferroquant.quant.profiles import profile as get_profile
@@ -32,6 +35,7 @@ from ferroquant.quant.table import LayerInfo, QuantTable
 from ferroquant.quant.weights import quantize_weight
 
 ModelLike = Union[str, Path, onnx.ModelProto]
+WeightOnlyLike = Union[WeightOnlyConfig, bool, str, Path, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,25 @@ def _weight_params(params: WeightParams, cpu: CpuTypes) -> WeightParams:
     return params
 
 
-def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[ModelLike, PreparedModel],
+def quantize_weight_only(weight_only: WeightOnlyLike, model: Union[ModelLike, PreparedModel],
+                         calibration_data: Optional[CalibrationData] = None, batch_num: Optional[int] = None,
+                         progress: Progress = False) -> WeightOnlyModel:
+    """Group-wise weight-only quantization (:class:`~ferroquant.config.weight_only.WeightOnlyConfig`, ``True``
+    for its defaults, a mapping or a JSON file with a ``weight_only`` section) of every MatMul/Gemm weight;
+    GPTQ and AWQ calibrate on ``calibration_data`` (at most ``batch_num`` batches; default the config's).
+    :func:`save_model` writes the deploy model and the record."""
+    cfg = load_weight_only_config(weight_only)
+    if batch_num is not None:
+        cfg = replace(cfg, batch_num=batch_num)
+    prepared = prepare_model(model)
+    return quantize_weights_only(prepared.model, cfg, calibration_data, progress)
+
+
+def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: Union[ModelLike, PreparedModel],
                    calibration_data: CalibrationData, batch_num: Optional[int] = None,
                    progress: Progress = False, ifmr_memory_budget: int = IFMR_MODEL_BUDGET,
-                   profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None) -> CalibratedModel:
+                   profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None,
+                   weight_only: Optional[WeightOnlyLike] = None) -> Union[CalibratedModel, WeightOnlyModel]:
     """Fuse, calibrate every enabled layer's input activation (and the tensors the deploy ``profile`` quantizes
     besides: layer outputs, residual Adds...) on ``calibration_data`` (at most ``batch_num`` batches; default the
     config's ``batch_num``, None: every batch), and quantize the weights. Returns the calibrated state.
@@ -134,7 +153,17 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig], model: Union[
 
     Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
     bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
-    mode (one warning names them), so memory does not grow with the number of calibration batches."""
+    mode (one warning names them), so memory does not grow with the number of calibration batches.
+
+    ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
+    :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
+    if weight_only is not None or has_weight_only_section(config):
+        if weight_only is not None and config is not None:
+            raise ConfigError("pass either a static config or weight_only, not both")
+        return quantize_weight_only(config if weight_only is None else weight_only, model, calibration_data,
+                                    batch_num, progress)
+    if config is None:
+        raise ConfigError("quantize_model needs a config (or weight_only)")
     cfg = load_config(config)
     prof = get_profile(profile)
     cpu = cpu_types_for(prof, cpu_types)
@@ -171,77 +200,104 @@ def output_paths(save_path: Union[str, Path]) -> Dict[str, Path]:
 
 
 def write_outputs(model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
-                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None) -> Dict[str, Path]:
+                  extra: Optional[Mapping[str, Any]] = None, layout: Optional[Layout] = None,
+                  deploy: Optional[onnx.ModelProto] = None) -> Dict[str, Path]:
     """Export ``model`` with ``table`` and write ``<save_path>_fake_quant.onnx`` (QDQ simulation),
-    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without) and
-    ``<save_path>_quant_record.json``."""
+    ``<save_path>_deploy.onnx`` (int8 weights, int32 bias; Q/DQ per ``layout``, AMCT's without; ``deploy``:
+    that model when already exported) and ``<save_path>_quant_record.json``."""
     paths = output_paths(save_path)
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
-    deploy = export_deploy(model, table, layout)
-    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])
-    save_onnx(deploy, paths["deploy"])
+    save_onnx(export_fake_quant(model, table, layout), paths["fake_quant"])  # first: its float copy is freed
+    save_onnx(deploy if deploy is not None else export_deploy(model, table, layout), paths["deploy"])
     write_record(paths["record"], table, extra)
     return paths
 
 
 def deploy_model(calibrated: CalibratedModel, table: QuantTable, allow_float: bool = False
-                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation]]:
+                 ) -> Tuple[QuantTable, Optional[Layout], List[Violation], onnx.ModelProto]:
     """The table and layout the deploy model is written with, after the profile's rule checker: a violation is
-    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float."""
+    a ModelError naming the node and the rule, or, with ``allow_float``, its layer is kept in float. Also
+    returns the deploy model that passed."""
     kept: List[Violation] = []
     while True:
         layout = deploy_layout(calibrated, table)
-        found = check_rules(export_deploy(calibrated.model, table, layout), calibrated.profile, calibrated.cpu,
-                            table)
+        deploy = export_deploy(calibrated.model, table, layout)
+        found = check_rules(deploy, calibrated.profile, calibrated.cpu, table)
         floats = {v.node for v in enforce(found, allow_float)} & set(table.layers)
         if not floats:
-            return table, layout, kept + found
+            return table, layout, kept + found, deploy
         kept += [v for v in found if v.node in floats]
         table = table.without(floats)
 
 
-def save_model(calibrated: CalibratedModel, save_path: Union[str, Path],
+def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: Union[str, Path],
                table: Optional[QuantTable] = None, allow_float: bool = False,
                latency_check: Optional[bool] = None) -> Dict[str, Path]:
     """Write the three files of :func:`write_outputs` for a calibrated model: the deploy model in the
     calibration's profile, checked against its rules first (:func:`deploy_model`) and, for the ``onnxruntime``
     profile, timed against FP32 on the first calibration batch with the layers that are slower in integer kept
-    float (``latency_check=False`` skips that; see :mod:`ferroquant.onnx.latency`). Returns the paths.
-    ``table``: qparams already searched with ``calibrated.table()`` (not searched again)."""
+    float (``latency_check=False`` skips that; by default it is skipped for models over 2 GB, where it would
+    double the peak memory; see :mod:`ferroquant.onnx.latency`). Returns the paths.
+    ``table``: qparams already searched with ``calibrated.table()`` (not searched again). A weight-only model
+    (:func:`quantize_weight_only`) writes its deploy model and record (:func:`save_weight_only`)."""
+    if isinstance(calibrated, WeightOnlyModel):
+        return save_weight_only(calibrated, save_path)
     if table is None:
         t0 = time.perf_counter()
         table = calibrated.table()
         calibrated.timings["search_s"] = time.perf_counter() - t0
-    table, layout, violations = deploy_model(calibrated, table, allow_float)
+    table, layout, violations, deploy = deploy_model(calibrated, table, allow_float)
     kept = sorted({v.node for v in violations})
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
     if calibrated.methods:
         extra["methods"] = calibrated.methods
     check = calibrated.profile.latency_check if latency_check is None else latency_check
+    if latency_check is None and check and is_large(calibrated.model):
+        # timing needs the float model in onnxruntime beside the one held here: over 2 GB that doubles the
+        # peak memory, so the check runs only when asked for (latency_check=True)
+        check, extra["latency"] = False, {"skipped": "model over 2 GB; pass latency_check=True to run it"}
     if check and calibrated.profile.placement == "onnxruntime" and calibrated.sample is not None:
         t0 = time.perf_counter()
-        table, layout, report = check_latency(calibrated, table, layout, calibrated.sample)
+        checked, layout, report = check_latency(calibrated, table, layout, calibrated.sample, deploy=deploy)
+        deploy, table = (deploy if checked is table else None), checked
         calibrated.timings["latency_check_s"] = time.perf_counter() - t0
         calibrated.latency = report
         extra["latency"] = report.to_json()
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
-    return write_outputs(calibrated.model, table, save_path, extra, layout)
+    if is_large(calibrated.model):
+        deploy = None  # exported again after the fake-quant model is written: never two copies held at once
+    t0 = time.perf_counter()
+    paths = write_outputs(calibrated.model, table, save_path, extra, layout, deploy)
+    calibrated.timings["write_s"] = time.perf_counter() - t0
+    return paths
 
 
 def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: Union[str, Path],
              config: Optional[Union[str, Path, Mapping, QuantConfig]] = None, progress: Progress = False,
              profile: str = DEFAULT_PROFILE, cpu_types: Optional[str] = None, allow_float: bool = False,
-             latency_check: Optional[bool] = None, **config_kwargs: Any) -> Dict[str, Any]:
+             latency_check: Optional[bool] = None, weight_only: Optional[WeightOnlyLike] = None,
+             **config_kwargs: Any) -> Dict[str, Any]:
     """One call, for users of onnxruntime's ``quantize_static`` or NNCF: calibrate on every batch of
     ``calibration_data`` (an iterable of feeds, a callable, or an onnxruntime ``CalibrationDataReader``) and
     write the deploy model to ``output_path`` (the fake-quant model and record beside it). Keyword arguments
     go to :func:`create_quant_config` when no config is given. ``profile`` / ``cpu_types``: see
     :func:`quantize_model`; ``allow_float``: keep layers that break the profile's rules in float instead of
-    refusing; ``latency_check``: see :func:`save_model`."""
+    refusing; ``latency_check``: see :func:`save_model`; ``weight_only``: group-wise weight-only quantization
+    instead (:func:`quantize_weight_only`; the record beside ``output_path``)."""
     out = Path(output_path)
     if out.suffix != ".onnx":
         raise DataError(f"output_path must end in .onnx, got {out}")
+    if weight_only is not None or has_weight_only_section(config):
+        if config_kwargs or (weight_only is not None and config is not None):
+            raise ConfigError("weight_only takes its options in its own config, not config options or a config")
+        wom = quantize_weight_only(config if weight_only is None else weight_only, model, calibration_data,
+                                   progress=progress)
+        paths = save_weight_only(wom, out.with_suffix(""))
+        paths["deploy"].replace(out)
+        paths["deploy"] = out
+        return {"paths": paths, "batches": wom.batches, "layers": len(wom.quants), "timings": wom.timings,
+                "calibrated": wom}
     if config is None:
         config_kwargs.setdefault("batch_num", None)
         prepared = prepare_model(model, config_kwargs.get("do_fusion", True),

@@ -8,18 +8,18 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
 import numpy as np
 import onnx
 
-from ferroquant.calibrate import AnyCalibrator, from_state_dict
+from ferroquant.calibrate import AnyCalibrator, from_state_dict, observe_all, search_all
 from ferroquant.config import QuantConfig
-from ferroquant.errors import DataError, ModelError
-from ferroquant.onnx.external import session_source
+from ferroquant.errors import DataError
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant import ops
+from ferroquant.onnx.session import cpu_session
 from ferroquant.quant.bias_correction import corrected_bias
 from ferroquant.quant.calibrators import activation_quant, bounded
 from ferroquant.quant.moments import LayerMoments
@@ -126,8 +126,8 @@ class CalibratedModel:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
         ``progress(done, total)`` is called after each tensor's search."""
         acts: Dict[str, ActivationQuant] = {}
-        for i, (tensor, cal) in enumerate(self.calibrators.items()):
-            acts[tensor] = activation_quant(tensor, cal.qparams())
+        for i, (tensor, found) in enumerate(search_all(self.calibrators).items()):  # HFMG searches in parallel
+            acts[tensor] = activation_quant(tensor, found)
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
         self.activations = acts
@@ -181,22 +181,10 @@ def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None
         sys.stderr.flush()
 
 
-def tapped_session(model: onnx.ModelProto, tensors: List[str]):
-    """An onnxruntime session over a copy of ``model`` whose outputs also include ``tensors`` (built from a
-    file with external data when the model is over 2 GB, from bytes otherwise)."""
-    import onnxruntime as ort
-
-    source, keep = session_source(model, tensors)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if keep is not None:  # a large model: its weights stay mapped from the file, not packed into copies
-        so.add_session_config_entry("session.disable_prepacking", "1")
-    try:
-        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-        raise ModelError(f"onnxruntime cannot run the model: {e}") from None
-    sess._ferroquant_files = keep  # the external data lives as long as the session
-    return sess
+def tapped_session(model: onnx.ModelProto, tensors: Sequence[str]):  # noqa: ANN201 - an InferenceSession
+    """The calibration session: ``model`` with ``tensors`` as outputs too (weights of a model over 2 GB stay
+    mapped from its file)."""
+    return cpu_session(model, tensors, mapped_weights=True)
 
 
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
@@ -211,7 +199,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
         if l.name in cm.moments:
             readers.setdefault(l.activation, []).append(cm.moments[l.name])
     t0 = time.perf_counter()
-    n = 0
+    n, run_s, observe_s = 0, 0.0, 0.0
     with warnings.catch_warnings():
         # one summary below instead of a warning per tensor that outgrows its IFMR sample budget
         warnings.filterwarnings("ignore", message="IFMR calibrator .* switching to the histogram", category=RuntimeWarning)
@@ -221,11 +209,14 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
             checked = _check_feed(feed, inputs, n, unranked)
             if cm.sample is None:
                 cm.sample = checked
+            t1 = time.perf_counter()
             outs = sess.run(taps, checked)
+            t2 = time.perf_counter()
+            observe_all(cm.calibrators, dict(zip(taps, outs)))  # histograms updated in one native call
             for t, arr in zip(taps, outs):
-                cm.calibrators[t].observe(arr)
-                for m in readers.get(t, ()):
+                for m in readers.get(t, ()):  # bias correction's input statistics
                     m.observe(arr)
+            run_s, observe_s = run_s + t2 - t1, observe_s + time.perf_counter() - t2
             del outs
             n += 1
             _report(progress, n, max_batches, t0)
@@ -238,4 +229,5 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     if n == 0:
         raise DataError("the calibration data yielded no batch")
     cm.batches += n
-    cm.timings["calibration_s"] = cm.timings.get("calibration_s", 0.0) + time.perf_counter() - t0
+    for key, seconds in (("calibration_s", time.perf_counter() - t0), ("taps_run_s", run_s), ("observe_s", observe_s)):
+        cm.timings[key] = cm.timings.get(key, 0.0) + seconds

@@ -179,10 +179,14 @@ def quantized_output(model: onnx.ModelProto, out: str, absorbed: Mapping[str, ob
 
 
 def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layout], feed: Mapping[str, np.ndarray],
-                  runs: int = 7) -> Tuple[QuantTable, Optional[Layout], LatencyReport]:
-    """Time the deploy model against FP32 and keep slower layers in float (see :mod:`ferroquant.onnx.latency`)."""
+                  runs: int = 7, deploy: Optional[onnx.ModelProto] = None
+                  ) -> Tuple[QuantTable, Optional[Layout], LatencyReport]:
+    """Time the deploy model (``deploy``, when already exported from ``table`` and ``layout``) against FP32
+    and keep slower layers in float (see :mod:`ferroquant.onnx.latency`). Returns ``table`` itself when no
+    layer changed."""
     fp32 = cm.model
-    t_fp32, t_dep = time_models([fp32, export_deploy(fp32, table, layout)], feed, runs)
+    t_fp32, t_dep = time_models([fp32, deploy if deploy is not None else export_deploy(fp32, table, layout)], feed,
+                                runs)
     report = LatencyReport(t_fp32 * 1e3, t_dep * 1e3, runs)
     if t_dep < t_fp32 or not table.layers:
         return table, layout, report

@@ -16,6 +16,8 @@ Two tools, neither of which copies the weights:
 
 from __future__ import annotations
 
+import functools
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,11 @@ _ALIGN = 4096
 _SUB_BYTE = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n)}
 
 
+@functools.lru_cache(maxsize=None)
+def _itemsize(data_type: int) -> int:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
 def tensor_bytes(t: TensorProto) -> int:
     """The size of ``t``'s data (0 when external), from its dims and type: reading ``raw_data`` (or
     ``ByteSize()``) would copy the bytes, a second per 256 MB."""
@@ -45,9 +52,8 @@ def tensor_bytes(t: TensorProto) -> int:
     if t.HasField("raw_data"):
         if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
             return 0
-        numel = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-        return (numel * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-                if t.data_type not in _SUB_BYTE else (numel + 1) // 2)
+        numel = math.prod(t.dims)  # Python integers: no overflow, no NumPy call per tensor
+        return numel * _itemsize(t.data_type) if t.data_type not in _SUB_BYTE else (numel + 1) // 2
     return (4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data)
             + len(t.uint64_data)) + sum(len(s) for s in t.string_data))
 

@@ -15,18 +15,18 @@ layer is kept float (a warning says so).
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from ferroquant.onnx.graph import GraphView, node_label
+from ferroquant.onnx.session import cpu_session
 
 Feed = Mapping[str, np.ndarray]
 
@@ -49,22 +49,10 @@ class LatencyReport:
                 "layer_us": {k: {"float": f, "int": i} for k, (f, i) in self.layer_us.items()}}
 
 
-def _session(model: onnx.ModelProto, profile_dir: Optional[str] = None, threads: int = 0):  # noqa: ANN202
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
-    if profile_dir is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(profile_dir, "p")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def time_models(models: Sequence[onnx.ModelProto], feed: Feed, runs: int = 7) -> List[float]:
     """Median seconds per run of each model on ``feed``, runs interleaved (A B A B ...) so that a change in the
     machine's speed affects every model alike."""
-    sessions = [_session(m, threads=1) for m in models]
+    sessions = [cpu_session(m, threads=1) for m in models]
     feeds = [{i.name: feed[i.name] for i in s.get_inputs()} for s in sessions]
     for s, f in zip(sessions, feeds):
         s.run(None, f)  # warm-up
@@ -80,7 +68,7 @@ def time_models(models: Sequence[onnx.ModelProto], feed: Feed, runs: int = 7) ->
 def kernel_us(model: onnx.ModelProto, feed: Feed, runs: int = 5) -> float:
     """Microseconds per run spent in the model's costliest kernel (its one layer), from onnxruntime's profiler."""
     with tempfile.TemporaryDirectory() as d:
-        s = _session(model, d, threads=1)
+        s = cpu_session(model, profile_dir=d, threads=1)
         for _ in range(runs + 1):
             s.run(None, dict(feed))
         with open(s.end_profiling()) as f:
@@ -116,7 +104,7 @@ def slow_layers(fp32: onnx.ModelProto, layers: Sequence[str], quantize_one: Call
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors
                               if t not in have)
-    s = _session(probe)
+    s = cpu_session(probe)
     arrays = dict(zip([o.name for o in s.get_outputs()], s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})))
     out: Dict[str, Tuple[float, float]] = {}
     for l in layers:

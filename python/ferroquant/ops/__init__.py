@@ -13,7 +13,9 @@ interrupted with Ctrl-C.
 - :mod:`.histogram`: the streaming histogram, HFMG, percentile, KL;
 - :mod:`.ifmr`: IFMR on data or on a histogram;
 - :mod:`.qat`: ULQ and LSQ kernels of quantization-aware training;
-- :mod:`.metrics`: compare (SQNR, cosine).
+- :mod:`.metrics`: compare (SQNR, cosine);
+- :mod:`.groupwise`: weight-only group-wise RTN, GPTQ (streaming Hessian), AWQ, and SmoothQuant's per-channel
+  statistics and balancing search.
 """
 
 from __future__ import annotations
@@ -24,7 +26,27 @@ from types import ModuleType
 from ferroquant import _native
 from ferroquant._arrays import int_param
 from ferroquant.errors import ParameterError
+from ferroquant.ops import groupwise as _groupwise
 from ferroquant.ops.affine import dequantize, fake_quant, min_max, qparams_from_data, qparams_from_range, quantize
+from ferroquant.ops.groupwise import (
+    DEFAULT_ALPHAS,
+    AwqResult,
+    ChannelStats,
+    ClipSearch,
+    GptqResult,
+    GroupQuant,
+    GroupSpec,
+    HessianAccumulator,
+    SmoothResult,
+    awq,
+    channel_stats_merge,
+    channel_stats_update,
+    dequantize_groupwise,
+    gptq,
+    hessian_update,
+    quantize_groupwise,
+    smooth_search,
+)
 from ferroquant.ops.histogram import (
     hfmg_candidates,
     hfmg_losses,
@@ -79,7 +101,7 @@ def get_num_threads() -> int:
     return int(_native.get_num_threads())
 
 
-__all__ = [
+__all__ = sorted([
     "ArqResult",
     "BACKENDS",
     "Clip",
@@ -119,4 +141,4 @@ __all__ = [
     "set_num_threads",
     "ulq_backward",
     "ulq_fake_quant",
-]
+] + _groupwise.__all__)

@@ -53,6 +53,8 @@ class LayerType:
       ``"gemm"``), or None.
     - ``torch_modules`` / ``qat_modules``: ``torch.nn`` class names that export to this op, and those QAT swaps.
     - ``placements``: per deploy target, where Q/DQ go (:class:`Placement`); targets not listed use ``amct``.
+    - ``weight_only``: group-wise weight-only quantization applies (the weight is a ``[K, N]`` MatMul ``B``, or
+      its transpose: ``MatMulNBits`` / blocked DequantizeLinear; :mod:`ferroquant.onnx.weight_only`).
     """
 
     op_type: str
@@ -65,6 +67,7 @@ class LayerType:
     torch_modules: Tuple[str, ...] = ()
     qat_modules: Tuple[str, ...] = ()
     placements: Mapping[str, Placement] = field(default_factory=dict)
+    weight_only: bool = False
 
     def groups(self, attr: Attr) -> int:
         """Groups that split the output channels across the weight's rows (ConvTranspose only; else 1)."""
@@ -144,10 +147,10 @@ REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
               qat_modules=("ConvTranspose2d",), placements={"tensorrt": TRT_IN}),
     LayerType("Gemm", axis=lambda attr, ndim: 0 if attr("transB", 0) else 1, refuse=_gemm_refuse, fold="gemm",
               torch_modules=("Linear",), qat_modules=("Linear",),
-              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}),
+              placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}, weight_only=True),
     LayerType("MatMul", axis=lambda attr, ndim: ndim - 1, bias_input=None,  # [.., K, N]: a scale per output
               refuse=lambda attr, ndim: None if ndim >= 2 else f"MatMul weight of rank {ndim}",
-              placements={"onnxruntime": ORT_IN, "tensorrt": TRT_IN}),
+              placements={"onnxruntime": ORT_IN, "tensorrt": TRT_IN}, weight_only=True),
 )}
 
 #: The op types a config may name, in registry order.

@@ -13,8 +13,19 @@ from ferroquant.reference.metrics import compare
 from ferroquant.reference.nuq import nuq, select_levels
 from ferroquant.reference.qparams import min_max, qparams_from_data, qparams_from_range
 from ferroquant.reference.ulq import lsq_backward, ulq_backward, ulq_fake_quant
+from ferroquant.reference import weight_only as _weight_only
+from ferroquant.reference.weight_only import (
+    awq,
+    channel_stats_merge,
+    channel_stats_update,
+    dequantize_groupwise,
+    gptq,
+    hessian_update,
+    quantize_groupwise,
+    smooth_search,
+)
 
-__all__ = [
+__all__ = sorted([
     "arq",
     "compare",
     "dequantize",
@@ -44,4 +55,4 @@ __all__ = [
     "select_levels",
     "ulq_backward",
     "ulq_fake_quant",
-]
+] + _weight_only.__all__)

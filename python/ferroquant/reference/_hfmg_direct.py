@@ -59,17 +59,23 @@ def _pick(counts: np.ndarray, w: float, dst: int, pairs: list) -> tuple[int, flo
     return i, float(ls[i])
 
 
-def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair) -> tuple[int, float]:
-    def pick(vals: list) -> tuple[int, float]:
-        i, v = _pick(counts, w, dst, [pair(b) for b in vals])
-        return vals[i], v
-
+def coarse_then_fine(lo: int, hi: int, at, pick):  # noqa: ANN001,ANN201 - pick(values) -> (value, score)
+    """One refinement scan of a bound over ``[lo, hi]``: every ``REFINE_STRIDE``-th value (and ``hi``) when
+    ``at`` is None, then every value within a stride of the best (or of ``at``); ``pick`` ranks a list."""
     if at is None:
         coarse = list(range(lo, hi + 1, REFINE_STRIDE))
         if coarse[-1] != hi:
             coarse.append(hi)
         at, _ = pick(coarse)
     return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))
+
+
+def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair) -> tuple[int, float]:
+    def pick(vals: list) -> tuple[int, float]:
+        i, v = _pick(counts, w, dst, [pair(b) for b in vals])
+        return vals[i], v
+
+    return coarse_then_fine(lo, hi, at, pick)
 
 
 def search_direct(counts: np.ndarray, w: float, bits: int, refine: bool,

@@ -17,7 +17,7 @@ import numpy as np
 from ferroquant.errors import EmptyInputError
 from ferroquant.ops.types import HfmgSearch, Histogram
 from ferroquant.reference._common import qrange
-from ferroquant.reference._hfmg_direct import REFINE_ROUNDS, REFINE_STRIDE, direct_losses, search_direct
+from ferroquant.reference._hfmg_direct import REFINE_ROUNDS, coarse_then_fine, direct_losses, search_direct
 from ferroquant.reference._hfmg_sums import fast_loss
 from ferroquant.reference.histogram import Grid, _check_state
 from ferroquant.reference.qparams import from_range
@@ -114,12 +114,7 @@ class _Ranker:
             i, s = self.argmin(scores) or (0, scores[0])
             return vals[i], s
 
-        if at is None:
-            coarse = list(range(lo, hi + 1, REFINE_STRIDE))
-            if coarse[-1] != hi:
-                coarse.append(hi)
-            at, _ = pick(coarse)
-        return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))[1]
+        return coarse_then_fine(lo, hi, at, pick)[1]
 
     def refine(self, start: _Score) -> tuple:
         n = self.counts.size

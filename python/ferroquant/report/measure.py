@@ -21,11 +21,10 @@ import onnx
 from onnx import helper
 
 from ferroquant import ops
-from ferroquant.errors import ModelError
 from ferroquant.onnx.calibration import CalibratedModel, iterate_batches
 from ferroquant.onnx.deploy import deploy_layout, quantized_output
-from ferroquant.onnx.external import session_source
 from ferroquant.onnx.graph import GraphView, node_label
+from ferroquant.onnx.session import cpu_session
 from ferroquant.quant.table import LayerQuant, QuantTable
 from ferroquant.onnx.qdq import export_fake_quant
 from ferroquant.progress import ProgressBar
@@ -113,20 +112,8 @@ def weight_sqnr(w: np.ndarray, lq: LayerQuant) -> Optional[float]:
 
 
 def _session(model: onnx.ModelProto, taps: Sequence[str] = ()):  # noqa: ANN202 - an InferenceSession
-    """A session with optimizations off over ``model`` plus the outputs ``taps`` (from a file with external
-    data when the model is over 2 GB)."""
-    import onnxruntime as ort
-
-    source, keep = session_source(model, taps)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-        raise ModelError(f"onnxruntime cannot run the model: {e}") from None
-    sess._ferroquant_files = keep  # the external data lives as long as the session
-    return sess
+    """A session with optimizations off over ``model`` plus the outputs ``taps``."""
+    return cpu_session(model, taps, optimize=False)
 
 
 def _single_layer(view: GraphView, node: onnx.NodeProto, lq: LayerQuant, x: np.ndarray, y: np.ndarray,

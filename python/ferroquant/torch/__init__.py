@@ -8,10 +8,9 @@ resumes from a checkpoint. :func:`quantize_torch_model` is PTQ for torch models 
 
 from __future__ import annotations
 
-try:
-    import torch as _torch  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("ferroquant.torch needs PyTorch: pip install 'ferroquant[torch]'") from e
+from ferroquant._extras import require_extra
+
+require_extra("torch", "torch", "ferroquant.torch")
 
 from ferroquant.torch.export import (
     export_float_onnx,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ferroquant import ops
+from ferroquant.reference._common import broadcast_shape  # (a torch tensor has ndim and shape too)
 
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 #: Tests set this to run the pure-torch path on CPU (it must give the native bits).
@@ -100,14 +101,6 @@ def ulq_backward_torch(x: torch.Tensor, g: torch.Tensor, lo: float, hi: float, b
     return gx, gmax, gmin
 
 
-def _channel_view(t: torch.Tensor, axis: Optional[int]) -> Tuple[int, ...]:
-    if axis is None:
-        return (1,) * t.ndim
-    shape = [1] * t.ndim
-    shape[axis] = t.shape[axis]
-    return tuple(shape)
-
-
 class LSQFunction(torch.autograd.Function):
     """LSQ weight fake-quant with a learned symmetric scale per channel (spec §5.2): STE for ``w`` (no mask),
     the LSQ gradient for ``scale`` with ``g = 1/sqrt(N_c·qmax)``."""
@@ -119,7 +112,7 @@ class LSQFunction(torch.autograd.Function):
         if native_ok(w, scale):
             s = _np(scale).reshape(-1)
             return torch.from_numpy(ops.fake_quant(_np(w), s, np.zeros(s.shape, np.int32), int(bits), axis))
-        sv = scale.detach().reshape(_channel_view(w, axis))
+        sv = scale.detach().reshape(broadcast_shape(w, axis))
         return _fake_quant_torch(w, sv, torch.zeros((), device=w.device), bits)
 
     @staticmethod
@@ -137,7 +130,7 @@ def lsq_backward_torch(w: torch.Tensor, g: torch.Tensor, scale: torch.Tensor, bi
                        axis: Optional[int]) -> torch.Tensor:
     """Torch twin of ``ulq.rs::lsq_backward``."""
     qmin, qmax = _qrange(bits)
-    s = scale.float().reshape(_channel_view(w, axis))
+    s = scale.float().reshape(broadcast_shape(w, axis))
     t = torch.div(w.float(), s.expand_as(w).contiguous())
     d = torch.where(t < qmin, torch.tensor(float(qmin), device=w.device),
                     torch.where(t > qmax, torch.tensor(float(qmax), device=w.device), torch.round(t) - t))
@@ -171,7 +164,7 @@ class ARQRetrainFunction(torch.autograd.Function):
             return torch.from_numpy(r.fake)
         if groups > 1 and axis is not None:
             raise NotImplementedError("ARQ-retrain of grouped ConvTranspose weights runs on CPU only")
-        s = arq_qparams_torch(w, bits, axis).reshape(_channel_view(w, axis))
+        s = arq_qparams_torch(w, bits, axis).reshape(broadcast_shape(w, axis))
         return _fake_quant_torch(w, s, torch.zeros((), device=w.device), bits)
 
     @staticmethod

@@ -20,6 +20,7 @@ import onnx
 import torch
 from torch import nn
 
+from ferroquant.calibrate import search_all
 from ferroquant.config import QuantConfig, build_config, load_config
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.quant.calibrators import activation_quant, make_activation_calibrator
@@ -120,7 +121,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         for h in hooks:
             h.remove()
     cals = {t: fqdist.merge_calibrator(c) for t, c in cals.items()}
-    results = {t: c.qparams() for t, c in cals.items()}
+    results = search_all(cals)  # HFMG searches in parallel across tensors
     table = QuantTable()
     for n in enabled:
         info = infos[n]

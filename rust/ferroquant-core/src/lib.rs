@@ -6,16 +6,23 @@
 
 pub mod affine;
 pub mod arq;
+pub mod awq;
+pub mod channel_stats;
 pub mod error;
+pub mod gptq;
+pub mod groupwise;
+pub mod hessian;
 pub mod histogram;
 pub mod kernels;
 pub mod ifmr;
 pub mod layout;
+pub mod linalg;
 pub mod metrics;
 pub mod nuq;
 pub mod par;
 pub mod qparams;
 pub mod scheme;
+pub mod smooth;
 pub mod stop;
 pub mod ulq;
 

@@ -5,7 +5,10 @@ use pyo3::prelude::*;
 
 mod affine;
 mod arrays;
+mod awq;
 mod errors;
+mod gptq;
+mod groupwise;
 mod histogram;
 mod ifmr;
 mod metrics;
@@ -28,6 +31,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ifmr::register(m)?;
     metrics::register(m)?;
     ulq::register(m)?;
+    groupwise::register(m)?;
+    gptq::register(m)?;
+    awq::register(m)?;
     #[cfg(feature = "debug-panic")]
     debug::register(m)?;
     Ok(())

@@ -1,0 +1,154 @@
+"""Where a post-training quantization spends its time, against onnxruntime's own pass over the same batches:
+
+    python bench/bench_ptq_time.py [--repeats 3] [--only NAME ...]
+
+For each model (MobileNetV2 with 32 photos in 4 batches of 8; PP-OCRv6 det on 3 rendered pages; BERT from
+transformers with random weights on 4 token batches, when torch and transformers are installed), in one
+process: one onnxruntime pass over the calibration batches with graph optimizations off and on (the
+yardstick), then ``ferroquant.onnx.quantize`` with HFMG and with IFMR (the default), each the median of
+``--repeats`` runs, with the breakdown the run records in ``timings``: load and fuse, onnxruntime with the
+taps, histogram observes, clip searches, writing the three files, and the rest (rule checker, weights,
+record). The latency check of the onnxruntime profile is timed separately (it runs the deploy model).
+Writes bench/results/ptq_time.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import Table, write_report  # noqa: E402
+
+Feeds = List[Dict[str, "object"]]
+
+
+def _mobilenet(tmp: Path) -> Tuple[Path, Feeds]:
+    import onnx
+
+    from ferroquant.examples.models import mobilenet_v2_onnx
+    from ferroquant.examples.photos import calibration_and_eval_sets
+
+    path = tmp / "mobilenet_v2.onnx"
+    onnx.save(mobilenet_v2_onnx(), str(path))
+    images = calibration_and_eval_sets(32, 8, seed=0).calibration
+    return path, [{"input": images[i:i + 8]} for i in range(0, 32, 8)]
+
+
+def _det(tmp: Path) -> Tuple[Path, Feeds]:
+    from tests.foreign.corpus import BY_NAME
+    from tests.foreign.models import find
+
+    entry = BY_NAME["PP-OCRv6 det"]
+    path, why = find(entry.package, entry.file)
+    if path is None:
+        raise RuntimeError(why)
+    return path, entry.calib(path)
+
+
+def _bert(tmp: Path) -> Tuple[Path, Feeds]:
+    from tests.foreign.torch_models import export_transformer, token_feeds
+
+    return export_transformer("bert", tmp / "bert.onnx"), token_feeds(8, seed=0)
+
+
+MODELS: Dict[str, Callable[[Path], Tuple[Path, Feeds]]] = {
+    "MobileNetV2": _mobilenet, "PP-OCRv6 det": _det, "BERT (transformers)": _bert}
+
+
+def _ort_pass(path: Path, feeds: Feeds, optimized: bool, repeats: int) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if not optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms the session up and is not counted
+        t0 = time.perf_counter()
+        for feed in feeds:
+            sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def _quantize(path: Path, feeds: Feeds, algorithm: str, out: Path, latency: bool) -> Dict[str, float]:
+    import warnings
+
+    import ferroquant.onnx as fo
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = fo.quantize(str(path), feeds, out, latency_check=latency,
+                             config_defination={"common_config": {"activation": {"algorithm": algorithm}}})
+    timings = dict(result["timings"])
+    timings["total_s"] = time.perf_counter() - t0
+    return timings
+
+
+def _median_run(path: Path, feeds: Feeds, algorithm: str, tmp: Path, repeats: int, latency: bool
+                ) -> Dict[str, float]:
+    runs = [_quantize(path, feeds, algorithm, tmp / f"q_{algorithm}.onnx", latency) for _ in range(repeats)]
+    return sorted(runs, key=lambda r: r["total_s"])[len(runs) // 2]
+
+
+STEPS = [("load and fuse", "prepare_s"), ("onnxruntime with taps", "taps_run_s"), ("histogram observes", "observe_s"),
+         ("clip searches", "search_s"), ("write 3 files", "write_s")]
+
+
+def bench_model(name: str, repeats: int, breakdown: Table, summary: Table) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        path, feeds = MODELS[name](tmp)
+        plain = _ort_pass(path, feeds, False, repeats)
+        fused = _ort_pass(path, feeds, True, repeats)
+        runs = {algo: _median_run(path, feeds, algo, tmp, repeats, False) for algo in ("hfmg", "ifmr")}
+        checked = _quantize(path, feeds, "hfmg", tmp / "q_checked.onnx", True)
+    for algo, t in runs.items():
+        known = sum(t.get(k, 0.0) for _, k in STEPS)
+        for step, key in STEPS:
+            breakdown.add(name, algo.upper(), step, t.get(key, 0.0), t.get(key, 0.0) / t["total_s"])
+        breakdown.add(name, algo.upper(), "rest (rule checker, weights, record...)", t["total_s"] - known,
+                      (t["total_s"] - known) / t["total_s"])
+        breakdown.add(name, algo.upper(), "**total**", t["total_s"], 1.0)
+    h, i = runs["hfmg"], runs["ifmr"]
+    outside = h["total_s"] - h["taps_run_s"]
+    summary.add(name, f"{len(feeds)}", plain, fused, h["total_s"], f"{h['total_s'] / plain:.2f}x",
+                f"{outside / h['taps_run_s']:.2f}", f"{h['taps_run_s'] / plain:.2f}x", i["total_s"],
+                f"{i['total_s'] / h['total_s']:.2f}x", checked.get("latency_check_s", 0.0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args()
+    summary = Table("Quantization time against onnxruntime's pass over the same batches (seconds; medians)",
+                    ["model", "batches", "ort pass, opt. off", "ort pass, opt. on", "HFMG quantize",
+                     "HFMG / ort pass (off)", "outside ort / inside (HFMG)", "tapped run / ort pass (off)",
+                     "IFMR quantize", "IFMR / HFMG", "latency check (extra, HFMG)"])
+    breakdown = Table("Breakdown (median run of each algorithm)", ["model", "algorithm", "step", "seconds", "share"])
+    for name in args.only or list(MODELS):
+        print(f"{name}:", flush=True)
+        try:
+            bench_model(name, args.repeats, breakdown, summary)
+        except (ImportError, RuntimeError) as e:  # torch/transformers missing, or a model not fetched
+            summary.notes.append(f"{name}: skipped ({e})")
+    summary.notes.append("`ferroquant.onnx.quantize` with the onnxruntime profile, latency check off (its cost is "
+                         "the last column: it times the deploy model against FP32 and profiles its layers). "
+                         "'outside ort / inside' is the quantization's time outside onnxruntime over its time in "
+                         "the tapped onnxruntime runs.")
+    write_report("ptq_time", [summary, breakdown])
+
+
+if __name__ == "__main__":
+    main()

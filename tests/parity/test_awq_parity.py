@@ -1,0 +1,132 @@
+"""AWQ, per-channel statistics and the SmoothQuant balancing search: native == reference (the chosen alpha
+identical, scales bit-identical, losses within float64 rounding, codes identical on continuous data)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose, assert_array_equal
+
+from ferroquant import ops, reference
+from ferroquant.errors import NonFiniteError, ParameterError, ShapeError
+
+
+def _data(seed, k, n, rows, outliers=2):
+    rng = np.random.default_rng(seed)
+    gain = np.ones(k)
+    gain[rng.choice(k, min(outliers, k), replace=False)] = 20.0
+    x = (rng.standard_t(5, (rows, k)) * gain).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    return w, x
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), n=st.integers(1, 12), rows=st.integers(1, 50),
+       bits=st.integers(2, 8), gs=st.integers(1, 45), sym=st.booleans(), n_grid=st.integers(1, 20),
+       clip=st.sampled_from([None, 20, 6]))
+def test_awq_parity(seed, k, n, rows, bits, gs, sym, n_grid, clip):
+    w, x = _data(seed, k, n, rows)
+    spec = ops.GroupSpec(bits, gs, sym)
+    args = (spec, n_grid, None if clip is None else ops.ClipSearch(clip))
+    got, want = ops.awq(w, x, *args), reference.awq(w, x, *args)
+    assert got.alpha == want.alpha
+    assert_array_equal(got.alphas, want.alphas)
+    assert_array_equal(got.channel_scale, want.channel_scale)
+    assert_allclose(got.losses, want.losses, rtol=1e-9, atol=1e-300)
+    assert_array_equal(got.quant.codes, want.quant.codes)
+    assert_array_equal(got.quant.scale, want.quant.scale)
+    assert_array_equal(got.quant.zero_point, want.quant.zero_point)
+
+
+def test_awq_layout_and_meaning():
+    w, x = _data(7, 96, 40, 64)
+    r = ops.awq(w, x, ops.GroupSpec(4, 32, False), clip=None)
+    assert r.channel_scale.shape == (96,) and r.quant.scale.shape == (3, 40)
+    assert_array_equal(r.alphas, np.arange(20) / 20)
+    assert r.losses[int(np.argmin(r.losses))] == r.losses.min() and r.alpha == r.alphas[np.argmin(r.losses)]
+    # no clip: the codes are plain RTN of W * s
+    ws = w * r.channel_scale[:, None]
+    assert_array_equal(r.quant.codes, ops.quantize_groupwise(ws, ops.GroupSpec(4, 32, False)).codes)
+    # deployment: (x / s) @ dequant reproduces the chosen loss
+    y = (x / r.channel_scale).astype(np.float64) @ r.quant.dequantize().astype(np.float64)
+    assert np.mean((x.astype(np.float64) @ w - y) ** 2) == pytest.approx(r.losses.min(), rel=1e-5)
+
+
+def test_awq_nan_in_activations_names_the_layer():
+    w, x = _data(8, 16, 4, 10)
+    x[4, 9] = np.inf
+    with pytest.raises(NonFiniteError, match=r"'decoder.0.q_proj \(calibration activations\)'.*row 4, channel 9"):
+        ops.awq(w, x, ops.GroupSpec(4, 8), name="decoder.0.q_proj")
+    with pytest.raises(NonFiniteError):
+        reference.awq(w, x, ops.GroupSpec(4, 8))
+    with pytest.raises(ShapeError):
+        ops.awq(w, x[:, :15])
+    with pytest.raises(ParameterError):
+        ops.awq(w, np.abs(x).clip(0, 1), n_grid=0)
+
+
+def reference_part(c, x):
+    """The reference's statistics of one batch, updated in place from the empty state."""
+    lo, hi, s = np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32), np.zeros(c)
+    n = reference.channel_stats_update(lo, hi, s, x)
+    return lo, hi, s, n
+
+
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(1, 30), rows=st.integers(1, 3000), cut=st.floats(0, 1))
+def test_channel_stats_parity_and_merge(seed, c, rows, cut):
+    x = (np.random.default_rng(seed).standard_normal((rows, c)) * 5).astype(np.float32)
+    i = int(rows * cut)
+    a, b = ops.ChannelStats(c), ops.ChannelStats(c)
+    if i:
+        a.observe(x[:i])
+    if i < rows:
+        b.observe(x[i:].reshape(-1, 1, c))
+    a.merge(b)
+    lo, hi, s = np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32), np.zeros(c)
+    parts = [reference_part(c, part) for part in (x[:i], x[i:]) if len(part)]
+    for p in parts:
+        reference.channel_stats_merge(lo, hi, s, *p[:3])
+    assert a.count == sum(p[3] for p in parts) == rows
+    assert_array_equal(a.min, lo)
+    assert_array_equal(a.max, hi)
+    assert_allclose(a.abs_sum, s, rtol=1e-12)
+    assert_array_equal(a.absmax, np.abs(x).max(axis=0))
+
+
+def test_channel_stats_nan_leaves_state():
+    st_ = ops.ChannelStats(4, name="ln_2 output")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    st_.observe(x)
+    before = st_.state_dict()
+    x[2, 1] = np.nan
+    with pytest.raises(NonFiniteError, match=r"'ln_2 output'.*row 2, channel 1"):
+        st_.observe(x)
+    after = st_.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in ("min", "max", "abs_sum")) and st_.count == 3
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 30), n=st.integers(1, 10), rows=st.integers(1, 40),
+       bits=st.sampled_from([4, 8]), grid=st.integers(1, 11))
+def test_smooth_parity(seed, k, n, rows, bits, grid):
+    w, x = _data(seed, k, n, rows)
+    act = np.abs(x).max(axis=0)
+    alphas = [i / max(grid - 1, 1) for i in range(grid)]
+    got = ops.smooth_search(act, w, x, alphas, bits)
+    want = reference.smooth_search(act, w, x, alphas, bits)
+    assert got.alpha == want.alpha
+    assert_array_equal(got.channel_scale, want.channel_scale)
+    assert_allclose(got.losses, want.losses, rtol=1e-9, atol=1e-300)
+    assert got.loss_unbalanced == pytest.approx(want.loss_unbalanced, rel=1e-9, abs=1e-300)
+
+
+def test_smooth_balancing_helps_an_outlier_layer():
+    w, x = _data(9, 64, 32, 256, outliers=3)
+    stats = ops.ChannelStats(64)
+    stats.observe(x)
+    r = ops.smooth_search(stats.absmax, w, x)
+    assert 0 < r.alpha <= 1 and r.losses.min() < 0.5 * r.loss_unbalanced
+    with pytest.raises(ParameterError):
+        ops.smooth_search(stats.absmax, w, x, alphas=[1.2])
+    with pytest.raises(ParameterError):
+        ops.smooth_search(-stats.absmax, w, x)
