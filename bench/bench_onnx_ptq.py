@@ -1,4 +1,5 @@
-"""MobileNetV2 (ImageNet weights) int8 PTQ: ferroquant vs onnxruntime ``quantize_static`` on the same real photos.
+"""MobileNetV2 (ImageNet weights) int8 PTQ: ferroquant vs onnxruntime ``quantize_static`` and OpenVINO NNCF
+``nncf.quantize`` (default and MIXED presets; `pip install nncf`) on the same real photos.
 
     python bench/bench_onnx_ptq.py [--calib 32] [--eval 96] [--memory-sizes 16,64]
 
@@ -27,7 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import Table, write_report  # noqa: E402
 
-METHODS = ["ferroquant HFMG", "ferroquant IFMR", "ort MinMax", "ort Entropy", "ort Percentile"]
+METHODS = ["ferroquant HFMG", "ferroquant IFMR", "ort MinMax", "ort Entropy", "ort Percentile", "nncf default",
+           "nncf MIXED"]
 BATCH = 8
 
 
@@ -53,6 +55,15 @@ def _quantize(method: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
         algo = "hfmg" if "HFMG" in method else "ifmr"
         fo.quantize(str(fp32), feeds, out, config_defination={
             "common_config": {"activation": {"algorithm": algo}}})
+        return
+    if method.startswith("nncf"):  # OpenVINO NNCF's ONNX backend (pip install nncf), one crop per item
+        import nncf
+        import onnx
+
+        kw = {"preset": nncf.QuantizationPreset.MIXED} if "MIXED" in method else {}
+        items = [{"input": calib[i : i + 1]} for i in range(len(calib))]
+        q = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(items), subset_size=len(items), **kw)
+        onnx.save(q, str(out))
         return
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
 

@@ -120,3 +120,16 @@ def test_derived_config_keeps_everything_but_quant_enable():
     assert fb.batch_num is None and fb.common_config == cfg.common_config
     with pytest.raises(ConfigError, match="no layer named"):
         cfg.with_float_layers(["ghost"])
+
+
+def test_methods_in_use_names_what_a_config_turns_on():
+    from ferroquant.config import build_config
+
+    layers = [("a", "Conv"), ("b", "Conv")]
+    assert build_config(layers).methods_in_use() == []
+    cfg = build_config(layers, methods={"equalization": {"enabled": True}},
+                       override_layer_configs={"b": {"weight": {"bias_correction": "empirical"},
+                                                     "activation": {"channel_wise": True}}})
+    assert cfg.methods_in_use() == ["methods.equalization", "weight.bias_correction", "activation.channel_wise"]
+    assert build_config(layers, skip_layers=["b"], override_layer_configs={
+        "b": {"weight": {"bias_correction": "empirical"}}}).methods_in_use() == []

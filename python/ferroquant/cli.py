@@ -43,6 +43,16 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
                    help="keep every layer of this op type in float (Conv, ConvTranspose, Gemm, MatMul)")
+    m = p.add_argument_group("accuracy methods (off by default)")
+    m.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization of Conv -> Relu -> Conv chains before calibration")
+    m.add_argument("--relu6-to-relu", action="store_true",
+                   help="with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)")
+    m.add_argument("--bias-correction", action="store_true",
+                   help="empirical bias correction of every Conv (mean output error on the calibration data)")
+    m.add_argument("--per-channel-depthwise", action="store_true",
+                   help="per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime and "
+                        "tensorrt profiles)")
     g = p.add_argument_group("weight-only (group-wise int4/int8 MatMul/Gemm weights, float activations)")
     g.add_argument("--weight-only", action="store_true",
                    help="quantize only the weights of MatMul/Gemm layers, group-wise (onnxruntime MatMulNBits)")
@@ -153,8 +163,9 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     if getattr(args, "weight_only", False):
         raise ConfigError("--weight-only is an option of `ferroquant quantize`")
     model = _load_model(args.model)
-    given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric")
-             if getattr(args, k, None)]
+    given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
+                                                  "equalize", "relu6_to_relu", "bias_correction",
+                                                  "per_channel_depthwise") if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
@@ -167,13 +178,22 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
         wts["algorithm"] = args.wts_algo
     if args.bits is not None:
         act["bits"], wts["bits"] = args.bits, min(args.bits, 8)
+    if getattr(args, "relu6_to_relu", False) and not args.equalize:
+        raise ConfigError("--relu6-to-relu needs --equalize")
+    if getattr(args, "bias_correction", False):
+        wts["bias_correction"] = "empirical"
+    if getattr(args, "per_channel_depthwise", False):
+        act["channel_wise"] = True
+    methods = ({"equalization": {"enabled": True, "relu6_to_relu": bool(args.relu6_to_relu)}}
+               if getattr(args, "equalize", False) else {})
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
     prepared = prepare_model(model, loaded=True)
     cfg = create_quant_config(None, prepared, skip_layers=args.skip, batch_num=None, symmetric=args.symmetric,
                               skip_layer_types=args.skip_type,
-                              config_defination={"common_config": {"activation": act, "weight": wts}})
+                              config_defination={"common_config": {"activation": act, "weight": wts},
+                                                 "methods": methods})
     return model, prepared, cfg
 
 

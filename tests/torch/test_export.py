@@ -179,3 +179,12 @@ def test_torch_ptq_matches_its_fake_quant_model(trained, data, tmp_path):
     r2 = fqt.quantize_torch_model(trained, [xtr[:64]], common_config={"activation_quant_params": {"act_algo": "hfmg"},
                                                                     "weight_quant_params": {"wts_algo": "nuq"}})
     assert {lq.weight.algorithm for lq in r2.table.layers.values()} == {"nuq"}
+
+
+@pytest.mark.parametrize("kw", [{"methods": {"equalization": {"enabled": True}}},
+                                {"common_config": {"weight": {"bias_correction": "empirical"}}},
+                                {"common_config": {"activation": {"channel_wise": True}}}])
+def test_torch_ptq_refuses_the_accuracy_methods_it_does_not_apply(trained, data, kw):
+    xtr = data[0]
+    with pytest.raises(ConfigError, match="torch PTQ flow does not apply"):
+        fqt.quantize_torch_model(trained, [xtr[:64]], **kw)

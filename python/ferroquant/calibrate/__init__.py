@@ -17,6 +17,7 @@ import numpy as np
 
 from ferroquant.calibrate.base import CalibResult, Calibrator
 from ferroquant.calibrate.batch import observe_all, search_all
+from ferroquant.calibrate.channel import ChannelCalibrator, ChannelCalibResult
 from ferroquant.calibrate.histogram import (
     ALGORITHMS,
     EntropyCalibrator,
@@ -28,7 +29,7 @@ from ferroquant.calibrate.histogram import (
 from ferroquant.calibrate.ifmr import IFMRCalibrator
 from ferroquant.errors import DataError, ParameterError, QuantError
 
-AnyCalibrator = Union[HistogramCalibrator, IFMRCalibrator]
+AnyCalibrator = Union[HistogramCalibrator, IFMRCalibrator, ChannelCalibrator]
 
 
 def make_calibrator(algorithm: str, name: str = "tensor", **params: Any) -> AnyCalibrator:
@@ -51,6 +52,8 @@ def from_state_dict(d: Dict[str, Any], backend: str = "native") -> AnyCalibrator
         return HistogramCalibrator.from_state_dict(d, backend)
     if kind == "ifmr":
         return IFMRCalibrator.from_state_dict(d, backend)
+    if kind == "channel":
+        return ChannelCalibrator.from_state_dict(d, backend)
     raise ParameterError(f"unknown calibrator state kind {kind!r}")
 
 
@@ -102,6 +105,8 @@ __all__ = [
     "AnyCalibrator",
     "CalibResult",
     "Calibrator",
+    "ChannelCalibResult",
+    "ChannelCalibrator",
     "EntropyCalibrator",
     "HFMGCalibrator",
     "HistogramCalibrator",

@@ -26,12 +26,14 @@ from ferroquant.config.fields import (
     make_params,
     save_json,
 )
+from ferroquant.config.methods import MethodsConfig, methods_from_json
 from ferroquant.errors import ConfigError
 from ferroquant.quant.registry import QUANTIZABLE_TYPES
 
 CONFIG_VERSION = 2
 ACT_ALGORITHMS = ("ifmr", "hfmg", "minmax", "percentile", "entropy")
 WEIGHT_ALGORITHMS = ("arq", "nuq")
+BIAS_CORRECTIONS = ("none", "empirical")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ActivationParams:
     hfmg_refine: bool = True
     percentile: float = 0.99999  # the `percentile` algorithm's clip
     num_quantized_bins: int = 128  # the `entropy` algorithm's target bins
+    channel_wise: bool = False  # per-channel scales on a depthwise Conv's input (other layers: per tensor)
 
     def validate(self, layer: str) -> None:
         check_choice(layer, "algorithm", self.algorithm, ACT_ALGORITHMS)
@@ -65,7 +68,7 @@ class ActivationParams:
         if not 0 < sr[0] < sr[1]:
             raise field_error(layer, "search_range", f"needs 0 < start < end, got {list(sr)}")
         check_num(layer, "search_step", self.search_step, 0.0, sr[1] - sr[0], lo_open=True)
-        for k in ("search_extend", "search_2d", "hfmg_refine"):
+        for k in ("search_extend", "search_2d", "hfmg_refine", "channel_wise"):
             check_bool(layer, k, getattr(self, k))
         check_int(layer, "num_of_bins", self.num_of_bins, (1024, 2048, 4096, 8192))
         check_num(layer, "percentile", self.percentile, 0.5, 1.0, lo_open=True)
@@ -81,6 +84,7 @@ class WeightParams:
     bits: int = 8
     num_steps: int = 32
     num_of_iteration: int = 1
+    bias_correction: str = "none"  # or "empirical": the mean output error over calibration data folded into the bias
 
     def validate(self, layer: str) -> None:
         check_choice(layer, "algorithm", self.algorithm, WEIGHT_ALGORITHMS)
@@ -88,6 +92,7 @@ class WeightParams:
         check_int(layer, "bits", self.bits, range(2, 9))
         check_int(layer, "num_steps", self.num_steps, range(2, 257))
         check_int(layer, "num_of_iteration", self.num_of_iteration, range(0, 6))
+        check_choice(layer, "bias_correction", self.bias_correction, BIAS_CORRECTIONS)
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,16 @@ class QuantConfig:
     skip_layer_types: Tuple[str, ...] = ()
     common_config: Dict[str, Any] = field(default_factory=dict)
     override_layer_types: Dict[str, Any] = field(default_factory=dict)
+    methods: MethodsConfig = field(default_factory=MethodsConfig)
+
+    def methods_in_use(self) -> List[str]:
+        """The accuracy methods this config turns on (issue 15), as the config spells them; [] by default."""
+        out = ["methods.equalization"] if self.methods.equalization.enabled else []
+        for key, on in (("weight.bias_correction", lambda c: c.weight.bias_correction != "none"),
+                        ("activation.channel_wise", lambda c: c.activation.channel_wise)):
+            if any(on(c) for c in self.layers.values() if c.quant_enable):
+                out.append(key)
+        return out
 
     def activation_symmetric(self, layer: str) -> bool:
         s = self.layers[layer].activation.symmetric
@@ -155,6 +170,8 @@ class QuantConfig:
             out["common_config"] = self.common_config
         if self.override_layer_types:
             out["override_layer_types"] = self.override_layer_types
+        if not self.methods.is_default():
+            out["methods"] = self.methods.to_json()
         out["layers"] = {n: _layer_json(c) for n, c in self.layers.items()}
         return out
 
@@ -162,15 +179,24 @@ class QuantConfig:
         return save_json(path, self.to_json())
 
 
+#: Fields added with the methods of issue 15, written only when set (a config without them saves as before).
+_NEW_FIELDS = {"activation": {"channel_wise": False}, "weight": {"bias_correction": "none"}}
+
+
 def _layer_json(c: LayerConfig) -> Dict[str, Any]:
     act = asdict(c.activation)
     act["search_range"] = list(act["search_range"])
+    wts = asdict(c.weight)
+    for section, d in (("activation", act), ("weight", wts)):
+        for k, default in _NEW_FIELDS[section].items():
+            if d[k] == default:
+                del d[k]
     return {"layer_type": c.layer_type, "quant_enable": c.quant_enable, "activation": act,
-            "weight": asdict(c.weight)}
+            "weight": wts}
 
 
 _GLOBAL_KEYS = {"version", "batch_num", "symmetric", "do_fusion", "skip_fusion_layers", "skip_layer_types",
-                "common_config", "override_layer_types", "layers"}
+                "common_config", "override_layer_types", "layers", "methods"}
 _LAYER_KEYS = {"layer_type", "quant_enable", "activation", "weight"}
 _SECTIONS = ("activation", "weight")
 Source = Tuple[Mapping[str, Any], Mapping[str, str]]  # (params in our keys, how the user spelled them)
@@ -255,7 +281,8 @@ def config_from_json(d: Mapping[str, Any]) -> QuantConfig:
         layers[name] = resolve_layer(name, lt, entry, common, by_type, skip_types)
     return QuantConfig(layers, bn, d.get("symmetric", False), d.get("do_fusion", True),
                        tuple(d.get("skip_fusion_layers", ())), skip_types, _ours(common, "common_config"),
-                       {t: _ours(v, f"override_layer_types[{t!r}]") for t, v in by_type.items()})
+                       {t: _ours(v, f"override_layer_types[{t!r}]") for t, v in by_type.items()},
+                       methods_from_json(d.get("methods")))
 
 
 def _ours(d: Mapping[str, Any], where: str) -> Dict[str, Any]:
@@ -276,7 +303,8 @@ def build_config(layers: Sequence[Tuple[str, str]], skip_layers: Iterable[str] =
                  symmetric: bool = False, common_config: Optional[Mapping[str, Any]] = None,
                  override_layer_types: Optional[Mapping[str, Any]] = None,
                  override_layer_configs: Optional[Mapping[str, Any]] = None, do_fusion: bool = True,
-                 skip_fusion_layers: Iterable[str] = (), skip_layer_types: Iterable[str] = ()) -> QuantConfig:
+                 skip_fusion_layers: Iterable[str] = (), skip_layer_types: Iterable[str] = (),
+                 methods: Optional[Mapping[str, Any]] = None) -> QuantConfig:
     """A resolved config for ``layers`` (``(name, op_type)`` pairs); skipped layers get quant_enable false."""
     names = {n for n, _ in layers}
     skip = set(skip_layers)
@@ -288,6 +316,8 @@ def build_config(layers: Sequence[Tuple[str, str]], skip_layers: Iterable[str] =
                          "skip_fusion_layers": list(skip_fusion_layers), "skip_layer_types": list(skip_layer_types),
                          "common_config": dict(common_config or {}),
                          "override_layer_types": dict(override_layer_types or {}), "layers": {}}
+    if methods:
+        d["methods"] = dict(methods)
     for name, op in layers:
         entry = dict((override_layer_configs or {}).get(name, {}))
         entry["layer_type"] = op
@@ -297,5 +327,5 @@ def build_config(layers: Sequence[Tuple[str, str]], skip_layers: Iterable[str] =
     return config_from_json(d)
 
 
-__all__ = ["ACT_ALGORITHMS", "CONFIG_VERSION", "WEIGHT_ALGORITHMS", "ActivationParams", "LayerConfig",
-           "QuantConfig", "WeightParams", "build_config", "config_from_json", "load_config", "resolve_layer"]
+__all__ = ["ACT_ALGORITHMS", "BIAS_CORRECTIONS", "CONFIG_VERSION", "WEIGHT_ALGORITHMS", "ActivationParams",
+           "LayerConfig", "QuantConfig", "WeightParams", "build_config", "config_from_json", "load_config", "resolve_layer"]

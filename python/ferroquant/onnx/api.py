@@ -22,7 +22,8 @@ from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.external import is_large
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
-from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
+from ferroquant.onnx.methods import apply_methods, fp32_change, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
@@ -91,12 +92,12 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
     if config_defination is not None:
         src = config_defination
         extra = dict(src) if isinstance(src, Mapping) else load_json(src, "config_defination file")
-        unknown = set(extra) - {"common_config", "override_layer_types", "override_layer_configs"}
+        unknown = set(extra) - {"common_config", "override_layer_types", "override_layer_configs", "methods"}
         if unknown:
             raise ConfigError(f"config_defination: unknown keys {sorted(unknown)}")
     cfg = build_config(layers, skip_layers or (), batch_num, sym, extra.get("common_config"),
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
-                       tuple(skip_fusion_layers), tuple(skip_layer_types))
+                       tuple(skip_fusion_layers), tuple(skip_layer_types), extra.get("methods"))
     if config_path is not None:
         refuse_input([config_path], [model], "config_path")
         cfg.save(config_path)
@@ -173,15 +174,23 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     t0 = time.perf_counter()
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
+    original = prepared.model
+    methods_model, methods = apply_methods(cfg, original, layers, prepared.fusion)
+    if methods_model is not original:  # equalized or given biases: weight and bias names may change
+        prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
+        layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
     plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
-    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate)
+    cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate,
+                             depthwise_inputs(prepared.model, layers))
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
                for l in layers}
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
-                         plan=plan)
+                         plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
+    if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
+        methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, prepared.model, cm.sample)
     return cm
 
 
@@ -248,6 +257,8 @@ def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: U
     table, layout, violations, deploy = deploy_model(calibrated, table, allow_float)
     kept = sorted({v.node for v in violations})
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
+    if calibrated.methods:
+        extra["methods"] = calibrated.methods
     check = calibrated.profile.latency_check if latency_check is None else latency_check
     if latency_check is None and check and is_large(calibrated.model):
         # timing needs the float model in onnxruntime beside the one held here: over 2 GB that doubles the

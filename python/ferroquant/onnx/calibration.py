@@ -19,9 +19,12 @@ from ferroquant.config import QuantConfig
 from ferroquant.errors import DataError
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
+from ferroquant import ops
 from ferroquant.onnx.session import cpu_session
+from ferroquant.quant.bias_correction import corrected_bias
 from ferroquant.quant.calibrators import activation_quant, bounded
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
+from ferroquant.quant.moments import LayerMoments
 from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
 from ferroquant.quant.weights import layer_quant
@@ -124,6 +127,9 @@ class CalibratedModel:
     sample: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)  # the first batch (latency check)
     latency: Any = None  # the latency check's report, once the deploy model is written
     activations: Dict[str, ActivationQuant] = field(default_factory=dict, repr=False)  # searched, by tensor
+    #: input statistics of the layers to bias-correct, by layer name (:mod:`ferroquant.onnx.methods`)
+    moments: Dict[str, LayerMoments] = field(default_factory=dict, repr=False)
+    methods: Dict[str, Any] = field(default_factory=dict)  # what the accuracy methods did (for the record)
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
@@ -135,7 +141,7 @@ class CalibratedModel:
                 progress(i + 1, len(self.calibrators))
         self.activations = acts
         view = GraphView(self.model)
-        layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], view.array(l.bias) if l.bias else None)
+        layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], self._bias(view, l))
                   for l in self.layers}
         tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
                    for t in self.plan.calibrate}
@@ -143,6 +149,18 @@ class CalibratedModel:
                                   {t: c.observed_range() for t, c in self.calibrators.items()})
         warn_guarded(guarded)
         return QuantTable(layers, tensors, guarded)
+
+    def _bias(self, view: GraphView, layer: LayerInfo) -> Optional[np.ndarray]:
+        """The layer's float bias; empirically corrected (:mod:`ferroquant.quant.bias_correction`) for the
+        layers with input statistics."""
+        b = view.array(layer.bias) if layer.bias else None
+        m = self.moments.get(layer.name)
+        if m is None or m.count == 0:
+            return b
+        wq = self.weights[layer.name]
+        w = view.array(layer.weight)
+        w_deq = ops.dequantize(wq.codes, wq.scale, wq.zero_point, wq.bits, wq.axis, name=layer.weight)
+        return corrected_bias(b, w, w_deq.reshape(w.shape), m.mean(), m.spec.groups)
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""
@@ -160,6 +178,9 @@ class CalibratedModel:
             if t not in self.calibrators:
                 raise DataError(f"cannot merge: tensor {t!r} is not tapped here")
             self.calibrators[t].merge(c)
+        for name, m in other.moments.items():
+            if name in self.moments:
+                self.moments[name].merge(m)
         self.batches += other.batches
 
 
@@ -199,6 +220,10 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     sess = tapped_session(cm.model, taps)
     inputs = {i.name: i for i in sess.get_inputs()}
     unranked = {i.name for i in cm.model.graph.input if not i.type.tensor_type.HasField("shape")}
+    readers: Dict[str, List[LayerMoments]] = {}
+    for l in cm.layers:
+        if l.name in cm.moments:
+            readers.setdefault(l.activation, []).append(cm.moments[l.name])
     t0 = time.perf_counter()
     n, run_s, observe_s = 0, 0.0, 0.0
     with warnings.catch_warnings():
@@ -214,6 +239,9 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
             outs = sess.run(taps, checked)
             t2 = time.perf_counter()
             observe_all(cm.calibrators, dict(zip(taps, outs)))  # histograms updated in one native call
+            for t, arr in zip(taps, outs):
+                for m in readers.get(t, ()):  # bias correction's input statistics
+                    m.observe(arr)
             run_s, observe_s = run_s + t2 - t1, observe_s + time.perf_counter() - t2
             del outs
             n += 1

@@ -10,6 +10,8 @@ Rules (a :class:`Violation` names the node and the rule):
   (``weights_saturate``);
 - ``tensorrt``: every zero point is 0 (symmetric int8), activations are int8, weights are per-channel on the
   output-channel axis or per tensor, weights have at most 8 bits.
+- ``onnxruntime`` and ``tensorrt``: activations are quantized per tensor (``per_channel_activation``: neither
+  fuses a per-axis activation Q/DQ into its integer kernels; the ``amct`` simulation layout takes them).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from ferroquant.quant.profiles import CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerQuant, QuantTable
 
 METADATA_PREFIX = "ferroquant."
+#: Profiles whose runtimes take only per-tensor activation scales.
+PER_TENSOR_ACTIVATIONS = ("onnxruntime", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,12 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
                                          f"int8 weight codes in [{codes.min()}, {codes.max()}] beside uint8 "
                                          f"activations: {cpu.reason}; quantize with 7-bit weights (ARQ) or deploy "
                                          "on a CPU with VNNI (cpu_types='u8s8')"))
+    for lq in layers:
+        if lq.activation.per_channel and profile.name in PER_TENSOR_ACTIVATIONS:
+            out.append(Violation(lq.layer.name, "per_channel_activation",
+                                 f"{profile.name} quantizes activations per tensor: the per-channel scales of "
+                                 f"{lq.activation.tensor!r} (activation.channel_wise) are for runtimes that take "
+                                 "them; use the amct profile, or cross-layer equalization for a per-tensor model"))
     for layer in (lq.layer for lq in layers):
         if profile.placement != "amct" and profile.placement not in layer.type.placements:
             out.append(Violation(layer.name, "no_integer_kernel", f"{profile.name} has no integer kernel for "

@@ -37,11 +37,15 @@ from ferroquant.quant.registry import folding_producer
 @dataclass(frozen=True)
 class Folded:
     """One fold done: BN ``node`` merged into ``into`` (a Conv/ConvTranspose/Gemm), or Mul/Add ``into``
-    merged into BN ``node`` (``kind`` is ``"conv_bn"``, ``"bn_mul"`` or ``"bn_add"``)."""
+    merged into BN ``node`` (``kind`` is ``"conv_bn"``, ``"bn_mul"`` or ``"bn_add"``). A ``conv_bn`` fold keeps
+    the BN's ``beta`` and ``|gamma|`` per channel: the mean and spread of the folded layer's output that the BN
+    was trained for (bias absorption in cross-layer equalization reads them)."""
 
     kind: str
     node: str
     into: str
+    beta: Tuple[float, ...] = ()
+    spread: Tuple[float, ...] = ()
 
     @property
     def removed(self) -> str:
@@ -158,7 +162,8 @@ def _conv_pass(model: onnx.ModelProto, log: _Log) -> None:
         if reason:
             log.skipped.append(Skipped("conv_bn", bn.name, reason))
         else:
-            log.folded.append(Folded("conv_bn", bn.name, conv.name))  # type: ignore[union-attr]
+            log.folded.append(Folded("conv_bn", bn.name, conv.name,  # type: ignore[union-attr]
+                                     tuple(params.beta.tolist()), tuple(np.abs(params.gamma).tolist())))
 
 
 def _rank(view: GraphView, names: Iterable[str]) -> Optional[int]:

@@ -4,7 +4,7 @@ with a 1-D weight...). Op knowledge (weight axis, groups, bias input) comes from
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence, Set
 
 import onnx
 
@@ -38,4 +38,23 @@ def quantizable_layers(model: onnx.ModelProto) -> List[LayerInfo]:
     return out
 
 
-__all__ = ["quantizable_layers"]
+def is_depthwise(view: GraphView, node: onnx.NodeProto) -> bool:
+    """A Conv whose every output channel reads one input channel: ``group`` > 1 and weight ``[C_out, 1, ...]``."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    w = view.array(node.input[1])
+    return w is not None and w.ndim >= 3 and w.shape[1] == 1 and int(get_attr(node, "group", 1)) > 1
+
+
+def depthwise_inputs(model: onnx.ModelProto, layers: Sequence[LayerInfo]) -> Set[str]:
+    """The activation tensors that only depthwise Convs among ``layers`` read: those can take per-channel
+    scales (a channel's scale factors out of its own products)."""
+    view = GraphView(model)
+    nodes = {node_label(n): n for n in model.graph.node}
+    readers: dict = {}
+    for l in layers:
+        readers.setdefault(l.activation, []).append(is_depthwise(view, nodes[l.name]))
+    return {t for t, dw in readers.items() if all(dw)}
+
+
+__all__ = ["depthwise_inputs", "is_depthwise", "quantizable_layers"]

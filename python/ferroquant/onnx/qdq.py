@@ -16,7 +16,9 @@ that onnxruntime runs.
 Decisions. The integer offset ``o`` of spec section 0 is the ONNX ``zero_point``. Activations: 8 bits -> int8
 (opset 13); 16 bits -> int16 and 4 bits -> int4 (opset 21); any other width raises :class:`ConfigError`
 (``QuantizeLinear`` saturates at its type's range, so it cannot emulate e.g. 6-bit activations). Weights: codes
-of 5..8 bits are stored as int8, of 2..4 bits as int4 (opset 21), in both models. A grouped ConvTranspose
+of 5..8 bits are stored as int8, of 2..4 bits as int4 (opset 21), in both models.
+Per-channel activations (a depthwise Conv's input, :class:`ActivationQuant` with ``axis``) get a per-axis
+Q/DQ pair (``axis=1``). A grouped ConvTranspose
 (``group > 1``) with per-channel weights cannot use per-axis Q/DQ (output channel ``gi*(C_out/g)+j`` lives on
 rows of group ``gi`` in column ``j``); it is exported with *blocked* quantization (opset 21, ``axis=0``,
 ``block_size = C_in/g``, a scale tensor of shape ``[g, C_out/g, *kernel]``), which is exact. The model is
@@ -105,12 +107,24 @@ def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
 
 def _check_activation(aq: ActivationQuant, layer: str) -> None:
     _act_type(aq)
-    if not (np.isfinite(aq.scale) and aq.scale > 0):
+    scales, zps = _act_qparams(aq)
+    if not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
         raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
     lo, hi = -(1 << (aq.bits - 1)), (1 << (aq.bits - 1)) - 1
-    if not lo <= aq.zero_point <= hi:
+    if not (np.all(lo <= zps) and np.all(zps <= hi)):
         raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} zero_point {aq.zero_point} "
                           f"outside [{lo}, {hi}]")
+    if aq.per_channel and (scales.size != zps.size or scales.size == 0):
+        raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r}: {scales.size} channel scales and "
+                          f"{zps.size} zero points")
+
+
+def _act_qparams(aq: ActivationQuant) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of an activation: 0-d per tensor, 1-d per channel."""
+    if aq.per_channel:
+        return (np.asarray(aq.channel_scales, np.float64).ravel(),
+                np.asarray(aq.channel_zero_points, np.int64).ravel())
+    return np.asarray(aq.scale, np.float64), np.asarray(aq.zero_point, np.int64)
 
 
 def _check_weight(ly: _Layer) -> None:
@@ -240,10 +254,12 @@ def _activation_pair(em: _Emitter, aq: ActivationQuant) -> str:
     if aq.tensor in em.after:
         return em.after[aq.tensor][-1].output[0]
     elem = _act_type(aq, em.unsigned)
-    zp = aq.zero_point + 128 if elem == TensorProto.UINT8 else aq.zero_point
-    s, z = em.qparams(aq.tensor, np.array(aq.scale), np.array(zp), elem)
-    q, q_out = em.node("QuantizeLinear", [aq.tensor, s, z], f"{aq.tensor}_QuantizeLinear")
-    dq, dq_out = em.node("DequantizeLinear", [q_out, s, z], f"{aq.tensor}_DequantizeLinear")
+    scale, zp = _act_qparams(aq)
+    zp = zp + 128 if elem == TensorProto.UINT8 else zp
+    s, z = em.qparams(aq.tensor, scale, zp, elem)
+    attrs = {"axis": aq.axis} if aq.per_channel else {}
+    q, q_out = em.node("QuantizeLinear", [aq.tensor, s, z], f"{aq.tensor}_QuantizeLinear", **attrs)
+    dq, dq_out = em.node("DequantizeLinear", [q_out, s, z], f"{aq.tensor}_DequantizeLinear", **attrs)
     em.after[aq.tensor] = [q, dq]
     return dq_out
 

@@ -2,9 +2,10 @@
 
 Per layer (keyed by node name): ``op_type``, the layer's tensors (``activation``, ``weight``, ``bias``,
 ``axis``, ``groups``), the activation's ``tensor``, ``scale``, ``zero_point`` (AMCT's offset), ``bits``,
-``algorithm``, ``clip_min``/``clip_max`` and free-form ``details``, and the weight's ``tensor``, ``scale`` and
-``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``; and, when the
-bias is quantized, the bias's ``tensor``, ``scale`` list (``s_in * s_w``), ``axis`` and ``bits`` (32). Integer
+``algorithm``, ``clip_min``/``clip_max`` and free-form ``details`` (per-channel activations add ``axis``,
+``channel_scales`` and ``channel_zero_points``), and the weight's ``tensor``, ``scale`` and
+``zero_point`` lists, ``axis`` (null: per tensor), ``bits``, ``algorithm`` and, for NUQ, ``levels``; and, when
+the bias is quantized, the bias's ``tensor``, ``scale`` list (``s_in * s_w``), ``axis`` and ``bits`` (32). Integer
 codes are not written (they are in the deploy model). ``tensors`` lists the other activation tensors a deploy
 profile quantizes (layer outputs, residual Adds...) with the same fields as a layer's activation. Floats are written by ``repr`` (shortest round-trip
 form), so float32 scales read back bit for bit. :func:`read_record` validates the file and raises
@@ -72,9 +73,13 @@ def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
 
 
 def _activation_entry(aq: ActivationQuant, where: str) -> Dict[str, Any]:
-    return {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point), "bits": int(aq.bits),
-            "algorithm": aq.algorithm, "clip_min": float(aq.clip_min), "clip_max": float(aq.clip_max),
-            "details": _plain(aq.details, f"{where}.details")}
+    out = {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point), "bits": int(aq.bits),
+           "algorithm": aq.algorithm, "clip_min": float(aq.clip_min), "clip_max": float(aq.clip_max),
+           "details": _plain(aq.details, f"{where}.details")}
+    if aq.per_channel:
+        out.update(axis=int(aq.axis), channel_scales=[float(v) for v in aq.channel_scales or ()],
+                   channel_zero_points=[int(v) for v in aq.channel_zero_points or ()])
+    return out
 
 
 def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -140,6 +145,12 @@ def _check_activation(entry: Mapping[str, Any], where: str) -> None:
     _check_qparams([scale], [zp], bits, where)
     if not lo <= hi:
         raise RecordError(f"{where}: clip_min {lo!r} > clip_max {hi!r}")
+    if entry.get("axis") is not None:
+        _field(entry, "axis", int, where)
+        scales, zps = _field(entry, "channel_scales", list, where), _field(entry, "channel_zero_points", list, where)
+        if not scales or len(scales) != len(zps):
+            raise RecordError(f"{where}: {len(scales)} channel scales and {len(zps)} channel zero points")
+        _check_qparams(scales, zps, bits, where)
 
 
 def _check_weight(entry: Mapping[str, Any], where: str) -> None:

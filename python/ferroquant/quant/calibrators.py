@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional, Sequence
 
 from ferroquant import ops
-from ferroquant.calibrate import AnyCalibrator, CalibResult, HistogramCalibrator, IFMRCalibrator
+from ferroquant.calibrate import (
+    AnyCalibrator,
+    CalibResult,
+    ChannelCalibrator,
+    ChannelCalibResult,
+    HistogramCalibrator,
+    IFMRCalibrator,
+)
+from ferroquant.ops.types import IfmrOptions
 from ferroquant.config.ptq import ActivationParams, QuantConfig
 from ferroquant.quant.table import ActivationQuant, LayerInfo
 
@@ -32,6 +40,15 @@ def make_activation_calibrator(tensor: str, params: ActivationParams, symmetric:
                                num_quantized_bins=a.num_quantized_bins)
 
 
+def make_channel_calibrator(tensor: str, params: ActivationParams, symmetric: bool) -> ChannelCalibrator:
+    """A per-channel calibrator (channel axis 1) with ``params``'s algorithm, for a depthwise Conv's input."""
+    a = params
+    ifmr = IfmrOptions(a.bits, symmetric, a.max_percentile, a.min_percentile, a.search_range[0], a.search_range[1],
+                       a.search_step, a.search_extend, a.search_2d)
+    return ChannelCalibrator(tensor, a.algorithm, bits=a.bits, symmetric=symmetric, refine=a.hfmg_refine,
+                             percentile=a.percentile, num_quantized_bins=a.num_quantized_bins, ifmr=ifmr)
+
+
 def ifmr_share(config: QuantConfig, layers: Iterable[LayerInfo], total: int = IFMR_MODEL_BUDGET,
                others: int = 0) -> int:
     """Each exact-IFMR tensor's share of the model's sample budget ``total`` (at least 4 MiB), with ``others``
@@ -41,18 +58,23 @@ def ifmr_share(config: QuantConfig, layers: Iterable[LayerInfo], total: int = IF
 
 
 def layer_calibrators(config: QuantConfig, layers: Iterable[LayerInfo], memory_budget: int = IFMR_MODEL_BUDGET,
-                      tensors: Sequence[str] = ()) -> Dict[str, AnyCalibrator]:
+                      tensors: Sequence[str] = (), channel_tensors: Iterable[str] = ()) -> Dict[str, AnyCalibrator]:
     """One calibrator per activation tensor read by ``layers`` (the first layer that reads a tensor decides its
     parameters), by tensor name, in layer order; then one per other tensor of ``tensors`` (a deploy profile's
     outputs, residual Adds...) with the config's tensor parameters. Exact IFMR shares ``memory_budget`` among all
-    of them."""
+    of them. Tensors of ``channel_tensors`` (read only by depthwise Convs) whose first reader asks for
+    ``channel_wise`` activations get a per-channel calibrator."""
+    channel = set(channel_tensors)
     layers = list(layers)
     extra = [t for t in tensors if t not in {l.activation for l in layers}]
     ifmr_extra = len(extra) if config.tensor_activation().algorithm == "ifmr" else 0
     share = ifmr_share(config, layers, memory_budget, ifmr_extra)
     cals: Dict[str, AnyCalibrator] = {}
     for l in layers:
-        if l.activation not in cals:
+        params = config.layers[l.name].activation
+        if l.activation not in cals and params.channel_wise and l.activation in channel:
+            cals[l.activation] = make_channel_calibrator(l.activation, params, config.activation_symmetric(l.name))
+        elif l.activation not in cals:
             cals[l.activation] = make_activation_calibrator(l.activation, config.layers[l.name].activation,
                                                             config.activation_symmetric(l.name), share)
     cals.update(tensor_calibrators(config, extra, share))
@@ -60,7 +82,10 @@ def layer_calibrators(config: QuantConfig, layers: Iterable[LayerInfo], memory_b
 
 
 def activation_quant(tensor: str, r: CalibResult) -> ActivationQuant:
-    """A table entry from a calibrator's result."""
+    """A table entry from a calibrator's result (per channel for a :class:`ChannelCalibResult`)."""
+    if isinstance(r, ChannelCalibResult):
+        return ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min, r.clip_max,
+                               dict(r.details), r.axis, r.scales, r.zero_points)
     return ActivationQuant(tensor, r.scale, r.zero_point, r.bits, r.algorithm, r.clip_min, r.clip_max,
                            dict(r.details))
 
@@ -75,8 +100,8 @@ def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:
     """``aq`` with its clip range kept inside ``[lo, hi]`` (the values an absorbed Relu/Clip lets through), so
     that removing the activation from the deploy model changes nothing: the qparams are recomputed (asymmetric:
     activations are absorbed only then) from the narrowed range when the search's clip reaches outside it."""
-    if aq.clip_min >= lo and aq.clip_max <= hi:
-        return aq
+    if aq.clip_min >= lo and aq.clip_max <= hi or aq.per_channel:
+        return aq  # per-channel activations are refused by the profiles that absorb activations
     new_lo, new_hi = max(aq.clip_min, lo), min(aq.clip_max, hi)
     p = ops.qparams_from_range(new_lo, new_hi, aq.bits, symmetric=False)
     grid_lo = p.scale * (-(1 << (aq.bits - 1)) - p.zero_point)
@@ -87,4 +112,4 @@ def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:
 
 
 __all__ = ["IFMR_MODEL_BUDGET", "activation_quant", "bounded", "ifmr_share", "layer_calibrators",
-           "make_activation_calibrator", "tensor_calibrators"]
+           "make_activation_calibrator", "make_channel_calibrator", "tensor_calibrators"]

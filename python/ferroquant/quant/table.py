@@ -5,7 +5,7 @@ downstream of the table does quantization arithmetic (bias codes are in it too).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,7 +38,11 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class ActivationQuant:
-    """Qparams of a layer's input tensor (shared by every layer that reads the same tensor)."""
+    """Qparams of a layer's input tensor (shared by every layer that reads the same tensor).
+
+    Per-channel activations (a depthwise Conv's input, for runtimes that take them) set ``axis`` (1) and one
+    scale and zero point per channel in ``channel_scales`` / ``channel_zero_points``; ``scale`` / ``zero_point``
+    / ``clip_*`` then hold the per-tensor qparams of the channels' union (summaries, fallbacks)."""
 
     tensor: str
     scale: float
@@ -48,6 +52,13 @@ class ActivationQuant:
     clip_min: float
     clip_max: float
     details: Dict[str, Any] = field(default_factory=dict)
+    axis: Optional[int] = None
+    channel_scales: Optional[Tuple[float, ...]] = None
+    channel_zero_points: Optional[Tuple[int, ...]] = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
 
 
 @dataclass(frozen=True)

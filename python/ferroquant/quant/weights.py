@@ -38,18 +38,24 @@ def quantize_bias(layer: LayerInfo, b: Optional[np.ndarray], act: ActivationQuan
                   ) -> Optional[BiasQuant]:
     """int32 codes ``round(b / (s_in * s_w[c]))`` (clamped to int32) with scale ``s_in * s_w`` (zero point 0).
     None (the bias stays float) unless ``b`` is a 1-D array with one value per output channel (any length
-    with a per-tensor weight scale)."""
+    with a per-tensor weight scale). With per-channel input scales (a depthwise Conv), output channel ``o`` takes
+    the scale of input channel ``o // (C_out / C_in)``."""
     scale_w = np.asarray(wq.scale, np.float32).ravel()
     if b is None or b.ndim != 1 or (wq.axis is not None and b.size != scale_w.size):
         return None
-    scale = (np.float32(act.scale) * scale_w).astype(np.float32)
+    per_channel = wq.axis is not None
+    s_in = np.float32(act.scale)
+    if act.per_channel:
+        ch = np.asarray(act.channel_scales, np.float32)
+        if b.size % ch.size:
+            return None
+        s_in, per_channel = np.repeat(ch, b.size // ch.size), True
+    scale = (s_in * scale_w).astype(np.float32)
     codes = np.rint(np.asarray(b, np.float64) / scale.astype(np.float64))
     codes = np.clip(codes, _INT32.min, _INT32.max).astype(np.int32)
-    if wq.axis is None:
+    if not per_channel:
         return BiasQuant(str(layer.bias), scale.reshape(()), codes, None)
     return BiasQuant(str(layer.bias), scale, codes, 0)
-
-
 
 
 def layer_quant(layer: LayerInfo, act: ActivationQuant, wq: WeightQuant, bias: Optional[np.ndarray]

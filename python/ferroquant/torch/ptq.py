@@ -76,6 +76,10 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     else:
         cfg = load_config(config)
+    used = cfg.methods_in_use()
+    if used:
+        raise ConfigError(f"{', '.join(used)}: the torch PTQ flow does not apply these yet; export the model to ONNX "
+                          "and quantize it with ferroquant.onnx, or turn them off")
     work = copy.deepcopy(model).eval()
     mods = {n: m for n, m in work.named_modules() if layer_type_of(m) is not None}
     missing = [n for n in cfg.layers if n not in mods]

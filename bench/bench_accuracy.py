@@ -1,0 +1,215 @@
+"""MobileNetV2 (ImageNet weights, BN kept in the ONNX model and folded by each tool) int8 PTQ: the share of each
+accuracy method of issue 15 (cross-layer equalization, empirical bias correction, per-channel scales on
+depthwise-Conv inputs), alone and together, beside onnxruntime's ``quantize_static`` and OpenVINO NNCF's
+``nncf.quantize`` (default and MIXED presets), in one run on the same crops.
+
+    python bench/bench_accuracy.py [--calib 64] [--eval 320] [--methods NAME,...]
+
+Calibration and evaluation crops come from disjoint *scenes* (:func:`ferroquant.examples.scenes.scene_sets`:
+the wheels' photos plus Debian opencv-doc's), so no photo is in both. Each method runs in its own process and
+writes a deploy model; its top-1 agreement with FP32 is measured in onnxruntime with graph optimizations disabled
+(every Q/DQ executed as written: the method is measured, not a runtime's fused kernels) and enabled. The 90 %
+interval resamples evaluation *scenes* (crops of one photo are not independent). Writes
+bench/results/accuracy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_onnx_ptq import _agreement, _run  # noqa: E402
+from harness import Table, write_report  # noqa: E402
+
+BATCH = 8
+CLE = {"equalization": {"enabled": True}}
+CLE6 = {"equalization": {"enabled": True, "relu6_to_relu": True}}
+CLE6A = {"equalization": {"enabled": True, "relu6_to_relu": True, "bias_absorption": True}}
+BC = {"weight": {"bias_correction": "empirical"}}
+DW = {"activation": {"channel_wise": True}}
+#: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
+#: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
+FERROQUANT = {
+    "fq ort": ("onnxruntime", {}, {}),
+    "fq ort +CLE": ("onnxruntime", CLE, {}),
+    "fq ort +CLE(relu6->relu)": ("onnxruntime", CLE6, {}),
+    "fq ort +CLE(relu6->relu) +absorption": ("onnxruntime", CLE6A, {}),
+    "fq ort +BC": ("onnxruntime", {}, BC),
+    "fq ort +CLE +BC": ("onnxruntime", CLE, BC),
+    "fq ort +CLE(relu6->relu) +BC": ("onnxruntime", CLE6, BC),
+    "fq amct": ("amct", {}, {}),
+    "fq amct +CLE(relu6->relu)": ("amct", CLE6, {}),
+    "fq amct +BC": ("amct", {}, BC),
+    "fq amct +DW per-channel": ("amct", {}, DW),
+    "fq amct +DW per-channel +BC": ("amct", {}, {**DW, **BC}),
+    "fq amct all: CLE(relu6->relu) +BC +DW": ("amct", CLE6, {**DW, **BC}),
+}
+PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
+FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]
+
+
+def _feeds(x: np.ndarray, batch: int = BATCH) -> List[Dict[str, np.ndarray]]:
+    return [{"input": x[i : i + batch]} for i in range(0, len(x), batch)]
+
+
+def _ferroquant(name: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
+    import ferroquant.onnx as fo
+
+    profile, methods, common = FERROQUANT[name]
+    common = {k: dict(v) for k, v in common.items()}
+    common.setdefault("activation", {})["algorithm"] = "hfmg"
+    fo.quantize(str(fp32), _feeds(calib), out, profile=profile, latency_check=False,
+                config_defination={"common_config": common, "methods": methods})
+
+
+def _peer(name: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
+    import onnx
+
+    if name.startswith("nncf"):
+        import nncf
+
+        kw = {"preset": nncf.QuantizationPreset.MIXED} if "MIXED" in name else {}
+        if "no bias" in name:
+            kw["fast_bias_correction"] = None  # NNCF: None disables bias correction
+        feeds = _feeds(calib, 1)
+        q = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(feeds), subset_size=len(feeds), **kw)
+        onnx.save(q, str(out))
+        return
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    class Reader:
+        def __init__(self) -> None:
+            self.it = iter(_feeds(calib))
+
+        def get_next(self):  # noqa: ANN202
+            return next(self.it, None)
+
+    method = {"MinMax": CalibrationMethod.MinMax, "Percentile": CalibrationMethod.Percentile}[name.split()[-1]]
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=method)
+
+
+def _float_variant(name: str, fp32: Path, out: Path) -> None:
+    """The FP32 model with every ReLU6 made Relu (and equalized): what CLE across ReLU6 costs in float."""
+    import onnx
+
+    from ferroquant.config.methods import EqualizationParams
+    from ferroquant.onnx.api import prepare_model
+    from ferroquant.onnx.equalize import _to_relu, equalize
+
+    from ferroquant.onnx.methods import bn_statistics
+
+    prepared = prepare_model(str(fp32))
+    model = prepared.model
+    if "CLE" in name:
+        params = EqualizationParams(enabled=True, relu6_to_relu=True, bias_absorption="absorption" in name)
+        model, _ = equalize(model, params, bn_statistics(prepared.fusion))
+    else:
+        for n in model.graph.node:
+            if n.op_type == "Clip":
+                _to_relu(n)
+    onnx.save(model, str(out))
+
+
+def _scene_interval(hit: np.ndarray, scene: np.ndarray, draws: int = 2000) -> List[float]:
+    """5th and 95th percentile of the agreement when evaluation scenes are resampled with replacement."""
+    rng = np.random.default_rng(0)
+    scenes = np.unique(scene)
+    per = [hit[scene == s] for s in scenes]
+    vals = []
+    for _ in range(draws):
+        pick = rng.integers(0, len(scenes), len(scenes))
+        vals.append(np.concatenate([per[i] for i in pick]).mean())
+    return [float(np.percentile(vals, 5)), float(np.percentile(vals, 95))]
+
+
+def worker(name: str, wd: Path) -> Dict[str, float]:
+    fp32, calib = wd / "mobilenet_v2.onnx", np.load(wd / "calib.npy")
+    out = wd / f"{abs(hash(name))}.onnx"
+    t0 = time.perf_counter()
+    if name in FERROQUANT:
+        _ferroquant(name, fp32, out, calib)
+    elif name in FLOAT:
+        _float_variant(name, fp32, out)
+    else:
+        _peer(name, fp32, out, calib)
+    res: Dict[str, float] = {"time_s": time.perf_counter() - t0}
+    x, ref, scene = np.load(wd / "eval.npy"), np.load(wd / "ref.npy"), np.load(wd / "scene.npy")
+    for opt in (False, True):
+        got = _run(out, x, opt)
+        tag = "opt" if opt else "noopt"
+        res.update({f"{k}_{tag}": v for k, v in _agreement(ref, got).items()})
+        res[f"ci_{tag}"] = _scene_interval(ref.argmax(1) == got.argmax(1), scene)
+    return res
+
+
+def _spawn(name: str, wd: Path) -> Dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--worker", name, "--workdir", str(wd)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=320)
+    ap.add_argument("--methods", help="comma-separated subset of the rows")
+    ap.add_argument("--worker")
+    ap.add_argument("--workdir")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, Path(args.workdir))))
+        return
+    import onnx
+
+    from ferroquant.examples.models import mobilenet_v2_onnx
+    from ferroquant.examples.scenes import scene_sets
+
+    names = list(FLOAT) + list(FERROQUANT) + PEERS
+    if args.methods:
+        names = [n for n in names if n in set(args.methods.split(","))]
+    with tempfile.TemporaryDirectory() as d:
+        wd = Path(d)
+        onnx.save(mobilenet_v2_onnx(), str(wd / "mobilenet_v2.onnx"))
+        sets = scene_sets(args.calib, args.eval, seed=0)
+        np.save(wd / "calib.npy", sets.calibration)
+        np.save(wd / "eval.npy", sets.evaluation)
+        np.save(wd / "scene.npy", sets.evaluation_scene)
+        np.save(wd / "ref.npy", _run(wd / "mobilenet_v2.onnx", sets.evaluation, True))
+        t = Table(f"MobileNetV2 int8 (HFMG for ferroquant), {args.calib} calibration crops from "
+                  f"{len(sets.calibration_scenes)} scenes, {args.eval} evaluation crops from "
+                  f"{len(sets.evaluation_scenes)} other scenes",
+                  ["method", "quantize s", "top-1 agree (no opt)", "90% scene interval", "top-5 (no opt)",
+                   "SQNR dB (no opt)", "top-1 agree (ORT opt)"])
+        for n in names:
+            r = _spawn(n, wd)
+            if "error" in r:
+                t.add(n, "failed: " + r["error"], "", "", "", "", "")
+                continue
+            lo, hi = r["ci_noopt"]
+            t.add(n, f"{r['time_s']:.1f}", f"{r['top1_noopt']:.3f}", f"{lo:.3f}-{hi:.3f}", f"{r['top5_noopt']:.3f}",
+                  f"{r['sqnr_db_noopt']:.2f}", f"{r['top1_opt']:.3f}")
+        t.notes.append(f"Calibration scenes: {', '.join(sets.calibration_scenes)}. Agreement = FP32 top-1 class "
+                       "reproduced; FP32 is the original model (ReLU6). 'fq ort' rows use the onnxruntime profile "
+                       "(per-tensor activations, u8s7 without VNNI), 'fq amct' rows the simulation layout; "
+                       "CLE = cross-layer equalization (exact in float; with ReLU6 kept only the 2 pairs without an "
+                       "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
+                       "FP32 rows measure), absorption = bias absorption, BC = empirical bias correction, "
+                       "DW per-channel = per-channel activation scales on depthwise-Conv inputs.")
+        write_report("accuracy", [t], "Each row is a separate process; 'quantize s' covers loading the float model, "
+                     "calibration and saving the deploy model.")
+
+
+if __name__ == "__main__":
+    main()

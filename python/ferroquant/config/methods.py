@@ -1,0 +1,95 @@
+"""The model-wide settings of the methods that look past one tensor (issue 15). They sit under the config's
+``methods`` key; today that is cross-layer equalization::
+
+    "methods": {
+      "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false}
+    }
+
+Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
+and a layer's own entry turns it on or off for that layer): ``activation.channel_wise`` (per-channel scales on a
+depthwise Conv's input) and ``weight.bias_correction`` (``none`` or ``empirical``). Every default leaves the
+output exactly as before these methods existed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping
+
+from ferroquant.config.fields import check_bool, check_int, field_error
+from ferroquant.errors import ConfigError
+
+_WHERE = "<methods>"
+
+
+@dataclass(frozen=True)
+class EqualizationParams:
+    """Cross-layer equalization of Conv -> (Relu) -> Conv chains, after BN folding and before calibration.
+
+    ``relu6_to_relu``: equalize across ReLU6 (``Clip(0, 6)``) by replacing it with Relu (changes the FP32 model;
+    the record says by how much on the first calibration batch), else such pairs are skipped.
+    ``bias_absorption``: move ``max(0, beta - 3|gamma|)`` of a folded BN through the Relu into the next layer's
+    bias (AIMET's rule; nearly exact only, so off by default: equalization alone is exact in float).
+    ``iterations``: rounds over the chains (each round equalizes every pair once)."""
+
+    enabled: bool = False
+    relu6_to_relu: bool = False
+    bias_absorption: bool = False
+    iterations: int = 20
+
+    def validate(self) -> None:
+        for k in ("enabled", "relu6_to_relu", "bias_absorption"):
+            check_bool(_WHERE, f"equalization.{k}", getattr(self, k))
+        check_int(_WHERE, "equalization.iterations", self.iterations, range(1, 1001))
+
+
+_SECTIONS = {"equalization": EqualizationParams}
+
+
+@dataclass(frozen=True)
+class MethodsConfig:
+    """The ``methods`` section (see the module docstring)."""
+
+    equalization: EqualizationParams = field(default_factory=EqualizationParams)
+
+    def is_default(self) -> bool:
+        return self == MethodsConfig()
+
+    def to_json(self) -> Dict[str, Any]:
+        """The sections that differ from the defaults (an unchanged config writes nothing)."""
+        out = {}
+        for name in _SECTIONS:
+            d = asdict(getattr(self, name))
+            base = asdict(_SECTIONS[name]())
+            diff = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if v != base[k]}
+            if diff:
+                out[name] = diff
+        return out
+
+
+def methods_from_json(d: Any) -> MethodsConfig:
+    """The ``methods`` section of a config dict, validated; unknown keys are errors naming the section."""
+    if d is None:
+        return MethodsConfig()
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"methods: must be an object, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"methods: unknown keys {unknown} (known: {sorted(_SECTIONS)})")
+    parts = {}
+    for name, cls in _SECTIONS.items():
+        sec = d.get(name, {})
+        if not isinstance(sec, Mapping):
+            raise ConfigError(f"methods.{name}: must be an object, got {type(sec).__name__}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(sec) - known)
+        if bad:
+            raise field_error(_WHERE, f"{name}.{bad[0]}", f"unknown key (known: {sorted(known)})")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in sec.items()}
+        obj = cls(**values)
+        obj.validate()
+        parts[name] = obj
+    return MethodsConfig(**parts)
+
+
+__all__ = ["EqualizationParams", "MethodsConfig", "methods_from_json"]
