@@ -33,6 +33,15 @@ def field_error(layer: str, fld: str, msg: str) -> FieldError:
     return FieldError(layer, fld, msg)
 
 
+def check_known_keys(layer: str, prefix: str, section: Mapping[str, Any], cls: type) -> None:
+    """Every key of ``section`` is a field of the dataclass ``cls``; else a FieldError naming the first unknown
+    key as ``prefix.key``."""
+    known = {f.name for f in fields(cls)}
+    bad = sorted(set(section) - known)
+    if bad:
+        raise field_error(layer, f"{prefix}.{bad[0]}", f"unknown key (known: {sorted(known)})")
+
+
 def check_bool(layer: str, name: str, v: Any) -> None:
     if not isinstance(v, bool):
         raise field_error(layer, name, f"must be true or false, got {v!r}")

@@ -13,10 +13,10 @@ output exactly as before these methods existed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping
 
-from ferroquant.config.fields import check_bool, check_int, field_error
+from ferroquant.config.fields import check_bool, check_int, check_known_keys
 from ferroquant.errors import ConfigError
 
 _WHERE = "<methods>"
@@ -81,10 +81,7 @@ def methods_from_json(d: Any) -> MethodsConfig:
         sec = d.get(name, {})
         if not isinstance(sec, Mapping):
             raise ConfigError(f"methods.{name}: must be an object, got {type(sec).__name__}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(sec) - known)
-        if bad:
-            raise field_error(_WHERE, f"{name}.{bad[0]}", f"unknown key (known: {sorted(known)})")
+        check_known_keys(_WHERE, name, sec, cls)
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in sec.items()}
         obj = cls(**values)
         obj.validate()

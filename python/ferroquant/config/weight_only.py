@@ -6,7 +6,7 @@ every key is checked and named in errors as ``weight_only.<key>``; unknown keys 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Tuple, Union
 
@@ -15,6 +15,7 @@ from ferroquant.config.fields import (
     check_bool,
     check_choice,
     check_int,
+    check_known_keys,
     check_names,
     check_num,
     field_error,
@@ -108,10 +109,7 @@ def weight_only_from_json(doc: Mapping[str, Any]) -> WeightOnlyConfig:
     d = doc.get(SECTION, doc) if isinstance(doc, Mapping) else doc
     if not isinstance(d, Mapping):
         raise ConfigError(f"field {SECTION!r}: must be an object, got {type(d).__name__}")
-    names = {f.name for f in fields(WeightOnlyConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise field_error(SECTION, f"{SECTION}.{unknown[0]}", f"unknown key (known: {sorted(names)})")
+    check_known_keys(SECTION, SECTION, d, WeightOnlyConfig)
     return WeightOnlyConfig(**dict(d))
 
 
