@@ -5,7 +5,7 @@ use ferroquant_core::{arq as core_arq, Scheme};
 use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
-use crate::arrays::{layout, shape_of, slice, zeros};
+use crate::arrays::{layout, run_into, shape_of, slice, zeros};
 use crate::errors::run;
 use crate::types::build;
 
@@ -26,13 +26,7 @@ fn quantize_into<'py, T: Code + Element>(
     scheme: Scheme,
     axis: Option<isize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    let out = zeros::<T>(py, shape);
-    {
-        let mut w = out.readwrite();
-        let os = w.as_slice_mut()?;
-        run(py, || affine::quantize(xs, &layout(shape, axis)?, scales, zps, &scheme, os))?;
-    }
-    Ok(out)
+    Ok(run_into(py, shape, |os| affine::quantize(xs, &layout(shape, axis)?, scales, zps, &scheme, os))?.0)
 }
 
 /// Integer codes of `x`: int8 for bits <= 8, int16 above.
@@ -65,13 +59,7 @@ fn dequantize_from<'py, T: Code + Element>(
     axis: Option<isize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (qs, shape) = (slice(py, q, "q")?, shape_of(q));
-    let out = zeros::<f32>(py, &shape);
-    {
-        let mut w = out.readwrite();
-        let os = w.as_slice_mut()?;
-        run(py, || affine::dequantize(qs, &layout(&shape, axis)?, scales, zps, &scheme, os))?;
-    }
-    Ok(out)
+    Ok(run_into(py, &shape, |os| affine::dequantize(qs, &layout(&shape, axis)?, scales, zps, &scheme, os))?.0)
 }
 
 /// `(q - zero_point) * scale` as float32.
@@ -107,13 +95,8 @@ fn fake_quant<'py>(
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
     let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
-    let out = zeros::<f32>(py, &shape);
-    {
-        let mut w = out.readwrite();
-        let os = w.as_slice_mut()?;
-        run(py, || affine::fake_quant(xs, &layout(&shape, axis)?, ss, zs, &Scheme::new(bits, true)?, os))?;
-    }
-    Ok(out)
+    let fq = |os: &mut [f32]| affine::fake_quant(xs, &layout(&shape, axis)?, ss, zs, &Scheme::new(bits, true)?, os);
+    Ok(run_into(py, &shape, fq)?.0)
 }
 
 fn arq_into<'py, T: Code + Element>(

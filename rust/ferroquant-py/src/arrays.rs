@@ -1,7 +1,7 @@
 //! Array plumbing: contiguous borrows, layouts from an optional axis, output allocation.
 
 use ferroquant_core::{ChannelLayout, QuantError};
-use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::errors::raise;
@@ -22,6 +22,22 @@ pub fn layout(shape: &[usize], axis: Option<isize>) -> Result<ChannelLayout, Qua
 /// A new zero-filled array with `shape`.
 pub fn zeros<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
     PyArrayDyn::<T>::zeros(py, shape.to_vec(), false)
+}
+
+/// A new array of `shape` that `f` fills in place with the GIL released (`crate::errors::run`); returns it with
+/// what `f` returned.
+pub fn run_into<'py, T: Element, R: Send>(
+    py: Python<'py>,
+    shape: &[usize],
+    f: impl FnOnce(&mut [T]) -> Result<R, ferroquant_core::QuantError> + Send,
+) -> PyResult<(Bound<'py, PyArrayDyn<T>>, R)> {
+    let out = zeros::<T>(py, shape);
+    let r = {
+        let mut w = out.readwrite();
+        let os = w.as_slice_mut()?;
+        crate::errors::run(py, || f(os))?
+    };
+    Ok((out, r))
 }
 
 pub fn shape_of<T: Element>(a: &PyReadonlyArrayDyn<'_, T>) -> Vec<usize> {

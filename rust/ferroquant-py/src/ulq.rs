@@ -2,10 +2,10 @@
 //! autograd functions (which hand in tensors' memory through `Tensor.numpy()`, without copies).
 
 use ferroquant_core::{ulq, Scheme};
-use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
-use crate::arrays::{layout, shape_of, slice, zeros};
+use crate::arrays::{layout, run_into, shape_of, slice};
 use crate::errors::run;
 use crate::types::build;
 
@@ -21,12 +21,8 @@ fn ulq_fake_quant<'py>(
     symmetric: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
-    let out = zeros::<f32>(py, &shape);
-    let p = {
-        let mut w = out.readwrite();
-        let os = w.as_slice_mut()?;
-        run(py, || ulq::ulq_fake_quant(xs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
-    };
+    let (out, p) =
+        run_into(py, &shape, |os| ulq::ulq_fake_quant(xs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?;
     build!(py, "UlqForward" { fake: out, scale: p.scale, zero_point: p.zero_point })
 }
 
@@ -44,12 +40,8 @@ fn ulq_backward<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
     let gs = slice(py, &grad, "grad")?;
-    let out = zeros::<f32>(py, &shape);
-    let r = {
-        let mut w = out.readwrite();
-        let os = w.as_slice_mut()?;
-        run(py, || ulq::ulq_backward(xs, gs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?
-    };
+    let (out, r) =
+        run_into(py, &shape, |os| ulq::ulq_backward(xs, gs, clip_min, clip_max, &Scheme::new(bits, symmetric)?, os))?;
     build!(py, "UlqBackward" { grad_x: out, grad_clip_max: r.clip_max, grad_clip_min: r.clip_min })
 }
 
