@@ -259,8 +259,9 @@ def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: U
     extra: Dict[str, Any] = {"profile": calibrated.profile.name, "cpu_types": calibrated.cpu.name}
     if calibrated.methods:
         extra["methods"] = calibrated.methods
+    large = is_large(calibrated.model)  # walks every tensor: once
     check = calibrated.profile.latency_check if latency_check is None else latency_check
-    if latency_check is None and check and is_large(calibrated.model):
+    if latency_check is None and check and large:
         # timing needs the float model in onnxruntime beside the one held here: over 2 GB that doubles the
         # peak memory, so the check runs only when asked for (latency_check=True)
         check, extra["latency"] = False, {"skipped": "model over 2 GB; pass latency_check=True to run it"}
@@ -274,7 +275,7 @@ def save_model(calibrated: Union[CalibratedModel, WeightOnlyModel], save_path: U
         kept = sorted(set(kept) | set(report.kept_float))
     extra["kept_float"] = kept
     extra["scale_guard"] = list(table.scale_guard)
-    if is_large(calibrated.model):
+    if large:
         deploy = None  # exported again after the fake-quant model is written: never two copies held at once
     t0 = time.perf_counter()
     paths = write_outputs(calibrated.model, table, save_path, extra, layout, deploy, deploy_path)
