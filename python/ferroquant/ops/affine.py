@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -45,6 +45,15 @@ def _grid(scale: ArrayLike, zero_point: ArrayLike) -> tuple[np.ndarray, np.ndarr
     return s, z
 
 
+def _on_grid(native: Callable[..., np.ndarray], x: ArrayLike, scale: ArrayLike, zero_point: ArrayLike, bits: int,
+             axis: Optional[int], name: Optional[str]) -> np.ndarray:
+    """``native(x, scale, zero_point, bits, axis)`` with every argument checked (quantize, fake_quant)."""
+    with named(name):
+        b = check_bits(bits)
+        s, z = _grid(scale, zero_point)
+        return native(as_f32(x), s, z, b, opt_axis(axis))
+
+
 def quantize(
     x: ArrayLike,
     scale: ArrayLike,
@@ -57,10 +66,7 @@ def quantize(
 
     With ``axis`` None, ``scale`` and ``zero_point`` are scalars; otherwise one per index of ``axis``.
     """
-    with named(name):
-        b = check_bits(bits)
-        s, z = _grid(scale, zero_point)
-        return _native.quantize(as_f32(x), s, z, b, opt_axis(axis))
+    return _on_grid(_native.quantize, x, scale, zero_point, bits, axis, name)
 
 
 def dequantize(
@@ -90,9 +96,6 @@ def fake_quant(
     name: Optional[str] = None,
 ) -> np.ndarray:
     """Quantize then dequantize in one pass: the float value each deployed integer stands for."""
-    with named(name):
-        b = check_bits(bits)
-        s, z = _grid(scale, zero_point)
-        return _native.fake_quant(as_f32(x), s, z, b, opt_axis(axis))
+    return _on_grid(_native.fake_quant, x, scale, zero_point, bits, axis, name)
 
 __all__ = ["dequantize", "fake_quant", "min_max", "qparams_from_data", "qparams_from_range", "quantize"]

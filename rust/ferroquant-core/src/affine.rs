@@ -11,40 +11,47 @@ use crate::scheme::Scheme;
 
 pub use crate::kernels::Code;
 
-fn grids(scales: &[f32], zero_points: &[i32], scheme: &Scheme, layout: &ChannelLayout) -> Result<Vec<Grid>> {
-    let c = layout.channels;
-    if scales.len() != c {
-        return Err(QuantError::ShapeMismatch { what: "scale (one per channel)", expected: c, got: scales.len() });
-    }
-    if zero_points.len() != c {
-        return Err(QuantError::ShapeMismatch {
-            what: "zero_point (one per channel)",
-            expected: c,
-            got: zero_points.len(),
-        });
-    }
-    let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
-    scales
-        .iter()
-        .zip(zero_points)
-        .enumerate()
-        .map(|(i, (&s, &z))| {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
+/// One checked (scale, zero point) grid per channel of a layout: scales finite and > 0, zero points within the
+/// scheme's range. Built once, read by [`quantize`], [`fake_quant`] and [`dequantize`].
+pub struct ChannelGrids<'a> {
+    layout: &'a ChannelLayout,
+    scheme: Scheme,
+    grids: Vec<Grid>,
+}
+
+impl<'a> ChannelGrids<'a> {
+    pub fn new(layout: &'a ChannelLayout, scales: &[f32], zero_points: &[i32], scheme: &Scheme) -> Result<Self> {
+        let c = layout.channels;
+        let lens = [("scale (one per channel)", scales.len()), ("zero_point (one per channel)", zero_points.len())];
+        for (what, got) in lens {
+            if got != c {
+                return Err(QuantError::ShapeMismatch { what, expected: c, got });
             }
-            if z < qmin || z > qmax {
-                return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
-            }
-            Ok(Grid {
-                scale: s,
-                zp: z as f32,
-                lo: (qmin - z - 1) as f32,
-                hi: (qmax - z + 1) as f32,
-                qmin: qmin as f32,
-                qmax: qmax as f32,
+        }
+        let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
+        let grids = scales
+            .iter()
+            .zip(zero_points)
+            .enumerate()
+            .map(|(i, (&s, &z))| {
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
+                }
+                if z < qmin || z > qmax {
+                    return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
+                }
+                Ok(Grid {
+                    scale: s,
+                    zp: z as f32,
+                    lo: (qmin - z - 1) as f32,
+                    hi: (qmax - z + 1) as f32,
+                    qmin: qmin as f32,
+                    qmax: qmax as f32,
+                })
             })
-        })
-        .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layout, scheme: *scheme, grids })
+    }
 }
 
 fn check_codes_fit<T: Code>(scheme: &Scheme) -> Result<()> {
@@ -62,10 +69,10 @@ fn check_codes_fit<T: Code>(scheme: &Scheme) -> Result<()> {
 fn for_runs<U: Send>(
     x: &[f32],
     out: &mut [U],
-    layout: &ChannelLayout,
-    grids: &[Grid],
+    g: &ChannelGrids<'_>,
     body: impl Fn(&Grid, &[f32], &mut [U]) + Sync + Send,
 ) -> Result<()> {
+    let (layout, grids) = (g.layout, &g.grids);
     layout.check_len("input", x.len())?;
     layout.check_len("output", out.len())?;
     let bad = zip_chunks_mut(x, out, CHUNK, |start, xc, oc| {
@@ -84,31 +91,15 @@ fn for_runs<U: Send>(
     }
 }
 
-/// Quantize `x` into `out` with one (scale, zero point) per channel of `layout`.
-pub fn quantize<T: Code>(
-    x: &[f32],
-    layout: &ChannelLayout,
-    scales: &[f32],
-    zero_points: &[i32],
-    scheme: &Scheme,
-    out: &mut [T],
-) -> Result<()> {
-    check_codes_fit::<T>(scheme)?;
-    let g = grids(scales, zero_points, scheme, layout)?;
-    for_runs(x, out, layout, &g, |g, xr, or| quantize_run(g, xr, or))
+/// Quantize `x` into `out` on the channel grids.
+pub fn quantize<T: Code>(x: &[f32], g: &ChannelGrids<'_>, out: &mut [T]) -> Result<()> {
+    check_codes_fit::<T>(&g.scheme)?;
+    for_runs(x, out, g, |g, xr, or| quantize_run(g, xr, or))
 }
 
 /// Quantize then dequantize: the float the deployed integer stands for.
-pub fn fake_quant(
-    x: &[f32],
-    layout: &ChannelLayout,
-    scales: &[f32],
-    zero_points: &[i32],
-    scheme: &Scheme,
-    out: &mut [f32],
-) -> Result<()> {
-    let g = grids(scales, zero_points, scheme, layout)?;
-    for_runs(x, out, layout, &g, fake_quant_run)
+pub fn fake_quant(x: &[f32], g: &ChannelGrids<'_>, out: &mut [f32]) -> Result<()> {
+    for_runs(x, out, g, fake_quant_run)
 }
 
 /// `(q - zero_point) * scale` per channel.
@@ -133,18 +124,12 @@ fn check_codes<T: Code>(q: &[T], scheme: &Scheme) -> Result<()> {
     }
 }
 
-pub fn dequantize<T: Code>(
-    q: &[T],
-    layout: &ChannelLayout,
-    scales: &[f32],
-    zero_points: &[i32],
-    scheme: &Scheme,
-    out: &mut [f32],
-) -> Result<()> {
-    let g = grids(scales, zero_points, scheme, layout)?;
+pub fn dequantize<T: Code>(q: &[T], g: &ChannelGrids<'_>, out: &mut [f32]) -> Result<()> {
+    let (layout, scheme) = (g.layout, &g.scheme);
     layout.check_len("input", q.len())?;
     layout.check_len("output", out.len())?;
     check_codes(q, scheme)?;
+    let g = &g.grids;
     zip_chunks_mut(q, out, CHUNK, |start, qc, oc| {
         layout.for_each_run(start, qc.len(), |off, n, ch| {
             dequantize_run(&g[ch], &qc[off..off + n], &mut oc[off..off + n]);
@@ -156,6 +141,16 @@ pub fn dequantize<T: Code>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The grids built and checked in the same call, as the callers that quantize once do.
+    fn quantize<T: Code>(x: &[f32], l: &ChannelLayout, s: &[f32], z: &[i32], sc: &Scheme, out: &mut [T]) -> Result<()>
+    {
+        super::quantize(x, &ChannelGrids::new(l, s, z, sc)?, out)
+    }
+
+    fn fake_quant(x: &[f32], l: &ChannelLayout, s: &[f32], z: &[i32], sc: &Scheme, out: &mut [f32]) -> Result<()> {
+        super::fake_quant(x, &ChannelGrids::new(l, s, z, sc)?, out)
+    }
 
     #[test]
     fn ties_round_to_even() {

@@ -1,7 +1,7 @@
 //! ARQ (spec §1): min/max weight quantization, per channel or per tensor, symmetric (127/128 rule) or with an
 //! offset. No search: the "adaptive" part is the symmetric rule alone.
 
-use crate::affine::{fake_quant, quantize, Code};
+use crate::affine::{fake_quant, quantize, ChannelGrids, Code};
 use crate::error::Result;
 use crate::layout::ChannelLayout;
 use crate::qparams::{from_data, QParams};
@@ -19,8 +19,9 @@ pub fn arq<T: Code>(
 ) -> Result<Vec<QParams>> {
     let qp = from_data(w, layout, scheme)?;
     let (scales, zps): (Vec<f32>, Vec<i32>) = qp.iter().map(|p| (p.scale, p.zero_point)).unzip();
-    quantize(w, layout, &scales, &zps, scheme, codes)?;
-    fake_quant(w, layout, &scales, &zps, scheme, fake)?;
+    let grids = ChannelGrids::new(layout, &scales, &zps, scheme)?;
+    quantize(w, &grids, codes)?;
+    fake_quant(w, &grids, fake)?;
     Ok(qp)
 }
 

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::affine::{quantize, Code};
+use crate::affine::{quantize, ChannelGrids, Code};
 use crate::error::{QuantError, Result};
 use crate::layout::ChannelLayout;
 use crate::par::PAR_THRESHOLD;
@@ -251,7 +251,7 @@ pub fn nuq(
         }
     }
     let zps = vec![0i32; layout.channels];
-    quantize(w, layout, &best.scales, &zps, &scheme, codes)?;
+    quantize(w, &ChannelGrids::new(layout, &best.scales, &zps, &scheme)?, codes)?;
     let table = best.table;
     let scales = &best.scales;
     layout.for_each_run(0, codes.len(), |off, n, ch| {

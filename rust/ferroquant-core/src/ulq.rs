@@ -7,7 +7,7 @@
 
 use multiversion::multiversion;
 
-use crate::affine::fake_quant;
+use crate::affine::{fake_quant, ChannelGrids};
 use crate::error::{QuantError, Result};
 use crate::kernels::{any_non_finite, MAGIC};
 use crate::layout::ChannelLayout;
@@ -31,7 +31,7 @@ pub fn ulq_qparams(clip_min: f32, clip_max: f32, scheme: &Scheme) -> Result<QPar
 pub fn ulq_fake_quant(x: &[f32], clip_min: f32, clip_max: f32, scheme: &Scheme, out: &mut [f32]) -> Result<QParams> {
     let p = ulq_qparams(clip_min, clip_max, scheme)?;
     let layout = ChannelLayout::per_tensor(x.len());
-    fake_quant(x, &layout, &[p.scale], &[p.zero_point], scheme, out)?;
+    fake_quant(x, &ChannelGrids::new(&layout, &[p.scale], &[p.zero_point], scheme)?, out)?;
     Ok(p)
 }
 

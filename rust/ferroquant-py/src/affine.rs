@@ -1,6 +1,7 @@
 //! Bindings of `core::affine` and `core::arq`: quantize, dequantize, fake-quant, ARQ.
 
-use ferroquant_core::affine::{self, Code};
+use ferroquant_core::affine::{self, ChannelGrids, Code};
+use ferroquant_core::QuantError;
 use ferroquant_core::{arq as core_arq, Scheme};
 use numpy::{Element, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -17,16 +18,31 @@ enum Codes<'py> {
     I32(PyReadonlyArrayDyn<'py, i32>),
 }
 
+/// The grid arguments of quantize, dequantize and fake_quant, as they come from Python.
+struct GridArgs<'a> {
+    scale: &'a [f32],
+    zero_point: &'a [i32],
+    bits: u32,
+    axis: Option<isize>,
+}
+
+impl GridArgs<'_> {
+    /// `f` on the checked channel grids for an array of `shape`.
+    fn apply<R>(&self, shape: &[usize], f: impl FnOnce(&ChannelGrids<'_>) -> Result<R, QuantError>) -> Result<R, QuantError>
+    {
+        let scheme = Scheme::new(self.bits, true)?;
+        let l = layout(shape, self.axis)?;
+        f(&ChannelGrids::new(&l, self.scale, self.zero_point, &scheme)?)
+    }
+}
+
 fn quantize_into<'py, T: Code + Element>(
     py: Python<'py>,
     xs: &[f32],
     shape: &[usize],
-    scales: &[f32],
-    zps: &[i32],
-    scheme: Scheme,
-    axis: Option<isize>,
-) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    Ok(run_into(py, shape, |os| affine::quantize(xs, &layout(shape, axis)?, scales, zps, &scheme, os))?.0)
+    g: &GridArgs<'_>,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(run_into::<T, _>(py, shape, |os| g.apply(shape, |gr| affine::quantize(xs, gr, os)))?.0.into_any())
 }
 
 /// Integer codes of `x`: int8 for bits <= 8, int16 above.
@@ -41,25 +57,21 @@ fn quantize<'py>(
     axis: Option<isize>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
-    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
-    let scheme = run(py, || Scheme::new(bits, true))?;
-    Ok(if bits <= 8 {
-        quantize_into::<i8>(py, xs, &shape, ss, zs, scheme, axis)?.into_any()
+    let g = GridArgs { scale: scale.as_slice()?, zero_point: zero_point.as_slice()?, bits, axis };
+    if bits <= 8 {
+        quantize_into::<i8>(py, xs, &shape, &g)
     } else {
-        quantize_into::<i16>(py, xs, &shape, ss, zs, scheme, axis)?.into_any()
-    })
+        quantize_into::<i16>(py, xs, &shape, &g)
+    }
 }
 
 fn dequantize_from<'py, T: Code + Element>(
     py: Python<'py>,
     q: &PyReadonlyArrayDyn<'py, T>,
-    scales: &[f32],
-    zps: &[i32],
-    scheme: Scheme,
-    axis: Option<isize>,
+    g: &GridArgs<'_>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (qs, shape) = (slice(py, q, "q")?, shape_of(q));
-    Ok(run_into(py, &shape, |os| affine::dequantize(qs, &layout(&shape, axis)?, scales, zps, &scheme, os))?.0)
+    Ok(run_into(py, &shape, |os| g.apply(&shape, |gr| affine::dequantize(qs, gr, os)))?.0)
 }
 
 /// `(q - zero_point) * scale` as float32.
@@ -73,12 +85,11 @@ fn dequantize<'py>(
     bits: u32,
     axis: Option<isize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
-    let scheme = run(py, || Scheme::new(bits, true))?;
+    let g = GridArgs { scale: scale.as_slice()?, zero_point: zero_point.as_slice()?, bits, axis };
     match &q {
-        Codes::I8(a) => dequantize_from(py, a, ss, zs, scheme, axis),
-        Codes::I16(a) => dequantize_from(py, a, ss, zs, scheme, axis),
-        Codes::I32(a) => dequantize_from(py, a, ss, zs, scheme, axis),
+        Codes::I8(a) => dequantize_from(py, a, &g),
+        Codes::I16(a) => dequantize_from(py, a, &g),
+        Codes::I32(a) => dequantize_from(py, a, &g),
     }
 }
 
@@ -94,9 +105,8 @@ fn fake_quant<'py>(
     axis: Option<isize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (xs, shape) = (slice(py, &x, "x")?, shape_of(&x));
-    let (ss, zs) = (scale.as_slice()?, zero_point.as_slice()?);
-    let fq = |os: &mut [f32]| affine::fake_quant(xs, &layout(&shape, axis)?, ss, zs, &Scheme::new(bits, true)?, os);
-    Ok(run_into(py, &shape, fq)?.0)
+    let g = GridArgs { scale: scale.as_slice()?, zero_point: zero_point.as_slice()?, bits, axis };
+    Ok(run_into(py, &shape, |os| g.apply(&shape, |gr| affine::fake_quant(xs, gr, os)))?.0)
 }
 
 fn arq_into<'py, T: Code + Element>(
