@@ -109,7 +109,7 @@ def test_ifmr_options_are_one_object():
     assert fields == ["bits", "symmetric", "max_percentile", "min_percentile", "search_start", "search_end",
                       "search_step", "search_extend", "search_2d"]
     for k in (ops, reference):
-        assert list(inspect.signature(k.ifmr).parameters) == ["x", "options"]
+        assert list(inspect.signature(k.ifmr).parameters) == ["x", "options", "zeros"]  # zeros: data, not an option
     o = types.IfmrOptions(bits=4, search_extend=False)
     x = np.linspace(-1, 2, 1000, dtype=np.float32)
     assert ops.ifmr(x, o) == reference.ifmr(x, o)

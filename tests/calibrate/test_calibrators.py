@@ -196,6 +196,36 @@ def test_ifmr_merge_equals_one_pass():
     assert a.qparams() == one.qparams()
 
 
+def test_ifmr_counts_zeros_instead_of_storing_them():
+    """A ReLU output is a third zeros or more: they are counted, not held, and the result is that of all the data
+    (merge and state round trip too); the switch to the histogram mode still counts them."""
+    rng = np.random.default_rng(5)
+    data = [np.maximum(rng.standard_normal((2, 8, 16, 16)).astype(np.float32), 0) for _ in range(3)]
+    whole = np.concatenate([x.ravel() for x in data])
+    c, a, b = IFMRCalibrator("relu"), IFMRCalibrator("relu"), IFMRCalibrator("relu")
+    for x in data:
+        c.observe(x)
+    assert c.stored_bytes == 4 * int(np.count_nonzero(whole)) < 4 * whole.size * 0.6
+    want = ops.ifmr(whole, c.options)
+    got = c.qparams()
+    assert (got.scale, got.zero_point, got.clip_max) == (want.scale, want.zero_point, want.clip_max)
+    a.observe(data[0])
+    for x in data[1:]:
+        b.observe(x)
+    a.merge(b)
+    assert a.qparams().scale == got.scale
+    back = IFMRCalibrator.from_state_dict(c.state_dict())
+    assert back.qparams().scale == got.scale and back.stored_bytes == c.stored_bytes
+    assert c.observed_range() == (0.0, float(whole.max()))
+    assert c.clipped_fraction(0.5, 10.0) == pytest.approx(float(np.mean((whole < 0.5) | (whole > 10.0))))
+    assert c.histogram().total == whole.size
+    small = IFMRCalibrator("relu", memory_budget=whole.size * 4 - 1)  # all samples, zeros included, do not fit
+    with pytest.warns(RuntimeWarning, match="switching"):
+        for x in data:
+            small.observe(x)
+    assert small.in_histogram_mode and small.histogram().total == whole.size
+
+
 def test_quality_on_heavy_tailed_relu_data():
     """Decision 10: AMCT's window stops at 0.7; the extension brings IFMR within 5% of HFMG's MSE."""
     rng = np.random.default_rng(2)

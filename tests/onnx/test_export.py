@@ -413,3 +413,27 @@ def test_mobilenet_v2_deploy_agrees_with_fp32() -> None:
             # disjoint photos: FP32's class in the quantized top 5, top-1 on most (one crop is ambiguous)
             assert all(r in np.argsort(g)[-5:] for r, g in zip(ref_ev, got_ev))
             assert np.mean(got_ev.argmax(1) == ref_ev) >= 2 / 3
+
+
+@pytest.mark.parametrize("field", ["weight", "bias", "details"])
+def test_record_refuses_non_finite_numbers(field: str) -> None:
+    """The record converts per-channel arrays in one call; a non-finite value still raises, naming the layer."""
+    import dataclasses
+
+    model, feeds = CASES["conv_bias"](np.random.default_rng(11))
+    table = build_table(model, feeds)
+    name, lq = next(iter(table.layers.items()))
+    if field == "weight":
+        scale = np.array(lq.weight.scale, np.float32, copy=True)
+        scale.ravel()[-1] = np.inf
+        lq = dataclasses.replace(lq, weight=dataclasses.replace(lq.weight, scale=scale))
+    elif field == "bias":
+        scale = np.array(lq.bias.scale, np.float32, copy=True)
+        scale.ravel()[0] = np.nan
+        lq = dataclasses.replace(lq, bias=dataclasses.replace(lq.bias, scale=scale))
+    else:
+        details = {**lq.activation.details, "losses": np.array([1.0, np.inf])}
+        lq = dataclasses.replace(lq, activation=dataclasses.replace(lq.activation, details=details))
+    table.layers[name] = lq
+    with pytest.raises(RecordError, match=rf"{name}\..*non-finite number (inf|nan)"):
+        record_dict(table)

@@ -244,3 +244,57 @@ def test_other_errors_are_typed():
         nat_hist(np.array([1, 1]), 1.0, 0.0)
     with pytest.raises(QuantError):
         nat_hist(np.array([1, 1]), 0.0, float("inf"))
+
+
+# -- zeros counted, not stored ------------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(f32, st.integers(1, 3000), elements=st.floats(-50, 50, width=32)),
+       st.floats(0.0, 0.95), st.sampled_from([0.999999, 0.99, 0.9, 0.6]), st.booleans())
+def test_zeros_left_out_same_result(x, zero_share, pct, symmetric) -> None:
+    """IFMR of the non-zero values with the zeros counted gives the result of the whole data (twin and native)."""
+    x = x.copy()
+    x[: int(zero_share * x.size)] = 0.0
+    np.random.default_rng(x.size).shuffle(x)
+    nz = x[x != 0]
+    kw = dict(max_percentile=pct, min_percentile=pct, symmetric=symmetric)
+    whole = nat_ifmr(x, **kw)
+    a = dataclasses.asdict(_native.ifmr(nz, _opts(**kw), x.size - nz.size))
+    b = dataclasses.asdict(ref.ifmr(nz, _opts(**kw), x.size - nz.size))
+    assert_parity(a, b)
+    for k in ("scale", "zero_point", "clip_min", "clip_max", "index", "max_init", "min_init"):
+        assert a[k] == whole[k], (k, a[k], whole[k])
+    assert a["loss"] == pytest.approx(whole["loss"], rel=1e-9, abs=1e-30)
+
+
+def test_all_zeros_counted() -> None:
+    for k in (_native, ref):
+        assert k.ifmr(np.zeros(0, f32), _opts(), 10).scale == _native.ifmr(np.zeros(10, f32), _opts()).scale
+    for k in (_native, ref):
+        with pytest.raises(EmptyInputError):
+            k.ifmr(np.zeros(0, f32), _opts(), 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(f32, st.integers(0, 100_000), elements=st.sampled_from([0.0, -0.0, 1.5, -2.25, 3e-8])),
+       st.integers(0, 50))
+def test_store_parity(x, offset) -> None:
+    nz = int(np.count_nonzero(x))
+    bufs = [np.full(offset + nz + 3, np.nan, f32) for _ in range(2)]
+    got = [_native.ifmr_store(bufs[0], offset, x), ref.ifmr_store(bufs[1], offset, x)]
+    assert got[0] == got[1] == (nz, x.size - nz)
+    np.testing.assert_array_equal(bufs[0], bufs[1])
+    np.testing.assert_array_equal(bufs[0][offset:offset + nz], x[x != 0])
+
+
+@pytest.mark.parametrize("kernel", [_native, ref])
+def test_store_errors(kernel) -> None:
+    x = np.array([1.0, 0.0, np.nan, 2.0], f32)
+    buf = np.zeros(8, f32)
+    with pytest.raises(NonFiniteError, match="index 2"):
+        kernel.ifmr_store(buf, 0, x)
+    assert not buf.any()  # nothing written
+    with pytest.raises(QuantError):
+        kernel.ifmr_store(np.zeros(1, f32), 0, np.ones(3, f32))
+    with pytest.raises(ParameterError):
+        kernel.ifmr_store(buf, 9, np.ones(1, f32))

@@ -65,8 +65,9 @@ class IFMRCalibrator(HistogramState):
         self.nonfinite, self.backend = base.check_nonfinite(nonfinite), backend
         self._k: ModuleType = ops.backend(backend)
         self._hist = None
-        self._buf = np.empty(0, np.float32)  # exact mode: samples in [0, _n)
+        self._buf = np.empty(0, np.float32)  # exact mode: the non-zero samples in [0, _n)
         self._n = 0
+        self._zeros = 0  # exact mode: samples equal to 0, counted, not stored (they add no error to any clip)
         self.batches = 0
         self.switched = False
         self._validate()
@@ -82,7 +83,7 @@ class IFMRCalibrator(HistogramState):
 
     @property
     def stored_bytes(self) -> int:
-        """Bytes of samples held (exact mode)."""
+        """Bytes of samples held (exact mode; zeros are counted, not held, so this is at most the budget)."""
         return self._n * 4
 
     # -- streaming ---------------------------------------------------------------------------------------
@@ -91,9 +92,6 @@ class IFMRCalibrator(HistogramState):
         flat = base.batch(x, self.name)
         if self.nonfinite == "drop":
             flat = flat[np.isfinite(flat)]
-        elif not self.in_histogram_mode:
-            with named(self.name):
-                self._k.min_max(flat)  # NaN/Inf checked before anything is stored
         if self.in_histogram_mode:
             self._observe_hist(flat)
         else:
@@ -103,33 +101,41 @@ class IFMRCalibrator(HistogramState):
     def _observe_hist(self, flat: np.ndarray) -> None:
         self._hist_observe(flat, self.nonfinite == "drop")
 
-    def _append(self, flat: np.ndarray) -> None:
-        need = (self._n + flat.size) * 4
+    def _append(self, flat: np.ndarray, zeros: int = 0) -> None:
+        """Store the non-zero values of ``flat`` and count its zeros (and ``zeros`` more), in one native pass
+        that checks them (NaN/Inf raise before anything is stored)."""
+        # The budget counts every sample seen, zeros too (they are not held, so the memory held is less), so
+        # where a tensor switches to the histogram mode does not depend on how it is stored.
+        need = (self._n + self._zeros + zeros + flat.size) * 4
         if need > self.memory_budget:
+            with named(self.name):
+                self._k.min_max(flat)  # NaN/Inf raise before anything changes
             if self.mode == "exact":
                 raise MemoryBudgetError(
                     f"calibrator {self.name!r}: exact IFMR would store {need / 2**20:.1f} MiB of samples, over its "
                     f"memory_budget of {self.memory_budget / 2**20:.1f} MiB; raise memory_budget, calibrate on "
                     "fewer batches, or use mode='auto' or 'histogram'")
             self._switch_to_histogram(need)
-            self._observe_hist(flat)
+            self._observe_hist(flat if not zeros else np.concatenate([flat, np.zeros(zeros, np.float32)]))
             return
         if self._buf.size == 0:
             # One buffer of the whole budget, reserved but not touched: the operating system backs only the
             # pages that samples are written to, so resident memory follows the data and nothing is copied
             # twice (growing a buffer would re-copy and re-fault every page).
             self._buf = np.empty(self.memory_budget // 4, np.float32)
-        self._buf[self._n : self._n + flat.size] = flat
-        self._n += flat.size
+        with named(self.name):
+            written, z = self._k.ifmr_store(self._buf, self._n, flat)
+        self._n += written
+        self._zeros += z + zeros
 
     def _switch_to_histogram(self, need: int) -> None:
         warnings.warn(
             f"IFMR calibrator {self.name!r}: samples would take {need / 2**20:.1f} MiB, over the "
             f"{self.memory_budget / 2**20:.1f} MiB memory_budget; switching to the histogram percentile mode "
             f"({self.num_of_bins} bins)", RuntimeWarning, stacklevel=3)
-        stored = self._buf[: self._n]
+        stored = self._all_samples()
         self.switched = True
-        self._buf, self._n = np.empty(0, np.float32), 0
+        self._buf, self._n, self._zeros = np.empty(0, np.float32), 0, 0
         if stored.size:
             self._observe_hist(stored)
 
@@ -138,14 +144,16 @@ class IFMRCalibrator(HistogramState):
         if not isinstance(other, IFMRCalibrator):
             raise ParameterError(f"{self.name}: cannot merge a {type(other).__name__} into an IFMR calibrator")
         if other.in_histogram_mode:
+            if self.mode == "exact":
+                self._refuse()
             if not self.in_histogram_mode:
-                self._switch_to_histogram((self._n + other._n) * 4) if self.mode != "exact" else self._refuse()
+                self._switch_to_histogram((self._n + self._zeros + other._n + other._zeros) * 4)
             self._hist_merge(other)
-        elif other._n:
+        elif other._n or other._zeros:
             if self.in_histogram_mode:
-                self._observe_hist(other._buf[: other._n])
+                self._observe_hist(other._all_samples())
             else:
-                self._append(other._buf[: other._n])
+                self._append(other._samples(), other._zeros)
         self.batches += other.batches
 
     def _refuse(self) -> None:
@@ -153,11 +161,16 @@ class IFMRCalibrator(HistogramState):
 
     # -- results ---------------------------------------------------------------------------------------
     def _samples(self) -> np.ndarray:
-        """The stored samples (a view, exact mode)."""
+        """The stored (non-zero) samples (a view, exact mode)."""
         return self._buf[: self._n]
 
+    def _all_samples(self) -> np.ndarray:
+        """The stored samples and the zeros counted beside them (a copy when there are zeros; exact mode)."""
+        s = self._samples()
+        return np.concatenate([s, np.zeros(self._zeros, np.float32)]) if self._zeros else s
+
     def _require_data(self) -> None:
-        if (self._hist is None or self._hist.total == 0) if self.in_histogram_mode else self._n == 0:
+        if (self._hist is None or self._hist.total == 0) if self.in_histogram_mode else self._n + self._zeros == 0:
             raise EmptyInputError(f"calibrator {self.name!r} (ifmr) has observed no data: "
                                   "run the model on calibration batches first")
 
@@ -167,7 +180,7 @@ class IFMRCalibrator(HistogramState):
             if self.in_histogram_mode:
                 r = self._k.ifmr_histogram(self._hist, None, self.options)
             else:
-                r = self._k.ifmr(self._samples(), self.options)
+                r = self._k.ifmr(self._samples(), self.options, self._zeros)
         details = {k: v for k, v in dataclasses.asdict(r).items()
                    if k not in ("scale", "zero_point", "clip_min", "clip_max")}
         details.update(batches=self.batches, mode="histogram" if self.in_histogram_mode else "exact",
@@ -181,16 +194,19 @@ class IFMRCalibrator(HistogramState):
         if self.in_histogram_mode:
             return self._hist
         with named(self.name):
-            return self._k.histogram_observe(None, self._samples(), REPORT_BINS)
+            return self._k.histogram_observe(None, self._all_samples(), REPORT_BINS)
 
     def observed_range(self) -> Tuple[float, float]:
         """Min and max of everything observed (exact in exact mode)."""
         self._require_data()
         if self.in_histogram_mode:
             return self._hist.lo, self._hist.hi
+        if self._n == 0:
+            return 0.0, 0.0
         with named(self.name):
             mn, mx = self._k.min_max(self._samples())
-        return float(mn[0]), float(mx[0])
+        lo, hi = float(mn[0]), float(mx[0])
+        return (min(lo, 0.0), max(hi, 0.0)) if self._zeros else (lo, hi)
 
     def clipped_fraction(self, clip_min: float, clip_max: float) -> float:
         """Share of the observed values outside ``[clip_min, clip_max]``: exact from the stored samples, else
@@ -199,7 +215,8 @@ class IFMRCalibrator(HistogramState):
         if self.in_histogram_mode:
             return base.fraction_outside(self._hist, clip_min, clip_max)
         s = self._samples()
-        return float(np.count_nonzero((s < clip_min) | (s > clip_max))) / s.size
+        zeros_out = self._zeros if not clip_min <= 0.0 <= clip_max else 0
+        return float(np.count_nonzero((s < clip_min) | (s > clip_max)) + zeros_out) / (s.size + self._zeros)
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -207,7 +224,7 @@ class IFMRCalibrator(HistogramState):
         return {"kind": "ifmr", "name": self.name, "bits": self.bits, "symmetric": self.symmetric,
                 **opts, "mode": self.mode, "memory_budget": self.memory_budget,
                 "num_of_bins": self.num_of_bins, "nonfinite": self.nonfinite, "batches": self.batches,
-                "switched": self.switched, "samples": self._buf[: self._n].copy(),
+                "switched": self.switched, "samples": self._buf[: self._n].copy(), "zeros": self._zeros,
                 "counts": None if self.counts is None else self.counts.copy(),
                 "lo": float(self.lo), "hi": float(self.hi)}
 
@@ -223,8 +240,9 @@ class IFMRCalibrator(HistogramState):
         with named(cal.name):
             samples = base.state_field(d, "samples",
                                        lambda v: np.ascontiguousarray(np.asarray(v, np.float32).reshape(-1)))
-        if samples.size:
-            cal._append(samples)
+        zeros = int_param(d.get("zeros", 0), f"{cal.name}: state 'zeros'", 0)
+        if samples.size or zeros:
+            cal._append(samples, zeros)
         cal._load_hist(d)
         cal.batches = int_param(d.get("batches", 0), f"{cal.name}: state 'batches'", 0)
         return cal

@@ -36,6 +36,8 @@ class RecordError(ConfigError):
 
 def _plain(value: Any, where: str) -> Any:
     """``value`` with NumPy scalars/arrays turned into JSON types; RecordError for anything else."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return _numbers(value, where, ravel=False)
     if isinstance(value, np.ndarray):
         return _plain(value.tolist(), where)
     if isinstance(value, np.generic):
@@ -51,57 +53,71 @@ def _plain(value: Any, where: str) -> Any:
     raise RecordError(f"{where}: {type(value).__name__} cannot be written to a record")
 
 
+def _numbers(value: Any, where: str, ravel: bool = True) -> list:
+    """An array's values as JSON numbers (a flat list with ``ravel``), converted in one call: the per-channel
+    lists are most of a record. Non-finite floats raise."""
+    a = np.asarray(value)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = a[~np.isfinite(a)].ravel()[0]
+        raise RecordError(f"{where}: non-finite number {float(bad)!r} cannot be recorded")
+    return (a.ravel() if ravel else a).tolist()
+
+
 def _layer_entry(lq: LayerQuant) -> Dict[str, Any]:
-    layer, aq, wq = lq.layer, lq.activation, lq.weight
-    weight = {"tensor": wq.tensor, "scale": [float(s) for s in np.asarray(wq.scale, np.float32).ravel()],
-              "zero_point": [int(z) for z in np.asarray(wq.zero_point).ravel()],
-              "axis": wq.axis, "bits": int(wq.bits), "algorithm": wq.algorithm}
+    layer, aq, wq, where = lq.layer, lq.activation, lq.weight, lq.layer.name
+    weight = {"tensor": wq.tensor, "scale": _numbers(np.asarray(wq.scale, np.float32), f"{where}.weight.scale"),
+              "zero_point": _numbers(np.asarray(wq.zero_point, np.int64), f"{where}.weight.zero_point"),
+              "axis": _plain(wq.axis, where), "bits": int(wq.bits), "algorithm": wq.algorithm}
     if wq.levels is not None:
-        weight["levels"] = [int(v) for v in np.asarray(wq.levels).ravel()]
+        weight["levels"] = _numbers(np.asarray(wq.levels, np.int64), f"{where}.weight.levels")
     entry = {
         "op_type": layer.op_type,
-        "layer": {"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
-                  "axis": layer.axis, "groups": layer.groups},
-        "activation": _activation_entry(aq, layer.name),
+        "layer": _plain({"activation": layer.activation, "weight": layer.weight, "bias": layer.bias,
+                         "axis": layer.axis, "groups": layer.groups}, where),
+        "activation": _activation_entry(aq, where),
         "weight": weight,
     }
     if lq.bias is not None:
         entry["bias"] = {"tensor": lq.bias.tensor,
-                         "scale": [float(s) for s in np.asarray(lq.bias.scale, np.float32).ravel()],
-                         "axis": lq.bias.axis, "bits": 32}
+                         "scale": _numbers(np.asarray(lq.bias.scale, np.float32), f"{where}.bias.scale"),
+                         "axis": _plain(lq.bias.axis, where), "bits": 32}
     return entry
 
 
 def _activation_entry(aq: ActivationQuant, where: str) -> Dict[str, Any]:
-    out = {"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point), "bits": int(aq.bits),
-           "algorithm": aq.algorithm, "clip_min": float(aq.clip_min), "clip_max": float(aq.clip_max),
-           "details": _plain(aq.details, f"{where}.details")}
+    out = _plain({"tensor": aq.tensor, "scale": float(aq.scale), "zero_point": int(aq.zero_point),
+                  "bits": int(aq.bits), "algorithm": aq.algorithm, "clip_min": float(aq.clip_min),
+                  "clip_max": float(aq.clip_max)}, where)
+    out["details"] = _plain(aq.details, f"{where}.details")
     if aq.per_channel:
-        out.update(axis=int(aq.axis), channel_scales=[float(v) for v in aq.channel_scales or ()],
-                   channel_zero_points=[int(v) for v in aq.channel_zero_points or ()])
+        out.update(axis=int(aq.axis),
+                   channel_scales=_numbers(np.asarray(aq.channel_scales or (), np.float64), f"{where}.channel_scales"),
+                   channel_zero_points=_numbers(np.asarray(aq.channel_zero_points or (), np.int64),
+                                                f"{where}.channel_zero_points"))
     return out
 
 
 def record_dict(table: QuantTable, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The record of ``table`` as plain JSON data (what :func:`write_record` writes)."""
-    layers = {name: _plain(_layer_entry(lq), name) for name, lq in table.layers.items()}
+    layers = {name: _layer_entry(lq) for name, lq in table.layers.items()}
     out = {"format": FORMAT, "version": VERSION, "layers": layers}
     if table.tensors:
-        out["tensors"] = {t: _plain(_activation_entry(aq, t), t) for t, aq in table.tensors.items()}
+        out["tensors"] = {t: _activation_entry(aq, t) for t, aq in table.tensors.items()}
     out["extra"] = _plain(dict(extra or {}), "extra")
     return out
 
 
 def dumps(value: Any, indent: str = "") -> str:
     """JSON with objects indented one space a level and lists of numbers on one line (a per-channel scale list is
-    one line, not one line per channel: a third of the size, and written in a third of the time)."""
+    one line, not one line per channel: a third of the size, and written in a third of the time). A list is
+    written on one line when its first item is a number (the record's lists are of one kind)."""
     if isinstance(value, dict):
         if not value:
             return "{}"
         inner = indent + " "
         items = (f"{inner}{json.dumps(str(k))}: {dumps(v, inner)}" for k, v in value.items())
         return "{\n" + ",\n".join(items) + "\n" + indent + "}"
-    if isinstance(value, list) and value and not all(isinstance(v, (int, float)) for v in value):
+    if isinstance(value, list) and value and not isinstance(value[0], (int, float)):
         inner = indent + " "
         return "[\n" + ",\n".join(inner + dumps(v, inner) for v in value) + "\n" + indent + "]"
     return json.dumps(value, allow_nan=False)

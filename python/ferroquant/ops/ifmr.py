@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
+
+import numpy as np
 
 from ferroquant import _native
-from ferroquant._arrays import as_f32
+from ferroquant._arrays import as_f32, int_param, named
 from ferroquant.errors import DTypeError
 from ferroquant.ops._common import ArrayLike
 from ferroquant.ops.histogram import _hist
@@ -20,9 +22,22 @@ def _options(o: object) -> IfmrOptions:
     return o
 
 
-def ifmr(x: ArrayLike, options: IfmrOptions = DEFAULT) -> IfmrResult:
-    """IFMR on the raw data (flattened): exact percentiles, then the search. Ctrl-C interrupts it."""
-    return _native.ifmr(as_f32(x, "x", allow_empty=True), _options(options))
+def ifmr(x: ArrayLike, options: IfmrOptions = DEFAULT, zeros: int = 0) -> IfmrResult:
+    """IFMR on the raw data (flattened) and ``zeros`` more values of 0 (left out of ``x`` by
+    :func:`ifmr_store`; the result is that of the data with them): exact percentiles, then the search. Ctrl-C
+    interrupts it."""
+    return _native.ifmr(as_f32(x, "x", allow_empty=True), _options(options), int_param(zeros, "zeros", 0))
+
+
+def ifmr_store(buf: np.ndarray, offset: int, x: ArrayLike, name: Optional[str] = None) -> Tuple[int, int]:
+    """Copy the non-zero values of ``x`` (flattened) into the float32 array ``buf`` from ``offset`` on, in order,
+    in one pass that also checks them (NaN/Inf raise naming the flat index; nothing is written then); returns
+    ``(written, zeros)``. A zero adds nothing to any IFMR candidate's error, so a calibrator stores only the rest
+    and counts the zeros (:func:`ifmr`'s ``zeros``)."""
+    with named(name):
+        if not (isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.ndim == 1):
+            raise DTypeError("buf must be a 1-D float32 array")
+        return _native.ifmr_store(buf, int_param(offset, "offset", 0), as_f32(x, "x", allow_empty=True))
 
 
 def ifmr_histogram(hist: Histogram, x: Optional[ArrayLike] = None, options: IfmrOptions = DEFAULT) -> IfmrResult:
@@ -31,4 +46,4 @@ def ifmr_histogram(hist: Histogram, x: Optional[ArrayLike] = None, options: Ifmr
     xs = None if x is None else as_f32(x, "x", allow_empty=True)
     return _native.ifmr_histogram(_hist(hist), xs, _options(options))
 
-__all__ = ["ifmr", "ifmr_histogram"]
+__all__ = ["ifmr", "ifmr_histogram", "ifmr_store"]

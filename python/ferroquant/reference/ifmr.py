@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError
+from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError, ShapeError
 from ferroquant.ops.types import Histogram, IfmrOptions, IfmrResult
 from ferroquant.reference._common import FLT_EPSILON, check_finite, qrange
 from ferroquant.reference.qparams import from_range, guard
@@ -56,15 +56,35 @@ def rank(p: float, n: int) -> int:
     return min(max(k, 1), max(n, 1))
 
 
-def percentile_init(x, max_percentile: float, min_percentile: float) -> tuple[np.float32, np.float32]:
-    """Specifies ifmr/init.rs::percentile_init: k-th largest, k-th smallest (from the bottom), clamped to 0."""
+def percentile_init(x, max_percentile: float, min_percentile: float, zeros: int = 0
+                    ) -> tuple[np.float32, np.float32]:
+    """Specifies ifmr/init.rs::percentile_init: k-th largest, k-th smallest (from the bottom), clamped to 0, of
+    ``x`` and ``zeros`` more values of 0."""
     x = np.asarray(x, np.float32).reshape(-1)
+    if zeros and x.size == 0:
+        return f32(0), f32(0)
     check_finite(x)
-    n = x.size
+    n = x.size + zeros
     k_max, k_min = rank(max_percentile, n), rank(min_percentile, n)
-    max0 = np.partition(x, n - k_max)[n - k_max]
-    min0 = np.partition(x, k_min - 1)[k_min - 1]
+    pos, neg = int((x > 0).sum()), int((x < 0).sum())
+    max0 = np.partition(x, x.size - k_max)[x.size - k_max] if k_max <= pos or zeros == 0 else f32(0)
+    min0 = np.partition(x, k_min - 1)[k_min - 1] if k_min <= neg or zeros == 0 else f32(0)
     return max(max0, f32(0)), min(min0, f32(0))
+
+
+def ifmr_store(buf, offset: int, x) -> tuple[int, int]:
+    """Specifies ifmr/init.rs::store_nonzero (at ``buf[offset:]``)."""
+    x = np.asarray(x, np.float32).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        raise NonFiniteError(f"input contains a non-finite value ({x[bad[0]]}) at flat index {bad[0]}")
+    if offset > buf.size:
+        raise ParameterError(f"offset {offset} is past the buffer's end")
+    nz = x[x != 0]
+    if nz.size > buf.size - offset:
+        raise ShapeError(f"sample buffer (room for the non-zero values): expected {nz.size}, got {buf.size - offset}")
+    buf[offset:offset + nz.size] = nz
+    return nz.size, x.size - nz.size
 
 
 def _check_histogram(counts, lo, hi) -> np.ndarray:
@@ -100,9 +120,11 @@ def _combine_lanes(lanes: np.ndarray) -> np.ndarray:
     return lanes[..., 0]
 
 
-def data_losses(x: np.ndarray, cands: list) -> list:
-    """Specifies ifmr/loss.rs::DataLoss::losses."""
+def data_losses(x: np.ndarray, cands: list, zeros: int = 0) -> list:
+    """Specifies ifmr/loss.rs::DataLoss::losses (``zeros`` count in the divisor only)."""
     n = x.size
+    if n == 0:  # only zeros: no error anywhere
+        return [0.0] * len(cands)
     nch = -(-n // CHUNK)
     buf = np.zeros(nch * CHUNK, np.float64)
     out = []
@@ -113,7 +135,7 @@ def data_losses(x: np.ndarray, cands: list) -> list:
         b = buf.reshape(nch, CHUNK // LANES, LANES)
         np.cumsum(b, axis=1, out=b)  # sequential per lane
         chunk_sums = _combine_lanes(b[:, -1, :])
-        out.append(float(np.cumsum(chunk_sums)[-1]) / max(n, 1))
+        out.append(float(np.cumsum(chunk_sums)[-1]) / max(n + zeros, 1))
         buf[n:] = 0.0
     return out
 
@@ -235,15 +257,17 @@ def _search(losses, max0, min0, bits, symmetric, start, end, step, search_extend
     )
 
 
-def ifmr(x, options: IfmrOptions = IfmrOptions()) -> IfmrResult:
+def ifmr(x, options: IfmrOptions = IfmrOptions(), zeros: int = 0) -> IfmrResult:
     """Specifies rust/ferroquant-core/src/ifmr/mod.rs::ifmr."""
     o = options
     _validate(o.bits, o.symmetric, o.max_percentile, o.min_percentile, o.search_start, o.search_end,
               o.search_step, o.search_2d)
     x = np.asarray(x, np.float32).reshape(-1)
-    max0, min0 = percentile_init(x, o.max_percentile, o.min_percentile)
-    return _search(lambda c: data_losses(x, c), max0, min0, o.bits, o.symmetric, o.search_start, o.search_end,
-                   o.search_step, o.search_extend, o.search_2d)
+    if x.size == 0 and zeros == 0:
+        raise EmptyInputError("IFMR needs at least one value")
+    max0, min0 = percentile_init(x, o.max_percentile, o.min_percentile, zeros)
+    return _search(lambda c: data_losses(x, c, zeros), max0, min0, o.bits, o.symmetric, o.search_start,
+                   o.search_end, o.search_step, o.search_extend, o.search_2d)
 
 
 def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()) -> IfmrResult:
@@ -263,4 +287,4 @@ def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()
     return _search(losses, max0, min0, o.bits, o.symmetric, o.search_start, o.search_end, o.search_step,
                    o.search_extend, o.search_2d)
 
-__all__ = ["histogram_init", "ifmr", "ifmr_histogram", "percentile_init"]
+__all__ = ["histogram_init", "ifmr", "ifmr_histogram", "ifmr_store", "percentile_init"]

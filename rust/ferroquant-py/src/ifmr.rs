@@ -2,11 +2,11 @@
 //! return an `IfmrResult`; Ctrl-C interrupts them.
 
 use ferroquant_core::ifmr::{self, Bound as Searched, IfmrOptions, IfmrResult};
-use numpy::PyReadonlyArrayDyn;
+use numpy::{PyReadonlyArrayDyn, PyReadwriteArray1};
 use pyo3::prelude::*;
 
 use crate::arrays::slice;
-use crate::errors::run_long;
+use crate::errors::{raise, run, run_long};
 use crate::types::{build, HistArg, OptionsArg};
 
 fn result<'py>(py: Python<'py>, r: &IfmrResult, o: &IfmrOptions) -> PyResult<Bound<'py, PyAny>> {
@@ -25,13 +25,35 @@ fn result<'py>(py: Python<'py>, r: &IfmrResult, o: &IfmrOptions) -> PyResult<Bou
     })
 }
 
-/// IFMR on the raw data (flattened): exact percentiles, then the clip search.
+/// IFMR on the raw data (flattened) and `zeros` more values of 0: exact percentiles, then the clip search.
 #[pyfunction(name = "ifmr")]
-fn ifmr_py<'py>(py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>, options: OptionsArg) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (x, options, zeros=0))]
+fn ifmr_py<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArrayDyn<'py, f32>,
+    options: OptionsArg,
+    zeros: usize,
+) -> PyResult<Bound<'py, PyAny>> {
     let xs = slice(py, &x, "x")?;
     let o = IfmrOptions::from(options);
-    let r = run_long(py, |stop| ifmr::ifmr(xs, &o, stop))?;
+    let r = run_long(py, |stop| ifmr::ifmr(xs, zeros, &o, stop))?;
     result(py, &r, &o)
+}
+
+/// Copy the non-zero values of `x` into `buf` from `offset` on (NaN/Inf raise, nothing written); returns
+/// `(written, zeros)`.
+#[pyfunction]
+fn ifmr_store<'py>(
+    py: Python<'py>,
+    mut buf: PyReadwriteArray1<'py, f32>,
+    offset: usize,
+    x: PyReadonlyArrayDyn<'py, f32>,
+) -> PyResult<(usize, usize)> {
+    let xs = slice(py, &x, "x")?;
+    let out = buf.as_slice_mut().map_err(|_| raise(py, "LayoutError", "buf must be C-contiguous".into()))?;
+    let past = || raise(py, "ParameterError", format!("offset {offset} is past the buffer's end"));
+    let rest = out.get_mut(offset..).ok_or_else(past)?;
+    run(py, || ifmr::store_nonzero(xs, rest))
 }
 
 /// IFMR from a histogram: percentiles from the cumulative counts; losses on `x` when given, else on the bin
@@ -57,5 +79,6 @@ fn ifmr_histogram_py<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ifmr_py, m)?)?;
     m.add_function(wrap_pyfunction!(ifmr_histogram_py, m)?)?;
+    m.add_function(wrap_pyfunction!(ifmr_store, m)?)?;
     Ok(())
 }

@@ -31,14 +31,44 @@ fn extremes(chunk: &[f32], k_max: usize, k_min: usize) -> Vec<f32> {
     out
 }
 
-/// `(max0, min0)` of §3.2: `max0` is the `k_max`-th largest value, `min0` the `k_min`-th smallest (the min
-/// side is counted from the bottom: `min_percentile=0.999999` trims 1e-6 of the mass below), then
-/// `max0 = max(max0, 0)`, `min0 = min(min0, 0)`. Non-finite data is an error.
-pub fn percentile_init(x: &[f32], max_percentile: f64, min_percentile: f64) -> Result<(f32, f32)> {
+/// `(max0, min0)` of §3.2 for `x` and `zeros` more values of 0: `max0` is the `k_max`-th largest value,
+/// `min0` the `k_min`-th smallest (the min side is counted from the bottom: `min_percentile=0.999999` trims 1e-6
+/// of the mass below), `k` from the count of all values, then `max0 = max(max0, 0)`, `min0 = min(min0, 0)`.
+/// Non-finite data is an error.
+pub fn percentile_init(x: &[f32], zeros: usize, max_percentile: f64, min_percentile: f64) -> Result<(f32, f32)> {
+    let n = x.len() + zeros;
+    let (k_max, k_min) = (rank(max_percentile, n), rank(min_percentile, n));
+    if zeros == 0 {
+        let (max0, min0) = order_stats(x, k_max, k_min)?;
+        return Ok((max0.max(0.0), min0.min(0.0)));
+    }
+    if x.is_empty() {
+        return Ok((0.0, 0.0));
+    }
+    // With zeros beside `x`: the k-th largest of all is the k-th largest of `x` while that is positive
+    // (k <= the positive count), else 0 or below, which the clamp makes 0; the same on the min side.
+    let (lo, hi) = min_max(x)?;
+    let (pos, neg) = sign_counts(x);
+    let (k_hi, k_lo) = (if k_max <= pos { k_max } else { 1 }, if k_min <= neg { k_min } else { 1 });
+    let (max0, min0) = if (k_hi, k_lo) == (1, 1) { (hi, lo) } else { order_stats(x, k_hi, k_lo)? };
+    Ok((if k_max <= pos { max0 } else { 0.0 }, if k_min <= neg { min0 } else { 0.0 }))
+}
+
+/// How many values of `x` are > 0 and how many < 0.
+fn sign_counts(x: &[f32]) -> (usize, usize) {
+    crate::par::map_chunks(x, CHUNK, |_, c| {
+        c.iter().fold((0usize, 0usize), |(p, n), &v| (p + usize::from(v > 0.0), n + usize::from(v < 0.0)))
+    })
+    .into_iter()
+    .fold((0, 0), |(p, n), (a, b)| (p + a, n + b))
+}
+
+/// The `k_max`-th largest and the `k_min`-th smallest value of `x` (`1 <= k <= x.len()`); non-finite data is
+/// an error.
+fn order_stats(x: &[f32], k_max: usize, k_min: usize) -> Result<(f32, f32)> {
     let (lo, hi) = min_max(x)?;
     let n = x.len();
-    let (k_max, k_min) = (rank(max_percentile, n), rank(min_percentile, n));
-    let (max0, min0) = if k_max == 1 && k_min == 1 {
+    Ok(if k_max == 1 && k_min == 1 {
         (hi, lo)
     } else {
         // Each fixed chunk keeps only its own candidates for the two order statistics; the k-th values of
@@ -54,8 +84,48 @@ pub fn percentile_init(x: &[f32], max_percentile: f64, min_percentile: f64) -> R
         let (_, &mut mx, _) = all.select_nth_unstable_by(m - k_max, f32::total_cmp);
         let (_, &mut mn, _) = all.select_nth_unstable_by(k_min - 1, f32::total_cmp);
         (mx, mn)
+    })
+}
+
+/// Copy the non-zero values of `x` into the front of `out`, in order; returns how many were written and how
+/// many zeros (of either sign) were left out. A non-finite value is an error (nothing is written then), as is an
+/// `out` too short for the non-zero values.
+pub fn store_nonzero(x: &[f32], out: &mut [f32]) -> Result<(usize, usize)> {
+    let counts = crate::par::map_chunks(x, CHUNK, |start, c| {
+        let bad = c.iter().position(|v| !v.is_finite()).map(|i| (start + i, c[i]));
+        (c.iter().map(|&v| usize::from(v != 0.0)).sum::<usize>(), bad)
+    });
+    if let Some((index, value)) = counts.iter().find_map(|&(_, bad)| bad) {
+        return Err(QuantError::NonFinite { index, value });
+    }
+    let written: usize = counts.iter().map(|&(k, _)| k).sum();
+    if written > out.len() {
+        return Err(QuantError::ShapeMismatch { what: "sample buffer (room for the non-zero values)", expected: written, got: out.len() });
+    }
+    let mut rest = &mut out[..written];
+    let mut jobs = Vec::with_capacity(counts.len());
+    for (c, &(k, _)) in x.chunks(CHUNK).zip(&counts) {
+        let (dst, tail) = rest.split_at_mut(k);
+        jobs.push((c, dst));
+        rest = tail;
+    }
+    // Branch-free compaction through a scratch copy of the chunk: which values are zero is data, and a branch
+    // on it is mispredicted half the time on a ReLU's output (ten times slower).
+    let copy = |(c, dst): (&[f32], &mut [f32])| {
+        let mut tmp = vec![0f32; c.len() + 1];
+        let mut j = 0;
+        for &v in c {
+            tmp[j] = v;
+            j += usize::from(v != 0.0);
+        }
+        dst.copy_from_slice(&tmp[..dst.len()]);
     };
-    Ok((max0.max(0.0), min0.min(0.0)))
+    if x.len() < PAR_THRESHOLD {
+        jobs.into_iter().for_each(copy);
+    } else {
+        jobs.into_par_iter().for_each(copy);
+    }
+    Ok((written, x.len() - written))
 }
 
 /// Signed histogram counts (NumPy's int64) as u64; a negative count is an error.
@@ -138,7 +208,7 @@ mod tests {
     fn min_is_counted_from_the_bottom() {
         let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.0).collect();
         // k = 10: the 10th largest of -500..=499 is 490 and the 10th smallest -491 (not the 0.99 quantile).
-        let (mx, mn) = percentile_init(&x, 0.99, 0.99).unwrap();
+        let (mx, mn) = percentile_init(&x, 0, 0.99, 0.99).unwrap();
         assert_eq!((mx, mn), (490.0, -491.0));
     }
 
@@ -149,15 +219,15 @@ mod tests {
         let k = rank(0.9999, n) as f32;
         assert!(k > 1.0);
         // The values are a permutation of -1000..=298999.
-        let (mx, mn) = percentile_init(&x, 0.9999, 0.9999).unwrap();
+        let (mx, mn) = percentile_init(&x, 0, 0.9999, 0.9999).unwrap();
         assert_eq!((mx, mn), (298_999.0 - (k - 1.0), -1000.0 + (k - 1.0)));
     }
 
     #[test]
     fn clamps_to_include_zero_and_rejects_nan() {
-        assert_eq!(percentile_init(&[1.0, 2.0], 0.999999, 0.999999).unwrap(), (2.0, 0.0));
-        assert_eq!(percentile_init(&[-1.0, -2.0], 0.999999, 0.999999).unwrap(), (0.0, -2.0));
-        assert!(matches!(percentile_init(&[1.0, f32::NAN], 0.9, 0.9), Err(QuantError::NonFinite { index: 1, .. })));
+        assert_eq!(percentile_init(&[1.0, 2.0], 0, 0.999999, 0.999999).unwrap(), (2.0, 0.0));
+        assert_eq!(percentile_init(&[-1.0, -2.0], 0, 0.999999, 0.999999).unwrap(), (0.0, -2.0));
+        assert!(matches!(percentile_init(&[1.0, f32::NAN], 0, 0.9, 0.9), Err(QuantError::NonFinite { index: 1, .. })));
     }
 
     #[test]
@@ -168,5 +238,36 @@ mod tests {
         assert_eq!(histogram_init(&c, -2.0, 2.0, 0.85, 0.85).unwrap(), (0.0, -1.0));
         assert!(histogram_init(&[0, 0], 0.0, 1.0, 0.9, 0.9).is_err());
         assert!(histogram_init(&[1], 1.0, 0.0, 0.9, 0.9).is_err());
+    }
+
+    #[test]
+    fn zeros_left_out_give_the_same_bounds() {
+        let full: Vec<f32> = (0..200_000).map(|i| if i % 3 == 0 { 0.0 } else { ((i * 7919) % 4001) as f32 - 1500.0 }).collect();
+        let nz: Vec<f32> = full.iter().copied().filter(|&v| v != 0.0).collect();
+        let zeros = full.len() - nz.len();
+        for p in [1.0, 0.999999, 0.9999, 0.99, 0.6] {
+            assert_eq!(percentile_init(&nz, zeros, p, p).unwrap(), percentile_init(&full, 0, p, p).unwrap(), "p={p}");
+        }
+        // Mostly zeros: the k-th largest is one of them.
+        let relu: Vec<f32> = (0..1000).map(|i| if i < 995 { 0.0 } else { i as f32 }).collect();
+        let nz: Vec<f32> = relu.iter().copied().filter(|&v| v != 0.0).collect();
+        assert_eq!(percentile_init(&nz, 995, 0.99, 0.99).unwrap(), percentile_init(&relu, 0, 0.99, 0.99).unwrap());
+        assert_eq!(percentile_init(&[], 7, 0.99, 0.99).unwrap(), (0.0, 0.0));
+    }
+
+    #[test]
+    fn store_nonzero_keeps_order_and_counts() {
+        let x: Vec<f32> = (0..100_001).map(|i| if i % 4 == 1 { -0.0 } else if i % 4 == 2 { 0.0 } else { i as f32 }).collect();
+        let mut out = vec![f32::NAN; 60_000];
+        let (w, z) = store_nonzero(&x, &mut out).unwrap();
+        let want: Vec<f32> = x.iter().copied().filter(|&v| v != 0.0).collect();
+        assert_eq!((w, z), (want.len(), x.len() - want.len()));
+        assert_eq!(&out[..w], &want[..]);
+        assert!(out[w..].iter().all(|v| v.is_nan()));
+        let mut small = vec![0f32; 10];
+        assert!(matches!(store_nonzero(&x, &mut small), Err(QuantError::ShapeMismatch { .. })));
+        let mut bad = x.clone();
+        bad[70_000] = f32::INFINITY;
+        assert!(matches!(store_nonzero(&bad, &mut out), Err(QuantError::NonFinite { index: 70_000, .. })));
     }
 }

@@ -99,14 +99,17 @@ fn chunk_sums_body(chunk: &[f32], cands: &[Cand]) -> Vec<f64> {
 }
 
 /// The raw data as a loss: exact, one pass per batch of candidates; `stop` is checked before each pass.
+/// `zeros` more values of 0 belong to the data without being stored: every candidate's range holds 0, where
+/// the error is 0, so they count only in the mean's divisor.
 pub struct DataLoss<'a> {
     pub x: &'a [f32],
+    pub zeros: usize,
     pub stop: &'a Stop,
 }
 
 impl Loss for DataLoss<'_> {
     fn losses(&self, cands: &[Cand]) -> Result<Vec<f64>> {
-        let n = self.x.len().max(1) as f64;
+        let n = (self.x.len() + self.zeros).max(1) as f64;
         let mut out = Vec::with_capacity(cands.len());
         for batch in cands.chunks(BATCH) {
             self.stop.check()?;
@@ -185,12 +188,12 @@ mod tests {
         let x: Vec<f32> = (0..100_003).map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 3.0).collect();
         let cands: Vec<Cand> =
             (0..70).map(|i| Cand { lo: -3.0, hi: 4.0 + i as f32 * 0.05, scale: 0.03 + i as f32 * 1e-4 }).collect();
-        let l = DataLoss { x: &x, stop: &crate::stop::NEVER }.losses(&cands).unwrap();
+        let l = DataLoss { x: &x, zeros: 0, stop: &crate::stop::NEVER }.losses(&cands).unwrap();
         assert_eq!(l.len(), 70);
         for (v, c) in l.iter().zip(&cands) {
             assert!((v - naive(&x, c)).abs() <= 1e-12 * v.max(1e-30), "{v} vs {}", naive(&x, c));
         }
-        let one = DataLoss { x: &x, stop: &crate::stop::NEVER }.losses(&cands[5..6]).unwrap();
+        let one = DataLoss { x: &x, zeros: 0, stop: &crate::stop::NEVER }.losses(&cands[5..6]).unwrap();
         assert_eq!(one[0], l[5]);
     }
 

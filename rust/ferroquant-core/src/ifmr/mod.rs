@@ -15,7 +15,7 @@ use crate::qparams::{from_range, QParams};
 use crate::scheme::Scheme;
 use crate::stop::Stop;
 
-pub use init::{histogram_init, percentile_init};
+pub use init::{histogram_init, percentile_init, store_nonzero};
 pub use loss::{Cand, DataLoss, HistLoss, Loss};
 pub use search::{Bound, Space};
 
@@ -130,13 +130,16 @@ impl IfmrResult {
 }
 
 /// IFMR on the raw data: exact percentiles, then the search (`stop` checked before each pass over the data).
-pub fn ifmr(x: &[f32], o: &IfmrOptions, stop: &Stop) -> Result<IfmrResult> {
+/// `zeros` more values of 0 belong to the data (a calibrator stores only the non-zero values: a ReLU's output
+/// is often a third zeros, and a zero adds nothing to any candidate's error); the result is that of the data
+/// with the zeros in it.
+pub fn ifmr(x: &[f32], zeros: usize, o: &IfmrOptions, stop: &Stop) -> Result<IfmrResult> {
     o.validate()?;
-    if x.is_empty() {
+    if x.is_empty() && zeros == 0 {
         return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
     }
-    let (max0, min0) = percentile_init(x, o.max_percentile, o.min_percentile)?;
-    search_from(&DataLoss { x, stop }, max0, min0, o)
+    let (max0, min0) = percentile_init(x, zeros, o.max_percentile, o.min_percentile)?;
+    search_from(&DataLoss { x, zeros, stop }, max0, min0, o)
 }
 
 /// IFMR from a histogram (`counts` over `nbins` equal bins of `[lo, hi]`, §3.5): percentiles from the
@@ -160,7 +163,7 @@ pub fn ifmr_histogram(
             if x.is_empty() {
                 return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
             }
-            search_from(&DataLoss { x, stop }, max0, min0, o)
+            search_from(&DataLoss { x, zeros: 0, stop }, max0, min0, o)
         }
         None => search_from(&HistLoss::new(counts, lo, hi), max0, min0, o),
     }
