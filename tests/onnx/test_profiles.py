@@ -222,16 +222,23 @@ def test_latency_check_keeps_a_slow_int8_layer_float(tmp_path, monkeypatch):
     data = [{"x": np.random.default_rng(i).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)} for i in range(2)]
     cm = quantize_model(create_quant_config(None, m, batch_num=2), m, data, cpu_types="u8s7")
     whole = iter([[1.0e-3, 2.0e-3], [1.0e-3, 0.5e-3]])  # deploy slower, then faster without dw7
-    monkeypatch.setattr(deploy, "time_models", lambda models, feed, runs=7: next(whole))
+    monkeypatch.setattr(deploy, "time_models", lambda models, feed, runs=7: (next(whole), runs))
     measured = []
 
-    def kernel_us(single, feed):
-        node = next(n for n in single.graph.node if n.op_type in ("Conv", "QLinearConv", "ConvInteger"))
-        integer = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in single.graph.node)
-        measured.append((node.name, integer))
-        return (300.0 if "dw7" in node.name else 50.0) if integer else 100.0
+    def kernel_times(model, feed, runs=5):
+        """What the profiler would say of the side-by-side model: each one-layer model's layer and its Q/DQ."""
+        integer = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in model.graph.node)
+        out = {}
+        for n in model.graph.node:
+            if n.op_type in ("Conv", "QLinearConv", "ConvInteger"):
+                measured.append((n.name, integer))
+                out[n.name] = (300.0 if "dw7" in n.name else 50.0) if integer else 100.0
+            elif n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                out[n.name] = 20.0  # the edges of a one-layer model: not the layer's time
+        assert set(feed) == {i.name for i in model.graph.input}
+        return out
 
-    monkeypatch.setattr(latency, "kernel_us", kernel_us)
+    monkeypatch.setattr(latency, "kernel_times", kernel_times)
     with pytest.warns(RuntimeWarning, match="slower"):
         paths = save_model(cm, tmp_path / "m", latency_check=True)
     rep = cm.latency
@@ -262,6 +269,36 @@ def test_latency_check_times_every_layer_on_this_machine(tmp_path):
         assert set(rep.layer_us) == {l.name for l in cm.layers}
         assert all(f > 0 and i > 0 for f, i in rep.layer_us.values())
     assert paths["deploy"].is_file()
+
+
+def test_latency_runs_follow_the_model_size():
+    """A model whose run takes longer gets fewer timed runs (at least three), so the check's cost is bounded."""
+    from ferroquant.onnx.latency import MIN_RUNS, RUN_BUDGET_S, _runs_for
+
+    assert _runs_for(0.001, 7) == 7
+    assert _runs_for(RUN_BUDGET_S / 4, 7) == 4
+    assert _runs_for(5.0, 7) == MIN_RUNS
+    assert _runs_for(5.0, 2) == 2  # never more than asked
+
+
+def test_one_layer_models_side_by_side_compute_as_alone():
+    """Two one-layer models that read a tensor of the same name sit side by side under their own prefixes and
+    compute what each computes alone; the profile of the pair is read back per model."""
+    from ferroquant.onnx.latency import _per_model, kernel_times, one_layer, side_by_side
+    from ferroquant.onnx.session import cpu_session
+
+    m = slow_depthwise_net()
+    x = np.random.default_rng(3).normal(0, 1, (1, 64, 56, 56)).astype(np.float32)
+    s = cpu_session(m, ["c1", "r1"])
+    c1, r1, y = (dict(zip([o.name for o in s.get_outputs()], s.run(None, {"x": x})))[t] for t in ("c1", "r1", "y"))
+    a, b = one_layer(m, "conv", x, c1), one_layer(m, "dw7", r1, y)
+    pair = side_by_side([a, b])
+    feed = {"L0/x": x, "L1/r1": r1}
+    out = dict(zip([o.name for o in cpu_session(pair).get_outputs()], cpu_session(pair).run(None, feed)))
+    np.testing.assert_allclose(out["L0/c1__out"], c1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["L1/y__out"], y, rtol=1e-5, atol=1e-5)
+    per = _per_model(kernel_times(pair, feed, runs=2), 2)
+    assert len(per) == 2 and all(t > 0 for t in per)
 
 
 def test_kept_float_warnings_say_which_why_and_what_to_do(tmp_path):

@@ -201,9 +201,9 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
     and keep slower layers in float (see :mod:`ferroquant.onnx.latency`). Returns ``table`` itself when no
     layer changed."""
     fp32 = cm.model
-    t_fp32, t_dep = time_models([fp32, deploy if deploy is not None else export_deploy(fp32, table, layout)], feed,
-                                runs)
-    report = LatencyReport(t_fp32 * 1e3, t_dep * 1e3, runs)
+    (t_fp32, t_dep), done = time_models([fp32, deploy if deploy is not None else export_deploy(fp32, table, layout)],
+                                        feed, runs)
+    report = LatencyReport(t_fp32 * 1e3, t_dep * 1e3, done)
     if t_dep < t_fp32 or not table.layers:
         return table, layout, report
     nodes = {node_label(n): n for n in fp32.graph.node}
@@ -222,7 +222,7 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
     report.kept_float = [n for n, (f, i) in report.layer_us.items() if i > f]
     table = table.without(report.kept_float)
     layout = deploy_layout(cm, table)
-    t_fp32, t_dep = time_models([fp32, export_deploy(fp32, table, layout)], feed, runs)
+    (t_fp32, t_dep), _ = time_models([fp32, export_deploy(fp32, table, layout)], feed, runs)
     report.fp32_ms, report.deploy_ms = t_fp32 * 1e3, t_dep * 1e3
     if t_dep >= t_fp32:
         report.all_float, report.kept_float = True, list(table.layers) + report.kept_float
