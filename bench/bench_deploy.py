@@ -2,6 +2,8 @@
 ``quantize_static`` (QDQ, per-channel, with and without ``reduce_range``), on the same calibration data.
 
     python bench/bench_deploy.py [--calib 32] [--eval 256] [--runs 30] [--models mobilenet_v2,mobilenet_v2_folded]
+                                 [--foreign "PP-OCRv6 rec,PP-OCRv6 det,PP-OCR mobile cls,nudenet 320n (YOLOv8n)"]
+                                 [--foreign-runs 10]
 
 Latency: onnxruntime with graph optimizations on, 1 and 2 intra-op threads, median of ``--runs`` runs of one
 image, the models interleaved run by run in one process (so a change in the machine's speed hits all alike).
@@ -9,6 +11,12 @@ Accuracy: top-1 agreement with FP32 (and FP32's top-1 inside the top-5) on ``--e
 for calibration, run as specified (optimizations off: every Q and DQ executed as written) and with onnxruntime's
 integer kernels (optimizations on). Deploy size against the FP32 file. Writes bench/results/deploy.md with the CPU
 and its VNNI flag (without VNNI onnxruntime's u8 x s8 kernels can saturate; see quant/profiles.py).
+
+``--foreign``: models of the foreign corpus (``tests/foreign/corpus.py``: their calibration data, and their task
+measure on held-out inputs: OCR text, the direction decision, detection boxes), with ferroquant's onnxruntime
+profile (IFMR, the default) and ``quantize_static``: latency on the first calibration feed (``--foreign-runs``
+runs) and the task measure as specified and with onnxruntime's integer kernels. PP-OCRv6 det is read with the rec
+model quantized by the same method.
 """
 
 from __future__ import annotations
@@ -151,12 +159,86 @@ def bench_model(name: str, fp32: Path, calib: np.ndarray, evaluation: np.ndarray
         acc.add(name, label, spec[0], spec[1], fused[0], fused[1], quant_s.get(label, 0.0))
 
 
+FOREIGN = ("PP-OCRv6 rec", "PP-OCRv6 det", "PP-OCR mobile cls", "nudenet 320n (YOLOv8n)")
+FOREIGN_METHODS = ("ferroquant onnxruntime (IFMR)", "ort quantize_static")
+
+
+def _task(metrics: Dict[str, object]) -> str:
+    """The corpus's one-line task measure, or its first agreement figure."""
+    return str(metrics.get("task") or next((f"{k} {v:.3f}" for k, v in metrics.items() if "agreement" in k), "-"))
+
+
+def bench_foreign(names: List[str], runs: int, work: Path, lat: Table, acc: Table) -> None:
+    """Latency and task measure of foreign-corpus models (see the module docstring)."""
+    import contextlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.foreign import corpus
+    from tests.foreign.models import find
+
+    @contextlib.contextmanager
+    def fused():  # the corpus runs quantized models as specified; this runs them with the integer kernels
+        plain = corpus.session
+        corpus.session = lambda path, optimize=False: plain(path, True)
+        try:
+            yield
+        finally:
+            corpus.session = plain
+
+    quantized: Dict[Tuple[str, str], Path] = {}
+    for name in names:
+        entry = corpus.BY_NAME[name]
+        fp32, why = find(entry.package, entry.file)
+        if fp32 is None:
+            print(f"   {name}: skipped ({why})", flush=True)
+            continue
+        feeds = entry.calib(fp32)
+        paths: Dict[str, Path] = {"FP32": fp32}
+        quant_s: Dict[str, float] = {}
+        for label in FOREIGN_METHODS:
+            out = work / f"{entry.file}_{len(paths)}.onnx"
+            t0 = time.perf_counter()
+            METHODS[label](fp32, feeds, out)
+            quant_s[label] = time.perf_counter() - t0
+            paths[label] = quantized[(name, label)] = out
+        ms = {t: latency_feed(paths, feeds[0], t, runs) for t in (1, 2)}
+        for label, p in paths.items():
+            lat.add(name, label, ms[1][label], ms[1]["FP32"] / ms[1][label], ms[2][label],
+                    ms[2]["FP32"] / ms[2][label], p.stat().st_size / 1e6, p.stat().st_size / fp32.stat().st_size)
+            if label == "FP32":
+                continue
+            ctx = {f"{n}:{k}": v for n in entry.needs
+                   for k, v in (("fp32", find(corpus.BY_NAME[n].package, corpus.BY_NAME[n].file)[0]),
+                                ("quant", quantized.get((n, label))))}
+            spec = entry.evaluate(fp32, p, ctx)
+            with fused():
+                fast = entry.evaluate(fp32, p, ctx)
+            acc.add(name, label, _task(spec), _task(fast), quant_s[label])
+
+
+def latency_feed(paths: Dict[str, Path], feed: Dict[str, np.ndarray], threads: int, runs: int) -> Dict[str, float]:
+    """``latency_ms`` for a model with any inputs: median milliseconds of ``runs`` interleaved runs on ``feed``."""
+    sessions = {k: session(p, True, threads) for k, p in paths.items()}
+    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        s.run(None, feeds[k])
+    times: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calib", type=int, default=32)
     ap.add_argument("--eval", type=int, default=256)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--models", default="mobilenet_v2,mobilenet_v2_folded")
+    ap.add_argument("--foreign", default=",".join(FOREIGN), help="foreign-corpus models ('' for none)")
+    ap.add_argument("--foreign-runs", type=int, default=10)
     args = ap.parse_args()
     from ferroquant.examples.photos import calibration_and_eval_sets
     from ferroquant.quant.profiles import detect_cpu_types
@@ -167,17 +249,25 @@ def main() -> None:
     acc = Table(f"Top-1 agreement with FP32 ({args.eval} crops; as specified = optimizations off, every Q/DQ "
                 "executed; fused = onnxruntime's integer kernels)",
                 ["model", "method", "as specified", "top-5", "fused", "top-5 fused", "quantize s"])
+    flat = Table("Foreign models: latency (onnxruntime CPU, optimizations on, the first calibration feed)",
+                 ["model", "method", "1 thread ms", "speed-up", "2 threads ms", "speed-up", "size MB", "size / FP32"])
+    facc = Table("Foreign models: the task measure against FP32 on held-out inputs (tests/foreign/corpus.py)",
+                 ["model", "method", "as specified", "fused (integer kernels)", "quantize s"])
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             print(f"== {name}", flush=True)
             bench_model(name, mobilenet_v2(name.endswith("folded"), work), sets.calibration, sets.evaluation,
                         args.runs, work, lat, acc)
+        foreign = [n for n in args.foreign.split(",") if n]
+        if foreign:
+            print(f"== {', '.join(foreign)}", flush=True)
+            bench_foreign(foreign, args.foreign_runs, work, flat, facc)
     cpu = detect_cpu_types()
     intro = (f"CPU flags: {cpu_flags()}; ferroquant's onnxruntime profile chose {cpu.name} ({cpu.reason}). "
              f"{args.calib} calibration crops, {args.eval} evaluation crops of other photos; latency median of "
              f"{args.runs} runs per model, interleaved.")
-    write_report("deploy", [lat, acc], intro)
+    write_report("deploy", [lat, acc] + ([flat, facc] if args.foreign else []), intro)
 
 
 if __name__ == "__main__":

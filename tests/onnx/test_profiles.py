@@ -271,6 +271,23 @@ def test_latency_check_times_every_layer_on_this_machine(tmp_path):
     assert paths["deploy"].is_file()
 
 
+def test_latency_all_float_writes_no_quantize_dequantize(tmp_path, monkeypatch):
+    """When even the slow layers in float leave the model slower, every layer is kept float, and so is every other
+    tensor the profile quantizes (residual Adds, outputs): the written model has no Q/DQ left, so it runs as FP32
+    (the record's deploy time says it does). It kept the Add's Q/DQ before."""
+    import ferroquant.onnx.deploy as deploy
+    import ferroquant.onnx.latency as latency
+
+    cm = calibrated("onnxruntime", "u8s8")
+    monkeypatch.setattr(deploy, "time_models", lambda models, feed, runs=7: ([1.0e-3, 2.0e-3], runs))
+    monkeypatch.setattr(latency, "kernel_times", lambda model, feed, runs=5: {})
+    with pytest.warns(RuntimeWarning, match="every layer is kept in float"):
+        paths = save_model(cm, tmp_path / "m", latency_check=True)
+    assert cm.latency.all_float
+    kinds = {n.op_type for n in onnx.load(str(paths["deploy"])).graph.node}
+    assert not kinds & {"QuantizeLinear", "DequantizeLinear"}, kinds
+
+
 def test_latency_runs_follow_the_model_size():
     """A model whose run takes longer gets fewer timed runs (at least three), so the check's cost is bounded."""
     from ferroquant.onnx.latency import MIN_RUNS, RUN_BUDGET_S, _runs_for

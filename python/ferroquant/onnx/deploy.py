@@ -232,6 +232,8 @@ def check_latency(cm: CalibratedModel, table: QuantTable, layout: Optional[Layou
                       RuntimeWarning, stacklevel=3)
         table = QuantTable()
         layout = deploy_layout(cm, table)
+        if layout is not None:  # no Q/DQ anywhere (residual Adds, outputs): the model written is the FP32 one
+            layout = replace(layout, tensors={}, absorbed=())
         report.deploy_ms = report.fp32_ms
     elif report.kept_float:
         warnings.warn(f"kept in float because their integer kernels are slower here: {', '.join(report.kept_float)} "
