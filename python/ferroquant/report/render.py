@@ -90,6 +90,13 @@ def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> No
         fig.savefig(f, format="png")
 
 
+def _json_number(v: object) -> object:
+    """``v``, with a non-finite float written as JSON can hold it (null, "inf", "-inf")."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
 def _fmt(v: Optional[float], digits: int = 2) -> str:
     if v is None:
         return "-"
@@ -177,8 +184,7 @@ def _write_report(report: QuantReport, config: QuantConfig, out: Path, plots: bo
     for row in doc["layers"]:
         row["histogram_png"] = pngs.get(row["name"])
         for k, v in row.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                row[k] = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            row[k] = [_json_number(x) for x in v] if isinstance(v, list) else _json_number(v)
     doc["fallback"] = {"float_layers": worst, "sqnr_db": None if fallback_count is not None else fallback_sqnr_db,
                        "count": fallback_count, "config": paths["fallback_config"].name}
     write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
