@@ -161,3 +161,25 @@ def test_output_sqnr_is_what_the_next_layer_reads():
     assert rep.batches == 3 and rep.samples == 12
     lo, mid, hi = conv2.output_sqnr_spread_db
     assert lo <= mid <= hi and lo <= conv2.output_sqnr_db <= hi
+
+
+def test_histogram_png_is_readable(calibrated, tmp_path):
+    """Issue 14: the PNGs were 288x158 px with illegible ticks and no axis labels. Now 640x340, both axes
+    labelled (log scale said), the clip and the observed range drawn and their values in the legend."""
+    from PIL import Image
+
+    from ferroquant.report.plots import HistogramPlot
+
+    rep = measure(calibrated, feeds(), max_batches=1)
+    plot = HistogramPlot()
+    for row in rep.layers:
+        path = tmp_path / f"{row.name}.png"
+        plot.draw(path, row, rep.histograms[row.activation])
+        with Image.open(path) as im:
+            assert im.size == (640, 340)
+        legend = [t.get_text() for t in plot.legend.get_texts()]
+        assert legend == [f"clip [{row.clip_min:.4g}, {row.clip_max:.4g}]",
+                          f"observed [{row.observed_min:.4g}, {row.observed_max:.4g}]"]
+        assert row.activation in plot.ax.get_xlabel() and "log scale" in plot.ax.get_ylabel()
+        assert row.name in plot.title.get_text() and "outside the clip" in plot.title.get_text()
+        assert [l.get_xdata()[0] for l in plot.clip] == [row.clip_min, row.clip_max]

@@ -1,4 +1,4 @@
-"""Writing the per-layer report: ``report.json``, ``report.html``, one small PNG per layer (activation histogram,
+"""Writing the per-layer report: ``report.json``, ``report.html``, one PNG per layer (activation histogram,
 chosen clip marked) and ``fallback_config.json``, a full config with the worst layers kept in float that
 ``ferroquant quantize --config`` (and :func:`ferroquant.config.load_config`) accepts as it is."""
 
@@ -12,14 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-import numpy as np
 
 from ferroquant.config import QuantConfig
 from ferroquant.outputs import output_set, replacing, write_text
 from ferroquant.progress import ProgressBar
-from ferroquant.report.measure import Histogram, LayerStats, QuantReport
-
-PLOT_BINS = 128
+from ferroquant.report.measure import LayerStats, QuantReport
+from ferroquant.report.plots import PLOT_BINS, HistogramPlot, plot_histogram, plots_available
 
 
 def fallback_config(config: QuantConfig, float_layers: Iterable[str]) -> QuantConfig:
@@ -46,48 +44,6 @@ def plot_names(names: Iterable[str]) -> Dict[str, str]:
         taken.add(stem.lower())
         out[name] = f"{stem}.png"
     return out
-
-
-def plots_available() -> bool:
-    """Whether matplotlib can be imported (the plots are skipped, with one warning, when it cannot)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _figure():  # noqa: ANN202 - a matplotlib Figure (Agg, no pyplot state)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.0, 2.2), dpi=72)
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.12)
-    return fig
-
-
-def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> None:  # noqa: ANN001
-    """A small PNG: the activation histogram (log counts) with the clip range marked in red. Pass ``fig``
-    (from a previous call's figure) to reuse one figure for many plots."""
-    fig = fig if fig is not None else _figure()
-    fig.clear()
-    counts, lo, hi = hist
-    c = np.asarray(counts, np.float64)
-    if c.size % PLOT_BINS == 0 and c.size > PLOT_BINS:
-        c = c.reshape(PLOT_BINS, -1).sum(1)
-    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, c.size + 1)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.stairs(np.maximum(c, 0.8), edges, fill=True, baseline=0.8, color="#4a7ab5")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.8)
-    for x in (row.clip_min, row.clip_max):
-        ax.axvline(x, color="#d62728", linestyle="--", linewidth=1.2)
-    ax.set_title(f"{row.name}: clip [{row.clip_min:.3g}, {row.clip_max:.3g}], "
-                 f"{100 * row.clipped_fraction:.3f}% clipped", fontsize=7)
-    ax.tick_params(labelsize=6)
-    with replacing(path) as f:
-        fig.savefig(f, format="png")
 
 
 def _json_number(v: object) -> object:
@@ -162,11 +118,11 @@ def _plots(report: QuantReport, out: Path) -> Dict[str, str]:
         return {}
     pngs: Dict[str, str] = {}
     files = plot_names(r.name for r in report.layers)
-    fig = _figure()
+    figure = HistogramPlot()
     with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
         for r in report.layers:
             rel = f"plots/{files[r.name]}"
-            plot_histogram(out / rel, r, report.histograms[r.activation], fig)
+            figure.draw(out / rel, r, report.histograms[r.activation])
             pngs[r.name] = rel
             bar.update()
     return pngs
@@ -205,4 +161,4 @@ def summary_lines(report: QuantReport, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
+__all__ = ["PLOT_BINS", "fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
