@@ -305,16 +305,33 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from ferroquant.outputs import output_set
 
     out = Path(args.out)
-    _refuse_inputs(args, _quantize_outputs(out, not args.no_report))
+    _refuse_inputs(args, _quantize_outputs(out, args.report))
     wo = _weight_only_config(args)
     if wo is not None:
         return _cmd_weight_only(args, wo)
     cm, feeds, table = _calibrate(args)
     with output_set():  # models, record, config and report are renamed into place together, at the end
-        _save_quantized(args, cm, table, out)
-        if not args.no_report:
+        paths = _save_quantized(args, cm, table, out)
+        if args.report:
             _write_report(args, cm, feeds, table, out / "report")
+    if not args.report:
+        _print_check(cm, paths["fake_quant"])
     return 0
+
+
+def _print_check(cm: Any, fake_quant: Path) -> None:
+    """The short summary printed instead of the per-layer report (opt-in: it costs 1-5x the quantization)."""
+    import onnx
+
+    from ferroquant.report.measure import check_lines, output_check
+
+    sample = cm.sample or {}
+    first = next(iter(sample.values()), None)
+    samples = int(first.shape[0]) if first is not None and first.ndim else 1
+    for line in check_lines(output_check(cm.model, onnx.load(str(fake_quant)), sample), samples):
+        print(line)
+    print("per-layer report (every layer's output and local SQNR, histograms, a fallback config): add --report, "
+          "or run `ferroquant report`")
 
 
 def _save_quantized(args: argparse.Namespace, cm: Any, table: Any, out: Path) -> dict:
@@ -417,10 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_config)
 
     q = sub.add_parser("quantize", parents=[common, quant, calib, deploy],
-                       help="calibrate and write fake-quant and deploy models, record, config and report")
+                       help="calibrate and write fake-quant and deploy models, record and config (--report: and the "
+                            "per-layer report)")
     q.add_argument("model", help="ONNX model file")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    q.add_argument("--no-report", action="store_true", help="skip the per-layer report")
+    rep = q.add_mutually_exclusive_group()
+    rep.add_argument("--report", action="store_true",
+                     help="also write the per-layer report into DIR/report (it costs about 1-5x the quantization: "
+                          "two more passes per measured batch; without it one line checks the model's outputs)")
+    rep.add_argument("--no-report", action="store_true", help="no per-layer report (the default)")
     _report_options(q)
     q.set_defaults(func=_cmd_quantize)
 

@@ -280,3 +280,19 @@ def measure(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]], max_b
         r.output_sqnr_spread_db, r.local_sqnr_spread_db = acc_out[r.name].spread(), acc_loc[r.name].spread()
     samples = acc_out[rows[0].name].samples if rows else 0
     return QuantReport(rows, n_batches, hists, samples)
+
+
+def output_check(fp32: onnx.ModelProto, fake_quant: onnx.ModelProto, feed: Mapping[str, np.ndarray]
+                 ) -> Dict[str, ops.Comparison]:
+    """The fake-quant model's float outputs against the FP32 model's on one feed (graph optimizations off): the
+    cheap check ``ferroquant quantize`` prints instead of the per-layer report (two runs of one batch)."""
+    a, b = _session(fp32), _session(fake_quant)
+    names = [o.name for o in a.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
+    ref, got = a.run(names, dict(feed)), b.run(names, dict(feed))
+    return {n: ops.compare(np.asarray(r, np.float32), np.asarray(g, np.float32)) for n, r, g in zip(names, ref, got)}
+
+
+def check_lines(checks: Mapping[str, ops.Comparison], samples: int) -> List[str]:
+    """One line per output of :func:`output_check`."""
+    return [f"check: fake-quant vs FP32 on the first calibration batch ({samples} sample{'s' * (samples != 1)}): "
+            f"output {name!r} SQNR {c.sqnr_db:.1f} dB, cosine {c.cosine:.4f}" for name, c in checks.items()]

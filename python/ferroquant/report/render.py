@@ -53,6 +53,11 @@ def _json_number(v: object) -> object:
     return v
 
 
+def _with_spread(v: Optional[float], spread: Optional[List[float]]) -> str:
+    """A pooled SQNR and its per-sample [min, median, max]."""
+    return _fmt(v) + (f" [{', '.join(_fmt(x, 1) for x in spread)}]" if spread else "")
+
+
 def _fmt(v: Optional[float], digits: int = 2) -> str:
     if v is None:
         return "-"
@@ -85,7 +90,8 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
         cells = (r.name + (" (float in patch)" if r.name in fl else ""), r.op_type, r.act_algorithm,
                  f"[{r.observed_min:.4g}, {r.observed_max:.4g}]", f"[{r.clip_min:.4g}, {r.clip_max:.4g}]",
                  f"{100 * r.clipped_fraction:.4f}", f"{r.weight_algorithm} int{r.weight_bits}",
-                 _fmt(r.weight_sqnr_db), _fmt(r.output_sqnr_db), _fmt(r.output_cosine, 5), _fmt(r.local_sqnr_db))
+                 _fmt(r.weight_sqnr_db), _with_spread(r.output_sqnr_db, r.output_sqnr_spread_db),
+                 _fmt(r.output_cosine, 5), _with_spread(r.local_sqnr_db, r.local_sqnr_spread_db))
         tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
         rows.append(f"<tr{' class=worst' if r.name in fl else ''}>{tds}<td>{img}</td></tr>")
     ths = "".join(f"<th>{h}</th>" for h in head)
@@ -93,10 +99,15 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
             "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
             "tr.worst{background:#fde2e2}</style></head><body>"
-            f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers, measured on "
-            f"{report.batches} batches. Output SQNR/cosine: fake-quant model vs FP32 at each layer's output "
-            "(errors accumulate); local SQNR: the layer alone quantized, on FP32 inputs. Red dashed lines in the "
-            f"histograms mark the chosen clip.</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
+            f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers. Ranges, clips and "
+            "clipped shares: every calibration batch. Output and local SQNR: measured on the first "
+            f"{report.batches} calibration batches ({report.samples} samples), onnxruntime optimizations off. "
+            "<b>Output SQNR/cosine</b>: the layer's output as the next layer reads it in the fake-quant model "
+            "(every layer up to it quantized, errors accumulate) vs FP32; at the last layer, the model's output "
+            "SQNR on these samples. <b>Local SQNR</b>: the layer alone quantized, on its FP32 input (ranks the "
+            "layers). SQNRs are pooled over the samples; in brackets the per-sample [min, median, max]: a wide "
+            "spread means too few samples. Histograms: red dashes mark the clip, grey dots the observed range."
+            f"</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
             f"{' (highlighted below)' if fl else ''}. <a href='fallback_config.json'>fallback_config.json</a></p>"
             f"<table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
 
