@@ -154,8 +154,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     7-bit ARQ weights, which onnxruntime's kernels cannot saturate on).
 
     Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
-    bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
-    mode (one warning names them), so memory does not grow with the number of calibration batches.
+    bytes (each sure of 4 MiB, taking more while the others leave room), and a tensor that finds no room
+    continues in the histogram percentile mode (one warning names them), so memory does not grow with the
+    number of calibration batches.
 
     ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
     :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
