@@ -15,7 +15,7 @@ import pytest
 from ferroquant.config import load_config
 from tests.cli.sensitive import write_case
 
-COMMANDS = ["config", "quantize", "fuse", "report", "autocal", "demo"]
+COMMANDS = ["config", "quantize", "calibrate", "merge", "fuse", "report", "autocal", "demo"]
 
 
 def fq(*args: object, check: bool = True) -> subprocess.CompletedProcess:
