@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -152,10 +153,26 @@ def merge_states(paths: Sequence[Union[str, Path]]) -> CalibrationState:
                             "merge only states of one model, config and deploy target")
         if set(st.calibrators) != set(first.calibrators):
             raise DataError(f"{where!r} holds other tensors than {first_path!r}")
-        for t, cal in st.calibrators.items():
-            first.calibrators[t].merge(cal)
+        with warnings.catch_warnings():  # one summary below instead of a warning per tensor
+            warnings.filterwarnings("ignore", message="IFMR calibrator .* switching to the histogram",
+                                    category=RuntimeWarning)
+            for t, cal in st.calibrators.items():
+                first.calibrators[t].merge(cal)
         first.batches += st.batches
+    _warn_switched(first)
     return first
+
+
+def _warn_switched(state: CalibrationState) -> None:
+    """One warning for the IFMR tensors of a merged state that are in the histogram mode."""
+    switched = [t for t, c in state.calibrators.items() if getattr(c, "switched", False)]
+    if switched:
+        names = ", ".join(switched[:3]) + (f" and {len(switched) - 3} more" if len(switched) > 3 else "")
+        warnings.warn(f"IFMR: the samples of {len(switched)} activation tensor(s) ({names}) did not fit in their "
+                      "memory budget (in a shard, or merged), so their clipping ranges will be searched on a "
+                      "histogram of the values, which gives close to (not always exactly) the same ranges; for "
+                      "exact IFMR, calibrate fewer or smaller shards, or raise ifmr_memory_budget",
+                      RuntimeWarning, stacklevel=2)
 
 
 def calibrated_from_state(cm: CalibratedModel, state: CalibrationState) -> CalibratedModel:
