@@ -340,7 +340,7 @@ def _quantize_state(args: argparse.Namespace, out: Path) -> int:
 
 
 def _print_check(cm: Any, fake_quant: Path) -> None:
-    """The short summary printed instead of the per-layer report (opt-in: it costs 1-5x the quantization)."""
+    """The short summary printed instead of the per-layer report (opt-in: it costs 0.2-2x the quantization)."""
     import onnx
 
     from ferroquant.report.measure import check_lines, output_check
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")
     rep = q.add_mutually_exclusive_group()
     rep.add_argument("--report", action="store_true",
-                     help="also write the per-layer report into DIR/report (it costs about 1-5x the quantization: "
+                     help="also write the per-layer report into DIR/report (it costs about 0.2-2x the quantization: "
                           "two more passes per measured batch; without it one line checks the model's outputs)")
     rep.add_argument("--no-report", action="store_true", help="no per-layer report (the default)")
     q.add_argument("--state", metavar="JSON", help="search and export from a calibration state (`ferroquant "
