@@ -1,4 +1,5 @@
-"""The ``ferroquant`` command (also ``python -m ferroquant``): config, quantize, fuse, report, autocal, demo.
+"""The ``ferroquant`` command (also ``python -m ferroquant``): config, quantize, calibrate, merge, fuse, report,
+autocal, demo.
 
 Every failure the user can fix (a missing file, a bad config, data of the wrong shape or name, a malformed
 model) ends in one line ``ferroquant: error: ...`` on stderr and exit status 1 (2 for bad arguments); ``--debug``
@@ -64,10 +65,10 @@ def _quant_options() -> argparse.ArgumentParser:
     return p
 
 
-def _calib_options() -> argparse.ArgumentParser:
+def _calib_options(required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("calibration data")
-    g.add_argument("--calib", required=True, metavar="PATH",
+    g.add_argument("--calib", required=required, metavar="PATH",
                    help=".npy/.npz file, a folder of them (arrays or dicts keyed by input name), or a folder of "
                         "images")
     g.add_argument("--config", metavar="JSON", help="a config file (from `ferroquant config` or a report's "
@@ -305,16 +306,52 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from ferroquant.outputs import output_set
 
     out = Path(args.out)
-    _refuse_inputs(args, _quantize_outputs(out, not args.no_report))
+    _refuse_inputs(args, _quantize_outputs(out, args.report))
     wo = _weight_only_config(args)
     if wo is not None:
         return _cmd_weight_only(args, wo)
+    if args.state:
+        return _quantize_state(args, out)
+    if args.calib is None:
+        raise ConfigError("quantize needs --calib (calibration data) or --state (a merged calibration state)")
     cm, feeds, table = _calibrate(args)
     with output_set():  # models, record, config and report are renamed into place together, at the end
-        _save_quantized(args, cm, table, out)
-        if not args.no_report:
+        paths = _save_quantized(args, cm, table, out)
+        if args.report:
             _write_report(args, cm, feeds, table, out / "report")
+    if not args.report:
+        _print_check(cm, paths["fake_quant"])
     return 0
+
+
+def _quantize_state(args: argparse.Namespace, out: Path) -> int:
+    """``quantize --state``: search the merged calibrators and export; no data, so no latency check."""
+    from ferroquant.cli_state import calibrated_from_args
+    from ferroquant.outputs import output_set
+    from ferroquant.progress import ProgressBar
+
+    cm = calibrated_from_args(args)
+    with ProgressBar("searching clips", len(cm.calibrators), "tensors") as bar:
+        table = cm.table(progress=bar)
+    args.no_latency_check = True
+    with output_set():
+        _save_quantized(args, cm, table, out)
+    return 0
+
+
+def _print_check(cm: Any, fake_quant: Path) -> None:
+    """The short summary printed instead of the per-layer report (opt-in: it costs 0.2-2x the quantization)."""
+    import onnx
+
+    from ferroquant.report.measure import check_lines, output_check
+
+    sample = cm.sample or {}
+    first = next(iter(sample.values()), None)
+    samples = int(first.shape[0]) if first is not None and first.ndim else 1
+    for line in check_lines(output_check(cm.model, onnx.load(str(fake_quant)), sample), samples):
+        print(line)
+    print("per-layer report (every layer's output and local SQNR, histograms, a fallback config): add --report, "
+          "or run `ferroquant report`")
 
 
 def _save_quantized(args: argparse.Namespace, cm: Any, table: Any, out: Path) -> dict:
@@ -405,6 +442,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ferroquant.cli_state import add_commands
+
     common, quant, calib, deploy = _common(), _quant_options(), _calib_options(), _deploy_options()
     p = Parser(prog="ferroquant", description="Post-training quantization of ONNX models with a Rust core "
                                                "(ARQ/NUQ weights, IFMR/HFMG activations).")
@@ -416,13 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="config JSON to write")
     c.set_defaults(func=_cmd_config)
 
-    q = sub.add_parser("quantize", parents=[common, quant, calib, deploy],
-                       help="calibrate and write fake-quant and deploy models, record, config and report")
+    q = sub.add_parser("quantize", parents=[common, quant, _calib_options(required=False), deploy],
+                       help="calibrate and write fake-quant and deploy models, record and config (--report: and the "
+                            "per-layer report)")
     q.add_argument("model", help="ONNX model file")
     q.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    q.add_argument("--no-report", action="store_true", help="skip the per-layer report")
+    rep = q.add_mutually_exclusive_group()
+    rep.add_argument("--report", action="store_true",
+                     help="also write the per-layer report into DIR/report (it costs about 0.2-2x the quantization: "
+                          "two more passes per measured batch; without it one line checks the model's outputs)")
+    rep.add_argument("--no-report", action="store_true", help="no per-layer report (the default)")
+    q.add_argument("--state", metavar="JSON", help="search and export from a calibration state (`ferroquant "
+                                                   "calibrate` / `merge`) instead of calibrating on --calib")
     _report_options(q)
     q.set_defaults(func=_cmd_quantize)
+
+    add_commands(sub, (common, quant, calib, deploy), common)
 
     f = sub.add_parser("fuse", parents=[common], help="fold BatchNormalization into convs (and Mul/Add)")
     f.add_argument("model", help="ONNX model file")

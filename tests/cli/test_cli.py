@@ -15,7 +15,7 @@ import pytest
 from ferroquant.config import load_config
 from tests.cli.sensitive import write_case
 
-COMMANDS = ["config", "quantize", "fuse", "report", "autocal", "demo"]
+COMMANDS = ["config", "quantize", "calibrate", "merge", "fuse", "report", "autocal", "demo"]
 
 
 def fq(*args: object, check: bool = True) -> subprocess.CompletedProcess:
@@ -61,7 +61,7 @@ def test_config_with_skips_and_options(case, tmp_path):
 
 def test_quantize_writes_models_record_and_report(case, tmp_path):
     p = fq("quantize", case["model"], "--calib", case["calib"], "--out", tmp_path, "--act-algo", "hfmg",
-           "--batch-size", "16", "--batch-num", "3")
+           "--batch-size", "16", "--batch-num", "3", "--report")
     assert "calibrated 3 layers on 3 batches" in p.stdout
     assert "calibrating" in p.stderr  # a progress bar
     for f in ("model_fake_quant.onnx", "model_deploy.onnx", "model_quant_record.json", "config.json",
@@ -75,6 +75,29 @@ def test_quantize_writes_models_record_and_report(case, tmp_path):
     for l in doc["layers"]:
         assert l["clip_max"] > l["clip_min"] and l["histogram_png"] in html
         assert (tmp_path / "report" / l["histogram_png"]).stat().st_size > 2000
+
+
+def test_quantize_without_report_prints_a_check(case, tmp_path):
+    """Issue 14: the report cost 1-5x the quantization and was on by default. It is opt-in (--report); by
+    default one line gives the fake-quant model's output SQNR against FP32 on the first calibration batch."""
+    p = fq("quantize", case["model"], "--calib", case["calib"], "--out", tmp_path, "--batch-size", "16",
+           "--batch-num", "3", "--no-latency-check")  # (else this tiny MLP is kept float: faster)
+    assert not (tmp_path / "report").exists() and (tmp_path / "model_fake_quant.onnx").is_file()
+    line = next(l for l in p.stdout.splitlines() if l.startswith("check:"))
+    assert "first calibration batch (16 samples)" in line and "SQNR" in line and "cosine" in line, line
+    db = float(line.split("SQNR ")[1].split(" dB")[0])
+    fake = onnx.load(str(tmp_path / "model_fake_quant.onnx"))
+    x = np.load(case["calib"])[:16]
+    from ferroquant.onnx.session import cpu_session
+
+    ref = cpu_session(onnx.load(case["model"]), optimize=False).run(None, {"x": x})[0]
+    got = cpu_session(fake, optimize=False).run(None, {"x": x})[0]
+    want = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+    assert 0 < db < 60 and db == pytest.approx(want, abs=0.06)
+    assert "--report" in p.stdout
+    bad = fq("quantize", case["model"], "--calib", case["calib"], "--out", tmp_path, "--report", "--no-report",
+             check=False)
+    assert bad.returncode == 2 and "not allowed with" in bad.stderr
 
 
 def test_quantize_with_a_report_patch_and_quiet(case, tmp_path):

@@ -118,8 +118,8 @@ def test_kill_9_at_random_points_of_a_quantize_run_never_mixes_runs(tmp_path):
     """20 ``kill -9`` at random times of a run over the outputs of an earlier run: each output file is always
     the complete old one or the complete new one, and all of them come from the same run."""
     case = write_case(tmp_path / "case")
-    common = ("quantize", case["model"], "--calib", case["calib"], "--batch-size", "16", "--no-plots", "-q",
-              "--no-latency-check")
+    common = ("quantize", case["model"], "--calib", case["calib"], "--batch-size", "16", "--report", "--no-plots",
+              "-q", "--no-latency-check")
     old_args, new_args = (*common, "--act-algo", "hfmg"), (*common, "--act-algo", "ifmr")
     subprocess.run(_cli(*old_args, "--out", tmp_path / "old"), check=True, capture_output=True)
     t0 = time.perf_counter()

@@ -56,7 +56,7 @@ sys.exit(main(sys.argv[1:]))
 def test_without_matplotlib_the_report_is_written_and_plots_skipped_with_one_line(tmp_path):
     case = write_case(tmp_path / "case")
     p = subprocess.run([sys.executable, "-c", NO_MATPLOTLIB, "quantize", case["model"], "--calib", case["calib"],
-                        "--out", tmp_path / "o", "-q"], capture_output=True, text=True, timeout=120)
+                        "--out", tmp_path / "o", "-q", "--report"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     notes = [l for l in p.stderr.splitlines() if "matplotlib" in l]
     assert len(notes) == 1 and notes[0].startswith("ferroquant: warning: "), p.stderr

@@ -72,10 +72,27 @@ def _from_jsonable(v: Any) -> Any:
     return v
 
 
+def states_to_json(calibrators: Dict[str, AnyCalibrator]) -> Dict[str, Any]:
+    """The states of named calibrators as JSON values (arrays as typed lists)."""
+    return {k: {f: _jsonable(v) for f, v in c.state_dict().items()} for k, c in calibrators.items()}
+
+
+def states_from_json(doc: Any, where: str = "the state", backend: str = "native") -> Dict[str, AnyCalibrator]:
+    """Calibrators from :func:`states_to_json`'s output; errors name ``where``, the tensor and the field."""
+    if not isinstance(doc, dict) or not all(isinstance(d, dict) for d in doc.values()):
+        raise DataError(f"{where} is not a calibrator state file: expected an object of states by tensor")
+    out = {}
+    for k, d in doc.items():
+        try:
+            out[k] = from_state_dict({f: _from_jsonable(v) for f, v in d.items()}, backend)
+        except QuantError as e:
+            raise type(e)(f"{where}, tensor {k!r}: {e}") from None
+    return out
+
+
 def save_states(path: Union[str, Path], calibrators: Dict[str, AnyCalibrator]) -> None:
     """Write the states of named calibrators to a JSON file (arrays as typed lists)."""
-    doc = {k: {f: _jsonable(v) for f, v in c.state_dict().items()} for k, c in calibrators.items()}
-    Path(path).write_text(json.dumps(doc))
+    Path(path).write_text(json.dumps(states_to_json(calibrators)))
 
 
 def load_states(path: Union[str, Path], backend: str = "native") -> Dict[str, AnyCalibrator]:
@@ -89,15 +106,7 @@ def load_states(path: Union[str, Path], backend: str = "native") -> Dict[str, An
         raise DataError(f"cannot read calibrator states {str(p)!r}: {e.strerror or e}") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{str(p)!r} is not a calibrator state file (JSON written by save_states): {e}") from None
-    if not isinstance(doc, dict) or not all(isinstance(d, dict) for d in doc.values()):
-        raise DataError(f"{str(p)!r} is not a calibrator state file: expected an object of states by tensor")
-    out = {}
-    for k, d in doc.items():
-        try:
-            out[k] = from_state_dict({f: _from_jsonable(v) for f, v in d.items()}, backend)
-        except QuantError as e:
-            raise type(e)(f"{str(p)!r}, tensor {k!r}: {e}") from None
-    return out
+    return states_from_json(doc, repr(str(p)), backend)
 
 
 __all__ = [
@@ -119,4 +128,6 @@ __all__ = [
     "observe_all",
     "save_states",
     "search_all",
+    "states_from_json",
+    "states_to_json",
 ]

@@ -5,6 +5,7 @@ width without new data (decision 8)."""
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any, Dict, Optional, Tuple
 
@@ -67,6 +68,16 @@ class HistogramState:
             return
         with named(self.name):
             self._hist = self._k.histogram_merge(self._hist, other._hist)
+
+    def start_grid(self, lo: float, hi: float) -> None:
+        """Start an empty histogram on the grid ``[lo, hi]`` (before the first batch): batches inside it are
+        counted bin by bin on that grid, and histograms started on the same grid merge by adding counts, so
+        shards observed apart merge into exactly the histogram of one run. Data outside still widens it."""
+        if self._hist is not None:
+            raise ParameterError(f"{self.name}: start_grid before the first batch")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ParameterError(f"{self.name}: start_grid needs finite lo <= hi, got [{lo}, {hi}]")
+        self._hist = Histogram(np.zeros(self.num_of_bins, np.uint64), float(np.float32(lo)), float(np.float32(hi)))
 
     def _load_hist(self, d: Dict[str, Any]) -> None:
         """The histogram of a saved state (``counts``, ``lo``, ``hi``), checked: non-negative integer counts,

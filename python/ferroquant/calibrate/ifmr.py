@@ -34,6 +34,34 @@ def physical_memory() -> Optional[int]:
         return None
 
 
+class SampleBudget:
+    """Bytes of samples that the exact-IFMR calibrators of one model hold together (``total``, raised to
+    ``share`` per member). Each member is sure of ``share`` bytes; past it, members take from what the others
+    leave, first come first served, so a run whose samples fit in ``total`` stays exact even when some tensors
+    are much larger than others (equal shares switched the large tensors of small runs to the histogram
+    mode while the small ones left theirs unused)."""
+
+    def __init__(self, total: int, share: int) -> None:
+        self.share = int(share)
+        self.total = int(total)
+        self.held: Dict[str, int] = {}
+
+    def join(self, name: str) -> None:
+        self.held.setdefault(name, 0)
+        self.total = max(self.total, self.share * len(self.held))
+
+    def request(self, name: str, need: int) -> bool:
+        """Whether member ``name`` may hold ``need`` bytes (recorded when it may)."""
+        committed = sum(max(v, self.share) for k, v in self.held.items() if k != name)
+        if committed + max(need, self.share) > self.total:
+            return False
+        self.held[name] = need
+        return True
+
+    def release(self, name: str) -> None:
+        self.held[name] = 0
+
+
 class IFMRCalibrator(HistogramState):
     """IFMR: percentile initialisation, then a 1-D (or opt-in 2-D) search of the clip ratio minimising the
     quantization MSE, with the window extension of decision 10 (``search_extend=False`` is AMCT exactly)."""
@@ -43,7 +71,7 @@ class IFMRCalibrator(HistogramState):
                  search_range: Tuple[float, float] = (0.7, 1.3), search_step: float = 0.01,
                  search_extend: bool = True, search_2d: bool = False, mode: str = "auto",
                  memory_budget: int = DEFAULT_BUDGET, num_of_bins: int = 4096, nonfinite: str = "error",
-                 backend: str = "native") -> None:
+                 backend: str = "native", pool: Optional[SampleBudget] = None) -> None:
         if mode not in MODES:
             raise ParameterError(f"{name}: mode must be one of {MODES}, got {mode!r}")
         if backend not in ops.BACKENDS:
@@ -70,6 +98,9 @@ class IFMRCalibrator(HistogramState):
         self._zeros = 0  # exact mode: samples equal to 0, counted, not stored (they add no error to any clip)
         self.batches = 0
         self.switched = False
+        self.pool = pool  # shared with the other calibrators of a model (not saved in the state)
+        if pool is not None:
+            pool.join(self.name)
         self._validate()
 
     def _validate(self) -> None:
@@ -104,10 +135,11 @@ class IFMRCalibrator(HistogramState):
     def _append(self, flat: np.ndarray, zeros: int = 0) -> None:
         """Store the non-zero values of ``flat`` and count its zeros (and ``zeros`` more), in one native pass
         that checks them (NaN/Inf raise before anything is stored)."""
-        # The budget counts every sample seen, zeros too (they are not held, so the memory held is less), so
-        # where a tensor switches to the histogram mode does not depend on how it is stored.
+        # The budgets (the tensor's and the model's pool) count every sample seen, zeros too (they are not held,
+        # so the memory held is less), so where a tensor switches to the histogram mode does not depend on how
+        # it is stored.
         need = (self._n + self._zeros + zeros + flat.size) * 4
-        if need > self.memory_budget:
+        if need > self.memory_budget or (self.pool is not None and not self.pool.request(self.name, need)):
             with named(self.name):
                 self._k.min_max(flat)  # NaN/Inf raise before anything changes
             if self.mode == "exact":
@@ -122,7 +154,8 @@ class IFMRCalibrator(HistogramState):
             # One buffer of the whole budget, reserved but not touched: the operating system backs only the
             # pages that samples are written to, so resident memory follows the data and nothing is copied
             # twice (growing a buffer would re-copy and re-fault every page).
-            self._buf = np.empty(self.memory_budget // 4, np.float32)
+            cap = self.memory_budget if self.pool is None else min(self.memory_budget, self.pool.total)
+            self._buf = np.empty(cap // 4, np.float32)
         with named(self.name):
             written, z = self._k.ifmr_store(self._buf, self._n, flat)
         self._n += written
@@ -135,6 +168,8 @@ class IFMRCalibrator(HistogramState):
             f"({self.num_of_bins} bins)", RuntimeWarning, stacklevel=3)
         stored = self._all_samples()
         self.switched = True
+        if self.pool is not None:
+            self.pool.release(self.name)
         self._buf, self._n, self._zeros = np.empty(0, np.float32), 0, 0
         if stored.size:
             self._observe_hist(stored)

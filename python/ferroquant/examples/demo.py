@@ -183,13 +183,13 @@ def model_demo(out_dir: Union[str, Path] = "ferroquant-demo", n_calib: int = 32,
                      f"{paths['deploy'].stat().st_size / 1e6:.1f}", f"{dt:.1f}"])
         first = first or (cm, folder, table)
     cm, folder, table = first
-    small = [{"input": sets.calibration[i:i + 4]} for i in (0, 4)]
-    rep, rpaths = create_report(cm, small, folder / "report", max_batches=2, table=table)
+    rep, rpaths = create_report(cm, calib, folder / "report", max_batches=None, table=table)
     print()
     print(_table(rows))
     print(f"\n(agreement with FP32 on {n_eval} evaluation crops, deploy models in onnxruntime with graph "
           "optimizations disabled; time: config + calibration + search + export)")
-    print(f"\nmost sensitive layers ({VARIANTS[0][0]}):\n{summary_lines(rep)}")
+    print(f"\nmost sensitive layers ({VARIANTS[0][0]}; report measured on the {rep.samples} calibration crops, "
+          f"not the evaluation crops of the table):\n{summary_lines(rep)}")
     print(f"\noutputs in {out.resolve()}:")
     print(f"  {fp32_path.name}; per method <dir>/mobilenet_v2_{{fake_quant,deploy}}.onnx, "
           "mobilenet_v2_quant_record.json, config.json")

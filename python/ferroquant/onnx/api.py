@@ -154,8 +154,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     7-bit ARQ weights, which onnxruntime's kernels cannot saturate on).
 
     Exact IFMR stores the samples it searches; all its tensors together keep at most ``ifmr_memory_budget``
-    bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
-    mode (one warning names them), so memory does not grow with the number of calibration batches.
+    bytes (each sure of 4 MiB, taking more while the others leave room), and a tensor that finds no room
+    continues in the histogram percentile mode (one warning names them), so memory does not grow with the
+    number of calibration batches.
 
     ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
     :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
@@ -166,6 +167,20 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
                                     batch_num, progress)
     if config is None:
         raise ConfigError("quantize_model needs a config (or weight_only)")
+    cm, original = calibration_setup(config, model, ifmr_memory_budget, profile, cpu_types)
+    methods = cm.methods
+    run_calibration(cm, calibration_data, batch_num if batch_num is not None else cm.config.batch_num, progress)
+    if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
+        methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, cm.model, cm.sample)
+    return cm
+
+
+def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Union[ModelLike, PreparedModel],
+                      ifmr_memory_budget: int = IFMR_MODEL_BUDGET, profile: str = DEFAULT_PROFILE,
+                      cpu_types: Optional[str] = None) -> Tuple[CalibratedModel, onnx.ModelProto]:
+    """Everything :func:`quantize_model` does before it sees data: fused (and equalized) model, deploy plan,
+    empty calibrators, quantized weights. Returns the state and the model before the accuracy methods.
+    (:mod:`ferroquant.onnx.shards` fills the calibrators from saved states instead of data.)"""
     cfg = load_config(config)
     prof = get_profile(profile)
     cpu = cpu_types_for(prof, cpu_types)
@@ -188,10 +203,7 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
                          plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
     cm.timings["prepare_s"] = time.perf_counter() - t0
-    run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
-    if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
-        methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, prepared.model, cm.sample)
-    return cm
+    return cm, original
 
 
 def output_paths(save_path: Union[str, Path], deploy_path: Optional[Union[str, Path]] = None) -> Dict[str, Path]:

@@ -200,17 +200,18 @@ def tapped_session(model: onnx.ModelProto, tensors: Sequence[str]):  # noqa: ANN
 
 
 def _warn_switched(cm: CalibratedModel) -> None:
-    """One warning, in plain words, for the IFMR calibrators whose samples did not fit in memory."""
+    """One warning, one sentence, for the IFMR calibrators whose samples did not fit in the model's budget."""
     switched = [(t, c) for t, c in cm.calibrators.items() if getattr(c, "switched", False)]
     if not switched:
         return
     names = ", ".join(t for t, _ in switched[:3]) + (f" and {len(switched) - 3} more" if len(switched) > 3 else "")
-    bins = switched[0][1].num_of_bins
-    warnings.warn(f"IFMR: the calibration data of {len(switched)} activation tensor(s) ({names}) did not fit in "
-                  f"the memory set aside for the exact search, so their clipping ranges were searched on a "
-                  f"{bins}-bin histogram of the values instead (close to, but not always the same as, the exact "
-                  "result); calibrate on fewer batches, raise ifmr_memory_budget, or use HFMG to avoid this",
-                  RuntimeWarning, stacklevel=4)
+    first = switched[0][1]
+    budget = first.pool.total if first.pool is not None else first.memory_budget
+    warnings.warn(f"IFMR: {len(switched)} activation tensor(s) ({names}) had more calibration values than fit in "
+                  f"the {budget / 2**20:.0f} MiB set aside for exact IFMR, so their clipping ranges were searched "
+                  f"on a {first.num_of_bins}-bin histogram of the values instead, which gives close to (not always "
+                  "exactly) the same ranges; for exact IFMR, calibrate on fewer batches or raise "
+                  "ifmr_memory_budget", RuntimeWarning, stacklevel=4)
 
 
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],

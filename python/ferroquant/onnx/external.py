@@ -195,6 +195,20 @@ def _raw(t: TensorProto) -> bytes:
         "<"), copy=False).tobytes()
 
 
+def model_digest(model: onnx.ModelProto) -> str:
+    """SHA-256 of ``model``: its graph without the large weights (deterministic serialization), then each large
+    weight's name and bytes (models over 2 GB too: nothing is serialized in one piece)."""
+    import hashlib
+
+    h = hashlib.sha256(skeleton(model).model.SerializeToString(deterministic=True))
+    for t in model.graph.initializer:
+        if _detachable(t):
+            h.update(t.name.encode())
+            h.update(_raw(t) if t.data_location != TensorProto.EXTERNAL else
+                     repr([(e.key, e.value) for e in t.external_data]).encode())
+    return h.hexdigest()
+
+
 def write_external(model: onnx.ModelProto, path: Union[str, Path], extra_outputs: Sequence[str] = (),
                    size_threshold: int = DETACH_BYTES, deferred: bool = True) -> Path:
     """Write ``model`` to ``path`` with every top-level initializer of ``size_threshold`` bytes or more in

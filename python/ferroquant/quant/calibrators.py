@@ -4,7 +4,7 @@ memory budget that bounds exact IFMR (decision 7)."""
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 from ferroquant import ops
 from ferroquant.calibrate import (
@@ -15,22 +15,29 @@ from ferroquant.calibrate import (
     HistogramCalibrator,
     IFMRCalibrator,
 )
+from ferroquant.calibrate.ifmr import SampleBudget
 from ferroquant.ops.types import IfmrOptions
 from ferroquant.config.ptq import ActivationParams, QuantConfig
 from ferroquant.quant.table import ActivationQuant, LayerInfo
 
-#: Bytes of samples that all exact-IFMR calibrators of one model may hold together: each gets an equal share;
-#: a tensor that outgrows its share switches to the histogram percentile mode.
+#: Bytes of samples that all exact-IFMR calibrators of one model may hold together: each is sure of
+#: ``MIN_SHARE`` and takes more from what the others leave, first come first served
+#: (:class:`~ferroquant.calibrate.ifmr.SampleBudget`); a tensor that finds no room switches to the histogram
+#: percentile mode.
 IFMR_MODEL_BUDGET = 1 << 30
 MIN_SHARE = 4 << 20
 
 
 def make_activation_calibrator(tensor: str, params: ActivationParams, symmetric: bool,
-                               memory_budget: Optional[int] = None) -> AnyCalibrator:
-    """The calibrator ``params.algorithm`` names, for the activation tensor ``tensor``."""
+                               memory_budget: Optional[int] = None, pool: Optional[SampleBudget] = None
+                               ) -> AnyCalibrator:
+    """The calibrator ``params.algorithm`` names, for the activation tensor ``tensor`` (exact IFMR: at most
+    ``memory_budget`` bytes of samples, within the model's ``pool``)."""
     a = params
     if a.algorithm == "ifmr":
-        extra = {} if memory_budget is None else {"memory_budget": memory_budget}
+        extra: Dict[str, Any] = {} if memory_budget is None else {"memory_budget": memory_budget}
+        if pool is not None:
+            extra["pool"] = pool
         return IFMRCalibrator(tensor, bits=a.bits, symmetric=symmetric, max_percentile=a.max_percentile,
                               min_percentile=a.min_percentile, search_range=a.search_range,
                               search_step=a.search_step, search_extend=a.search_extend, search_2d=a.search_2d,
@@ -69,6 +76,8 @@ def layer_calibrators(config: QuantConfig, layers: Iterable[LayerInfo], memory_b
     extra = [t for t in tensors if t not in {l.activation for l in layers}]
     ifmr_extra = len(extra) if config.tensor_activation().algorithm == "ifmr" else 0
     share = ifmr_share(config, layers, memory_budget, ifmr_extra)
+    pool = SampleBudget(memory_budget, MIN_SHARE)
+    cap = max(memory_budget, share)
     cals: Dict[str, AnyCalibrator] = {}
     for l in layers:
         params = config.layers[l.name].activation
@@ -76,8 +85,8 @@ def layer_calibrators(config: QuantConfig, layers: Iterable[LayerInfo], memory_b
             cals[l.activation] = make_channel_calibrator(l.activation, params, config.activation_symmetric(l.name))
         elif l.activation not in cals:
             cals[l.activation] = make_activation_calibrator(l.activation, config.layers[l.name].activation,
-                                                            config.activation_symmetric(l.name), share)
-    cals.update(tensor_calibrators(config, extra, share))
+                                                            config.activation_symmetric(l.name), cap, pool)
+    cals.update(tensor_calibrators(config, extra, cap, pool))
     return cals
 
 
@@ -90,10 +99,11 @@ def activation_quant(tensor: str, r: CalibResult) -> ActivationQuant:
                            dict(r.details))
 
 
-def tensor_calibrators(config: QuantConfig, tensors: Iterable[str], share: int) -> Dict[str, AnyCalibrator]:
+def tensor_calibrators(config: QuantConfig, tensors: Iterable[str], budget: int,
+                       pool: Optional[SampleBudget] = None) -> Dict[str, AnyCalibrator]:
     """Calibrators for activation tensors that are no layer's input, with the config's tensor parameters."""
     params, symmetric = config.tensor_activation(), config.tensor_symmetric()
-    return {t: make_activation_calibrator(t, params, symmetric, share) for t in tensors}
+    return {t: make_activation_calibrator(t, params, symmetric, budget, pool) for t in tensors}
 
 
 def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:

@@ -1,4 +1,4 @@
-"""Writing the per-layer report: ``report.json``, ``report.html``, one small PNG per layer (activation histogram,
+"""Writing the per-layer report: ``report.json``, ``report.html``, one PNG per layer (activation histogram,
 chosen clip marked) and ``fallback_config.json``, a full config with the worst layers kept in float that
 ``ferroquant quantize --config`` (and :func:`ferroquant.config.load_config`) accepts as it is."""
 
@@ -12,14 +12,12 @@ import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Union
 
-import numpy as np
 
 from ferroquant.config import QuantConfig
 from ferroquant.outputs import output_set, replacing, write_text
 from ferroquant.progress import ProgressBar
-from ferroquant.report.measure import Histogram, LayerStats, QuantReport
-
-PLOT_BINS = 128
+from ferroquant.report.measure import LayerStats, QuantReport
+from ferroquant.report.plots import PLOT_BINS, HistogramPlot, plot_histogram, plots_available
 
 
 def fallback_config(config: QuantConfig, float_layers: Iterable[str]) -> QuantConfig:
@@ -48,46 +46,16 @@ def plot_names(names: Iterable[str]) -> Dict[str, str]:
     return out
 
 
-def plots_available() -> bool:
-    """Whether matplotlib can be imported (the plots are skipped, with one warning, when it cannot)."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _json_number(v: object) -> object:
+    """``v``, with a non-finite float written as JSON can hold it (null, "inf", "-inf")."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
 
 
-def _figure():  # noqa: ANN202 - a matplotlib Figure (Agg, no pyplot state)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.0, 2.2), dpi=72)
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.88, bottom=0.12)
-    return fig
-
-
-def plot_histogram(path: Path, row: LayerStats, hist: Histogram, fig=None) -> None:  # noqa: ANN001
-    """A small PNG: the activation histogram (log counts) with the clip range marked in red. Pass ``fig``
-    (from a previous call's figure) to reuse one figure for many plots."""
-    fig = fig if fig is not None else _figure()
-    fig.clear()
-    counts, lo, hi = hist
-    c = np.asarray(counts, np.float64)
-    if c.size % PLOT_BINS == 0 and c.size > PLOT_BINS:
-        c = c.reshape(PLOT_BINS, -1).sum(1)
-    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, c.size + 1)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.stairs(np.maximum(c, 0.8), edges, fill=True, baseline=0.8, color="#4a7ab5")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.8)
-    for x in (row.clip_min, row.clip_max):
-        ax.axvline(x, color="#d62728", linestyle="--", linewidth=1.2)
-    ax.set_title(f"{row.name}: clip [{row.clip_min:.3g}, {row.clip_max:.3g}], "
-                 f"{100 * row.clipped_fraction:.3f}% clipped", fontsize=7)
-    ax.tick_params(labelsize=6)
-    with replacing(path) as f:
-        fig.savefig(f, format="png")
+def _with_spread(v: Optional[float], spread: Optional[List[float]]) -> str:
+    """A pooled SQNR and its per-sample [min, median, max]."""
+    return _fmt(v) + (f" [{', '.join(_fmt(x, 1) for x in spread)}]" if spread else "")
 
 
 def _fmt(v: Optional[float], digits: int = 2) -> str:
@@ -122,7 +90,8 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
         cells = (r.name + (" (float in patch)" if r.name in fl else ""), r.op_type, r.act_algorithm,
                  f"[{r.observed_min:.4g}, {r.observed_max:.4g}]", f"[{r.clip_min:.4g}, {r.clip_max:.4g}]",
                  f"{100 * r.clipped_fraction:.4f}", f"{r.weight_algorithm} int{r.weight_bits}",
-                 _fmt(r.weight_sqnr_db), _fmt(r.output_sqnr_db), _fmt(r.output_cosine, 5), _fmt(r.local_sqnr_db))
+                 _fmt(r.weight_sqnr_db), _with_spread(r.output_sqnr_db, r.output_sqnr_spread_db),
+                 _fmt(r.output_cosine, 5), _with_spread(r.local_sqnr_db, r.local_sqnr_spread_db))
         tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
         rows.append(f"<tr{' class=worst' if r.name in fl else ''}>{tds}<td>{img}</td></tr>")
     ths = "".join(f"<th>{h}</th>" for h in head)
@@ -130,10 +99,15 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
             "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}"
             "tr.worst{background:#fde2e2}</style></head><body>"
-            f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers, measured on "
-            f"{report.batches} batches. Output SQNR/cosine: fake-quant model vs FP32 at each layer's output "
-            "(errors accumulate); local SQNR: the layer alone quantized, on FP32 inputs. Red dashed lines in the "
-            f"histograms mark the chosen clip.</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
+            f"<h1>Per-layer quantization report</h1><p>{len(report.layers)} quantized layers. Ranges, clips and "
+            "clipped shares: every calibration batch. Output and local SQNR: measured on the first "
+            f"{report.batches} calibration batches ({report.samples} samples), onnxruntime optimizations off. "
+            "<b>Output SQNR/cosine</b>: the layer's output as the next layer reads it in the fake-quant model "
+            "(every layer up to it quantized, errors accumulate) vs FP32; at the last layer, the model's output "
+            "SQNR on these samples. <b>Local SQNR</b>: the layer alone quantized, on its FP32 input (ranks the "
+            "layers). SQNRs are pooled over the samples; in brackets the per-sample [min, median, max]: a wide "
+            "spread means too few samples. Histograms: red dashes mark the clip, grey dots the observed range."
+            f"</p><p>{html.escape(fallback[:1].upper() + fallback[1:])}"
             f"{' (highlighted below)' if fl else ''}. <a href='fallback_config.json'>fallback_config.json</a></p>"
             f"<table><tr>{ths}</tr>{''.join(rows)}</table></body></html>\n")
 
@@ -155,11 +129,11 @@ def _plots(report: QuantReport, out: Path) -> Dict[str, str]:
         return {}
     pngs: Dict[str, str] = {}
     files = plot_names(r.name for r in report.layers)
-    fig = _figure()
+    figure = HistogramPlot()
     with ProgressBar("plotting histograms", len(report.layers), "layers") as bar:
         for r in report.layers:
             rel = f"plots/{files[r.name]}"
-            plot_histogram(out / rel, r, report.histograms[r.activation], fig)
+            figure.draw(out / rel, r, report.histograms[r.activation])
             pngs[r.name] = rel
             bar.update()
     return pngs
@@ -177,8 +151,7 @@ def _write_report(report: QuantReport, config: QuantConfig, out: Path, plots: bo
     for row in doc["layers"]:
         row["histogram_png"] = pngs.get(row["name"])
         for k, v in row.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                row[k] = None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+            row[k] = [_json_number(x) for x in v] if isinstance(v, list) else _json_number(v)
     doc["fallback"] = {"float_layers": worst, "sqnr_db": None if fallback_count is not None else fallback_sqnr_db,
                        "count": fallback_count, "config": paths["fallback_config"].name}
     write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
@@ -199,4 +172,4 @@ def summary_lines(report: QuantReport, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
+__all__ = ["PLOT_BINS", "fallback_config", "fallback_sentence", "plot_histogram", "plot_names", "plots_available", "summary_lines", "write_report"]
