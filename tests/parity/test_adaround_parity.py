@@ -60,6 +60,7 @@ def test_codes_stay_on_the_grid_next_to_the_weight(seed, rows, p, bits):
     q = w / s[:, None]
     assert np.all((r.codes == np.floor(q)) | (r.codes == np.floor(q) + 1))
     assert r.codes.min() >= -(1 << (bits - 1)) and r.codes.max() <= (1 << (bits - 1)) - 1
+    assert r.loss <= r.loss_nearest  # a channel learned worse than nearest keeps nearest
     none = ops.adaround(w, s, z, gram, bits, AdaRoundOptions(iterations=0))
     assert_array_equal(none.codes, a.codes)
     assert none.loss == none.loss_nearest

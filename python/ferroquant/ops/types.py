@@ -274,8 +274,9 @@ class AdaRoundOptions:
 @dataclass(frozen=True, eq=False)
 class AdaRoundResult:
     """What learned rounding returns: the codes ``[rows, p]`` (int32, on the given grid), the final rounding
-    variables ``v`` (float64; rounded up where ``v >= 0``, 0 where a weight had no choice), and the
-    reconstruction errors ``sum_o s_o^2 e_o^T G e_o`` of round-to-nearest and of the learned codes."""
+    variables ``v`` (float64; rounded up where ``v >= 0``, 0 where a weight had no choice; a channel whose
+    learned codes reconstruct worse than round-to-nearest keeps round-to-nearest), and the reconstruction errors
+    ``sum_o s_o^2 e_o^T G e_o`` of round-to-nearest and of the codes returned."""
 
     codes: np.ndarray
     v: np.ndarray

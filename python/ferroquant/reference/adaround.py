@@ -63,9 +63,10 @@ def _check(w, scale, zero_point, gram, bits, o):  # noqa: ANN001,ANN202
     return w, s, z.astype(np.int64), g, qmin, qmax
 
 
-def _recon(gram_rows: np.ndarray, q: np.ndarray, c: np.ndarray, s: np.ndarray) -> float:
+def _recon(gram_rows: np.ndarray, q: np.ndarray, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``s_o² eᵀ G e`` per channel."""
     e = q - c
-    return float(np.sum(s.astype(f64) ** 2 * np.einsum("ri,rij,rj->r", e, gram_rows, e)))
+    return s.astype(f64) ** 2 * np.einsum("ri,rij,rj->r", e, gram_rows, e)
 
 
 def _optimize(gn: np.ndarray, q, base, free, o: AdaRoundOptions) -> np.ndarray:  # noqa: ANN001
@@ -104,7 +105,8 @@ def adaround(w, scale, zero_point, gram, bits: int = 8, options: AdaRoundOptions
     base = np.where(free, lo, np.clip(lo, qmin, qmax))
     nearest = np.clip(np.rint(r).astype(f64) + z[:, None], qmin, qmax)
     g_rows = np.repeat(g, rows // g.shape[0], axis=0)
-    loss_nearest = _recon(g_rows, q, nearest, s)
+    per_nearest = _recon(g_rows, q, nearest, s)
+    loss_nearest = float(np.sum(per_nearest))
     trace = np.trace(g_rows, axis1=1, axis2=2)
     live = trace > 0
     if options.iterations == 0 or not live.any():
@@ -112,8 +114,10 @@ def adaround(w, scale, zero_point, gram, bits: int = 8, options: AdaRoundOptions
     gn = g_rows * (p / np.where(live, trace, 1.0))[:, None, None]
     v = _optimize(gn, q, base, free & live[:, None], options)
     codes = np.where(live[:, None], base + (free & (v >= 0)), nearest)
+    worse = _recon(g_rows, q, codes, s) > per_nearest  # those channels keep round-to-nearest
+    codes = np.where(worse[:, None], nearest, codes)
     v = np.where(live[:, None], v, 0.0)
-    return AdaRoundResult(codes.astype(np.int32), v, loss_nearest, _recon(g_rows, q, codes, s))
+    return AdaRoundResult(codes.astype(np.int32), v, loss_nearest, float(np.sum(_recon(g_rows, q, codes, s))))
 
 
 __all__ = ["adaround"]

@@ -203,19 +203,20 @@ fn v_init(f: f64) -> f64 {
     -((ZETA - GAMMA) / (f - GAMMA) - 1.0).ln()
 }
 
-/// `Σ_o s_o² eᵀ G e` over the channels of one chunk, for codes `c` (row-major `[m, p]`).
-fn recon(gram: &[f64], p: usize, q: &[f64], c: &[f64], s: &[f32]) -> f64 {
-    let mut total = 0.0;
-    for (o, so) in s.iter().enumerate() {
-        let e: Vec<f64> = (0..p).map(|i| q[o * p + i] - c[o * p + i]).collect();
-        let mut acc = 0.0;
-        for i in 0..p {
-            let row = &gram[i * p..(i + 1) * p];
-            acc += e[i] * row.iter().zip(&e).map(|(g, x)| g * x).sum::<f64>();
-        }
-        total += (*so as f64) * (*so as f64) * acc;
-    }
-    total
+/// `s_o² eᵀ G e` for each channel of one chunk, for codes `c` (row-major `[m, p]`).
+fn recon(gram: &[f64], p: usize, q: &[f64], c: &[f64], s: &[f32]) -> Vec<f64> {
+    s.iter()
+        .enumerate()
+        .map(|(o, so)| {
+            let e: Vec<f64> = (0..p).map(|i| q[o * p + i] - c[o * p + i]).collect();
+            let mut acc = 0.0;
+            for i in 0..p {
+                let row = &gram[i * p..(i + 1) * p];
+                acc += e[i] * row.iter().zip(&e).map(|(g, x)| g * x).sum::<f64>();
+            }
+            (*so as f64) * (*so as f64) * acc
+        })
+        .collect()
 }
 
 struct Chunk {
@@ -282,15 +283,24 @@ fn run_chunk(l: &Layer, o: &AdaRoundOptions, rows: std::ops::Range<usize>, stop:
     }
     let s = &l.scale[rows.clone()];
     let nearest: Vec<f64> = g.nearest.iter().map(|&c| c as f64).collect();
-    let loss_nearest = recon(gram, p, &g.q, &nearest, s);
+    let per_nearest = recon(gram, p, &g.q, &nearest, s);
+    let loss_nearest: f64 = per_nearest.iter().sum();
     let trace: f64 = (0..p).map(|i| gram[i * p + i]).sum();
     if trace <= 0.0 || o.iterations == 0 {
         return Ok(Chunk { codes: g.nearest, v: vec![0.0; n], loss_nearest, loss: loss_nearest });
     }
     let gn: Vec<f64> = gram.iter().map(|x| x * p as f64 / trace).collect();
     let v = optimize(&gn, p, m, &g, o, stop)?;
-    let codes: Vec<f64> = (0..n).map(|k| g.base[k] + if g.free[k] && v[k] >= 0.0 { 1.0 } else { 0.0 }).collect();
-    let loss = recon(gram, p, &g.q, &codes, s);
+    let mut codes: Vec<f64> = (0..n).map(|k| g.base[k] + if g.free[k] && v[k] >= 0.0 { 1.0 } else { 0.0 }).collect();
+    let mut per = recon(gram, p, &g.q, &codes, s);
+    for r in 0..m {
+        if per[r] > per_nearest[r] {
+            // a channel the learned codes reconstruct worse than nearest rounding keeps nearest rounding
+            codes[r * p..(r + 1) * p].copy_from_slice(&nearest[r * p..(r + 1) * p]);
+            per[r] = per_nearest[r];
+        }
+    }
+    let loss = per.iter().sum();
     Ok(Chunk { codes: codes.iter().map(|&c| c as i32).collect(), v, loss_nearest, loss })
 }
 
