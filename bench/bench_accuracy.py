@@ -36,6 +36,8 @@ CLE6 = {"equalization": {"enabled": True, "relu6_to_relu": True}}
 CLE6A = {"equalization": {"enabled": True, "relu6_to_relu": True, "bias_absorption": True}}
 BC = {"weight": {"bias_correction": "empirical"}}
 DW = {"activation": {"channel_wise": True}}
+ADA = {"adaround": {"enabled": True}}
+W4 = {"weight": {"bits": 4}}
 #: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
 #: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
 FERROQUANT = {
@@ -52,6 +54,15 @@ FERROQUANT = {
     "fq amct +DW per-channel": ("amct", {}, DW),
     "fq amct +DW per-channel +BC": ("amct", {}, {**DW, **BC}),
     "fq amct all: CLE(relu6->relu) +BC +DW": ("amct", CLE6, {**DW, **BC}),
+    "fq amct +AdaRound": ("amct", ADA, {}),
+    "fq amct +BC +AdaRound": ("amct", ADA, BC),
+    "fq amct +DW per-channel +BC +AdaRound": ("amct", ADA, {**DW, **BC}),
+    "fq ort +AdaRound": ("onnxruntime", ADA, {}),
+    "fq ort +CLE +BC +AdaRound": ("onnxruntime", {**CLE, **ADA}, BC),
+    "fq amct W4A8": ("amct", {}, W4),
+    "fq amct W4A8 +AdaRound": ("amct", ADA, W4),
+    "fq amct W4A8 +BC": ("amct", {}, {"weight": {"bits": 4, "bias_correction": "empirical"}}),
+    "fq amct W4A8 +BC +AdaRound": ("amct", ADA, {"weight": {"bits": 4, "bias_correction": "empirical"}}),
 }
 PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
 FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]
@@ -164,7 +175,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--eval", type=int, default=320)
-    ap.add_argument("--methods", help="comma-separated subset of the rows")
+    ap.add_argument("--methods", help="comma-separated subset of the rows, run in the order given")
+    ap.add_argument("--report", default="accuracy", help="bench/results/<report>.md")
     ap.add_argument("--worker")
     ap.add_argument("--workdir")
     args = ap.parse_args()
@@ -178,7 +190,10 @@ def main() -> None:
 
     names = list(FLOAT) + list(FERROQUANT) + PEERS
     if args.methods:
-        names = [n for n in names if n in set(args.methods.split(","))]
+        unknown = [n for n in args.methods.split(",") if n not in names]
+        if unknown:
+            raise SystemExit(f"unknown rows {unknown}")
+        names = args.methods.split(",")
     with tempfile.TemporaryDirectory() as d:
         wd = Path(d)
         onnx.save(mobilenet_v2_onnx(), str(wd / "mobilenet_v2.onnx"))
@@ -207,7 +222,9 @@ def main() -> None:
                        "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
                        "FP32 rows measure), absorption = bias absorption, BC = empirical bias correction, "
                        "DW per-channel = per-channel activation scales on depthwise-Conv inputs.")
-        write_report("accuracy", [t], "Each row is a separate process; 'quantize s' covers loading the float model, "
+        t.notes.append("AdaRound = learned rounding of the ARQ weight codes (methods.adaround, default options); "
+                       "W4A8 = 4-bit ARQ weights (per channel), 8-bit activations.")
+        write_report(args.report, [t], "Each row is a separate process; 'quantize s' covers loading the float model, "
                      "calibration and saving the deploy model.")
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ferroquant.ops.types import (
+    AdaRoundOptions,
+    AdaRoundResult,
     ArqResult,
     Clip,
     Comparison,
@@ -42,6 +44,7 @@ def quantize(x: F32, scale: F32, zero_point: I32, bits: int = 8, axis: Optional[
 def dequantize(q: Codes, scale: F32, zero_point: I32, bits: int = 8, axis: Optional[int] = None) -> F32: ...
 def fake_quant(x: F32, scale: F32, zero_point: I32, bits: int = 8, axis: Optional[int] = None) -> F32: ...
 def arq(w: F32, axis: Optional[int] = 0, bits: int = 8, symmetric: bool = True) -> ArqResult: ...
+def adaround(w: F32, scale: F32, zero_point: I32, gram: F64, bits: int, options: AdaRoundOptions) -> AdaRoundResult: ...
 def nuq(w: F32, axis: Optional[int] = 0, num_steps: int = 32, num_of_iteration: int = 1) -> NuqResult: ...
 def histogram_observe(
     hist: Optional[Histogram], x: F32, nbins: Optional[int] = None, drop_nonfinite: bool = False

@@ -51,6 +51,9 @@ def _quant_options() -> argparse.ArgumentParser:
                    help="with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)")
     m.add_argument("--bias-correction", action="store_true",
                    help="empirical bias correction of every Conv (mean output error on the calibration data)")
+    m.add_argument("--adaround", action="store_true",
+                   help="learned rounding (AdaRound) of Conv/Gemm/MatMul weights on their ARQ grid, by each layer's "
+                        "output on the calibration data")
     m.add_argument("--per-channel-depthwise", action="store_true",
                    help="per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime and "
                         "tensorrt profiles)")
@@ -187,6 +190,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
         act["channel_wise"] = True
     methods = ({"equalization": {"enabled": True, "relu6_to_relu": bool(args.relu6_to_relu)}}
                if getattr(args, "equalize", False) else {})
+    if getattr(args, "adaround", False):
+        methods["adaround"] = {"enabled": True}
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")

@@ -1,6 +1,6 @@
 """The accuracy methods of issue 15 on models nobody here wrote: cross-layer equalization keeps each model's FP32
 function (exact: ReLU6 kept), and quantizing with every method on (equalization, bias correction, per-channel
-depthwise inputs) succeeds and gives a deploy model that runs, whether or not the model has what a method applies
+depthwise inputs, learned rounding) succeeds and gives a deploy model that runs, whether or not the model has what a method applies
 to (MobileNetV3's HardSwish, SVTR's MatMuls, YOLOv8's SiLU, an LSTM inside subgraphs)."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from tests.foreign.corpus import BY_NAME, session
 from tests.foreign.models import need
 
 NAMES = ["PP-OCR mobile cls", "PP-OCRv6 rec", "nudenet 320n (YOLOv8n)", "silero-vad 16k op15"]
-ALL_ON = {"methods": {"equalization": {"enabled": True}},
+# learned rounding with few iterations: what is checked here is that it runs on every layer kind it meets
+ALL_ON = {"methods": {"equalization": {"enabled": True}, "adaround": {"enabled": True, "iterations": 5}},
           "common_config": {"weight": {"bias_correction": "empirical"}, "activation": {"channel_wise": True}}}
 
 

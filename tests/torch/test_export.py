@@ -181,7 +181,7 @@ def test_torch_ptq_matches_its_fake_quant_model(trained, data, tmp_path):
     assert {lq.weight.algorithm for lq in r2.table.layers.values()} == {"nuq"}
 
 
-@pytest.mark.parametrize("kw", [{"methods": {"equalization": {"enabled": True}}},
+@pytest.mark.parametrize("kw", [{"methods": {"equalization": {"enabled": True}}}, {"methods": {"adaround": {"enabled": True}}},
                                 {"common_config": {"weight": {"bias_correction": "empirical"}}},
                                 {"common_config": {"activation": {"channel_wise": True}}}])
 def test_torch_ptq_refuses_the_accuracy_methods_it_does_not_apply(trained, data, kw):

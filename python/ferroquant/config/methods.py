@@ -1,8 +1,9 @@
 """The model-wide settings of the methods that look past one tensor (issue 15). They sit under the config's
-``methods`` key; today that is cross-layer equalization::
+``methods`` key; cross-layer equalization and learned rounding::
 
     "methods": {
-      "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false}
+      "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false},
+      "adaround": {"enabled": true, "iterations": 500}
     }
 
 Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Mapping
 
-from ferroquant.config.fields import check_bool, check_int, check_known_keys
+from ferroquant.config.fields import check_bool, check_int, check_known_keys, check_num, field_error
 from ferroquant.errors import ConfigError
 
 _WHERE = "<methods>"
@@ -43,7 +44,38 @@ class EqualizationParams:
         check_int(_WHERE, "equalization.iterations", self.iterations, range(1, 1001))
 
 
-_SECTIONS = {"equalization": EqualizationParams}
+def _check_count(name: str, v: Any, lo: int, hi: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise field_error(_WHERE, name, f"must be an integer, got {v!r}")
+    check_num(_WHERE, name, v, lo, hi)
+
+
+@dataclass(frozen=True)
+class AdaRoundParams:
+    """Learned rounding (AdaRound) of the weights of every enabled Conv, Gemm and MatMul with ARQ weights: each
+    weight is rounded down or up on its ARQ grid (scales unchanged) so as to reconstruct the layer's float
+    output on the calibration data (:mod:`ferroquant.quant.adaround`).
+
+    ``rows_per_batch``: input patches (rows) sampled per calibration batch and layer into the Gram matrix the
+    optimization reads (memory: one ``[p, p]`` matrix per group, whatever the data); a layer that saw fewer
+    rows than its inputs ``p`` keeps round-to-nearest (the record names it). ``iterations``, ``reg_weight``,
+    ``lr``: the optimization (:class:`ferroquant.ops.AdaRoundOptions`)."""
+
+    enabled: bool = False
+    iterations: int = 500
+    reg_weight: float = 1.0
+    lr: float = 0.05
+    rows_per_batch: int = 512
+
+    def validate(self) -> None:
+        check_bool(_WHERE, "adaround.enabled", self.enabled)
+        _check_count("adaround.iterations", self.iterations, 0, 100_000)
+        check_num(_WHERE, "adaround.reg_weight", self.reg_weight, 0.0, 1e6)
+        check_num(_WHERE, "adaround.lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_count("adaround.rows_per_batch", self.rows_per_batch, 1, 1 << 20)
+
+
+_SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams}
 
 
 @dataclass(frozen=True)
@@ -51,6 +83,7 @@ class MethodsConfig:
     """The ``methods`` section (see the module docstring)."""
 
     equalization: EqualizationParams = field(default_factory=EqualizationParams)
+    adaround: AdaRoundParams = field(default_factory=AdaRoundParams)
 
     def is_default(self) -> bool:
         return self == MethodsConfig()
@@ -89,4 +122,4 @@ def methods_from_json(d: Any) -> MethodsConfig:
     return MethodsConfig(**parts)
 
 
-__all__ = ["EqualizationParams", "MethodsConfig", "methods_from_json"]
+__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "methods_from_json"]

@@ -7,7 +7,7 @@ A model is loaded and fused once per run: :func:`prepare_model` returns a :class
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -23,12 +23,14 @@ from ferroquant.onnx.external import is_large
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
-from ferroquant.onnx.methods import apply_methods, fp32_change, layer_moments
+from ferroquant.onnx.methods import apply_methods, fp32_change, layer_grams, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
 from ferroquant.onnx.weight_only import WeightOnlyModel, quantize_weights_only, save_weight_only
 from ferroquant.outputs import output_set, refuse_input
+from ferroquant.ops.types import AdaRoundOptions
+from ferroquant.quant.adaround import LayerGram
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
 from ferroquant.quant.profiles import DEFAULT_PROFILE, CpuTypes, cpu_types_for
 from ferroquant.quant.profiles import profile as get_profile
@@ -126,6 +128,19 @@ def _weight_params(params: WeightParams, cpu: CpuTypes) -> WeightParams:
     return params
 
 
+def _rounding(cfg: QuantConfig, model: onnx.ModelProto, layers: List[LayerInfo], methods: Dict[str, Any]
+              ) -> Tuple[Dict[str, LayerGram], Optional[AdaRoundOptions]]:
+    """Learned rounding's input streams and options when the config turns it on (the record starts here)."""
+    grams, skipped = layer_grams(cfg, model, layers)
+    p = cfg.methods.adaround
+    if not p.enabled:
+        return {}, None
+    options = AdaRoundOptions(iterations=p.iterations, reg_weight=p.reg_weight, lr=p.lr)
+    methods["adaround"] = {"options": asdict(options), "rows_per_batch": p.rows_per_batch, "layers": {},
+                           "skipped": skipped}
+    return grams, options
+
+
 def quantize_weight_only(weight_only: WeightOnlyLike, model: Union[ModelLike, PreparedModel],
                          calibration_data: Optional[CalibrationData] = None, batch_num: Optional[int] = None,
                          progress: Progress = False) -> WeightOnlyModel:
@@ -200,8 +215,10 @@ def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Uni
                              depthwise_inputs(prepared.model, layers))
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
                for l in layers}
+    grams, rounding = _rounding(cfg, prepared.model, layers, methods)
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
-                         plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
+                         plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods,
+                         grams=grams, rounding=rounding)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     return cm, original
 

@@ -24,6 +24,8 @@ from ferroquant.onnx.session import cpu_session
 from ferroquant.quant.bias_correction import corrected_bias
 from ferroquant.quant.calibrators import activation_quant, bounded
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
+from ferroquant.ops.types import AdaRoundOptions
+from ferroquant.quant.adaround import LayerGram, learn_rounding
 from ferroquant.quant.moments import LayerMoments
 from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
@@ -130,6 +132,9 @@ class CalibratedModel:
     #: input statistics of the layers to bias-correct, by layer name (:mod:`ferroquant.onnx.methods`)
     moments: Dict[str, LayerMoments] = field(default_factory=dict, repr=False)
     methods: Dict[str, Any] = field(default_factory=dict)  # what the accuracy methods did (for the record)
+    #: input-patch Gram streams of the layers whose rounding is learned, by layer name (used up by table())
+    grams: Dict[str, LayerGram] = field(default_factory=dict, repr=False)
+    rounding: Optional[AdaRoundOptions] = None
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
@@ -141,6 +146,7 @@ class CalibratedModel:
                 progress(i + 1, len(self.calibrators))
         self.activations = acts
         view = GraphView(self.model)
+        self._learn_rounding(view)
         layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], self._bias(view, l))
                   for l in self.layers}
         tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
@@ -149,6 +155,27 @@ class CalibratedModel:
                                   {t: c.observed_range() for t, c in self.calibrators.items()})
         warn_guarded(guarded)
         return QuantTable(layers, tensors, guarded)
+
+    def _learn_rounding(self, view: GraphView) -> None:
+        """AdaRound (:mod:`ferroquant.quant.adaround`) for the layers with a Gram stream, once: their weight
+        codes are replaced, and the record's ``methods.adaround`` says what changed."""
+        if not self.grams or self.rounding is None:
+            return
+        done = self.methods.setdefault("adaround", {"layers": {}, "skipped": {}})
+        for l in self.layers:
+            g = self.grams.pop(l.name, None)
+            if g is None:
+                continue
+            w = view.array(l.weight)
+            p = int(np.prod(w.shape)) // w.shape[l.axis]
+            if g.count < p:
+                done["skipped"][l.name] = f"{g.count} calibration rows for {p} inputs (needs at least {p})"
+                continue
+            t0 = time.perf_counter()
+            r = learn_rounding(l, w, self.weights[l.name], g.gram(), self.rounding)
+            self.weights[l.name] = r.weight
+            done["layers"][l.name] = {**r.to_json(), "rows": g.count, "seconds": round(time.perf_counter() - t0, 3)}
+        self.grams = {}
 
     def _bias(self, view: GraphView, layer: LayerInfo) -> Optional[np.ndarray]:
         """The layer's float bias; empirically corrected (:mod:`ferroquant.quant.bias_correction`) for the
@@ -181,6 +208,9 @@ class CalibratedModel:
         for name, m in other.moments.items():
             if name in self.moments:
                 self.moments[name].merge(m)
+        for name, g in other.grams.items():
+            if name in self.grams:
+                self.grams[name].merge(g)
         self.batches += other.batches
 
 
@@ -221,10 +251,11 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     sess = tapped_session(cm.model, taps)
     inputs = {i.name: i for i in sess.get_inputs()}
     unranked = {i.name for i in cm.model.graph.input if not i.type.tensor_type.HasField("shape")}
-    readers: Dict[str, List[LayerMoments]] = {}
+    readers: Dict[str, List[Union[LayerMoments, LayerGram]]] = {}
     for l in cm.layers:
-        if l.name in cm.moments:
-            readers.setdefault(l.activation, []).append(cm.moments[l.name])
+        for streams in (cm.moments, cm.grams):  # bias correction's and learned rounding's input statistics
+            if l.name in streams:
+                readers.setdefault(l.activation, []).append(streams[l.name])
     t0 = time.perf_counter()
     n, run_s, observe_s = 0, 0.0, 0.0
     with warnings.catch_warnings():
@@ -241,7 +272,7 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
             t2 = time.perf_counter()
             observe_all(cm.calibrators, dict(zip(taps, outs)))  # histograms updated in one native call
             for t, arr in zip(taps, outs):
-                for m in readers.get(t, ()):  # bias correction's input statistics
+                for m in readers.get(t, ()):
                     m.observe(arr)
             run_s, observe_s = run_s + t2 - t1, observe_s + time.perf_counter() - t2
             del outs

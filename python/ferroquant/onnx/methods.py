@@ -13,6 +13,7 @@ import onnx
 from ferroquant.config import QuantConfig
 from ferroquant.onnx.equalize import equalize, max_relative_difference
 from ferroquant.onnx.graph import GraphView, get_attr, node_label
+from ferroquant.quant.adaround import LayerGram
 from ferroquant.quant.moments import LayerMoments, PatchSpec
 from ferroquant.quant.table import LayerInfo
 
@@ -93,4 +94,40 @@ def layer_moments(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Lay
             for l in corrected_layers(cfg, layers)}
 
 
-__all__ = ["apply_methods", "bn_statistics", "fp32_change", "corrected_layers", "layer_moments", "patch_spec"]
+def _rounding_refusal(cfg: QuantConfig, node: onnx.NodeProto, layer: LayerInfo, weight_shape: Sequence[int]) -> str:
+    """Why learned rounding does not apply to ``layer`` ('' when it does)."""
+    if cfg.layers[layer.name].weight.algorithm != "arq":
+        return "NUQ weights (learned rounding keeps an ARQ grid)"
+    if layer.op_type == "Gemm" and int(get_attr(node, "transA", 0)):
+        return "Gemm with transA"
+    if layer.op_type == "MatMul" and len(weight_shape) != 2:
+        return f"MatMul weight of rank {len(weight_shape)}"
+    if layer.op_type not in ("Conv", "Gemm", "MatMul"):
+        return f"op type {layer.op_type}"
+    return ""
+
+
+def layer_grams(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[LayerInfo]
+                ) -> Tuple[Dict[str, LayerGram], Dict[str, str]]:
+    """One input-patch Gram stream per layer whose weights learned rounding will round (when the config turns
+    it on), by layer name; and the layers it skips, with the reason."""
+    params = cfg.methods.adaround
+    if not params.enabled:
+        return {}, {}
+    view = GraphView(model)
+    nodes = {node_label(n): n for n in model.graph.node}
+    grams: Dict[str, LayerGram] = {}
+    skipped: Dict[str, str] = {}
+    for l in layers:
+        shape = view.array(l.weight).shape
+        why = _rounding_refusal(cfg, nodes[l.name], l, shape)
+        if why:
+            skipped[l.name] = why
+            continue
+        spec = patch_spec(nodes[l.name], shape) if l.op_type == "Conv" else PatchSpec("matmul")
+        grams[l.name] = LayerGram(spec, params.rows_per_batch, name=f"{l.name} (calibration activations)")
+    return grams, skipped
+
+
+__all__ = ["apply_methods", "bn_statistics", "fp32_change", "corrected_layers", "layer_grams", "layer_moments",
+           "patch_spec"]

@@ -247,7 +247,46 @@ class Comparison:
                           self.size + other.size)
 
 
+@dataclass(frozen=True)
+class AdaRoundOptions:
+    """Learned rounding's options (rust/ferroquant-core/src/adaround.rs), one object for the kernel and its
+    twin: Adam ``iterations`` with learning rate ``lr`` on the rounding variables, the regularizer weight
+    ``reg_weight`` (per weight, against the reconstruction loss in code units), off for the first ``warm_start``
+    share of the iterations, then with ``beta`` annealed from ``beta_start`` to ``beta_end`` (AIMET's cosine).
+    Types are checked here; ranges by the kernels."""
+
+    iterations: int = 500
+    reg_weight: float = 1.0
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warm_start: float = 0.2
+    lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, (bool, np.bool_)) or not isinstance(self.iterations, (int, np.integer)) \
+                or self.iterations < 0:
+            raise ParameterError(f"iterations must be an integer >= 0, got {self.iterations!r}")
+        object.__setattr__(self, "iterations", int(self.iterations))
+        for f in ("reg_weight", "beta_start", "beta_end", "warm_start", "lr"):
+            object.__setattr__(self, f, _plain_float(getattr(self, f), f))
+
+
+@dataclass(frozen=True, eq=False)
+class AdaRoundResult:
+    """What learned rounding returns: the codes ``[rows, p]`` (int32, on the given grid), the final rounding
+    variables ``v`` (float64; rounded up where ``v >= 0``, 0 where a weight had no choice; a channel whose
+    learned codes reconstruct worse than round-to-nearest keeps round-to-nearest), and the reconstruction errors
+    ``sum_o s_o^2 e_o^T G e_o`` of round-to-nearest and of the codes returned."""
+
+    codes: np.ndarray
+    v: np.ndarray
+    loss_nearest: float
+    loss: float
+
+
 __all__ = [
+    "AdaRoundOptions",
+    "AdaRoundResult",
     "ArqResult",
     "Clip",
     "Comparison",

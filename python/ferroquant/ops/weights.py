@@ -1,15 +1,17 @@
-"""Weight quantization: ARQ (spec §1) and NUQ (spec §2)."""
+"""Weight quantization: ARQ (spec §1), NUQ (spec §2), and learned rounding on ARQ's grid (AdaRound)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Optional
 
+import numpy as np
+
 from ferroquant import _native
 from ferroquant._arrays import as_f32, check_bits, group_major, group_restore, int_param, named, opt_axis
-from ferroquant.errors import ParameterError
+from ferroquant.errors import DTypeError, ParameterError, ShapeError
 from ferroquant.ops._common import ArrayLike
-from ferroquant.ops.types import ArqResult, NuqResult
+from ferroquant.ops.types import AdaRoundOptions, AdaRoundResult, ArqResult, NuqResult
 
 _BIG = 1 << 32
 
@@ -58,4 +60,33 @@ def nuq(
         iters = int_param(num_of_iteration, "num_of_iteration", 0, _BIG)
         return _native.nuq(a, opt_axis(axis) if channel_wise else None, steps, iters)
 
-__all__ = ["arq", "nuq"]
+def _per_row(v: object, rows: int, dtype: type, what: str) -> np.ndarray:
+    a = np.asarray(v)
+    if a.size == 1:
+        a = np.full(rows, a.reshape(()), dtype)
+    if a.ndim > 1 or a.size != rows:
+        raise ShapeError(f"{what} needs one value per row ({rows}) or one in all, got shape {a.shape}")
+    return np.ascontiguousarray(a.reshape(-1), dtype)
+
+
+def adaround(w: ArrayLike, scale: ArrayLike, zero_point: ArrayLike, gram: ArrayLike, bits: int = 8,
+             options: AdaRoundOptions = AdaRoundOptions(), name: Optional[str] = None) -> AdaRoundResult:
+    """Learned rounding (AdaRound) of a weight ``[rows, p]`` (one row per output channel) on the grid of
+    ``scale`` / ``zero_point`` (per row, or one in all) with signed ``bits`` codes: each code is rounded down
+    or up so as to reconstruct the layer's output, given the Gram ``[groups, p, p]`` (float64) of its input
+    patches per group (rows ``o`` read group ``o // (rows / groups)``). Ctrl-C interrupts it."""
+    if not isinstance(options, AdaRoundOptions):
+        raise DTypeError(f"options must be a ferroquant.ops.AdaRoundOptions, got {type(options).__name__}")
+    with named(name):
+        a = as_f32(w, "w")
+        if a.ndim != 2:
+            raise ShapeError(f"w must be [rows, p], got shape {a.shape}")
+        g = np.asarray(gram)
+        if g.ndim != 3:
+            raise ShapeError(f"gram must be [groups, p, p], got shape {g.shape}")
+        return _native.adaround(a, _per_row(scale, a.shape[0], np.float32, "scale"),
+                                _per_row(zero_point, a.shape[0], np.int32, "zero_point"),
+                                np.ascontiguousarray(g, np.float64), check_bits(bits), options)
+
+
+__all__ = ["adaround", "arq", "nuq"]

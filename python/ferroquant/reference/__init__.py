@@ -5,7 +5,8 @@ Slow on purpose: clarity first, vectorized where that stays readable."""
 
 import sys
 
-from ferroquant.reference.affine import *  # noqa: F401,F403 - each submodule's __all__ lists its public names once
+from ferroquant.reference.adaround import *  # noqa: F401,F403 - each submodule's __all__ lists its public names once
+from ferroquant.reference.affine import *  # noqa: F401,F403
 from ferroquant.reference.arq import *  # noqa: F401,F403
 from ferroquant.reference.baselines import *  # noqa: F401,F403
 from ferroquant.reference.hfmg import *  # noqa: F401,F403
@@ -20,5 +21,5 @@ from ferroquant.reference.gptq import *  # noqa: F401,F403
 from ferroquant.reference.groupwise import *  # noqa: F401,F403
 from ferroquant.reference.smooth import *  # noqa: F401,F403
 
-__all__ = sorted(n for m in ("affine", "arq", "baselines", "hfmg", "histogram", "ifmr", "metrics", "nuq", "qparams",
+__all__ = sorted(n for m in ("adaround", "affine", "arq", "baselines", "hfmg", "histogram", "ifmr", "metrics", "nuq", "qparams",
                             "ulq", "awq", "gptq", "groupwise", "smooth") for n in sys.modules[f"{__name__}.{m}"].__all__)

@@ -4,6 +4,7 @@
 //! can construct. The NumPy reference in `ferroquant.reference` specifies each function, and the Python tests
 //! check that the two agree bit for bit on integer codes.
 
+pub mod adaround;
 pub mod affine;
 pub mod arq;
 pub mod awq;

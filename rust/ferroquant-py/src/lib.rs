@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod adaround;
 mod affine;
 mod arrays;
 mod awq;
@@ -34,6 +35,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     groupwise::register(m)?;
     gptq::register(m)?;
     awq::register(m)?;
+    adaround::register(m)?;
     #[cfg(feature = "debug-panic")]
     debug::register(m)?;
     Ok(())
