@@ -16,7 +16,7 @@ import onnx
 from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
+from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, replayable, run_calibration
 from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.external import is_large
@@ -27,6 +27,8 @@ from ferroquant.onnx.methods import apply_methods, fp32_change, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
+from ferroquant.onnx.smooth import balance
+from ferroquant.onnx.smooth import report as smooth_report
 from ferroquant.onnx.weight_only import WeightOnlyModel, quantize_weights_only, save_weight_only
 from ferroquant.outputs import output_set, refuse_input
 from ferroquant.quant.calibrators import IFMR_MODEL_BUDGET, layer_calibrators
@@ -157,6 +159,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     bytes (an equal share each), and a tensor that outgrows its share continues in the histogram percentile
     mode (one warning names them), so memory does not grow with the number of calibration batches.
 
+    ``methods.smooth_quant`` in the config: SmoothQuant balancing (:mod:`ferroquant.onnx.smooth`) on the same
+    batches before calibration (a one-shot iterator is read into a list so that it can be read twice).
+
     ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
     :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
     if weight_only is not None or has_weight_only_section(config):
@@ -175,8 +180,15 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
     original = prepared.model
-    methods_model, methods = apply_methods(cfg, original, layers, prepared.fusion)
-    if methods_model is not original:  # equalized or given biases: weight and bias names may change
+    limit = batch_num if batch_num is not None else cfg.batch_num
+    balanced, methods = original, {}
+    if cfg.methods.smooth_quant.enabled:  # reads the data once more before calibration
+        calibration_data = replayable(calibration_data, limit)
+        balanced, done, skipped = balance(original, cfg.methods.smooth_quant, calibration_data, limit)
+        methods["smooth_quant"] = smooth_report(done, skipped)
+    methods_model, more = apply_methods(cfg, balanced, layers, prepared.fusion)
+    methods.update(more)
+    if methods_model is not original:  # balanced, equalized or given biases: weight and bias names may change
         prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
         layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
@@ -188,9 +200,11 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
                          plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods)
     cm.timings["prepare_s"] = time.perf_counter() - t0
-    run_calibration(cm, calibration_data, batch_num if batch_num is not None else cfg.batch_num, progress)
+    run_calibration(cm, calibration_data, limit, progress)
     if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
         methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, prepared.model, cm.sample)
+    if methods.get("smooth_quant", {}).get("groups"):
+        methods["smooth_quant"]["fp32_max_relative_difference"] = fp32_change(original, prepared.model, cm.sample)
     return cm
 
 
