@@ -4,9 +4,10 @@ installs with Python), exported to ONNX, quantized weight-only by ferroquant (RT
 int8) and run in onnxruntime. Perplexity per byte on held-out topics (every 4th topic by name is never
 trained on).
 
-    python bench/bench_llm.py [--steps N] [--quick]
+    python bench/bench_llm.py [--steps N] [--quick] [--only-static]
 
-Writes bench/results/llm.md. Training takes a few minutes on 2 cores; the trained weights are cached under
+Writes bench/results/llm.md (``--only-static``: only the static int8 / SmoothQuant table, to
+bench/results/llm_static.md). Training takes a few minutes on 2 cores; the trained weights are cached under
 ``~/.cache/ferroquant/bench_llm`` (delete to retrain).
 """
 
@@ -296,8 +297,9 @@ def main() -> None:
                    "within 1% of FP32).")
     if not (a.quick or a.only_static):
         t.notes.append(_targets(results, fp32))
-    print(t.markdown())
-    tables = [t]
+    tables = [] if a.only_static else [t]
+    if tables:
+        print(t.markdown())
     if not a.no_static:
         st, line = static_table(fp32_path, calib, held, fp32, work)
         st.notes.append(line)
@@ -306,7 +308,10 @@ def main() -> None:
     if not (a.no_latency or a.only_static):
         tables.append(latency_table(work, 2 if a.quick else a.repeats))
         print(tables[-1].markdown())
-    if not (a.quick or a.only_static):
+    if a.only_static:
+        write_report("llm_static", tables, f"torch {torch.__version__}; decoder and data as in llm.md; load "
+                                           f"average at end: {os.getloadavg()[0]:.1f} (the machine is shared).")
+    elif not a.quick:
         write_report("llm", tables, f"torch {torch.__version__}; load average at end: {os.getloadavg()[0]:.1f} "
                                  "(the machine is shared).")
 
@@ -324,6 +329,7 @@ def static_table(fp32_path: Path, calib: list, held: np.ndarray, fp32: float, wo
 
     cpus = list(dict.fromkeys([detect_cpu_types().name, "u8s7", "u8s8"]))
     lines = []
+    t.add("FP32", "-", f"{fp32:.4f}", "-", "-", "-")
     for cpu in cpus:
         base = None
         for name, sq in (("static int8", None), ("static int8 + SmoothQuant (alpha searched)", {"enabled": True}),
