@@ -147,3 +147,30 @@ def test_cli_smooth_quant_flag(tmp_path):
     assert main(base + ["--out", str(tmp_path / "c"), "--smooth-quant", "2"]) != 0
     assert main(base + ["--out", str(tmp_path / "d"), "--smooth-quant", "x"]) != 0
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_layernorm_written_out_is_balanced_through_its_mul_add_and_identities():
+    """Older exports (opset 11: ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add), with an Identity before the MatMul
+    as Paddle's exporter leaves: the last Mul -> Add is the per-channel affine that absorbs the scales."""
+    rng = np.random.default_rng(7)
+    gamma = rng.uniform(0.5, 1.5, (1, 1, K)).astype(np.float32)
+    gamma[..., 5] *= 40.0
+    w = rng.normal(0, 0.2, (K, 24)).astype(np.float32)
+    w[5] /= 40.0
+    inits = {"gamma": gamma, "beta": rng.normal(0, 0.1, K).astype(np.float32), "w": w,
+             "two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32)}
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["ng"], name="mul"),
+             helper.make_node("Add", ["ng", "beta"], ["h"], name="add"), helper.make_node("Identity", ["h"], ["hi"]),
+             helper.make_node("MatMul", ["hi", "w"], ["y"], name="fc")]
+    model = make_model(nodes, {"x": ["B", 16, K]}, ["y"], inits, opset=11)
+    groups, _ = smooth_groups(model)
+    assert [(g.norm, g.layers, g.scale, g.bias) for g in groups] == [("add", ("fc",), "gamma", "beta")]
+    data = _data(7, 3)
+    out, done, _ = balance(model, SmoothQuantParams(enabled=True), data)
+    assert rel_diff(run(model, data[0])[0], run(out, data[0])[0]) < 1e-5
+    assert done[0].scale_max / done[0].scale_min > 5  # the outlier channel is divided down
+    model.graph.output.append(helper.make_tensor_value_info("hi", onnx.TensorProto.FLOAT, None))
+    assert smooth_groups(model)[0] == []  # a graph output on the way: dividing would change it

@@ -10,6 +10,10 @@ calibration rows when none is fixed); the normalization's scale and bias are div
 rows multiplied by it. ``(y / s) @ (s W) = y @ W``: the float model computes the same up to rounding, and the
 int8 activations of the MatMuls no longer have a few channels that take the whole range.
 
+A LayerNorm written out in elementary ops (``ReduceMean``, ``Sub``, ``Pow``, ``Sqrt``, ``Div``, then ``Mul`` by
+gamma and ``Add`` of beta, as opset-11 exports are) is balanced through its last ``Mul -> Add``: any per-channel
+affine ``x * gamma + beta`` on the last axis absorbs the division the same way.
+
 Normalizations whose output something else reads (a residual Add, a graph output) are left alone and reported:
 dividing them would change that reader's input."""
 
@@ -82,13 +86,32 @@ def _norm_ok(view: GraphView, node: onnx.NodeProto) -> Optional[str]:
     return None
 
 
-def _readers_ok(view: GraphView, tensor: str, k: int) -> Tuple[Optional[str], List[onnx.NodeProto]]:
+def _through_identity(view: GraphView, tensor: str) -> Optional[List[Tuple[onnx.NodeProto, str]]]:
+    """The nodes that read ``tensor``, looking through Identity nodes, each with the tensor it reads; None when
+    ``tensor`` (or an Identity's output on the way) is a graph output or unused."""
     readers = view.consumers_of(tensor)
     if not readers or view.is_graph_output(tensor):
-        return "its output is a graph output or unused", []
+        return None
+    out: List[Tuple[onnx.NodeProto, str]] = []
     for r in readers:
+        if r.op_type == "Identity" and r.domain in ("", "ai.onnx"):
+            more = _through_identity(view, r.output[0])
+            if more is None:
+                return None
+            out += more
+        else:
+            out.append((r, tensor))
+    return out
+
+
+def _readers_ok(view: GraphView, tensor: str, k: int) -> Tuple[Optional[str], List[onnx.NodeProto]]:
+    found = _through_identity(view, tensor)
+    if found is None:
+        return "its output is a graph output or unused", []
+    readers = [r for r, _ in found]
+    for r, read in found:
         w = view.array(r.input[1]) if r.op_type == "MatMul" and len(r.input) > 1 else None
-        if r.op_type != "MatMul" or r.input[0] != tensor or w is None:
+        if r.op_type != "MatMul" or r.input[0] != read or w is None:
             return f"its output is also read by {r.op_type} {node_label(r)!r} (not a MatMul with a constant weight)", []
         if w.ndim != 2 or w.shape[0] != k:
             return f"MatMul {node_label(r)!r} has a weight of shape {list(w.shape)}, not [{k}, N]", []
@@ -97,10 +120,59 @@ def _readers_ok(view: GraphView, tensor: str, k: int) -> Tuple[Optional[str], Li
     return None, readers
 
 
-def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
-    """The groups of ``model`` that can be balanced, and ``(norm, reason)`` for the normalizations that cannot."""
-    view = GraphView(model)
+def _channel_vector(view: GraphView, name: str, node: onnx.NodeProto) -> Optional[int]:
+    """The length K of constant ``name`` when it is a per-channel vector on the last axis (shape ``[K]`` or
+    ``[1, .., 1, K]``) read only by ``node``; else None."""
+    a = view.array(name)
+    if a is None or a.ndim == 0 or any(d != 1 for d in a.shape[:-1]) or not view.only_consumer(name, node):
+        return None
+    return int(a.shape[-1])
+
+
+def _affine(view: GraphView, add: onnx.NodeProto) -> Optional[Tuple[str, str, int]]:
+    """For ``Add(Mul(x, gamma), beta)`` with per-channel constants (a LayerNorm written out in elementary ops,
+    as older exporters do), ``(gamma, beta, K)``; else None."""
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None
+    for i in (0, 1):
+        mul = view.producer(add.input[1 - i])
+        if mul is None or mul.op_type != "Mul" or not view.only_consumer(add.input[1 - i], add):
+            continue
+        k = _channel_vector(view, add.input[i], add)
+        for j in (0, 1):
+            if k is not None and _channel_vector(view, mul.input[j], mul) == k:
+                return mul.input[j], add.input[i], k
+    return None
+
+
+def _reads_a_weight(view: GraphView, tensor: str) -> bool:
+    return any(r.op_type == "MatMul" and len(r.input) > 1 and view.array(r.input[1]) is not None
+               for r, _ in _through_identity(view, tensor) or ())
+
+
+def _affine_groups(view: GraphView) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
+    """Groups whose producer is a per-channel ``Mul -> Add`` (see :func:`_affine`); only Adds that feed a
+    MatMul with a constant weight are considered (and reported when they cannot be balanced)."""
     groups, skipped = [], []
+    for node in view.nodes("Add"):
+        found = _affine(view, node) if _reads_a_weight(view, node.output[0]) else None
+        if found is None:
+            continue
+        gamma, beta, k = found
+        why, readers = _readers_ok(view, node.output[0], k)
+        if why is not None:
+            skipped.append((node_label(node), why))
+            continue
+        groups.append(SmoothGroup(node_label(node), node.output[0], k, gamma, beta,
+                                  tuple(node_label(r) for r in readers), tuple(r.input[1] for r in readers)))
+    return groups, skipped
+
+
+def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
+    """The groups of ``model`` that can be balanced, and ``(norm, reason)`` for the normalizations that cannot:
+    normalization ops, then per-channel ``Mul -> Add`` pairs (``norm`` names the Add)."""
+    view = GraphView(model)
+    groups, skipped = _affine_groups(view)
     for node in view.nodes():
         if node.op_type not in NORMS or node.domain not in ("", "ai.onnx", "com.microsoft"):
             continue
@@ -161,7 +233,7 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
         for name in (g.scale, g.bias):
             if name is not None:
                 a = view.array(name)
-                view.set_initializer(name, (a / s.astype(a.dtype)).astype(a.dtype))
+                view.set_initializer(name, (a / s.reshape(a.shape).astype(a.dtype)).astype(a.dtype))
         for name, w in zip(g.weights, ws):
             dtype = view.array(name).dtype
             view.set_initializer(name, (w * s[:, None]).astype(dtype))
