@@ -127,6 +127,13 @@ def test_bad_settings_are_config_errors_naming_the_field(section, field):
         methods_from_json({"smooth_quant": section})
 
 
+def test_the_config_names_it_among_the_methods_in_use():
+    """What the torch PTQ flow reads to refuse the methods it does not apply (by name)."""
+    cfg = create_quant_config(None, _block(5), config_defination={"methods": {"smooth_quant": {"enabled": True}}})
+    assert cfg.methods_in_use() == ["methods.smooth_quant"]
+    assert create_quant_config(None, _block(5)).methods_in_use() == []
+
+
 def test_the_section_round_trips_and_is_off_by_default():
     assert methods_from_json({}).smooth_quant == SmoothQuantParams()
     cfg = methods_from_json({"smooth_quant": {"enabled": True, "alphas": [0.25, 0.5]}})
