@@ -4,9 +4,10 @@ installs with Python), exported to ONNX, quantized weight-only by ferroquant (RT
 int8) and run in onnxruntime. Perplexity per byte on held-out topics (every 4th topic by name is never
 trained on).
 
-    python bench/bench_llm.py [--steps N] [--quick]
+    python bench/bench_llm.py [--steps N] [--quick] [--only-static]
 
-Writes bench/results/llm.md. Training takes a few minutes on 2 cores; the trained weights are cached under
+Writes bench/results/llm.md (``--only-static``: only the static int8 / SmoothQuant table, to
+bench/results/llm_static.md). Training takes a few minutes on 2 cores; the trained weights are cached under
 ``~/.cache/ferroquant/bench_llm`` (delete to retrain).
 """
 
@@ -245,6 +246,8 @@ def main() -> None:
     p.add_argument("--calib-batches", type=int, default=16, help="calibration batches of 8 x 128 bytes")
     p.add_argument("--quick", action="store_true", help="100 steps, int4 g128 only, no results file")
     p.add_argument("--no-latency", action="store_true", help="skip the 110M-parameter latency table")
+    p.add_argument("--no-static", action="store_true", help="skip the static int8 (SmoothQuant) table")
+    p.add_argument("--only-static", action="store_true", help="only the static int8 table (no weight-only rows)")
     p.add_argument("--repeats", type=int, default=7, help="latency runs per model")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -264,7 +267,7 @@ def main() -> None:
     t.add("FP32", f"{fp32:.4f}", "-", "-", "1", "-")
     rtn_inc: Dict[str, float] = {}
     results: Dict[str, Tuple[float, float, float]] = {}  # name -> (increase, vs RTN, size ratio)
-    for name, opts in settings(a.quick):
+    for name, opts in ([] if a.only_static else settings(a.quick)):
         t0 = time.perf_counter()
         out = fq.quantize(fp32_path, calib, work / "q.onnx", weight_only=WeightOnlyConfig(**opts))
         took = time.perf_counter() - t0
@@ -292,16 +295,63 @@ def main() -> None:
     t.notes.append("`vs RTN (min/max) increase`: the perplexity increase over FP32 divided by plain RTN's at the "
                    "same bits and group size (issue 12 asks GPTQ <= 0.5 and AWQ <= 0.6 at int4 g128, and int8 "
                    "within 1% of FP32).")
-    if not a.quick:
+    if not (a.quick or a.only_static):
         t.notes.append(_targets(results, fp32))
-    print(t.markdown())
-    tables = [t]
-    if not a.no_latency:
+    tables = [] if a.only_static else [t]
+    if tables:
+        print(t.markdown())
+    if not a.no_static:
+        st, line = static_table(fp32_path, calib, held, fp32, work)
+        st.notes.append(line)
+        print(st.markdown(), flush=True)
+        tables.append(st)
+    if not (a.no_latency or a.only_static):
         tables.append(latency_table(work, 2 if a.quick else a.repeats))
         print(tables[-1].markdown())
-    if not a.quick:
+    if a.only_static:
+        write_report("llm_static", tables, f"torch {torch.__version__}; decoder and data as in llm.md; load "
+                                           f"average at end: {os.getloadavg()[0]:.1f} (the machine is shared).")
+    elif not a.quick:
         write_report("llm", tables, f"torch {torch.__version__}; load average at end: {os.getloadavg()[0]:.1f} "
                                  "(the machine is shared).")
+
+
+def static_table(fp32_path: Path, calib: list, held: np.ndarray, fp32: float, work: Path) -> Tuple[Table, str]:
+    """Static int8 (per-tensor activations, per-channel weights, onnxruntime Q/DQ on every MatMul input) with
+    and without SmoothQuant balancing, for this CPU's integer types and for u8s8; returns the table and the
+    target line."""
+    import ferroquant as fq
+
+    t = Table("Held-out perplexity per byte, static int8 (Q/DQ on every MatMul's input, per-channel weights), "
+              "with and without SmoothQuant balancing, onnxruntime",
+              ["setting", "cpu types", "perplexity", "increase over FP32", "vs no balancing", "quantize s"])
+    from ferroquant.quant.profiles import detect_cpu_types
+
+    cpus = list(dict.fromkeys([detect_cpu_types().name, "u8s7", "u8s8"]))
+    lines = []
+    t.add("FP32", "-", f"{fp32:.4f}", "-", "-", "-")
+    for cpu in cpus:
+        base = None
+        for name, sq in (("static int8", None), ("static int8 + SmoothQuant (alpha searched)", {"enabled": True}),
+                         ("static int8 + SmoothQuant (alpha 0.5)", {"enabled": True, "alpha": 0.5})):
+            kw = {"config_defination": {"methods": {"smooth_quant": sq}}} if sq else {}
+            t0 = time.perf_counter()
+            fq.quantize(fp32_path, calib, work / "s8.onnx", cpu_types=cpu, latency_check=False, **kw)
+            took = time.perf_counter() - t0
+            inc = perplexity(work / "s8.onnx", held) - fp32
+            base = inc if base is None else base
+            t.add(name, cpu, f"{fp32 + inc:.4f}", f"{inc:+.4f} ({100 * inc / fp32:+.2f}%)",
+                  "-" if sq is None else f"{inc / base:.2f}", f"{took:.1f}")
+            if sq is not None:
+                lines.append(f"{cpu} {name.split('(')[1][:-1]}: {inc / base:.2f}x "
+                             f"({'met' if inc <= 0.5 * base else 'NOT met'})")
+    t.notes.append("Every MatMul with a constant weight quantized (latency check off, so none is kept float); "
+                   "activations IFMR, asymmetric per tensor; weights ARQ per output channel (7-bit with u8s7, the "
+                   "onnxruntime kernels' safe range on CPUs without VNNI; u8s8 saturates there). Balancing: each "
+                   "LayerNorm read only by MatMuls (ln1 -> q/k/v, ln2 -> fc1, final ln -> head) gets per-channel "
+                   "scales folded into its scale/bias and the weight rows; fc2 and o read no LayerNorm and stay "
+                   "unbalanced. Attention's activation x activation MatMuls stay float.")
+    return t, "Target (issue 12): static int8 increase with balancing <= 0.5x without: " + "; ".join(lines) + "."
 
 
 def _targets(results: Dict[str, Tuple[float, float, float]], fp32: float) -> str:

@@ -49,6 +49,9 @@ def _quant_options() -> argparse.ArgumentParser:
                    help="cross-layer equalization of Conv -> Relu -> Conv chains before calibration")
     m.add_argument("--relu6-to-relu", action="store_true",
                    help="with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)")
+    m.add_argument("--smooth-quant", nargs="?", const="search", metavar="ALPHA",
+                   help="SmoothQuant balancing of LayerNorm -> MatMul groups before calibration (transformers); "
+                        "ALPHA in [0, 1] fixes alpha, default: searched per LayerNorm")
     m.add_argument("--bias-correction", action="store_true",
                    help="empirical bias correction of every Conv (mean output error on the calibration data)")
     m.add_argument("--adaround", action="store_true",
@@ -169,7 +172,7 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
-                                                  "per_channel_depthwise") if getattr(args, k, None)]
+                                                  "per_channel_depthwise", "smooth_quant") if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
@@ -192,6 +195,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
                if getattr(args, "equalize", False) else {})
     if getattr(args, "adaround", False):
         methods["adaround"] = {"enabled": True}
+    if getattr(args, "smooth_quant", None):
+        methods["smooth_quant"] = {"enabled": True, "alpha": _alpha(args.smooth_quant)}
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
@@ -201,6 +206,16 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
                               config_defination={"common_config": {"activation": act, "weight": wts},
                                                  "methods": methods})
     return model, prepared, cfg
+
+
+def _alpha(text: str) -> Optional[float]:
+    """``--smooth-quant``'s value: None for ``search``, else a number (range checked by the config)."""
+    if text == "search":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--smooth-quant: ALPHA must be a number in [0, 1] (or omitted), got {text!r}") from None
 
 
 def _preprocess(args: argparse.Namespace):  # noqa: ANN202 - a Preprocess

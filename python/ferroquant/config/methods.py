@@ -1,9 +1,10 @@
-"""The model-wide settings of the methods that look past one tensor (issue 15). They sit under the config's
-``methods`` key; cross-layer equalization and learned rounding::
+"""The model-wide settings of the methods that look past one tensor (issues 15 and 12). They sit under the
+config's ``methods`` key: cross-layer equalization, learned rounding and SmoothQuant balancing::
 
     "methods": {
       "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false},
-      "adaround": {"enabled": true, "iterations": 500}
+      "adaround": {"enabled": true, "iterations": 500},
+      "smooth_quant": {"enabled": true, "alpha": null}
     }
 
 Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
@@ -15,7 +16,7 @@ output exactly as before these methods existed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ferroquant.config.fields import check_bool, check_int, check_known_keys, check_num, field_error
 from ferroquant.errors import ConfigError
@@ -75,7 +76,34 @@ class AdaRoundParams:
         _check_count("adaround.rows_per_batch", self.rows_per_batch, 1, 1 << 20)
 
 
-_SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams}
+
+@dataclass(frozen=True)
+class SmoothQuantParams:
+    """SmoothQuant balancing (issue 12) of every normalization (LayerNormalization, RMSNormalization,
+    SimplifiedLayerNormalization) whose output only MatMuls with constant weights read: per input channel
+    ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the readers' weights side by side), folded into the
+    normalization's scale and bias (divided by ``s``) and into the weights (rows multiplied by ``s``), which is
+    exact in float. ``alpha``: a fixed value in [0, 1], or None to search ``alphas`` per normalization for the
+    smallest int8 output error on at most ``max_rows`` calibration rows."""
+
+    enabled: bool = False
+    alpha: Optional[float] = None
+    alphas: Tuple[float, ...] = tuple(i / 20 for i in range(21))
+    max_rows: int = 2048
+
+    def validate(self) -> None:
+        check_bool(_WHERE, "smooth_quant.enabled", self.enabled)
+        if self.alpha is not None:
+            check_num(_WHERE, "smooth_quant.alpha", self.alpha, 0.0, 1.0)
+        if not isinstance(self.alphas, tuple) or not self.alphas:
+            raise ConfigError("methods.smooth_quant.alphas: must be a non-empty list of numbers in [0, 1]")
+        for a in self.alphas:
+            check_num(_WHERE, "smooth_quant.alphas", a, 0.0, 1.0)
+        if isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int) or self.max_rows < 1:
+            raise ConfigError(f"methods.smooth_quant.max_rows: must be an integer >= 1, got {self.max_rows!r}")
+
+
+_SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams, "smooth_quant": SmoothQuantParams}
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,7 @@ class MethodsConfig:
 
     equalization: EqualizationParams = field(default_factory=EqualizationParams)
     adaround: AdaRoundParams = field(default_factory=AdaRoundParams)
+    smooth_quant: SmoothQuantParams = field(default_factory=SmoothQuantParams)
 
     def is_default(self) -> bool:
         return self == MethodsConfig()
@@ -122,4 +151,4 @@ def methods_from_json(d: Any) -> MethodsConfig:
     return MethodsConfig(**parts)
 
 
-__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "methods_from_json"]
+__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "SmoothQuantParams", "methods_from_json"]

@@ -16,7 +16,7 @@ import onnx
 from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 from ferroquant.errors import ConfigError, DataError
-from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, run_calibration
+from ferroquant.onnx.calibration import CalibratedModel, CalibrationData, Progress, replayable, run_calibration
 from ferroquant.onnx.deploy import Violation, check_latency, check_rules, deploy_layout, enforce
 from ferroquant.onnx.fusion import FusionReport, fuse
 from ferroquant.onnx.external import is_large
@@ -27,6 +27,8 @@ from ferroquant.onnx.methods import apply_methods, fp32_change, layer_grams, lay
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
+from ferroquant.onnx.smooth import balance
+from ferroquant.onnx.smooth import report as smooth_report
 from ferroquant.onnx.weight_only import WeightOnlyModel, quantize_weights_only, save_weight_only
 from ferroquant.outputs import output_set, refuse_input
 from ferroquant.ops.types import AdaRoundOptions
@@ -173,6 +175,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     continues in the histogram percentile mode (one warning names them), so memory does not grow with the
     number of calibration batches.
 
+    ``methods.smooth_quant`` in the config: SmoothQuant balancing (:mod:`ferroquant.onnx.smooth`) on the same
+    batches before calibration (a one-shot iterator is read into a list so that it can be read twice).
+
     ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
     :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
     if weight_only is not None or has_weight_only_section(config):
@@ -182,20 +187,29 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
                                     batch_num, progress)
     if config is None:
         raise ConfigError("quantize_model needs a config (or weight_only)")
-    cm, original = calibration_setup(config, model, ifmr_memory_budget, profile, cpu_types)
+    cfg = load_config(config)
+    limit = batch_num if batch_num is not None else cfg.batch_num
+    if cfg.methods.smooth_quant.enabled:  # balancing reads the data once more before calibration
+        calibration_data = replayable(calibration_data, limit)
+    cm, original = calibration_setup(cfg, model, ifmr_memory_budget, profile, cpu_types,
+                                     calibration_data if cfg.methods.smooth_quant.enabled else None, limit)
     methods = cm.methods
-    run_calibration(cm, calibration_data, batch_num if batch_num is not None else cm.config.batch_num, progress)
+    run_calibration(cm, calibration_data, limit, progress)
     if methods.get("equalization", {}).get("relu6_replaced") or methods.get("equalization", {}).get("absorbed"):
         methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, cm.model, cm.sample)
+    if methods.get("smooth_quant", {}).get("groups"):
+        methods["smooth_quant"]["fp32_max_relative_difference"] = fp32_change(original, cm.model, cm.sample)
     return cm
 
 
 def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Union[ModelLike, PreparedModel],
                       ifmr_memory_budget: int = IFMR_MODEL_BUDGET, profile: str = DEFAULT_PROFILE,
-                      cpu_types: Optional[str] = None) -> Tuple[CalibratedModel, onnx.ModelProto]:
-    """Everything :func:`quantize_model` does before it sees data: fused (and equalized) model, deploy plan,
+                      cpu_types: Optional[str] = None, balance_data: Optional[CalibrationData] = None,
+                      limit: Optional[int] = None) -> Tuple[CalibratedModel, onnx.ModelProto]:
+    """Everything :func:`quantize_model` does before it calibrates: fused (balanced, equalized) model, deploy plan,
     empty calibrators, quantized weights. Returns the state and the model before the accuracy methods.
-    (:mod:`ferroquant.onnx.shards` fills the calibrators from saved states instead of data.)"""
+    ``balance_data`` (at most ``limit`` batches): what SmoothQuant balancing reads, which it needs when the config
+    turns it on. (:mod:`ferroquant.onnx.shards` fills the calibrators from saved states instead of data.)"""
     cfg = load_config(config)
     prof = get_profile(profile)
     cpu = cpu_types_for(prof, cpu_types)
@@ -205,8 +219,16 @@ def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Uni
     prepared = prepare_model(model, cfg.do_fusion, cfg.skip_fusion_layers)
     layers = _enabled_layers(cfg, prepared)
     original = prepared.model
-    methods_model, methods = apply_methods(cfg, original, layers, prepared.fusion)
-    if methods_model is not original:  # equalized or given biases: weight and bias names may change
+    balanced, methods = original, {}
+    if cfg.methods.smooth_quant.enabled:
+        if balance_data is None:
+            raise ConfigError("methods.smooth_quant balances the model on calibration data, so it cannot be used "
+                              "where the calibrators come from saved states (ferroquant merge / quantize --state)")
+        balanced, done, skipped = balance(original, cfg.methods.smooth_quant, balance_data, limit)
+        methods["smooth_quant"] = smooth_report(done, skipped)
+    methods_model, more = apply_methods(cfg, balanced, layers, prepared.fusion)
+    methods.update(more)
+    if methods_model is not original:  # balanced, equalized or given biases: weight and bias names may change
         prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
         layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Union
 
@@ -62,6 +63,20 @@ def iterate_batches(data: CalibrationData, input_names: List[str]) -> Iterator[F
         else:
             raise DataError(f"a calibration batch must be a dict {{input name: array}} for a model with inputs "
                             f"{input_names}, got {type(item).__name__}")
+
+
+def replayable(data: CalibrationData, max_batches: Optional[int]) -> CalibrationData:
+    """``data`` in a form that can be iterated more than once: a one-shot iterator or ``CalibrationDataReader``
+    is read into a list (its first ``max_batches`` batches); lists, arrays and callables are returned as they
+    are."""
+    if hasattr(data, "get_next") and callable(data.get_next):
+        items = []
+        while (max_batches is None or len(items) < max_batches) and (feed := data.get_next()) is not None:
+            items.append(feed)
+        return items
+    if isinstance(data, Iterator):
+        return list(islice(data, max_batches))
+    return data
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,

@@ -1,0 +1,251 @@
+"""SmoothQuant balancing of an ONNX model (issue 12) before static int8 calibration.
+
+A *group* is a normalization (``LayerNormalization``, ``RMSNormalization`` or onnxruntime's
+``SimplifiedLayerNormalization``, normalizing the last axis, with a constant scale and, when it has one, a
+constant bias) whose first output is read only by MatMuls that take it as their first input and have a
+constant 2-D weight ``[K, N]`` read by nobody else (q/k/v after ``ln1``, fc1 after ``ln2`` in a transformer
+block). For each group, per input channel ``j``, ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the
+readers' weights side by side; ``ferroquant.ops.smooth_search``, which also searches ``alpha`` on sampled
+calibration rows when none is fixed); the normalization's scale and bias are divided by ``s`` and the weight
+rows multiplied by it. ``(y / s) @ (s W) = y @ W``: the float model computes the same up to rounding, and the
+int8 activations of the MatMuls no longer have a few channels that take the whole range.
+
+A LayerNorm written out in elementary ops (``ReduceMean``, ``Sub``, ``Pow``, ``Sqrt``, ``Div``, then ``Mul`` by
+gamma and ``Add`` of beta, as opset-11 exports are) is balanced through its last ``Mul -> Add``: any per-channel
+affine ``x * gamma + beta`` on the last axis absorbs the division the same way.
+
+Normalizations whose output something else reads (a residual Add, a graph output) are left alone and reported:
+dividing them would change that reader's input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+from ferroquant import ops
+from ferroquant.config.methods import SmoothQuantParams
+from ferroquant.errors import DataError
+from ferroquant.onnx.calibration import CalibrationData, _check_feed, iterate_batches, tapped_session
+from ferroquant.onnx.graph import GraphView, get_attr, node_label
+from ferroquant.quant.weight_only import RowSample
+
+NORMS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
+
+
+@dataclass(frozen=True)
+class SmoothGroup:
+    """A normalization ``norm`` (node name) whose output ``tensor`` (``k`` channels) feeds only the MatMuls
+    ``layers`` (node names), whose weights are the initializers ``weights``; ``scale`` and ``bias``: the
+    normalization's initializers (``bias`` None when it has none)."""
+
+    norm: str
+    tensor: str
+    k: int
+    scale: str
+    bias: Optional[str]
+    layers: Tuple[str, ...]
+    weights: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SmoothedGroup:
+    """What balancing did to one group: the alpha used, the search's int8 output error with and without the
+    scales (mean squared, on the sampled rows), and the smallest and largest scale."""
+
+    group: SmoothGroup
+    alpha: float
+    loss: float
+    loss_unbalanced: float
+    scale_min: float
+    scale_max: float
+
+    def to_json(self) -> Dict[str, Any]:
+        g = self.group
+        return {"norm": g.norm, "tensor": g.tensor, "layers": list(g.layers), "alpha": self.alpha,
+                "loss": self.loss, "loss_unbalanced": self.loss_unbalanced, "scale_min": self.scale_min,
+                "scale_max": self.scale_max}
+
+
+def _norm_ok(view: GraphView, node: onnx.NodeProto) -> Optional[str]:
+    """Why ``node`` cannot be balanced, or None when it can (its scale/bias constants and axis)."""
+    axis = int(get_attr(node, "axis", -1))
+    x = view.array(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if x is None or x.ndim != 1:
+        return "its scale is not a constant vector"
+    if axis != -1:
+        return f"it normalizes axis {axis} (only the last axis, -1, is balanced)"
+    params = [i for i in node.input[1:3] if i]
+    if node.op_type == "LayerNormalization" and len(params) == 2 and view.array(params[1]) is None:
+        return "its bias is not a constant"
+    if any(not view.only_consumer(p, node) for p in params):
+        return "its scale or bias is shared with other nodes"
+    return None
+
+
+def _through_identity(view: GraphView, tensor: str) -> Optional[List[Tuple[onnx.NodeProto, str]]]:
+    """The nodes that read ``tensor``, looking through Identity nodes, each with the tensor it reads; None when
+    ``tensor`` (or an Identity's output on the way) is a graph output or unused."""
+    readers = view.consumers_of(tensor)
+    if not readers or view.is_graph_output(tensor):
+        return None
+    out: List[Tuple[onnx.NodeProto, str]] = []
+    for r in readers:
+        if r.op_type == "Identity" and r.domain in ("", "ai.onnx"):
+            more = _through_identity(view, r.output[0])
+            if more is None:
+                return None
+            out += more
+        else:
+            out.append((r, tensor))
+    return out
+
+
+def _readers_ok(view: GraphView, tensor: str, k: int) -> Tuple[Optional[str], List[onnx.NodeProto]]:
+    found = _through_identity(view, tensor)
+    if found is None:
+        return "its output is a graph output or unused", []
+    readers = [r for r, _ in found]
+    for r, read in found:
+        w = view.array(r.input[1]) if r.op_type == "MatMul" and len(r.input) > 1 else None
+        if r.op_type != "MatMul" or r.input[0] != read or w is None:
+            return f"its output is also read by {r.op_type} {node_label(r)!r} (not a MatMul with a constant weight)", []
+        if w.ndim != 2 or w.shape[0] != k:
+            return f"MatMul {node_label(r)!r} has a weight of shape {list(w.shape)}, not [{k}, N]", []
+        if not view.only_consumer(r.input[1], r):
+            return f"the weight of MatMul {node_label(r)!r} is shared with other nodes", []
+    return None, readers
+
+
+def _channel_vector(view: GraphView, name: str, node: onnx.NodeProto) -> Optional[int]:
+    """The length K of constant ``name`` when it is a per-channel vector on the last axis (shape ``[K]`` or
+    ``[1, .., 1, K]``) read only by ``node``; else None."""
+    a = view.array(name)
+    if a is None or a.ndim == 0 or any(d != 1 for d in a.shape[:-1]) or not view.only_consumer(name, node):
+        return None
+    return int(a.shape[-1])
+
+
+def _affine(view: GraphView, add: onnx.NodeProto) -> Optional[Tuple[str, str, int]]:
+    """For ``Add(Mul(x, gamma), beta)`` with per-channel constants (a LayerNorm written out in elementary ops,
+    as older exporters do), ``(gamma, beta, K)``; else None."""
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+        return None
+    for i in (0, 1):
+        mul = view.producer(add.input[1 - i])
+        if mul is None or mul.op_type != "Mul" or not view.only_consumer(add.input[1 - i], add):
+            continue
+        k = _channel_vector(view, add.input[i], add)
+        for j in (0, 1):
+            if k is not None and _channel_vector(view, mul.input[j], mul) == k:
+                return mul.input[j], add.input[i], k
+    return None
+
+
+def _reads_a_weight(view: GraphView, tensor: str) -> bool:
+    return any(r.op_type == "MatMul" and len(r.input) > 1 and view.array(r.input[1]) is not None
+               for r, _ in _through_identity(view, tensor) or ())
+
+
+def _affine_groups(view: GraphView) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
+    """Groups whose producer is a per-channel ``Mul -> Add`` (see :func:`_affine`); only Adds that feed a
+    MatMul with a constant weight are considered (and reported when they cannot be balanced)."""
+    groups, skipped = [], []
+    for node in view.nodes("Add"):
+        found = _affine(view, node) if _reads_a_weight(view, node.output[0]) else None
+        if found is None:
+            continue
+        gamma, beta, k = found
+        why, readers = _readers_ok(view, node.output[0], k)
+        if why is not None:
+            skipped.append((node_label(node), why))
+            continue
+        groups.append(SmoothGroup(node_label(node), node.output[0], k, gamma, beta,
+                                  tuple(node_label(r) for r in readers), tuple(r.input[1] for r in readers)))
+    return groups, skipped
+
+
+def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
+    """The groups of ``model`` that can be balanced, and ``(norm, reason)`` for the normalizations that cannot:
+    normalization ops, then per-channel ``Mul -> Add`` pairs (``norm`` names the Add)."""
+    view = GraphView(model)
+    groups, skipped = _affine_groups(view)
+    for node in view.nodes():
+        if node.op_type not in NORMS or node.domain not in ("", "ai.onnx", "com.microsoft"):
+            continue
+        why = _norm_ok(view, node)
+        readers: List[onnx.NodeProto] = []
+        if why is None:
+            k = int(view.array(node.input[1]).shape[0])
+            why, readers = _readers_ok(view, node.output[0], k)
+        if why is not None:
+            skipped.append((node_label(node), why))
+            continue
+        bias = node.input[2] if node.op_type == "LayerNormalization" and len(node.input) > 2 and node.input[2] \
+            else None
+        groups.append(SmoothGroup(node_label(node), node.output[0], k, node.input[1], bias,
+                                  tuple(node_label(r) for r in readers), tuple(r.input[1] for r in readers)))
+    return groups, skipped
+
+
+def collect_inputs(model: onnx.ModelProto, groups: List[SmoothGroup], data: CalibrationData,
+                   max_batches: Optional[int], max_rows: int) -> Dict[str, Tuple[ops.ChannelStats, RowSample]]:
+    """Per group tensor, the per-channel statistics over every calibration batch (at most ``max_batches``) and
+    a sample of at most ``max_rows`` rows. NaN/Inf in a tensor raise a NonFiniteError naming it."""
+    taps = [g.tensor for g in groups]
+    where = {g.tensor: f"{g.tensor} (output of {g.norm})" for g in groups}
+    stats = {g.tensor: (ops.ChannelStats(g.k, where[g.tensor]), RowSample(g.k, max_rows, where[g.tensor]))
+             for g in groups}
+    sess = tapped_session(model, taps)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    unranked = {i.name for i in model.graph.input if not i.type.tensor_type.HasField("shape")}
+    n = 0
+    for n, feed in enumerate(islice(iterate_batches(data, list(inputs)), max_batches), 1):
+        for t, arr in zip(taps, sess.run(taps, _check_feed(feed, inputs, n - 1, unranked))):
+            stats[t][0].observe(arr)
+            stats[t][1].observe(arr)
+    if n == 0:
+        raise DataError("the calibration data yielded no batch")
+    return stats
+
+
+def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: CalibrationData,
+            max_batches: Optional[int] = None) -> Tuple[onnx.ModelProto, List[SmoothedGroup], List[Tuple[str, str]]]:
+    """A balanced copy of ``model`` (``model`` itself when no group is found), what was done per group, and the
+    normalizations skipped with the reason."""
+    groups, skipped = smooth_groups(model)
+    if not groups:
+        return model, [], skipped
+    stats = collect_inputs(model, groups, data, max_batches, params.max_rows)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    view = GraphView(out)
+    done = []
+    for g in groups:
+        ws = [view.array(w).astype(np.float32) for w in g.weights]
+        alphas = params.alphas if params.alpha is None else (params.alpha,)
+        r = ops.smooth_search(stats[g.tensor][0].absmax, np.concatenate(ws, axis=1), stats[g.tensor][1].rows,
+                              alphas, 8, name=g.tensor)
+        s = r.channel_scale.astype(np.float32)
+        for name in (g.scale, g.bias):
+            if name is not None:
+                a = view.array(name)
+                view.set_initializer(name, (a / s.reshape(a.shape).astype(a.dtype)).astype(a.dtype))
+        for name, w in zip(g.weights, ws):
+            dtype = view.array(name).dtype
+            view.set_initializer(name, (w * s[:, None]).astype(dtype))
+        done.append(SmoothedGroup(g, r.alpha, float(np.min(r.losses)),
+                                  r.loss_unbalanced, float(s.min()), float(s.max())))
+    return out, done, skipped
+
+
+def report(done: List[SmoothedGroup], skipped: List[Tuple[str, str]]) -> Dict[str, Any]:
+    """The record's ``methods.smooth_quant`` entry."""
+    return {"groups": [d.to_json() for d in done],
+            "skipped": [{"norm": n, "reason": why} for n, why in skipped]}
+
+
+__all__ = ["NORMS", "SmoothGroup", "SmoothedGroup", "balance", "collect_inputs", "report", "smooth_groups"]

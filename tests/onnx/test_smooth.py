@@ -1,0 +1,183 @@
+"""SmoothQuant balancing for static int8 (issue 12): the pass finds LayerNorm -> MatMul groups (and says why it
+skips the others), folds the scales into the LayerNorm's scale/bias and the MatMul weights without changing the
+float model, lowers the int8 error of a model whose LayerNorm output has outlier channels, records what it did,
+and reads one-shot calibration data twice; bad data and bad settings are clear errors."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper, numpy_helper
+
+from ferroquant.config.methods import SmoothQuantParams, methods_from_json
+from ferroquant.errors import ConfigError, NonFiniteError
+from ferroquant.onnx import create_quant_config, quantize_model, save_model
+from ferroquant.onnx.smooth import balance, smooth_groups
+from tests.onnx.builders import make_model, rel_diff, run
+
+K = 32
+
+
+def _block(seed: int, outlier: float = 30.0, rms: bool = False):
+    """x [B, T, K] -> ln1 -> {q, v} MatMuls; x -> ln2 -> fc MatMul and a residual Add (ln2 cannot be balanced).
+    ln1's scale has two outlier channels (``outlier`` x) whose weight rows are as much smaller, as in trained
+    transformers: the outliers take the int8 range of the activation without dominating the output."""
+    rng = np.random.default_rng(seed)
+    g1 = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    g1[[3, 17]] *= outlier
+    inits = {"g1": g1, "b1": rng.normal(0, 0.1, K).astype(np.float32),
+             "g2": rng.uniform(0.5, 1.5, K).astype(np.float32), "b2": rng.normal(0, 0.1, K).astype(np.float32),
+             "wq": rng.normal(0, 0.2, (K, K)).astype(np.float32),
+             "wv": rng.normal(0, 0.2, (K, 48)).astype(np.float32),
+             "wf": rng.normal(0, 0.2, (K, 16)).astype(np.float32)}
+    inits["wq"][[3, 17]] /= outlier  # the outlier channels' weight rows are small: every channel matters
+    inits["wv"][[3, 17]] /= outlier
+    if rms:
+        ln1 = helper.make_node("RMSNormalization", ["x", "g1"], ["h"], name="ln1", axis=-1)
+        del inits["b1"]
+    else:
+        ln1 = helper.make_node("LayerNormalization", ["x", "g1", "b1"], ["h"], name="ln1", axis=-1)
+    nodes = [ln1,
+             helper.make_node("MatMul", ["h", "wq"], ["yq"], name="q"),
+             helper.make_node("MatMul", ["h", "wv"], ["yv"], name="v"),
+             helper.make_node("LayerNormalization", ["x", "g2", "b2"], ["h2"], name="ln2", axis=-1),
+             helper.make_node("MatMul", ["h2", "wf"], ["yf"], name="fc"),
+             helper.make_node("Add", ["h2", "x"], ["r"], name="res")]
+    return make_model(nodes, {"x": ["B", 16, K]}, ["yq", "yv", "yf", "r"], inits, opset=23 if rms else 17)
+
+
+def _data(seed: int, n: int = 6):
+    rng = np.random.default_rng(seed + 1)
+    return [{"x": rng.normal(0, 1, (4, 16, K)).astype(np.float32)} for _ in range(n)]
+
+
+def test_groups_take_layernorm_read_only_by_matmuls_and_say_why_others_are_skipped():
+    groups, skipped = smooth_groups(_block(0))
+    assert [(g.norm, g.layers, g.weights, g.scale, g.bias) for g in groups] == [
+        ("ln1", ("q", "v"), ("wq", "wv"), "g1", "b1")]
+    assert [n for n, _ in skipped] == ["ln2"] and "Add 'res'" in skipped[0][1]
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), alpha=st.sampled_from([None, 0.0, 0.5, 0.85, 1.0]), rms=st.booleans())
+def test_balancing_keeps_the_float_model_and_folds_the_scales(seed, alpha, rms):
+    model = _block(seed, rms=rms)
+    data = _data(seed, 2)
+    out, done, _ = balance(model, SmoothQuantParams(enabled=True, alpha=alpha), data)
+    assert [d.group.norm for d in done] == ["ln1"]
+    for a, b in zip(run(model, data[0]), run(out, data[0])):
+        assert rel_diff(a, b) < 1e-5
+    init = lambda m, n: next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == n)  # noqa: E731
+    s = init(model, "g1") / init(out, "g1")
+    np.testing.assert_allclose(init(out, "wq"), init(model, "wq") * s[:, None], rtol=1e-5)
+    np.testing.assert_allclose(init(out, "wv"), init(model, "wv") * s[:, None], rtol=1e-5)
+    np.testing.assert_array_equal(init(out, "g2"), init(model, "g2"))  # ln2 is left alone
+    assert done[0].alpha == (alpha if alpha is not None else done[0].alpha)
+    assert done[0].scale_min == pytest.approx(float(s.min()), rel=1e-5)
+
+
+def _int8_error(model, data, methods, tmp_path, tag):
+    cfg = create_quant_config(None, model, batch_num=None, config_defination={"methods": methods})
+    cm = quantize_model(cfg, model, data, profile="onnxruntime", cpu_types="u8s8")
+    paths = save_model(cm, tmp_path / tag, latency_check=False)
+    deploy = onnx.load(str(paths["deploy"]))
+    feed = _data(99, 1)[0]
+    errs = [rel_diff(a, b) for a, b in zip(run(model, feed), run(deploy, feed))]
+    return errs, json.loads(paths["record"].read_text())
+
+
+def test_static_int8_with_balancing_has_a_smaller_error_on_outlier_channels(tmp_path):
+    model, data = _block(1, outlier=60.0), _data(1)
+    plain, _ = _int8_error(model, data, {}, tmp_path, "plain")
+    smooth, record = _int8_error(model, data, {"smooth_quant": {"enabled": True}}, tmp_path, "smooth")
+    # the outputs of the balanced MatMuls (q, v) lose less; fc after ln2 is unchanged
+    assert smooth[0] < 0.6 * plain[0] and smooth[1] < 0.6 * plain[1]
+    entry = record["extra"]["methods"]["smooth_quant"]
+    assert [g["layers"] for g in entry["groups"]] == [["q", "v"]]
+    assert entry["groups"][0]["loss"] < entry["groups"][0]["loss_unbalanced"]
+    assert entry["fp32_max_relative_difference"] < 1e-5
+    assert [s["norm"] for s in entry["skipped"]] == ["ln2"]
+
+
+def test_one_shot_calibration_data_is_read_once_for_balancing_and_calibration(tmp_path):
+    model, data = _block(2), _data(2, 3)
+    cfg = create_quant_config(None, model, batch_num=None,
+                              config_defination={"methods": {"smooth_quant": {"enabled": True, "alpha": 0.5}}})
+    cm = quantize_model(cfg, model, iter(data))
+    assert cm.batches == 3
+    assert cm.methods["smooth_quant"]["groups"][0]["alpha"] == 0.5
+
+
+def test_nan_in_calibration_activations_names_the_tensor():
+    model, data = _block(3), _data(3, 1)
+    data[0]["x"][0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteError, match=r"h \(output of ln1\)"):
+        balance(model, SmoothQuantParams(enabled=True), data)
+
+
+@pytest.mark.parametrize("section,field", [({"alpha": 1.5}, "smooth_quant.alpha"),
+                                           ({"alphas": []}, "smooth_quant.alphas"),
+                                           ({"max_rows": 0}, "smooth_quant.max_rows"),
+                                           ({"alpah": 0.5}, "smooth_quant.alpah")])
+def test_bad_settings_are_config_errors_naming_the_field(section, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        methods_from_json({"smooth_quant": section})
+
+
+def test_the_config_names_it_among_the_methods_in_use():
+    """What the torch PTQ flow reads to refuse the methods it does not apply (by name)."""
+    cfg = create_quant_config(None, _block(5), config_defination={"methods": {"smooth_quant": {"enabled": True}}})
+    assert cfg.methods_in_use() == ["methods.smooth_quant"]
+    assert create_quant_config(None, _block(5)).methods_in_use() == []
+
+
+def test_the_section_round_trips_and_is_off_by_default():
+    assert methods_from_json({}).smooth_quant == SmoothQuantParams()
+    cfg = methods_from_json({"smooth_quant": {"enabled": True, "alphas": [0.25, 0.5]}})
+    assert cfg.smooth_quant.alphas == (0.25, 0.5)
+    assert methods_from_json(cfg.to_json()) == cfg
+
+
+def test_cli_smooth_quant_flag(tmp_path):
+    from ferroquant.cli import main
+
+    onnx.save(_block(4), tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(4).normal(0, 1, (4, 16, K)).astype(np.float32))
+    base = ["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--no-report", "-q"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--smooth-quant", "0.5"]) == 0
+    rec = json.loads(next((tmp_path / "a").glob("*_quant_record.json")).read_text())
+    assert [(g["norm"], g["alpha"]) for g in rec["extra"]["methods"]["smooth_quant"]["groups"]] == [("ln1", 0.5)]
+    assert main(base + ["--out", str(tmp_path / "b"), "--smooth-quant"]) == 0
+    assert main(base + ["--out", str(tmp_path / "c"), "--smooth-quant", "2"]) != 0
+    assert main(base + ["--out", str(tmp_path / "d"), "--smooth-quant", "x"]) != 0
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_a_layernorm_written_out_is_balanced_through_its_mul_add_and_identities():
+    """Older exports (opset 11: ReduceMean, Sub, Pow, Sqrt, Div, Mul, Add), with an Identity before the MatMul
+    as Paddle's exporter leaves: the last Mul -> Add is the per-channel affine that absorbs the scales."""
+    rng = np.random.default_rng(7)
+    gamma = rng.uniform(0.5, 1.5, (1, 1, K)).astype(np.float32)
+    gamma[..., 5] *= 40.0
+    w = rng.normal(0, 0.2, (K, 24)).astype(np.float32)
+    w[5] /= 40.0
+    inits = {"gamma": gamma, "beta": rng.normal(0, 0.1, K).astype(np.float32), "w": w,
+             "two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32)}
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]), helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]), helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["ng"], name="mul"),
+             helper.make_node("Add", ["ng", "beta"], ["h"], name="add"), helper.make_node("Identity", ["h"], ["hi"]),
+             helper.make_node("MatMul", ["hi", "w"], ["y"], name="fc")]
+    model = make_model(nodes, {"x": ["B", 16, K]}, ["y"], inits, opset=11)
+    groups, _ = smooth_groups(model)
+    assert [(g.norm, g.layers, g.scale, g.bias) for g in groups] == [("add", ("fc",), "gamma", "beta")]
+    data = _data(7, 3)
+    out, done, _ = balance(model, SmoothQuantParams(enabled=True), data)
+    assert rel_diff(run(model, data[0])[0], run(out, data[0])[0]) < 1e-5
+    assert done[0].scale_max / done[0].scale_min > 5  # the outlier channel is divided down
+    model.graph.output.append(helper.make_tensor_value_info("hi", onnx.TensorProto.FLOAT, None))
+    assert smooth_groups(model)[0] == []  # a graph output on the way: dividing would change it
