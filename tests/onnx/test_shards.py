@@ -31,3 +31,16 @@ def test_merged_ifmr_states_over_budget_warn_once(tmp_path):
     with pytest.raises(Exception, match="another config"):
         other = CalibrationState("m", {"x": 2}, "amct", "s8s8", 1, {"a": IFMRCalibrator("a")})
         merge_states([paths[0], save_state(tmp_path / "o.json", other)])
+
+
+def test_smooth_quant_needs_data_so_saved_states_refuse_it():
+    """SmoothQuant balances the model on calibration data before the calibrators exist: the flows that build the
+    calibrators from saved states (merge, quantize --state) have no data for it and say so."""
+    from ferroquant.errors import ConfigError
+    from ferroquant.onnx.api import calibration_setup, create_quant_config
+    from tests.onnx.test_smooth import _block  # a LayerNorm -> MatMul block
+
+    m = _block(0)
+    cfg = create_quant_config(None, m, config_defination={"methods": {"smooth_quant": {"enabled": True}}})
+    with pytest.raises(ConfigError, match="smooth_quant.*saved states"):
+        calibration_setup(cfg, m)
