@@ -18,21 +18,21 @@ import numpy as np
 from ferroquant import ops
 from ferroquant.errors import ShapeError
 from ferroquant.ops.types import AdaRoundOptions
-from ferroquant.quant.moments import PatchSpec
+from ferroquant.quant.moments import PatchSpec, SumStream
 from ferroquant.quant.table import LayerInfo, WeightQuant
 
 
-class LayerGram:
+class LayerGram(SumStream):
     """Streams sampled input patches of one layer into ``Σ x xᵀ`` per group (float64), mergeable."""
+
+    what = "Gram matrices"  # sum: [groups, p, p]
 
     def __init__(self, spec: PatchSpec, rows_per_batch: int = 512, seed: int = 0, name: Optional[str] = None
                  ) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.rows_per_batch = int(rows_per_batch)
         self.rng = np.random.default_rng(seed)
         self.name = name
-        self.sum: Optional[np.ndarray] = None  # [groups, p, p]
-        self.count = 0
 
     def _pick(self, total: int) -> np.ndarray:
         if total <= self.rows_per_batch:
@@ -69,19 +69,9 @@ class LayerGram:
             ops.hessian_update(self.sum[g], np.ascontiguousarray(rows[:, g]), self.name)
         self.count += rows.shape[0]
 
-    def merge(self, other: "LayerGram") -> None:
-        if other.sum is None:
-            return
-        if self.sum is not None and self.sum.shape != other.sum.shape:
-            raise ShapeError(f"cannot merge Gram matrices of shape {other.sum.shape} into {self.sum.shape}")
-        self.sum = other.sum.copy() if self.sum is None else self.sum + other.sum
-        self.count += other.count
-
     def gram(self) -> np.ndarray:
         """``Σ x xᵀ / n`` per group, ``[groups, p, p]``."""
-        if self.sum is None or self.count == 0:
-            raise ShapeError("no input was observed")
-        return self.sum / self.count
+        return self._normalized()
 
 
 def weight_rows(layer: LayerInfo, w: np.ndarray) -> np.ndarray:

@@ -73,14 +73,40 @@ class PatchSpec:
             yield offset, xp[(slice(None), slice(None)) + idx]
 
 
-class LayerMoments:
-    """Streams a layer's input into the sum of its patches per group (float64): memory is one patch per group
-    whatever the number of batches, and the mean does not depend on batching (up to float64 rounding)."""
+class SumStream:
+    """A float64 sum over streamed batches and the count of what it sums, mergeable across streams of the same
+    layer; the statistic is the sum over the count. ``what`` names it in errors."""
+
+    what = "statistics"
 
     def __init__(self, spec: PatchSpec) -> None:
         self.spec = spec
-        self.sum: Optional[np.ndarray] = None  # [groups, patch]
+        self.sum: Optional[np.ndarray] = None
         self.count = 0
+
+    def _add(self, s: np.ndarray, count: int) -> None:
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += count
+
+    def merge(self, other: "SumStream") -> None:
+        """Add another stream's statistics (other batches of the same layer)."""
+        if other.sum is None:
+            return
+        if self.sum is not None and self.sum.shape != other.sum.shape:
+            raise ShapeError(f"cannot merge {self.what} of shape {other.sum.shape} into {self.sum.shape}")
+        self._add(other.sum.copy(), other.count)
+
+    def _normalized(self) -> np.ndarray:
+        if self.sum is None or self.count == 0:
+            raise ShapeError("no input was observed")
+        return self.sum / self.count
+
+
+class LayerMoments(SumStream):
+    """Streams a layer's input into the sum of its patches per group (float64): memory is one patch per group
+    whatever the number of batches, and the mean does not depend on batching (up to float64 rounding)."""
+
+    what = "input statistics"  # sum: [groups, patch]
 
     def observe(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float32)
@@ -88,9 +114,7 @@ class LayerMoments:
             self._observe_conv(x)
         else:
             rows = x.reshape(-1, x.shape[-1])
-            s = rows.sum(axis=0, dtype=np.float64)[None]
-            self.sum = s if self.sum is None else self.sum + s
-            self.count += rows.shape[0]
+            self._add(rows.sum(axis=0, dtype=np.float64)[None], rows.shape[0])
 
     def _observe_conv(self, x: np.ndarray) -> None:
         sp = self.spec
@@ -101,25 +125,11 @@ class LayerMoments:
         per_tap = np.empty((c, sp.taps), np.float64)
         for t, (_, view) in enumerate(sp.tap_slices(xp, out)):
             per_tap[:, t] = view.sum(axis=(0, *range(2, view.ndim)), dtype=np.float64)
-        s = per_tap.reshape(g, (c // g) * sp.taps)
-        self.sum = s if self.sum is None else self.sum + s
-        positions = x.shape[0] * int(np.prod(out))
-        self.count += positions
-
-    def merge(self, other: "LayerMoments") -> None:
-        """Add another stream's statistics (other batches of the same layer)."""
-        if other.sum is None:
-            return
-        if self.sum is not None and self.sum.shape != other.sum.shape:
-            raise ShapeError(f"cannot merge input statistics of shape {other.sum.shape} into {self.sum.shape}")
-        self.sum = other.sum.copy() if self.sum is None else self.sum + other.sum
-        self.count += other.count
+        self._add(per_tap.reshape(g, (c // g) * sp.taps), x.shape[0] * int(np.prod(out)))
 
     def mean(self) -> np.ndarray:
         """The mean patch per group, ``[groups, patch]``."""
-        if self.sum is None or self.count == 0:
-            raise ShapeError("no input was observed")
-        return self.sum / self.count
+        return self._normalized()
 
 
-__all__ = ["LayerMoments", "PatchSpec"]
+__all__ = ["LayerMoments", "PatchSpec", "SumStream"]
