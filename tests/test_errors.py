@@ -173,8 +173,8 @@ def weight_only_calls(x, n, bits, scale, zp, steps, iters, val):
                                      float(val), iters, zp % 3 == 0),
         "awq": lambda: _native.awq(x, np.full((4, n if zp % 2 else n + 1), val, f32), spec, iters,
                                    clip(None if steps % 2 else steps % 25)),
-        "channel_stats_update": lambda: _native.channel_stats_update(*stats(3)[:2], stats(k)[2], x),
-        "channel_stats_merge": lambda: _native.channel_stats_merge(*stats(3), *stats(k)),
+        "channel_stats_update": lambda: _native.channel_stats_update((*stats(3)[:2], stats(k)[2]), x),
+        "channel_stats_merge": lambda: _native.channel_stats_merge(stats(3), stats(k)),
         "smooth_search": lambda: _native.smooth_search(np.full(3, scale, f32), np.full((k, 2), val, f32), x,
                                                        [float(val), 0.5][: 1 + iters % 2], bits),
     }

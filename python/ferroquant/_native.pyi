@@ -89,18 +89,18 @@ class GptqOutput:
     dead: I64
     damp: float
 
-class AwqOutput:
+class ScaleSearch:
     scales: F32
     alpha: float
     alphas: F64
     losses: F64
+
+class AwqOutput:
+    search: ScaleSearch
     quant: GroupQuant
 
 class SmoothOutput:
-    scales: F32
-    alpha: float
-    alphas: F64
-    losses: F64
+    search: ScaleSearch
     loss_unbalanced: float
 
 class _Spec(Protocol):  # ferroquant.ops.GroupSpec: read once at the boundary
@@ -119,8 +119,8 @@ def hessian_update(h: F64, x: F32) -> int: ...
 def gptq(w: F32, h: F64, spec: _Spec, percdamp: float = 0.01, block_size: int = 128,
          act_order: bool = False) -> GptqOutput: ...
 def awq(w: F32, x: F32, spec: _Spec, n_grid: int = 20, clip: Optional[_Clip] = None) -> AwqOutput: ...
-def channel_stats_update(min: F32, max: F32, abs_sum: F64, x: F32) -> int: ...
-def channel_stats_merge(min: F32, max: F32, abs_sum: F64, min2: F32, max2: F32, abs_sum2: F64) -> None: ...
+def channel_stats_update(stats: Tuple[F32, F32, F64], x: F32) -> int: ...
+def channel_stats_merge(stats: Tuple[F32, F32, F64], other: Tuple[F32, F32, F64]) -> None: ...
 def smooth_search(act_absmax: F32, w: F32, x: F32, alphas: list[float], bits: int = 8) -> SmoothOutput: ...
 # Only in builds with the `debug-panic` cargo feature (the test build): panics inside the native runner.
 def _debug_panic(long: bool = False) -> None: ...

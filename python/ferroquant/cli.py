@@ -33,6 +33,18 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+#: The accuracy methods' on/off switches (``_config_and_model`` turns them into the config).
+METHOD_SWITCHES = (
+    ("--equalize", "cross-layer equalization of Conv -> Relu -> Conv chains before calibration"),
+    ("--relu6-to-relu", "with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)"),
+    ("--bias-correction", "empirical bias correction of every Conv (mean output error on the calibration data)"),
+    ("--adaround", "learned rounding (AdaRound) of Conv/Gemm/MatMul weights on their ARQ grid, by each layer's "
+                   "output on the calibration data"),
+    ("--per-channel-depthwise", "per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime "
+                                "and tensorrt profiles)"),
+)
+
+
 def _quant_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("quantization options (for a default config; not with --config)")
@@ -45,21 +57,11 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
                    help="keep every layer of this op type in float (Conv, ConvTranspose, Gemm, MatMul)")
     m = p.add_argument_group("accuracy methods (off by default)")
-    m.add_argument("--equalize", action="store_true",
-                   help="cross-layer equalization of Conv -> Relu -> Conv chains before calibration")
-    m.add_argument("--relu6-to-relu", action="store_true",
-                   help="with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)")
+    for flag, text in METHOD_SWITCHES:
+        m.add_argument(flag, action="store_true", help=text)
     m.add_argument("--smooth-quant", nargs="?", const="search", metavar="ALPHA",
                    help="SmoothQuant balancing of LayerNorm -> MatMul groups before calibration (transformers); "
                         "ALPHA in [0, 1] fixes alpha, default: searched per LayerNorm")
-    m.add_argument("--bias-correction", action="store_true",
-                   help="empirical bias correction of every Conv (mean output error on the calibration data)")
-    m.add_argument("--adaround", action="store_true",
-                   help="learned rounding (AdaRound) of Conv/Gemm/MatMul weights on their ARQ grid, by each layer's "
-                        "output on the calibration data")
-    m.add_argument("--per-channel-depthwise", action="store_true",
-                   help="per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime and "
-                        "tensorrt profiles)")
     g = p.add_argument_group("weight-only (group-wise int4/int8 MatMul/Gemm weights, float activations)")
     g.add_argument("--weight-only", action="store_true",
                    help="quantize only the weights of MatMul/Gemm layers, group-wise (onnxruntime MatMulNBits)")

@@ -247,7 +247,8 @@ def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
     _check_acts(xr, name)
     with named(name):
         r = _native.awq(a, xr, spec, int(n_grid), clip)
-        return AwqResult(r.scales, float(r.alpha), r.alphas, r.losses, _quant(r.quant, spec))
+        f = r.search
+        return AwqResult(f.scales, float(f.alpha), f.alphas, f.losses, _quant(r.quant, spec))
 
 
 def channel_stats_update(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, x: object,
@@ -256,7 +257,7 @@ def channel_stats_update(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, 
     with named(name):
         xr = _rows(x, min.shape[0])
         try:
-            return int(_native.channel_stats_update(min, max, abs_sum, xr))
+            return int(_native.channel_stats_update((min, max, abs_sum), xr))
         except NonFiniteError as e:
             raise _located(e, xr) from None
 
@@ -267,7 +268,7 @@ def channel_stats_merge(min: np.ndarray, max: np.ndarray, abs_sum: np.ndarray, m
     with named(name):
         if min2.shape != min.shape:
             raise ShapeError(f"cannot merge statistics of {min2.shape[0]} channels into {min.shape[0]}")
-        _native.channel_stats_merge(min, max, abs_sum, min2, max2, abs_sum2)
+        _native.channel_stats_merge((min, max, abs_sum), (min2, max2, abs_sum2))
 
 
 @dataclass
@@ -323,7 +324,8 @@ def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[flo
     _check_acts(xr, name)
     with named(name):
         r = _native.smooth_search(act, a, xr, [float(v) for v in alphas], int(bits))
-        return SmoothResult(r.scales, float(r.alpha), r.alphas, r.losses, float(r.loss_unbalanced))
+        f = r.search
+        return SmoothResult(f.scales, float(f.alpha), f.alphas, f.losses, float(r.loss_unbalanced))
 
 
 __all__ = [

@@ -10,13 +10,27 @@ use pyo3::prelude::*;
 use crate::errors::{raise, run};
 use crate::groupwise::{quant_object, slice2, ClipArg, PyGroupQuant, SpecArg};
 
-/// What AWQ returns.
-#[pyclass(frozen, get_all, name = "AwqOutput", module = "ferroquant._native")]
-pub struct PyAwqOutput {
+/// An alpha grid search (AWQ's scales, SmoothQuant's balancing): the per-input-channel scales of the best alpha,
+/// and every alpha tried with its loss.
+#[pyclass(frozen, get_all, name = "ScaleSearch", module = "ferroquant._native")]
+pub struct PyScaleSearch {
     pub scales: Py<PyArray1<f32>>,
     pub alpha: f64,
     pub alphas: Py<PyArray1<f64>>,
     pub losses: Py<PyArray1<f64>>,
+}
+
+type Found = (Vec<f32>, f64, Vec<f64>, Vec<f64>);
+
+fn scale_search(py: Python<'_>, (scales, alpha, alphas, losses): Found) -> PyResult<Py<PyScaleSearch>> {
+    let (scales, alphas) = (PyArray1::from_vec(py, scales).unbind(), PyArray1::from_vec(py, alphas).unbind());
+    Py::new(py, PyScaleSearch { scales, alpha, alphas, losses: PyArray1::from_vec(py, losses).unbind() })
+}
+
+/// What AWQ returns.
+#[pyclass(frozen, get_all, name = "AwqOutput", module = "ferroquant._native")]
+pub struct PyAwqOutput {
+    pub search: Py<PyScaleSearch>,
     pub quant: Py<PyGroupQuant>,
 }
 
@@ -43,66 +57,52 @@ fn awq_py<'py>(
         Ok((core_awq::awq(ws, s, xs, &core_awq::AwqOptions { spec, n_grid, clip })?, spec.groups(k)))
     })?;
     Ok(PyAwqOutput {
-        scales: PyArray1::from_vec(py, r.scales).unbind(),
-        alpha: r.alpha,
-        alphas: PyArray1::from_vec(py, r.alphas).unbind(),
-        losses: PyArray1::from_vec(py, r.losses).unbind(),
+        search: scale_search(py, (r.scales, r.alpha, r.alphas, r.losses))?,
         quant: Py::new(py, quant_object(py, r.quant, s, groups)?)?,
     })
 }
 
-/// The running statistics as mutable slices (C-contiguous, else a LayoutError).
-fn stats_mut<'a, 'py>(
-    py: Python<'py>,
-    min: &'a mut PyReadwriteArray1<'py, f32>,
-    max: &'a mut PyReadwriteArray1<'py, f32>,
-    abs_sum: &'a mut PyReadwriteArray1<'py, f64>,
-) -> PyResult<StatsMut<'a>> {
-    let lay = |_| raise(py, "LayoutError", "statistics must be C-contiguous".into());
-    Ok(StatsMut {
-        min: min.as_slice_mut().map_err(lay)?,
-        max: max.as_slice_mut().map_err(lay)?,
-        abs_sum: abs_sum.as_slice_mut().map_err(lay)?,
-    })
+/// Running statistics `(min, max, abs_sum)` as Python hands them in: a tuple of three arrays, updated in place.
+#[derive(FromPyObject)]
+struct Stats<'py>(PyReadwriteArray1<'py, f32>, PyReadwriteArray1<'py, f32>, PyReadwriteArray1<'py, f64>);
+
+/// Another stream's statistics, read only.
+#[derive(FromPyObject)]
+struct StatsRef<'py>(PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f64>);
+
+impl<'py> Stats<'py> {
+    /// The statistics as mutable slices (C-contiguous, else a LayoutError).
+    fn slices(&mut self, py: Python<'py>) -> PyResult<StatsMut<'_>> {
+        let lay = |_| raise(py, "LayoutError", "statistics must be C-contiguous".into());
+        Ok(StatsMut {
+            min: self.0.as_slice_mut().map_err(lay)?,
+            max: self.1.as_slice_mut().map_err(lay)?,
+            abs_sum: self.2.as_slice_mut().map_err(lay)?,
+        })
+    }
 }
 
-/// Fold the batch `x` `[rows, C]` into running per-channel `(min, max, abs_sum)` in place; returns the rows.
+/// Fold the batch `x` `[rows, C]` into running per-channel `stats` `(min, max, abs_sum)` in place; returns the
+/// rows.
 #[pyfunction]
-fn channel_stats_update<'py>(
-    py: Python<'py>,
-    mut min: PyReadwriteArray1<'py, f32>,
-    mut max: PyReadwriteArray1<'py, f32>,
-    mut abs_sum: PyReadwriteArray1<'py, f64>,
-    x: PyReadonlyArray2<'py, f32>,
-) -> PyResult<usize> {
+fn channel_stats_update<'py>(py: Python<'py>, mut stats: Stats<'py>, x: PyReadonlyArray2<'py, f32>) -> PyResult<usize> {
     let (xs, _, _) = slice2(py, &x, "x")?;
-    let mut st = stats_mut(py, &mut min, &mut max, &mut abs_sum)?;
+    let mut st = stats.slices(py)?;
     run(py, || channel_stats::channel_stats_update(&mut st, xs))
 }
 
-/// Merge `(min2, max2, abs_sum2)` into `(min, max, abs_sum)` in place.
+/// Merge `other` `(min, max, abs_sum)` into `stats` in place.
 #[pyfunction]
-fn channel_stats_merge<'py>(
-    py: Python<'py>,
-    mut min: PyReadwriteArray1<'py, f32>,
-    mut max: PyReadwriteArray1<'py, f32>,
-    mut abs_sum: PyReadwriteArray1<'py, f64>,
-    min2: PyReadonlyArray1<'py, f32>,
-    max2: PyReadonlyArray1<'py, f32>,
-    abs_sum2: PyReadonlyArray1<'py, f64>,
-) -> PyResult<()> {
-    let mut st = stats_mut(py, &mut min, &mut max, &mut abs_sum)?;
-    let (a, b, c) = (min2.as_slice()?, max2.as_slice()?, abs_sum2.as_slice()?);
+fn channel_stats_merge<'py>(py: Python<'py>, mut stats: Stats<'py>, other: StatsRef<'py>) -> PyResult<()> {
+    let mut st = stats.slices(py)?;
+    let (a, b, c) = (other.0.as_slice()?, other.1.as_slice()?, other.2.as_slice()?);
     run(py, || st.merge(a, b, c))
 }
 
 /// What the balancing search returns.
 #[pyclass(frozen, get_all, name = "SmoothOutput", module = "ferroquant._native")]
 pub struct PySmoothOutput {
-    pub scales: Py<PyArray1<f32>>,
-    pub alpha: f64,
-    pub alphas: Py<PyArray1<f64>>,
-    pub losses: Py<PyArray1<f64>>,
+    pub search: Py<PyScaleSearch>,
     pub loss_unbalanced: f64,
 }
 
@@ -121,16 +121,12 @@ fn smooth_search<'py>(
     let (ws, _, n) = slice2(py, &w, "w")?;
     let (xs, _, _) = slice2(py, &x, "x")?;
     let r = run(py, || smooth::smooth_search(a, ws, n, xs, &alphas, bits))?;
-    Ok(PySmoothOutput {
-        scales: PyArray1::from_vec(py, r.scales).unbind(),
-        alpha: r.alpha,
-        alphas: PyArray1::from_vec(py, r.alphas).unbind(),
-        losses: PyArray1::from_vec(py, r.losses).unbind(),
-        loss_unbalanced: r.loss_unbalanced,
-    })
+    let search = scale_search(py, (r.scales, r.alpha, r.alphas, r.losses))?;
+    Ok(PySmoothOutput { search, loss_unbalanced: r.loss_unbalanced })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyScaleSearch>()?;
     m.add_class::<PyAwqOutput>()?;
     m.add_class::<PySmoothOutput>()?;
     m.add_function(wrap_pyfunction!(awq_py, m)?)?;

@@ -24,18 +24,23 @@ mod debug;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    pool::register(m)?;
-    qparams::register(m)?;
-    affine::register(m)?;
-    nuq::register(m)?;
-    histogram::register(m)?;
-    ifmr::register(m)?;
-    metrics::register(m)?;
-    ulq::register(m)?;
-    groupwise::register(m)?;
-    gptq::register(m)?;
-    awq::register(m)?;
-    adaround::register(m)?;
+    let topics: [fn(&Bound<'_, PyModule>) -> PyResult<()>; 12] = [
+        pool::register,
+        qparams::register,
+        affine::register,
+        nuq::register,
+        histogram::register,
+        ifmr::register,
+        metrics::register,
+        ulq::register,
+        groupwise::register,
+        gptq::register,
+        awq::register,
+        adaround::register,
+    ];
+    for register in topics {
+        register(m)?;
+    }
     #[cfg(feature = "debug-panic")]
     debug::register(m)?;
     Ok(())
