@@ -239,6 +239,7 @@ def main() -> None:
     ap.add_argument("--models", default="mobilenet_v2,mobilenet_v2_folded")
     ap.add_argument("--foreign", default=",".join(FOREIGN), help="foreign-corpus models ('' for none)")
     ap.add_argument("--foreign-runs", type=int, default=10)
+    ap.add_argument("--report-name", default="deploy", help="bench/results/<name>.md (default deploy)")
     args = ap.parse_args()
     from ferroquant.examples.photos import calibration_and_eval_sets
     from ferroquant.quant.profiles import detect_cpu_types
@@ -267,7 +268,8 @@ def main() -> None:
     intro = (f"CPU flags: {cpu_flags()}; ferroquant's onnxruntime profile chose {cpu.name} ({cpu.reason}). "
              f"{args.calib} calibration crops, {args.eval} evaluation crops of other photos; latency median of "
              f"{args.runs} runs per model, interleaved.")
-    write_report("deploy", [lat, acc] + ([flat, facc] if args.foreign else []), intro)
+    tables = ([lat, acc] if args.models else []) + ([flat, facc] if args.foreign else [])
+    write_report(args.report_name, tables, intro)
 
 
 if __name__ == "__main__":
