@@ -217,6 +217,11 @@ def bench_foreign(names: List[str], runs: int, work: Path, lat: Table, acc: Tabl
             ctx = {f"{n}:{k}": v for n in entry.needs
                    for k, v in (("fp32", find(corpus.BY_NAME[n].package, corpus.BY_NAME[n].file)[0]),
                                 ("quant", quantized.get((n, label))))}
+            missing = [n for n in entry.needs if ctx[f"{n}:quant"] is None]
+            if missing:
+                acc.add(name, label, f"not measured: needs {', '.join(missing)} from the same method", "-",
+                        quant_s[label])
+                continue
             spec = entry.evaluate(fp32, p, ctx)
             with fused():
                 fast = entry.evaluate(fp32, p, ctx)
