@@ -86,8 +86,8 @@ def main() -> None:
         t.add(f"4 shards on Ray, {workers} worker{'s' if workers > 1 else ''} (num_cpus={workers})", w, m, fmt(r),
               m / base)
     t.notes.append(
-        "Every sharded way prepares the model once per shard (fusion, weight quantization, calibrators): that is "
-        "most of what separates them from the one run. In the runs written here the 4 shards one after the other "
+        "Every sharded way prepares the model once per shard (fusion, weight quantization, calibrators), the one "
+        "run once. In the runs written here the 4 shards one after the other "
         "in this process were also slower than the same 4 on 1 Ray worker; that difference is measured, not "
         "explained.")
     t.notes.append(
