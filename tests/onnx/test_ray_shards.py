@@ -78,6 +78,8 @@ def test_four_shards_through_ray_equal_the_local_merge_and_one_run(ray, case, tm
     assert _qparams(model, cfg, by_path) == _qparams(model, cfg, one)  # bit-identical to one run
     with pytest.raises(DataError, match="list of shards"):
         calibrate_with_ray(model, cfg, str(case["parts"][0]))  # one path is not a list of shards
+    with pytest.raises(DataError, match="calibration data not found: .*missing.npy"):  # raised in a task
+        calibrate_with_ray(model, cfg, [case["parts"][0], tmp_path / "missing.npy"])
 
 
 def test_a_ray_dataset_split_over_the_workers_gives_one_runs_qparams(ray, case):
