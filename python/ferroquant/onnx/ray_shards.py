@@ -70,7 +70,8 @@ def _observe(model: Any, config: Dict[str, Any], shard: Shard, options: Dict[str
 
 def _split(ray: Any, shards: Union[Sequence[Shard], Any], num_shards: Optional[int]) -> List[Shard]:
     if _is_dataset(shards):
-        n, rows = num_shards or max(1, int(ray.cluster_resources().get("CPU", 1))), shards.count()
+        n = num_shards if num_shards is not None else max(1, int(ray.cluster_resources().get("CPU", 1)))
+        rows = shards.count()
         if n < 1 or rows < 1:
             raise DataError(f"cannot split a Ray Dataset of {rows} rows into {n} shards")
         n = min(n, rows)  # contiguous rows, none dropped (split(n) may leave a shard empty)
@@ -92,7 +93,7 @@ def calibrate_with_ray(model: Union[str, Path, onnx.ModelProto], config: Union[s
     """Observe every shard in a Ray task of its own and return the merged :class:`CalibrationState`.
 
     ``model``: an ONNX file (each worker reads the path: it must see the same file system) or a ModelProto
-    (sent to the workers once). ``config``: a :class:`~ferroquant.config.QuantConfig`, its JSON file or dict.
+    (sent to the workers once; a model over 2 GB goes by path). ``config``: a :class:`~ferroquant.config.QuantConfig`, its JSON file or dict.
     ``shards``: a list, one task per item (a calibration file or folder, read with ``batch_size`` and
     ``preprocess`` as ``--calib`` is; or an iterable of ``{input name: array}`` / arrays), or a Ray Dataset
     (columns named after the model's inputs) split into ``num_shards`` (default: the cluster's CPUs).
@@ -113,9 +114,8 @@ def calibrate_with_ray(model: Union[str, Path, onnx.ModelProto], config: Union[s
                "max_batches": max_batches, "grids": grids.to_json() if grids is not None else None,
                "ifmr_memory_budget": ifmr_memory_budget or IFMR_MODEL_BUDGET}
     task = ray.remote(num_cpus=num_cpus, max_retries=0)(_observe)
-    model_ref, cfg_ref, opt_ref = ray.put(model if isinstance(model, bytes) else str(model)), ray.put(cfg), \
-        ray.put(options)
-    refs = [task.remote(model_ref, cfg_ref, part, opt_ref) for part in parts]
+    shared = [ray.put(model if isinstance(model, bytes) else str(model)), ray.put(cfg)]  # sent once
+    refs = [task.remote(*shared, part, options) for part in parts]
     docs = ray.get(refs)
     return merge_documents([(document_digest(doc), doc, f"shard {k}") for k, doc in enumerate(docs)])
 
