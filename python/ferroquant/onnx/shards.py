@@ -143,7 +143,20 @@ def merge_states(paths: Sequence[Union[str, Path]]) -> CalibrationState:
     order of the files' SHA-256). Refuses states of another model, config, profile or CPU types."""
     if not paths:
         raise DataError("no calibration state to merge")
-    docs = sorted((_read(Path(p)) + (str(p),) for p in paths), key=lambda d: d[0])
+    return merge_documents([_read(Path(p)) + (str(p),) for p in paths])
+
+
+def document_digest(doc: Dict[str, Any]) -> str:
+    """The SHA-256 of the file :func:`save_state` writes for ``doc`` (a state's ``to_json()``)."""
+    return hashlib.sha256((json.dumps(doc) + "\n").encode("utf-8")).hexdigest()
+
+
+def merge_documents(docs: Sequence[tuple]) -> CalibrationState:
+    """:func:`merge_states` on states already read: ``(sha256 of the file, its JSON document, where it came
+    from)`` each (:func:`document_digest` gives the SHA-256 of a state that was never written)."""
+    if not docs:
+        raise DataError("no calibration state to merge")
+    docs = sorted(docs, key=lambda d: d[0])
     states = [(_parse(doc, repr(where)), where) for _, doc, where in docs]
     first, first_path = states[0]
     for st, where in states[1:]:
@@ -193,5 +206,6 @@ def state_config(state: CalibrationState) -> QuantConfig:
     return load_config(state.config)
 
 
-__all__ = ["CalibrationState", "calibrate_shard", "calibrated_from_state", "load_state", "merge_states",
+__all__ = ["CalibrationState", "calibrate_shard", "calibrated_from_state", "document_digest", "load_state",
+           "merge_documents", "merge_states",
            "save_state", "start_grids", "state_config", "state_of"]
