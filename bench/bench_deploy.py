@@ -277,9 +277,14 @@ def main() -> None:
             print(f"== {', '.join(foreign)}", flush=True)
             bench_foreign(foreign, args.foreign_runs, work, flat, facc)
     cpu = detect_cpu_types()
-    intro = (f"CPU flags: {cpu_flags()}; ferroquant's onnxruntime profile chose {cpu.name} ({cpu.reason}). "
-             f"{args.calib} calibration crops, {args.eval} evaluation crops of other photos; latency median of "
-             f"{args.runs} runs per model, interleaved.")
+    intro = f"CPU flags: {cpu_flags()}; ferroquant's onnxruntime profile chose {cpu.name} ({cpu.reason})."
+    if args.models:
+        intro += (f" {args.calib} calibration crops, {args.eval} evaluation crops of other photos; latency median of "
+                  f"{args.runs} runs per model, interleaved.")
+    if args.foreign:
+        intro += (f" Foreign models: the corpus's calibration feeds and held-out inputs; latency median of "
+                  f"{args.foreign_runs} runs per model, interleaved; ferroquant with its default latency check (a "
+                  "model whose size is the FP32 size was kept float by it on this machine).")
     tables = ([lat, acc] if args.models else []) + ([flat, facc] if args.foreign else [])
     write_report(args.report_name, tables, intro)
 
