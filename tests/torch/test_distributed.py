@@ -66,3 +66,47 @@ def test_clips_identical_on_every_rank(tmp_path):
     res = cal.qparams()
     lo, hi = r[0]["init"]["conv1"]
     assert (lo, hi) == pytest.approx((res.clip_min, res.clip_max), rel=1e-6)
+
+
+def _ptq_worker(rank: int, out_dir: str, algo: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous_' + algo)}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        import ferroquant.torch as fqt
+        from tests.torch.models import SmallCNN
+
+        torch.manual_seed(0)
+        model = SmallCNN(4, 8).eval()
+        g = torch.Generator().manual_seed(200 + rank)  # each rank calibrates on its own shard
+        batches = [torch.randn(8, 1, 8, 8, generator=g) * (1 + rank) for _ in range(2)]
+        r = fqt.quantize_torch_model(model, batches, common_config={"activation": {"algorithm": algo}})
+        act = {n: (lq.activation.scale, lq.activation.zero_point) for n, lq in r.table.layers.items()}
+        np.save(os.path.join(out_dir, f"ptq_{algo}_{rank}.npy"), {"act": act, "x": [b.numpy() for b in batches]},
+                allow_pickle=True)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("algo", ["ifmr", "hfmg"])
+def test_torch_ptq_shards_over_ranks_give_one_result(tmp_path, algo):
+    """Torch PTQ under torch.distributed: each rank observes its own shard, the calibrator states are merged over
+    the ranks before the search, so every rank gets the same activation qparams, those of one process that saw
+    every shard (in rank order)."""
+    mp.spawn(_ptq_worker, args=(str(tmp_path), algo), nprocs=WORLD, join=True)
+    r = [np.load(tmp_path / f"ptq_{algo}_{i}.npy", allow_pickle=True).item() for i in range(WORLD)]
+    assert r[0]["act"] == r[1]["act"]
+    import ferroquant.torch as fqt
+    from tests.torch.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(4, 8).eval()
+    every = [torch.from_numpy(x) for rank in range(WORLD) for x in r[rank]["x"]]
+    one = fqt.quantize_torch_model(model, every, common_config={"activation": {"algorithm": algo}})
+    want = {n: (lq.activation.scale, lq.activation.zero_point) for n, lq in one.table.layers.items()}
+    if algo == "ifmr":  # the same samples, merged in rank order: the same search
+        assert r[0]["act"] == want
+    else:  # a histogram merged across ranks re-bins onto the wider range: close to one pass, not bit-equal
+        for n, (s, z) in want.items():
+            assert r[0]["act"][n][0] == pytest.approx(s, rel=0.02) and abs(r[0]["act"][n][1] - z) <= 2
