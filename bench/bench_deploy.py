@@ -60,17 +60,20 @@ def session(path: Path, optimize: bool = True, threads: int = 1):  # noqa: ANN20
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(paths: Dict[str, Path], x: np.ndarray, threads: int, runs: int) -> Dict[str, float]:
+def latency_ms(paths: Dict[str, Path], feed: Dict[str, np.ndarray], threads: int, runs: int, warm: int = 3
+               ) -> Dict[str, float]:
+    """Median milliseconds of ``runs`` runs of each model on ``feed`` (each session reads its own inputs from it),
+    the models interleaved run by run, after ``warm`` warm-up runs each."""
     sessions = {k: session(p, True, threads) for k, p in paths.items()}
-    name = {k: s.get_inputs()[0].name for k, s in sessions.items()}
+    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
     for k, s in sessions.items():
-        for _ in range(3):
-            s.run(None, {name[k]: x})
+        for _ in range(warm):
+            s.run(None, feeds[k])
     times: Dict[str, List[float]] = {k: [] for k in sessions}
     for _ in range(runs):
         for k, s in sessions.items():
             t0 = time.perf_counter()
-            s.run(None, {name[k]: x})
+            s.run(None, feeds[k])
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
@@ -149,7 +152,7 @@ def bench_model(name: str, fp32: Path, calib: np.ndarray, evaluation: np.ndarray
         quant_s[label] = time.perf_counter() - t0
         paths[label] = out
     x = evaluation[:1]
-    ms = {t: latency_ms(paths, x, t, runs) for t in (1, 2)}
+    ms = {t: latency_ms(paths, {input_name: x}, t, runs) for t in (1, 2)}
     ref = logits(fp32, evaluation, False)
     fp32_mb = fp32.stat().st_size / 1e6
     for label, p in paths.items():
@@ -208,7 +211,7 @@ def bench_foreign(names: List[str], runs: int, work: Path, lat: Table, acc: Tabl
                 continue
             quant_s[label] = time.perf_counter() - t0
             paths[label] = quantized[(name, label)] = out
-        ms = {t: latency_feed(paths, feeds[0], t, runs) for t in (1, 2)}
+        ms = {t: latency_ms(paths, feeds[0], t, runs, warm=1) for t in (1, 2)}
         for label, p in paths.items():
             lat.add(name, label, ms[1][label], ms[1]["FP32"] / ms[1][label], ms[2][label],
                     ms[2]["FP32"] / ms[2][label], p.stat().st_size / 1e6, p.stat().st_size / fp32.stat().st_size)
@@ -226,21 +229,6 @@ def bench_foreign(names: List[str], runs: int, work: Path, lat: Table, acc: Tabl
             with fused():
                 fast = entry.evaluate(fp32, p, ctx)
             acc.add(name, label, _task(spec), _task(fast), quant_s[label])
-
-
-def latency_feed(paths: Dict[str, Path], feed: Dict[str, np.ndarray], threads: int, runs: int) -> Dict[str, float]:
-    """``latency_ms`` for a model with any inputs: median milliseconds of ``runs`` interleaved runs on ``feed``."""
-    sessions = {k: session(p, True, threads) for k, p in paths.items()}
-    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        s.run(None, feeds[k])
-    times: Dict[str, List[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def main() -> None:
