@@ -1,6 +1,7 @@
 """Under torch.distributed (gloo, 2 CPU processes), the IFMR initialisation and the learned clips are the same
 on every rank although each rank sees different data; and they equal a single-process IFMR on all the data."""
 
+import contextlib
 import os
 
 import numpy as np
@@ -13,12 +14,24 @@ import torch.multiprocessing as mp  # noqa: E402
 WORLD = 2
 
 
-def _worker(rank: int, out_dir: str) -> None:
+@contextlib.contextmanager
+def _group(rank: int, out_dir: str, tag: str = ""):
+    """A gloo group of WORLD ranks, torn down only once every rank is done with it."""
     # a file rendezvous: no TCP port to pick (a free port picked, then released, can be taken in between)
-    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous' + tag)}", rank=rank,
                             world_size=WORLD)
     try:
         torch.set_num_threads(1)
+        yield
+    finally:
+        # every rank done with the group before any tears it down: tearing down gloo while the other rank
+        # still talks to it aborts the process ("terminate called without an active exception")
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, out_dir: str) -> None:
+    with _group(rank, out_dir):
         import ferroquant.torch as fqt
         from tests.torch.models import SmallCNN
 
@@ -44,11 +57,6 @@ def _worker(rank: int, out_dir: str) -> None:
                  for n, l in fqt.quant_layers(model).items()}
         x0 = [b.numpy() for b in batches[:2]]
         np.save(os.path.join(out_dir, f"rank{rank}.npy"), {"init": init, "clips": clips, "x": x0}, allow_pickle=True)
-    finally:
-        # every rank done with the group before any tears it down: tearing down gloo while the other rank
-        # still talks to it aborts the process ("terminate called without an active exception")
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def test_clips_identical_on_every_rank(tmp_path):
@@ -69,10 +77,7 @@ def test_clips_identical_on_every_rank(tmp_path):
 
 
 def _ptq_worker(rank: int, out_dir: str, algo: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous_' + algo)}", rank=rank,
-                            world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with _group(rank, out_dir, "_" + algo):
         import ferroquant.torch as fqt
         from tests.torch.models import SmallCNN
 
@@ -84,9 +89,6 @@ def _ptq_worker(rank: int, out_dir: str, algo: str) -> None:
         act = {n: (lq.activation.scale, lq.activation.zero_point) for n, lq in r.table.layers.items()}
         np.save(os.path.join(out_dir, f"ptq_{algo}_{rank}.npy"), {"act": act, "x": [b.numpy() for b in batches]},
                 allow_pickle=True)
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("algo", ["ifmr", "hfmg"])
