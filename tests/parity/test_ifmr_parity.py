@@ -298,3 +298,22 @@ def test_store_errors(kernel) -> None:
         kernel.ifmr_store(np.zeros(1, f32), 0, np.ones(3, f32))
     with pytest.raises(ParameterError):
         kernel.ifmr_store(buf, 9, np.ones(1, f32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=arrays(f32, st.integers(1, 3000), elements=st.floats(-50, 50, width=32)),
+       bits=st.sampled_from([4, 8, 12]), zeros=st.integers(0, 50))
+def test_loss_is_every_value_quantized(x, bits, zeros) -> None:
+    """The loss from per-interval sums (twin and native) is the mean squared error of quantizing every value with
+    the chosen candidate, ``f32(rint(clip(x, lo, hi) / s) * s) - x`` taken in float64, within float64 rounding."""
+    r = ref.ifmr(x, _opts(bits=bits), zeros)
+    n = _native.ifmr(x, _opts(bits=bits), zeros)
+    assert (n.loss, n.scale, n.index) == (r.loss, r.scale, r.index)
+    if r.bound == "max":
+        lo, hi = f32(r.min_init), f32(r.ratio * float(r.max_init))
+    else:
+        lo, hi = f32(r.ratio * float(r.min_init)), f32(0)
+    level = np.rint(np.clip(x, lo, hi) / f32(r.scale))
+    e = (level * f32(r.scale)).astype(f32).astype(np.float64) - x.astype(np.float64)
+    direct = float((e * e).sum()) / (x.size + zeros)
+    assert r.loss == pytest.approx(direct, rel=1e-9, abs=1e-30)

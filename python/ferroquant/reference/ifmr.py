@@ -1,8 +1,8 @@
 """Specifies rust/ferroquant-core/src/ifmr/ (spec §3, decisions 2 and 10): IFMR clip search.
 
-The loss of a candidate ``(lo, hi, s)`` is ``mean(((rint(clip(x, lo, hi) / s) * s - x) as f64) ** 2)`` with the
-quantize step in float32. The sum is taken in the same fixed order as the Rust kernel (chunks of ``CHUNK``,
-``LANES`` sequential lanes per chunk combined pairwise, chunks added in order), so both give the same bits.
+The loss of a candidate ``(lo, hi, s)`` is the mean of ``(f32(rint(clip(x, lo, hi) / s) * s) - x) ** 2``, the
+level ``rint(clip(x, lo, hi) / s)`` in float32 and the error in float64. It is summed as the Rust kernel does, from
+per-interval sums between the candidates' level thresholds (see ``run_losses``), so both give the same bits.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from ferroquant.reference._common import FLT_EPSILON, check_finite, qrange
 from ferroquant.reference.qparams import from_range, guard
 
 f32 = np.float32
-CHUNK = 1 << 15
-LANES = 16
 MAX_CANDIDATES = 100_000
 EXTEND_MIN_RATIO, EXTEND_MAX_RATIO = 0.01, 2.0
 EXTEND_BATCH = 8
@@ -114,29 +112,85 @@ def histogram_init(counts, lo, hi, max_percentile: float, min_percentile: float)
     return max(at(max_percentile), f32(0)), min(at(1.0 - min_percentile), f32(0))
 
 
-def _combine_lanes(lanes: np.ndarray) -> np.ndarray:
-    while lanes.shape[-1] > 1:
-        lanes = lanes[..., 0::2] + lanes[..., 1::2]
-    return lanes[..., 0]
+PASS_CHUNK = 1 << 20
+MAX_THRESHOLDS = 1 << 14
+_U32 = np.uint32
 
 
-def data_losses(x: np.ndarray, cands: list, zeros: int = 0) -> list:
-    """Specifies ifmr/loss.rs::DataLoss::losses (``zeros`` count in the divisor only)."""
-    n = x.size
-    if n == 0:  # only zeros: no error anywhere
-        return [0.0] * len(cands)
-    nch = -(-n // CHUNK)
-    buf = np.zeros(nch * CHUNK, np.float64)
+def _key(v) -> np.ndarray:
+    """Specifies ifmr/runs.rs::key: order-preserving map of finite float32 values to uint32."""
+    b = np.asarray(v, np.float32).view(_U32)
+    return np.where(b >> 31 == 1, ~b, b | _U32(0x80000000)).astype(_U32)
+
+
+def _unkey(k) -> np.ndarray:
+    k = np.asarray(k).astype(_U32)
+    return np.where(k >> 31 == 1, k & _U32(0x7FFFFFFF), ~k).astype(_U32).view(np.float32)
+
+
+def _level(v, lo, hi, s) -> np.ndarray:
+    """Specifies ifmr/loss.rs::level: ``rint(clip(v, lo, hi) / s)`` in float32."""
+    return np.rint(np.clip(np.asarray(v, np.float32), f32(lo), f32(hi)) / f32(s))
+
+
+def thresholds(lo, hi, s) -> np.ndarray:
+    """Specifies ifmr/runs.rs::thresholds: for each level ``r`` in ``q(lo)+1 ..= q(hi)``, the key of the smallest
+    finite float32 whose level is at least ``r`` (halving the keys)."""
+    r0, r1 = _level(lo, lo, hi, s), _level(hi, lo, hi, s)
+    r = np.arange(int(r0) + 1, int(r1) + 1).astype(np.float32)
+    a = np.full(r.size, int(_key(np.finfo(np.float32).min)), np.uint64)
+    b = np.full(r.size, int(_key(np.finfo(np.float32).max)), np.uint64)
+    while np.any(a < b):
+        mid = a + (b - a) // 2
+        up = _level(_unkey(mid), lo, hi, s) >= r
+        a, b = np.where(up | (a >= b), a, mid + 1), np.where(up & (a < b), mid, b)
+    return a.astype(_U32)
+
+
+def _pass(y: np.ndarray, t: np.ndarray, refs: np.ndarray):
+    """Specifies ifmr/runs.rs::pass: per-interval count, sum of ``v - ref`` and of its square, per chunk of
+    ``PASS_CHUNK`` values in order, the chunks added in order."""
+    m = refs.size
+    total = None
+    for c in range(0, y.size, PASS_CHUNK):
+        yc = y[c:c + PASS_CHUNK]
+        j = np.searchsorted(t, _key(yc), side="right")
+        w = yc.astype(np.float64) - refs[j]
+        part = (np.bincount(j, minlength=m).astype(np.float64), np.bincount(j, w, m), np.bincount(j, w * w, m))
+        total = part if total is None else tuple(a + b for a, b in zip(total, part))
+    return total if total is not None else tuple(np.zeros(m) for _ in range(3))
+
+
+def _run_batch(y: np.ndarray, count: int, cands: list, ths: list) -> list:
+    """Specifies ifmr/runs.rs::RunLoss::batch."""
+    t = np.unique(np.concatenate(ths)) if ths else np.zeros(0, _U32)
+    t = t.astype(_U32)
+    refs = np.concatenate([_unkey(t[:1]), _unkey(t)]).astype(np.float64) if t.size else np.zeros(1)
+    refs[np.searchsorted(_unkey(t), np.float32(0), side="right")] = 0.0  # the interval that holds 0
+    n, d1, d2 = _pass(y, t, refs)
     out = []
-    for lo, hi, s in cands:
-        e = np.rint(np.clip(x, lo, hi) / s) * s - x
-        buf[:n] = e
-        np.multiply(buf, buf, out=buf)
-        b = buf.reshape(nch, CHUNK // LANES, LANES)
-        np.cumsum(b, axis=1, out=b)  # sequential per lane
-        chunk_sums = _combine_lanes(b[:, -1, :])
-        out.append(float(np.cumsum(chunk_sums)[-1]) / max(n + zeros, 1))
-        buf[n:] = 0.0
+    for (lo, hi, s), th in zip(cands, ths):
+        bounds = np.searchsorted(t, th, side="left") + 1
+        i = np.searchsorted(bounds, np.arange(refs.size), side="right")
+        cj = ((_level(lo, lo, hi, s) + i.astype(np.float32)) * f32(s)).astype(np.float64) - refs
+        terms = np.maximum(n * cj * cj - 2.0 * cj * d1 + d2, 0.0)
+        out.append(float(np.cumsum(terms)[-1]) / max(count, 1))
+    return out
+
+
+def run_losses(x: np.ndarray, cands: list, zeros: int = 0) -> list:
+    """Specifies ifmr/runs.rs::RunLoss::losses: candidates in batches of at most ``MAX_THRESHOLDS`` thresholds
+    (one candidate may exceed it alone), one pass over the data per batch."""
+    y = np.asarray(x, np.float32).reshape(-1)
+    ths = [thresholds(*c) for c in cands]
+    out, start = [], 0
+    while start < len(cands):
+        end, held = start + 1, ths[start].size
+        while end < len(cands) and held + ths[end].size <= MAX_THRESHOLDS:
+            held += ths[end].size
+            end += 1
+        out += _run_batch(y, y.size + zeros, cands[start:end], ths[start:end])
+        start = end
     return out
 
 
@@ -266,7 +320,7 @@ def ifmr(x, options: IfmrOptions = IfmrOptions(), zeros: int = 0) -> IfmrResult:
     if x.size == 0 and zeros == 0:
         raise EmptyInputError("IFMR needs at least one value")
     max0, min0 = percentile_init(x, o.max_percentile, o.min_percentile, zeros)
-    return _search(lambda c: data_losses(x, c, zeros), max0, min0, o.bits, o.symmetric, o.search_start,
+    return _search(lambda c: run_losses(x, c, zeros), max0, min0, o.bits, o.symmetric, o.search_start,
                    o.search_end, o.search_step, o.search_extend, o.search_2d)
 
 
@@ -281,7 +335,7 @@ def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()
     if x is not None:
         x = np.asarray(x, np.float32).reshape(-1)
         check_finite(x)
-        losses = lambda cs: data_losses(x, cs)  # noqa: E731
+        losses = lambda cs: run_losses(x, cs)  # noqa: E731
     else:
         losses = lambda cs: hist_losses(c, lo, hi, cs)  # noqa: E731
     return _search(losses, max0, min0, o.bits, o.symmetric, o.search_start, o.search_end, o.search_step,

@@ -14,14 +14,47 @@ pub fn rank(p: f64, n: usize) -> usize {
     k.clamp(1, n.max(1))
 }
 
+/// Up to this many order statistics per chunk are kept in one pass instead of selected from a copy.
+const STREAM_K: usize = 64;
+
+/// The `k` largest values of `chunk` (`largest`) or its `k` smallest, in one pass. A value `v` is taken as
+/// `u = sign * v` (negation reverses `total_cmp` exactly) and enters the kept few, ascending, when it comes after
+/// the first of them; once they are full, a block of values whose largest `u` is below that first one (by value,
+/// which `total_cmp` agrees with except between -0 and 0, where the check lets both through) is skipped whole.
+fn kept(chunk: &[f32], k: usize, largest: bool) -> Vec<f32> {
+    let sign = if largest { 1.0f32 } else { -1.0 };
+    let mut few: Vec<f32> = Vec::with_capacity(k + 1);
+    for block in chunk.chunks(64) {
+        if few.len() == k && !block.iter().fold(false, |hit, &v| hit | (sign * v >= few[0])) {
+            continue;
+        }
+        for &v in block {
+            let u = sign * v;
+            if few.len() < k || u.total_cmp(&few[0]).is_gt() {
+                let at = few.partition_point(|f| f.total_cmp(&u).is_le());
+                few.insert(at, u);
+                if few.len() > k {
+                    few.remove(0);
+                }
+            }
+        }
+    }
+    few.into_iter().map(|u| sign * u).collect()
+}
+
 /// The `k_max`-th largest and the `k_min`-th smallest value of `chunk`, as the two ends of a copy that
 /// holds at least those values: the bottom `k_min` and the top `k_max` (the whole chunk when they overlap).
 fn extremes(chunk: &[f32], k_max: usize, k_min: usize) -> Vec<f32> {
-    let mut v = chunk.to_vec();
-    let n = v.len();
+    let n = chunk.len();
     if k_max + k_min >= n {
-        return v;
+        return chunk.to_vec();
     }
+    if k_max + k_min <= STREAM_K {
+        let mut out = kept(chunk, k_min, false);
+        out.extend(kept(chunk, k_max, true));
+        return out;
+    }
+    let mut v = chunk.to_vec();
     v.select_nth_unstable_by(k_min - 1, f32::total_cmp);
     let rest = &mut v[k_min..];
     let m = rest.len();
@@ -109,16 +142,20 @@ pub fn store_nonzero(x: &[f32], out: &mut [f32]) -> Result<(usize, usize)> {
         jobs.push((c, dst));
         rest = tail;
     }
-    // Branch-free compaction through a scratch copy of the chunk: which values are zero is data, and a branch
+    // Branch-free compaction through a scratch block on the stack: which values are zero is data, and a branch
     // on it is mispredicted half the time on a ReLU's output (ten times slower).
     let copy = |(c, dst): (&[f32], &mut [f32])| {
-        let mut tmp = vec![0f32; c.len() + 1];
-        let mut j = 0;
-        for &v in c {
-            tmp[j] = v;
-            j += usize::from(v != 0.0);
+        let mut tmp = [0f32; 1025];
+        let mut at = 0;
+        for block in c.chunks(1024) {
+            let mut j = 0;
+            for &v in block {
+                tmp[j] = v;
+                j += usize::from(v != 0.0);
+            }
+            dst[at..at + j].copy_from_slice(&tmp[..j]);
+            at += j;
         }
-        dst.copy_from_slice(&tmp[..dst.len()]);
     };
     if x.len() < PAR_THRESHOLD {
         jobs.into_iter().for_each(copy);

@@ -2,13 +2,15 @@
 //! search over candidate clips that minimizes the quantize-dequantize MSE.
 //!
 //! - `init`: the percentile initialisation, exact (§3.2) or from a histogram (§3.5).
-//! - `loss`: candidate losses on the raw data or on a histogram, deterministic for any thread count.
+//! - `loss`: the candidate and its error; candidate losses on a histogram.
+//! - `runs`: candidate losses on the raw data, exact, from per-interval sums of one pass per batch of candidates.
 //! - `search`: the 1-D window (AMCT), its extension (decision 10), the lower-bound search for negative-only
 //!   data (§3.5) and the opt-in 2-D search (§3.3).
 
 pub mod init;
 pub mod loss;
 pub mod search;
+pub mod runs;
 
 use crate::error::{QuantError, Result};
 use crate::qparams::{from_range, QParams};
@@ -16,7 +18,8 @@ use crate::scheme::Scheme;
 use crate::stop::Stop;
 
 pub use init::{histogram_init, percentile_init, store_nonzero};
-pub use loss::{Cand, DataLoss, HistLoss, Loss};
+pub use loss::{Cand, HistLoss, Loss};
+pub use runs::RunLoss;
 pub use search::{Bound, Space};
 
 /// More candidates than this is a configuration mistake (AMCT's docs warn that it looks like a hang).
@@ -139,7 +142,7 @@ pub fn ifmr(x: &[f32], zeros: usize, o: &IfmrOptions, stop: &Stop) -> Result<Ifm
         return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
     }
     let (max0, min0) = percentile_init(x, zeros, o.max_percentile, o.min_percentile)?;
-    search_from(&DataLoss { x, zeros, stop }, max0, min0, o)
+    search_from(&RunLoss { x, zeros, stop }, max0, min0, o)
 }
 
 /// IFMR from a histogram (`counts` over `nbins` equal bins of `[lo, hi]`, §3.5): percentiles from the
@@ -163,7 +166,7 @@ pub fn ifmr_histogram(
             if x.is_empty() {
                 return Err(QuantError::EmptyInput { what: "IFMR needs at least one value" });
             }
-            search_from(&DataLoss { x, zeros: 0, stop }, max0, min0, o)
+            search_from(&RunLoss { x, zeros: 0, stop }, max0, min0, o)
         }
         None => search_from(&HistLoss::new(counts, lo, hi), max0, min0, o),
     }

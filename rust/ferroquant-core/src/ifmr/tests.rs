@@ -58,7 +58,7 @@ fn negative_only_searches_the_lower_bound() {
     assert_eq!(r.bound, Bound::Min);
     assert_eq!(r.zero_point, 127);
     assert!(r.ratio < 1.0);
-    let fixed = search_from(&DataLoss { x: &x, zeros: 0, stop: &NEVER }, 0.0, r.min_init, &IfmrOptions { search_start: 1.0, search_end: 1.01, search_step: 0.01, search_extend: false, ..amct() }).unwrap();
+    let fixed = search_from(&RunLoss { x: &x, zeros: 0, stop: &NEVER }, 0.0, r.min_init, &IfmrOptions { search_start: 1.0, search_end: 1.01, search_step: 0.01, search_extend: false, ..amct() }).unwrap();
     assert!(r.loss < fixed.loss);
 }
 
@@ -138,7 +138,9 @@ fn zeros_left_out_give_the_same_result() {
         let a = ifmr(&full, 0, &o, &NEVER).unwrap();
         let b = ifmr(&nz, full.len() - nz.len(), &o, &NEVER).unwrap();
         assert_eq!((a.scale, a.zero_point, a.clip_min, a.clip_max, a.index), (b.scale, b.zero_point, b.clip_min, b.clip_max, b.index));
-        assert!((a.loss - b.loss).abs() <= 1e-12 * a.loss, "{} vs {}", a.loss, b.loss);
+        // The zeros fall in an interval whose sums are taken about its reference value: the same loss up to
+        // f64 rounding.
+        assert!((a.loss - b.loss).abs() <= 1e-10 * a.loss, "{} vs {}", a.loss, b.loss);
     }
     let all_zero = ifmr(&[], 50, &amct(), &NEVER).unwrap();
     let stored = ifmr(&[0.0; 50], 0, &amct(), &NEVER).unwrap();
