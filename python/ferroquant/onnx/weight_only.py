@@ -219,16 +219,22 @@ def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fm
     return out
 
 
-def save_weight_only(wom: WeightOnlyModel, save_path: Union[str, Path]) -> Dict[str, Path]:
-    """Write ``<save_path>_deploy.onnx`` (the weight-only model) and ``<save_path>_quant_record.json`` (every
-    layer's groups: scales and zero points per output column)."""
+def write_weight_only_files(deploy: onnx.ModelProto, record: Dict[str, Any],
+                            save_path: Union[str, Path]) -> Dict[str, Path]:
+    """Write ``<save_path>_deploy.onnx`` (a weight-only model) and ``<save_path>_quant_record.json``."""
     base = Path(save_path)
     paths = {"deploy": Path(f"{base}_deploy.onnx"), "record": Path(f"{base}_quant_record.json")}
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
-    save_onnx(wom.export(), paths["deploy"])
-    paths["record"].write_text(dumps(wom.record()) + "\n", encoding="utf-8")
+    save_onnx(deploy, paths["deploy"])
+    paths["record"].write_text(dumps(record) + "\n", encoding="utf-8")
     return paths
 
 
+def save_weight_only(wom: WeightOnlyModel, save_path: Union[str, Path]) -> Dict[str, Path]:
+    """Write ``<save_path>_deploy.onnx`` (the weight-only model) and ``<save_path>_quant_record.json`` (every
+    layer's groups: scales and zero points per output column)."""
+    return write_weight_only_files(wom.export(), wom.record(), save_path)
+
+
 __all__ = ["WeightOnlyModel", "collect_statistics", "export_weight_only", "quantize_weights_only",
-           "save_weight_only", "weight_only_layers"]
+           "save_weight_only", "weight_only_layers", "write_weight_only_files"]

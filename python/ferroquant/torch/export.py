@@ -21,12 +21,16 @@ import onnx
 import torch
 from torch import nn
 
+from ferroquant.config.weight_only import WeightOnlyConfig
 from ferroquant.errors import ModelError
 from ferroquant.onnx.api import write_outputs
 from ferroquant.onnx.graph import GraphView
-from ferroquant.onnx.io import load_model
+from ferroquant.onnx.io import fold_constant_transposes, load_model
 from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.weight_only import export_weight_only, weight_only_layers
+from ferroquant.onnx.weight_only import write_weight_only_files  # noqa: F401 - torch/weight_only writes through it
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
+from ferroquant.quant.weight_only import WeightOnlyQuant
 from ferroquant.quant.weights import layer_quant
 from ferroquant.torch.prepare import (
     InputData,
@@ -78,6 +82,31 @@ def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
         raise ModelError(f"no ONNX Conv/ConvTranspose/Gemm/MatMul reads the weights of {missing} after export "
                          "(the layer may not be called by forward, or its weight is transformed before use)")
     return out
+
+
+def export_weight_only_onnx(model: nn.Module, input_data: InputData, quants: Mapping[str, WeightOnlyQuant], fmt: str,
+                            accuracy_level: Optional[int] = None) -> onnx.ModelProto:
+    """The weight-only ONNX model of a torch model whose layers ``quants`` (module name -> quantized weight) run
+    as plain linear layers with parameter-named weights: exported in float, constant weight transposes folded,
+    each layer found by its weight initializer (``<name>.weight``) and replaced by the ONNX flow's exporter."""
+    m = export_float_onnx(model, input_data)
+    folded = fold_constant_transposes(m)
+    by_weight = {l.weight: l for l in weight_only_layers(m, WeightOnlyConfig())}
+    out, missing = [], []
+    for name, wq in quants.items():
+        w = f"{name}.weight"
+        l = by_weight.get(folded.get(w, w))
+        if l is None:
+            missing.append(name)
+            continue
+        if (l.k, l.n) != tuple(wq.quant.codes.shape):
+            raise ModelError(f"layer {name!r}: the exported weight is [K={l.k}, N={l.n}], the codes "
+                             f"{list(wq.quant.codes.shape)}")
+        out.append(WeightOnlyQuant(l, wq.quant, wq.algorithm, wq.input_divisor, wq.details))
+    if missing:
+        raise ModelError(f"no ONNX MatMul/Gemm reads the weights of {missing} after export (the layer may not be "
+                         "called by forward, or its weight is transformed before use)")
+    return export_weight_only(m, out, fmt, accuracy_level)
 
 
 def write_quant_files(onnx_model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],
