@@ -136,7 +136,7 @@ def perplexity(path: Path, held: np.ndarray, batch: int = 32) -> float:
     nll, count = 0.0, 0
     for i in range(0, n, batch):
         rows = np.stack([held[j * CTX:j * CTX + CTX + 1] for j in range(i, min(i + batch, n))])
-        logits = sess.run(None, {"ids": rows[:, :-1]})[0].astype(np.float64)
+        logits = sess.run(None, {sess.get_inputs()[0].name: rows[:, :-1]})[0].astype(np.float64)
         logits -= logits.max(axis=-1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
         nll -= float(np.take_along_axis(logp, rows[:, 1:, None], axis=-1).sum())
