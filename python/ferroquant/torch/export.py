@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -27,6 +27,7 @@ from ferroquant.onnx.api import write_outputs
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import fold_constant_transposes, load_model
 from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.smooth import smooth_groups
 from ferroquant.onnx.weight_only import export_weight_only, weight_only_layers
 from ferroquant.onnx.weight_only import write_weight_only_files  # noqa: F401 - torch/weight_only writes through it
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
@@ -61,6 +62,36 @@ def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bo
     finally:
         model.train(was)
     return load_model(onnx.load_from_string(buf.getvalue()))
+
+
+def export_layers_onnx(model: nn.Module, input_data: InputData) -> onnx.ModelProto:
+    """:func:`export_float_onnx` with the ``Transpose`` of each constant folded (torch writes ``nn.Linear`` on
+    3-D inputs, or without bias, as ``MatMul(x, Transpose(weight))``): every Linear is then a MatMul or Gemm with
+    a constant weight, the weight initializer still named ``<layer>.weight`` when nothing else reads it."""
+    m = export_float_onnx(model, input_data)
+    fold_constant_transposes(m)
+    return m
+
+
+def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tuple[str, Tuple[str, ...]]],
+                                                                        List[Tuple[str, str]]]:
+    """The SmoothQuant groups of a torch model, found on its ONNX export by the ONNX flow's rules
+    (:func:`ferroquant.onnx.smooth.smooth_groups`): ``(norm module, linear modules)`` for each ``nn.LayerNorm``
+    (a per-channel affine ``Mul -> Add`` in the export) whose output only ``nn.Linear`` layers read, and
+    ``(ONNX node, reason)`` for the normalizations left alone."""
+    modules = dict(model.named_modules())
+    groups, skipped = smooth_groups(export_layers_onnx(model, input_data))
+    out = []
+    for g in groups:
+        norm = g.scale[:-len(".weight")] if g.scale.endswith(".weight") else None
+        lins = [w[:-len(".weight")] if w.endswith(".weight") else None for w in g.weights]
+        bias_ok = g.bias is None or g.bias == f"{norm}.bias"
+        if norm not in modules or not bias_ok or not all(isinstance(modules.get(n), nn.Linear) for n in lins):
+            skipped.append((g.norm, "its scale/bias or its readers' weights are not the parameters of one "
+                                    "normalization module and nn.Linear layers"))
+            continue
+        out.append((norm, tuple(lins)))
+    return out, skipped
 
 
 def initializer(onnx_model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:

@@ -30,7 +30,7 @@ from ferroquant.ops import GroupQuant
 from ferroquant.quant.weight_only import InputStatistics, WeightOnlyLayer, WeightOnlyQuant, quantize_layer, record_entry
 from ferroquant.torch.export import export_weight_only_onnx, write_weight_only_files
 from ferroquant.torch.layers import layer_type_of
-from ferroquant.torch.prepare import InputData
+from ferroquant.torch.prepare import InputData, call_model
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -181,15 +181,6 @@ class InputTaps:
         self._hooks = []
 
 
-def _call(model: nn.Module, batch: Any) -> None:
-    if isinstance(batch, Mapping):
-        model(**batch)
-    elif isinstance(batch, (tuple, list)):
-        model(*batch)
-    else:
-        model(batch)
-
-
 def calibrate(model: nn.Module, layers: Mapping[str, nn.Module], cfg: WeightOnlyConfig,
               batches: Iterable[Any]) -> Tuple[Dict[str, InputStatistics], int]:
     """Run at most ``cfg.batch_num`` batches (tensors, tuples of tensors, or mappings of keyword arguments)
@@ -200,7 +191,7 @@ def calibrate(model: nn.Module, layers: Mapping[str, nn.Module], cfg: WeightOnly
             for batch in batches:
                 if cfg.batch_num is not None and taps.batches >= cfg.batch_num:
                     break
-                _call(model, batch)
+                call_model(model, batch)
                 taps.end_batch()
     finally:
         taps.remove()
