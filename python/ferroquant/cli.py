@@ -56,6 +56,9 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
                    help="keep every layer of this op type in float (Conv, ConvTranspose, Gemm, MatMul)")
+    g.add_argument("--activation-matmul", action="store_true",
+                   help="also quantize attention's activation x activation MatMuls (Q.K^T, P.V) per tensor "
+                        "(off by default: it costs accuracy on the transformers measured)")
     m = p.add_argument_group("accuracy methods (off by default)")
     for flag, text in METHOD_SWITCHES:
         m.add_argument(flag, action="store_true", help=text)
@@ -174,7 +177,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
-                                                  "per_channel_depthwise", "smooth_quant") if getattr(args, k, None)]
+                                                  "per_channel_depthwise", "smooth_quant", "activation_matmul")
+             if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
@@ -205,6 +209,7 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     prepared = prepare_model(model, loaded=True)
     cfg = create_quant_config(None, prepared, skip_layers=args.skip, batch_num=None, symmetric=args.symmetric,
                               skip_layer_types=args.skip_type,
+                              activation_matmul=True if getattr(args, "activation_matmul", False) else None,
                               config_defination={"common_config": {"activation": act, "weight": wts},
                                                  "methods": methods})
     return model, prepared, cfg

@@ -92,12 +92,15 @@ class OpRule:
       input 0 when that input is quantized, so the runtime can run it on integers and nothing is calibrated.
     - ``absorbs``: an activation (Relu, Clip) that a target removes into the quantization of its input's
       producer, since an asymmetric grid that starts at 0 (and ends within the clip) clamps like it.
+    - ``opt_in``: the rule applies only where a profile's policy or the config turns this name on
+      (:data:`OPT_INS`); None: always.
     """
 
     op_type: str
     placements: Mapping[str, Placement] = field(default_factory=dict)
     carries: bool = False
     absorbs: bool = False
+    opt_in: Optional[str] = None
 
     def placement(self, target: str) -> Optional[Placement]:
         return self.placements.get(target)
@@ -129,7 +132,14 @@ OP_RULES: Dict[str, OpRule] = {r.op_type: r for r in (
     OpRule("Clip", {"onnxruntime": Placement(inputs=(), output=True)}, absorbs=True),
     *(_carry(op) for op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool",
                             "Resize", "Slice", "Split", "DepthToSpace", "SpaceToDepth")),
+    # attention's activation x activation MatMuls (Q.K^T, P.V): both inputs per tensor, the output float
+    # (onnxruntime: MatMulIntegerToFloat); MatMuls with a constant weight are layers, never matched here
+    OpRule("MatMul", {"onnxruntime": Placement((0, 1), False), "tensorrt": Placement((0, 1), False)},
+           opt_in="activation_matmul"),
 )}
+
+#: The names an :class:`OpRule` may be opted in by (a profile's ``opt_in``, or the config's key of that name).
+OPT_INS: Tuple[str, ...] = tuple(sorted({r.opt_in for r in OP_RULES.values() if r.opt_in}))
 
 
 def _gemm_refuse(attr: Attr, ndim: int) -> Optional[str]:
@@ -175,5 +185,5 @@ def folding_producer(op_type: str, domain: str = "") -> Optional[LayerType]:
     return t if t is not None and t.fold is not None else None
 
 
-__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OP_RULES", "OpRule", "Placement", "QAT_MODULES", "QUANTIZABLE_TYPES", "REGISTRY",
-           "TORCH_MODULES", "folding_producer", "layer_type", "no_attrs"]
+__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OPT_INS", "OP_RULES", "OpRule", "Placement", "QAT_MODULES",
+           "QUANTIZABLE_TYPES", "REGISTRY", "TORCH_MODULES", "folding_producer", "layer_type", "no_attrs"]
