@@ -73,6 +73,8 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--weight-format", choices=WEIGHT_ONLY_FORMATS,
                    help="weight-only export: matmulnbits (default) or qdq (opset-21 blocked DequantizeLinear)")
     g.add_argument("--symmetric-weights", action="store_true", help="weight-only: no zero points")
+    g.add_argument("--embeddings", action="store_true",
+                   help="weight-only: also the Gather tables (embeddings), group-wise per row (RTN)")
     return p
 
 
@@ -289,8 +291,8 @@ def _weight_only_config(args: argparse.Namespace):  # noqa: ANN202 - a WeightOnl
     from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 
     flags = {"bits": args.weight_bits, "group_size": args.group_size, "format": args.weight_format}
-    given = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "group_size", "weight_format", "symmetric_weights")
-             if getattr(args, k)]
+    given = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "group_size", "weight_format", "symmetric_weights",
+                                                  "embeddings") if getattr(args, k)]
     if getattr(args, "config", None) and has_weight_only_section(args.config):
         if given or args.wts_algo:
             raise ConfigError(f"--config cannot be combined with {', '.join(given + ['--wts-algo'])}")
@@ -305,7 +307,7 @@ def _weight_only_config(args: argparse.Namespace):  # noqa: ANN202 - a WeightOnl
         raise ConfigError(f"--weight-only takes --wts-algo {'/'.join(WEIGHT_ONLY_ALGORITHMS)}, got {args.wts_algo}")
     opts = {k: v for k, v in flags.items() if v is not None}
     return WeightOnlyConfig(algorithm=args.wts_algo or "rtn", symmetric=args.symmetric_weights,
-                            skip_layers=tuple(args.skip), batch_num=args.batch_num, **opts)
+                            skip_layers=tuple(args.skip), batch_num=args.batch_num, embeddings=args.embeddings, **opts)
 
 
 def _cmd_weight_only(args: argparse.Namespace, cfg: Any) -> int:

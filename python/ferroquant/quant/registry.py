@@ -163,6 +163,23 @@ REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
               placements={"onnxruntime": ORT_IN, "tensorrt": TRT_IN}, weight_only=True),
 )}
 
+@dataclass(frozen=True)
+class TableType:
+    """An op that looks rows up in a constant table (embeddings), quantized weight-only (group-wise along the
+    table's last axis, one set of groups per row) when the weight-only config turns ``embeddings`` on:
+    ``table_input`` holds the constant 2-D table, ``indices_input`` the row indices, ``axis`` the attribute
+    that must be 0 (rows gathered). Exported as blocked DequantizeLinear feeding the op, or as onnxruntime's
+    ``com.microsoft`` ``fused`` op."""
+
+    op_type: str
+    table_input: int = 0
+    indices_input: int = 1
+    fused: Optional[str] = None
+
+
+#: Weight-only lookup tables by op type.
+TABLES: Dict[str, TableType] = {t.op_type: t for t in (TableType("Gather", fused="GatherBlockQuantized"),)}
+
 #: The op types a config may name, in registry order.
 QUANTIZABLE_TYPES: Tuple[str, ...] = tuple(REGISTRY)
 #: torch.nn class name -> its entry.
@@ -186,4 +203,5 @@ def folding_producer(op_type: str, domain: str = "") -> Optional[LayerType]:
 
 
 __all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OPT_INS", "OP_RULES", "OpRule", "Placement", "QAT_MODULES",
-           "QUANTIZABLE_TYPES", "REGISTRY", "TORCH_MODULES", "folding_producer", "layer_type", "no_attrs"]
+           "QUANTIZABLE_TYPES", "REGISTRY", "TABLES", "TORCH_MODULES", "TableType", "folding_producer", "layer_type",
+           "no_attrs"]
