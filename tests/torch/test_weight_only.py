@@ -174,6 +174,8 @@ def test_bad_input_is_a_clear_error_naming_the_layer():
         quantize_torch_weights_only(model, batches, WeightOnlyConfig(), bits=8)
     with pytest.raises(ConfigError, match="no nn.Linear"):
         quantize_torch_weights_only(nn.Sequential(nn.ReLU()), batches)
+    with pytest.raises(ConfigError, match="weight_only.embeddings"):
+        quantize_torch_weights_only(model, batches, embeddings=True)
     with pytest.raises(ConfigError, match="group_size"):
         quantize_torch_weights_only(model, batches, group_size=24)  # MatMulNBits needs a power of two
 

@@ -282,6 +282,9 @@ def quantize_torch_weights_only(model: nn.Module, calibration_batches: Optional[
     cfg = WeightOnlyConfig(**config_kwargs) if config is None else load_weight_only_config(config)
     if batch_num is not None:
         cfg = replace(cfg, batch_num=batch_num)
+    if cfg.embeddings:
+        raise ConfigError("field 'weight_only.embeddings': the torch path quantizes nn.Linear layers only; export "
+                          "the model to ONNX and quantize it with ferroquant.onnx for the Gather tables")
     work = model if inplace else copy.deepcopy(model)
     work.eval()
     layers = linear_layers(work, cfg.skip_layers)
