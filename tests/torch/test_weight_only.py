@@ -186,8 +186,16 @@ def test_bad_input_is_a_clear_error_naming_the_layer():
 
     with pytest.raises(DataError, match="spare"):
         quantize_torch_weights_only(Unused(), batches, algorithm="awq", group_size=16)
-    res = quantize_torch_weights_only(Unused(), batches, group_size=16)  # RTN needs no data, but export does
-    with pytest.raises(ModelError, match="spare"):
+    res = quantize_torch_weights_only(Unused(), batches, group_size=16)  # RTN needs no data
+    with pytest.warns(UserWarning, match="spare"):  # the exporter drops a layer forward never calls
+        assert [n.op_type for n in res.export().graph.node].count("MatMulNBits") == 3
+
+    class Transformed(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(torch.relu(self.q(x) + self.k(x)), self.fc.weight * 2)
+
+    res = quantize_torch_weights_only(Transformed(), batches, group_size=16)
+    with pytest.raises(ModelError, match="'fc'"):
         res.export()
 
 

@@ -45,19 +45,24 @@ from ferroquant.torch.prepare import (
 OPSET = 13
 
 
-def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (axis 0 of the inputs
-    and the output dynamic), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
+def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
+                      opset: int = OPSET, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
+                      ) -> onnx.ModelProto:
+    """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (inputs ``input`` or
+    ``input0``, ``input1``..., output ``output``; axis 0 of each dynamic, or ``dynamic_axes`` as torch takes
+    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
     args = input_data if isinstance(input_data, tuple) else (input_data,)
     was = model.training
     model.eval()
     buf = io.BytesIO()
     names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
+    if dynamic_axes is not None:
+        dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=OPSET,
+            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=opset,
                               input_names=names, output_names=["output"], dynamic_axes=dynamic)
     finally:
         model.train(was)
@@ -116,27 +121,32 @@ def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
 
 
 def export_weight_only_onnx(model: nn.Module, input_data: InputData, quants: Mapping[str, WeightOnlyQuant], fmt: str,
-                            accuracy_level: Optional[int] = None) -> onnx.ModelProto:
+                            accuracy_level: Optional[int] = None, opset: int = OPSET,
+                            dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> onnx.ModelProto:
     """The weight-only ONNX model of a torch model whose layers ``quants`` (module name -> quantized weight) run
     as plain linear layers with parameter-named weights: exported in float, constant weight transposes folded,
     each layer found by its weight initializer (``<name>.weight``) and replaced by the ONNX flow's exporter."""
-    m = export_float_onnx(model, input_data)
+    m = export_float_onnx(model, input_data, opset=opset, dynamic_axes=dynamic_axes)
     folded = fold_constant_transposes(m)
     by_weight = {l.weight: l for l in weight_only_layers(m, WeightOnlyConfig())}
-    out, missing = [], []
+    present = {t.name for t in m.graph.initializer}
+    out, missing, unused = [], [], []
     for name, wq in quants.items():
-        w = f"{name}.weight"
-        l = by_weight.get(folded.get(w, w))
+        w = folded.get(f"{name}.weight", f"{name}.weight")
+        l = by_weight.get(w)
         if l is None:
-            missing.append(name)
+            (missing if w in present else unused).append(name)
             continue
         if (l.k, l.n) != tuple(wq.quant.codes.shape):
             raise ModelError(f"layer {name!r}: the exported weight is [K={l.k}, N={l.n}], the codes "
                              f"{list(wq.quant.codes.shape)}")
         out.append(WeightOnlyQuant(l, wq.quant, wq.algorithm, wq.input_divisor, wq.details))
     if missing:
-        raise ModelError(f"no ONNX MatMul/Gemm reads the weights of {missing} after export (the layer may not be "
-                         "called by forward, or its weight is transformed before use)")
+        raise ModelError(f"no ONNX MatMul/Gemm reads the weights of {missing} after export (their weight is "
+                         "transformed before use)")
+    if unused:  # never called, or their outputs feed nothing the export returns: the exporter dropped them
+        warnings.warn(f"layers {unused} are not in the exported graph (not called, or their outputs are unused): "
+                      "nothing to write for them", stacklevel=3)
     return export_weight_only(m, out, fmt, accuracy_level)
 
 

@@ -229,12 +229,16 @@ class TorchWeightOnlyResult:
                             "batch was seen")
         return example
 
-    def export(self, input_data: Optional[InputData] = None) -> onnx.ModelProto:
+    def export(self, input_data: Optional[InputData] = None, opset: int = 17,
+               dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> onnx.ModelProto:
         """The ONNX model the ONNX flow would write for these weights (``config.format``: ``MatMulNBits`` or
-        opset-21 blocked DequantizeLinear; AWQ's input division as a Div node)."""
+        opset-21 blocked DequantizeLinear; AWQ's input division as a Div node), exported by torch's TorchScript
+        exporter at ``opset`` (17: ``LayerNormalization`` as one op; ``qdq`` converts the model to 21). Inputs
+        are named ``input`` (``input0``, ``input1``... for a tuple), the output ``output``; axis 0 of each is
+        dynamic unless ``dynamic_axes`` says otherwise (e.g. ``{"input0": {0: "batch", 1: "seq"}, ...}``)."""
         with float_export_mode(self.model):
             return export_weight_only_onnx(self.model, self._example(input_data), self.quants, self.config.format,
-                                           self.config.accuracy_level)
+                                           self.config.accuracy_level, opset, dynamic_axes)
 
     def record(self) -> Dict[str, Any]:
         """The record of the ONNX flow (``kind`` weight_only): every layer's groups, scales (and zero points)
@@ -242,9 +246,11 @@ class TorchWeightOnlyResult:
         return {"kind": "weight_only", "source": "torch", "config": self.config.to_json()["weight_only"],
                 "batches": self.batches, "layers": {n: record_entry(q) for n, q in self.quants.items()}}
 
-    def save(self, save_path: Union[str, Path], input_data: Optional[InputData] = None) -> Dict[str, Path]:
-        """``<save_path>_deploy.onnx`` and ``<save_path>_quant_record.json``, as the ONNX flow writes them."""
-        return write_weight_only_files(self.export(input_data), self.record(), save_path)
+    def save(self, save_path: Union[str, Path], input_data: Optional[InputData] = None, opset: int = 17,
+             dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> Dict[str, Path]:
+        """``<save_path>_deploy.onnx`` and ``<save_path>_quant_record.json``, as the ONNX flow writes them
+        (export options as :meth:`export`)."""
+        return write_weight_only_files(self.export(input_data, opset, dynamic_axes), self.record(), save_path)
 
 
 def _first(batches: Iterable[Any]) -> Tuple[Optional[Any], Iterable[Any]]:
