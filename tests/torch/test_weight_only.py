@@ -123,6 +123,10 @@ def test_state_dict_holds_the_integers_and_reloads(tmp_path):
     x = _batches(1, seed=4)[0]
     with torch.no_grad():
         assert_array_equal(other.model(x).numpy(), res.model(x).numpy())
+    torch.save(res.model, tmp_path / "whole.pt")  # the whole quantized model pickles too
+    again = torch.load(tmp_path / "whole.pt", weights_only=False)
+    with torch.no_grad():
+        assert_array_equal(again(x).numpy(), res.model(x).numpy())
 
 
 def test_record_lists_every_groups_scale_and_save_writes_the_onnx_flows_files(tmp_path):

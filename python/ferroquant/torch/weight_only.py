@@ -38,6 +38,11 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _refresh_after_load(module: "WeightOnlyLinear", _incompatible_keys: Any) -> None:
+    """A module-level hook (a lambda would keep the model from pickling with ``torch.save``)."""
+    module.refresh_weight()
+
+
 class WeightOnlyLinear(nn.Module):
     """An ``nn.Linear`` whose weight is group-quantized: buffers ``codes`` ``[K, N]`` uint8, ``scale`` and
     ``zero_point`` ``[G, N]`` (groups of ``group_size`` inputs), ``input_divisor`` ``[K]`` (AWQ: the input is
@@ -58,7 +63,7 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("input_divisor", div)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.register_buffer("weight", self._dequantized(), persistent=False)
-        self.register_load_state_dict_post_hook(lambda mod, _keys: mod.refresh_weight())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         self._export_float = False
 
     def group_quant(self) -> GroupQuant:
