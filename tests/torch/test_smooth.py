@@ -125,3 +125,14 @@ def test_nan_in_the_norms_output_names_it():
     data[1][0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="normalization 'ln1'"):
         fqt.quantize_torch_model(model, data, methods={"smooth_quant": {"enabled": True}})
+
+
+def test_models_returning_several_outputs_are_balanced_too():
+    class Two(Block):
+        def forward(self, x: torch.Tensor):  # noqa: ANN201 - a tuple, as transformers models return
+            y = super().forward(x)
+            return y, y.sum(-1)
+
+    res = fqt.quantize_torch_model(Two(4, outlier=20.0), _batches(4), methods={"smooth_quant": {"enabled": True}})
+    entry = res.extra["methods"]["smooth_quant"]
+    assert len(entry["groups"]) == 2 and entry["fp32_max_relative_difference"] < 1e-5

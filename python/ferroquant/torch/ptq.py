@@ -152,13 +152,18 @@ def _smooth(work: nn.Module, example: Any, params: SmoothQuantParams, batches: I
     how far the balanced float model's output moved (``max |after - before| / max |before|``, one batch)."""
     groups, skipped = norm_linear_groups(work, example)
     with torch.no_grad():
-        before = work(*_args(example)) if groups else None
+        before = _tensors(work(*_args(example))) if groups else []
         done = balance_(work, groups, params, batches, limit)
-        change = None
-        if groups:
-            after = work(*_args(example))
-            change = float((after - before).abs().max() / before.abs().max().clamp_min(1e-30))
+        after = _tensors(work(*_args(example))) if groups else []
+    change = max((float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(after, before)),
+                 default=None)
     return smooth_report(done, skipped, change)
+
+
+def _tensors(out: Any) -> list:
+    """The float tensors of a model's output (a tensor, a tuple/list, or a mapping such as a ModelOutput)."""
+    items = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else [out]
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 __all__ = ["TorchPtqResult", "quantize_torch_model", "torch_ptq_config"]
