@@ -56,6 +56,9 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--skip", metavar="NAME", action="append", default=[], help="keep this layer in float")
     g.add_argument("--skip-type", metavar="OP", action="append", default=[],
                    help="keep every layer of this op type in float (Conv, ConvTranspose, Gemm, MatMul)")
+    g.add_argument("--activation-matmul", action="store_true",
+                   help="also quantize attention's activation x activation MatMuls (Q.K^T, P.V) per tensor "
+                        "(off by default: it costs accuracy on the transformers measured)")
     m = p.add_argument_group("accuracy methods (off by default)")
     for flag, text in METHOD_SWITCHES:
         m.add_argument(flag, action="store_true", help=text)
@@ -70,6 +73,8 @@ def _quant_options() -> argparse.ArgumentParser:
     g.add_argument("--weight-format", choices=WEIGHT_ONLY_FORMATS,
                    help="weight-only export: matmulnbits (default) or qdq (opset-21 blocked DequantizeLinear)")
     g.add_argument("--symmetric-weights", action="store_true", help="weight-only: no zero points")
+    g.add_argument("--embeddings", action="store_true",
+                   help="weight-only: also the Gather tables (embeddings), group-wise per row (RTN)")
     return p
 
 
@@ -174,7 +179,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
-                                                  "per_channel_depthwise", "smooth_quant") if getattr(args, k, None)]
+                                                  "per_channel_depthwise", "smooth_quant", "activation_matmul")
+             if getattr(args, k, None)]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
@@ -205,6 +211,7 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     prepared = prepare_model(model, loaded=True)
     cfg = create_quant_config(None, prepared, skip_layers=args.skip, batch_num=None, symmetric=args.symmetric,
                               skip_layer_types=args.skip_type,
+                              activation_matmul=True if getattr(args, "activation_matmul", False) else None,
                               config_defination={"common_config": {"activation": act, "weight": wts},
                                                  "methods": methods})
     return model, prepared, cfg
@@ -284,8 +291,8 @@ def _weight_only_config(args: argparse.Namespace):  # noqa: ANN202 - a WeightOnl
     from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 
     flags = {"bits": args.weight_bits, "group_size": args.group_size, "format": args.weight_format}
-    given = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "group_size", "weight_format", "symmetric_weights")
-             if getattr(args, k)]
+    given = [f"--{k.replace('_', '-')}" for k in ("weight_bits", "group_size", "weight_format", "symmetric_weights",
+                                                  "embeddings") if getattr(args, k)]
     if getattr(args, "config", None) and has_weight_only_section(args.config):
         if given or args.wts_algo:
             raise ConfigError(f"--config cannot be combined with {', '.join(given + ['--wts-algo'])}")
@@ -300,7 +307,7 @@ def _weight_only_config(args: argparse.Namespace):  # noqa: ANN202 - a WeightOnl
         raise ConfigError(f"--weight-only takes --wts-algo {'/'.join(WEIGHT_ONLY_ALGORITHMS)}, got {args.wts_algo}")
     opts = {k: v for k, v in flags.items() if v is not None}
     return WeightOnlyConfig(algorithm=args.wts_algo or "rtn", symmetric=args.symmetric_weights,
-                            skip_layers=tuple(args.skip), batch_num=args.batch_num, **opts)
+                            skip_layers=tuple(args.skip), batch_num=args.batch_num, embeddings=args.embeddings, **opts)
 
 
 def _cmd_weight_only(args: argparse.Namespace, cfg: Any) -> int:

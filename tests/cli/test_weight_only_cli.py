@@ -49,3 +49,17 @@ def test_weight_only_flag_errors(case, tmp_path):
     assert_one_error_line(fq(*base, "--weight-only", "--group-size", "24", check=False), "group_size",
                           "power of two")
     assert not np.any([p.exists() for p in (tmp_path / "o").glob("*.onnx")])
+
+
+def test_embeddings_flag_quantizes_gather_tables(tmp_path):
+    from tests.onnx.test_weight_only_tables import _model
+
+    onnx.save(_model(), str(tmp_path / "emb.onnx"))
+    out = tmp_path / "out"
+    p = fq("quantize", tmp_path / "emb.onnx", "--out", out, "--weight-only", "--embeddings", "--group-size", 32, "-q")
+    assert "2 layers" in p.stdout
+    ops = [n.op_type for n in onnx.load(str(out / "model_deploy.onnx")).graph.node]
+    assert ops == ["GatherBlockQuantized", "MatMulNBits"]
+    assert json.loads((out / "config.json").read_text())["weight_only"]["embeddings"] is True
+    base = ("quantize", tmp_path / "emb.onnx", "--out", tmp_path / "o", "-q")
+    assert_one_error_line(fq(*base, "--embeddings", check=False), "--embeddings", "--weight-only")

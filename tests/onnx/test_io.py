@@ -168,3 +168,37 @@ def test_set_initializer_keeps_zero_d_and_empty():
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     assert inits["scalar"].shape == () and inits["scalar"] == np.float32(2.5)
     assert inits["empty"].shape == (0,)
+
+
+def test_constant_transposes_fold_into_initializers():
+    """``MatMul(x, Transpose(w))`` (torch's export of ``nn.Linear``) becomes ``MatMul(x, w')``: ``w'`` takes
+    ``w``'s name when the Transpose was its only reader, ``w_transposed`` when ``w`` is read elsewhere too."""
+    from ferroquant.onnx.io import fold_constant_transposes
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 4)).astype(np.float32)
+    g = helper.make_graph([
+        helper.make_node("Transpose", ["w1"], ["w1t"], name="t1"),
+        helper.make_node("MatMul", ["x", "w1t"], ["h"], name="mm1"),
+        helper.make_node("Transpose", ["w2"], ["w2t"], name="t2", perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "w2t"], ["h2"], name="mm2"),
+        helper.make_node("MatMul", ["h2", "w2"], ["y"], name="mm3")],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    import onnxruntime as ort
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    before = run(model)
+    assert fold_constant_transposes(model) == {"w1": "w1", "w2": "w2_transposed"}
+    assert "Transpose" not in B.graph_ops(model)
+    view = GraphView(model)
+    np.testing.assert_array_equal(view.array("w1"), w1.T)
+    np.testing.assert_array_equal(view.array("w2_transposed"), w2.T)
+    np.testing.assert_array_equal(view.array("w2"), w2)
+    np.testing.assert_array_equal(run(model), before)

@@ -119,6 +119,13 @@ class QuantConfig:
     common_config: Dict[str, Any] = field(default_factory=dict)
     override_layer_types: Dict[str, Any] = field(default_factory=dict)
     methods: MethodsConfig = field(default_factory=MethodsConfig)
+    #: attention's activation x activation MatMuls quantized per tensor (True/False), or None: the deploy
+    #: profile's policy (:class:`~ferroquant.quant.profiles.Profile`, off for every profile so far)
+    activation_matmul: Optional[bool] = None
+
+    def opt_ins(self) -> Dict[str, Optional[bool]]:
+        """The registry's opt-in rules as this config sets them (None: the profile decides)."""
+        return {"activation_matmul": self.activation_matmul}
 
     def methods_in_use(self) -> List[str]:
         """The accuracy methods this config turns on (issue 15), as the config spells them; [] by default."""
@@ -174,6 +181,8 @@ class QuantConfig:
             out["override_layer_types"] = self.override_layer_types
         if not self.methods.is_default():
             out["methods"] = self.methods.to_json()
+        if self.activation_matmul is not None:  # written only when set: a config without it saves as before
+            out["activation_matmul"] = self.activation_matmul
         out["layers"] = {n: _layer_json(c) for n, c in self.layers.items()}
         return out
 
@@ -198,7 +207,7 @@ def _layer_json(c: LayerConfig) -> Dict[str, Any]:
 
 
 _GLOBAL_KEYS = {"version", "batch_num", "symmetric", "do_fusion", "skip_fusion_layers", "skip_layer_types",
-                "common_config", "override_layer_types", "layers", "methods"}
+                "common_config", "override_layer_types", "layers", "methods", "activation_matmul"}
 _LAYER_KEYS = {"layer_type", "quant_enable", "activation", "weight"}
 _SECTIONS = ("activation", "weight")
 Source = Tuple[Mapping[str, Any], Mapping[str, str]]  # (params in our keys, how the user spelled them)
@@ -264,6 +273,8 @@ def config_from_json(d: Mapping[str, Any]) -> QuantConfig:
     check_batch_num(bn)
     for key in ("symmetric", "do_fusion"):
         check_bool("<global>", key, d.get(key, key == "do_fusion"))
+    if d.get("activation_matmul") is not None:
+        check_bool("<global>", "activation_matmul", d["activation_matmul"])
     for key in ("skip_fusion_layers", "skip_layer_types"):
         check_names(key, d.get(key, []))
     skip_types = tuple(d.get("skip_layer_types", ()))
@@ -284,7 +295,7 @@ def config_from_json(d: Mapping[str, Any]) -> QuantConfig:
     return QuantConfig(layers, bn, d.get("symmetric", False), d.get("do_fusion", True),
                        tuple(d.get("skip_fusion_layers", ())), skip_types, _ours(common, "common_config"),
                        {t: _ours(v, f"override_layer_types[{t!r}]") for t, v in by_type.items()},
-                       methods_from_json(d.get("methods")))
+                       methods_from_json(d.get("methods")), d.get("activation_matmul"))
 
 
 def _ours(d: Mapping[str, Any], where: str) -> Dict[str, Any]:
@@ -306,7 +317,8 @@ def build_config(layers: Sequence[Tuple[str, str]], skip_layers: Iterable[str] =
                  override_layer_types: Optional[Mapping[str, Any]] = None,
                  override_layer_configs: Optional[Mapping[str, Any]] = None, do_fusion: bool = True,
                  skip_fusion_layers: Iterable[str] = (), skip_layer_types: Iterable[str] = (),
-                 methods: Optional[Mapping[str, Any]] = None) -> QuantConfig:
+                 methods: Optional[Mapping[str, Any]] = None, activation_matmul: Optional[bool] = None
+                 ) -> QuantConfig:
     """A resolved config for ``layers`` (``(name, op_type)`` pairs); skipped layers get quant_enable false."""
     names = {n for n, _ in layers}
     skip = set(skip_layers)
@@ -320,6 +332,8 @@ def build_config(layers: Sequence[Tuple[str, str]], skip_layers: Iterable[str] =
                          "override_layer_types": dict(override_layer_types or {}), "layers": {}}
     if methods:
         d["methods"] = dict(methods)
+    if activation_matmul is not None:
+        d["activation_matmul"] = activation_matmul
     for name, op in layers:
         entry = dict((override_layer_configs or {}).get(name, {}))
         entry["layer_type"] = op

@@ -48,6 +48,10 @@ class WeightOnlyConfig:
     - ``accuracy_level``: ``MatMulNBits``' attribute (None: not written, onnxruntime's default 0 = float32
       compute; 4: int8 activations quantized per block at run time, faster on CPUs, not what the codes alone say).
     - ``skip_layers``: layers (node names) kept in float; ``batch_num``: calibration batches (None: all).
+    - ``embeddings``: also the constant tables of Gather nodes (embeddings, gathered on axis 0), group-wise along
+      each row by RTN (``clip_search`` as set; GPTQ/AWQ have no activations to use there), exported as
+      onnxruntime's ``GatherBlockQuantized`` (``matmulnbits``: the row width must be a multiple of
+      ``group_size``) or as blocked DequantizeLinear feeding the Gather (``qdq``).
     """
 
     algorithm: str = "rtn"
@@ -65,6 +69,7 @@ class WeightOnlyConfig:
     accuracy_level: Optional[int] = None
     skip_layers: Tuple[str, ...] = ()
     batch_num: Optional[int] = None
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.skip_layers, list):
@@ -77,7 +82,7 @@ class WeightOnlyConfig:
         check_choice(where, "format", self.format, WEIGHT_ONLY_FORMATS)
         if self.format == "matmulnbits" and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
             raise field_error(where, "group_size", f"MatMulNBits needs a power of two >= 16, got {self.group_size}")
-        for k in ("symmetric", "clip_search", "act_order"):
+        for k in ("symmetric", "clip_search", "act_order", "embeddings"):
             check_bool(where, k, getattr(self, k))
         check_choice(where, "scale_dtype", self.scale_dtype, ("float32", "float16"))
         check_num(where, "percdamp", self.percdamp, 0.0, 1.0)
@@ -98,6 +103,8 @@ class WeightOnlyConfig:
     def to_json(self) -> dict:
         d = asdict(self)
         d["skip_layers"] = list(self.skip_layers)
+        if not self.embeddings:  # written only when on: a config without it saves as before
+            del d["embeddings"]
         return {SECTION: d}
 
     def save(self, path: Union[str, Path]) -> Path:

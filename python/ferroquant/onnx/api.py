@@ -78,12 +78,14 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
                         activation_offset: Optional[bool] = None,
                         config_defination: Optional[Union[str, Path, Mapping]] = None, do_fusion: bool = True,
                         skip_fusion_layers: Iterable[str] = (), *, symmetric: Optional[bool] = None,
-                        skip_layer_types: Iterable[str] = ()) -> QuantConfig:
+                        skip_layer_types: Iterable[str] = (), activation_matmul: Optional[bool] = None
+                        ) -> QuantConfig:
     """Write (when ``config_path`` is given) and return a config with one entry per quantizable layer of the
     model as it is after fusion. ``config_defination`` (AMCT's spelling; a dict or a JSON file) may hold
     ``common_config``, ``override_layer_types`` and ``override_layer_configs`` (by layer name).
     ``symmetric`` (default False) sets symmetric activations; ``activation_offset`` is AMCT's name for its
-    negation. ``batch_num`` None calibrates on every batch."""
+    negation. ``batch_num`` None calibrates on every batch. ``activation_matmul``: quantize attention's
+    activation x activation MatMuls (Q.K^T, P.V) per tensor (None: the deploy profile's policy, off)."""
     if activation_offset is not None and symmetric is not None:
         raise ConfigError("pass symmetric or AMCT's activation_offset, not both")
     sym = bool(symmetric) if symmetric is not None else (activation_offset is False)
@@ -101,7 +103,7 @@ def create_quant_config(config_path: Optional[Union[str, Path]], model: Union[Mo
             raise ConfigError(f"config_defination: unknown keys {sorted(unknown)}")
     cfg = build_config(layers, skip_layers or (), batch_num, sym, extra.get("common_config"),
                        extra.get("override_layer_types"), extra.get("override_layer_configs"), do_fusion,
-                       tuple(skip_fusion_layers), tuple(skip_layer_types), extra.get("methods"))
+                       tuple(skip_fusion_layers), tuple(skip_layer_types), extra.get("methods"), activation_matmul)
     if config_path is not None:
         refuse_input([config_path], [model], "config_path")
         cfg.save(config_path)
@@ -232,7 +234,8 @@ def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Uni
         prepared = replace(prepared, model=methods_model, layers=tuple(quantizable_layers(methods_model)))
         layers = _enabled_layers(cfg, prepared)
     view = GraphView(prepared.model)
-    plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric())
+    plan = plan_deploy(prepared.model, layers, prof.placement, asymmetric=not cfg.tensor_symmetric(),
+                       opt_in=prof.rules(cfg.opt_ins()))
     cals = layer_calibrators(cfg, layers, ifmr_memory_budget, plan.calibrate,
                              depthwise_inputs(prepared.model, layers))
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))

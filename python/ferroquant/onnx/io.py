@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -25,7 +27,7 @@ from onnx import numpy_helper
 from ferroquant.errors import ModelError
 from ferroquant.outputs import write_bytes
 from ferroquant.onnx.external import MEDIUM, is_large, reattach, skeleton, weights_size, write_external
-from ferroquant.onnx.graph import GraphView, node_label
+from ferroquant.onnx.graph import GraphView, get_attr, node_label
 from ferroquant.onnx.shapes import infer_or_keep
 
 MIN_OPSET = 13
@@ -213,6 +215,34 @@ def fold_constant_identities(model: onnx.ModelProto) -> List[str]:
         if not view.is_graph_output(out) and not view.consumers_of(out):
             view.remove_node(node)
         done.append(out)
+    return done
+
+
+def fold_constant_transposes(model: onnx.ModelProto) -> Dict[str, str]:
+    """Replace each ``Transpose`` of a constant (torch exports ``nn.Linear`` on 3-D inputs, or without bias, as
+    ``MatMul(x, Transpose(weight))``) by an initializer holding the transposed values (a layout copy, no
+    arithmetic), in place, so the MatMul is seen with a constant weight. The new initializer takes the
+    source's name when the Transpose was its only reader (the source is dropped), else ``<source>_transposed``.
+    Transposes whose output is a graph output are kept. Returns {source name: folded initializer name}."""
+    view = GraphView(model)
+    done: Dict[str, str] = {}
+    for node in list(view.nodes("Transpose")):
+        src, out = node.input[0], node.output[0]
+        a = view.array(src)
+        if a is None or view.is_graph_output(out):
+            continue
+        perm = get_attr(node, "perm", None)
+        folded = np.transpose(a, None if perm is None else list(perm))
+        only = view.only_consumer(src, node) and not view.is_graph_output(src)
+        name = src if only else view.unique_name(f"{src}_transposed")
+        view.remove_node(node)
+        view.set_initializer(name, np.ascontiguousarray(folded))
+        for reader in view.consumers_of(out):
+            view.replace_input(reader, out, name)
+        stale = [i for i, v in enumerate(model.graph.value_info) if v.name == out]
+        for i in reversed(stale):
+            del model.graph.value_info[i]
+        done[src] = name
     return done
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 import onnx
 
@@ -65,8 +65,10 @@ def tensor_types(model: onnx.ModelProto) -> Dict[str, int]:
 
 
 class _Planner:
-    def __init__(self, model: onnx.ModelProto, target: str, asymmetric: bool, excluded: Set[str]) -> None:
+    def __init__(self, model: onnx.ModelProto, target: str, asymmetric: bool, excluded: Set[str],
+                 opt_in: FrozenSet[str] = frozenset()) -> None:
         self.view, self.target, self.asymmetric, self.excluded = GraphView(model), target, asymmetric, excluded
+        self.opt_in = opt_in
         self.types = tensor_types(model)
         self.plan = DeployPlan(target)
         self.own: Dict[str, None] = {}  # tensors with their own qparams (ordered set)
@@ -148,6 +150,8 @@ class _Planner:
         """
         for node in self.view.nodes():
             rule = OP_RULES.get(node.op_type)
+            if rule is not None and rule.opt_in is not None and rule.opt_in not in self.opt_in:
+                continue
             p = rule.placement(self.target) if rule is not None else None
             if p is None or node_label(node) in self.plan.absorbed or node.domain not in ("", "ai.onnx"):
                 continue
@@ -197,12 +201,13 @@ class _Planner:
 
 
 def plan_deploy(model: onnx.ModelProto, layers: Sequence[LayerInfo], target: str,
-                asymmetric: bool = True) -> DeployPlan:
+                asymmetric: bool = True, opt_in: FrozenSet[str] = frozenset()) -> DeployPlan:
     """The Q/DQ layout of ``model`` (fused, float) for ``target`` (a registry placement name), given the quantized
     ``layers``. ``asymmetric``: whether the extra activations are calibrated asymmetrically (Relu/Clip are
-    absorbed only then). For ``amct`` the plan is empty: layer inputs only."""
+    absorbed only then); ``opt_in``: the opt-in rules that apply (``activation_matmul``: attention's
+    activation x activation MatMuls). For ``amct`` the plan is empty: layer inputs only."""
     excluded: Set[str] = set()
-    planner = _Planner(model, target, asymmetric, excluded)
+    planner = _Planner(model, target, asymmetric, excluded, opt_in)
     if target == "amct":
         return planner.plan
     nodes = {node_label(n): n for n in model.graph.node}
@@ -213,7 +218,7 @@ def plan_deploy(model: onnx.ModelProto, layers: Sequence[LayerInfo], target: str
         if not unread:
             break
         excluded |= unread
-        planner = _Planner(model, target, asymmetric, excluded)
+        planner = _Planner(model, target, asymmetric, excluded, opt_in)
     layer_inputs = {l.activation for l in layers}
     planner.plan.calibrate = [t for t in planner.own if t not in layer_inputs and t not in planner.plan.carried]
     return planner.plan

@@ -7,7 +7,7 @@ Activations stay in float. GPTQ and AWQ read their statistics from calibration t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
@@ -22,7 +22,7 @@ from ferroquant.onnx.graph import GraphView, get_attr, node_label
 from ferroquant.onnx.io import convert_opset, default_opset, save_onnx
 from ferroquant.onnx.layers import quantizable_layers
 from ferroquant.onnx.record import dumps
-from ferroquant.quant.registry import REGISTRY
+from ferroquant.quant.registry import REGISTRY, TABLES
 from ferroquant.quant.weight_only import (
     InputStatistics,
     WeightOnlyLayer,
@@ -58,9 +58,38 @@ def weight_only_layers(model: onnx.ModelProto, cfg: WeightOnlyConfig) -> List[We
         transposed = l.op_type == "Gemm" and bool(get_attr(node, "transB", 0))
         k, n = (w.shape[1], w.shape[0]) if transposed else w.shape
         out.append(WeightOnlyLayer(l.name, l.op_type, l.activation, l.weight, l.bias, transposed, int(k), int(n)))
-    unknown = sorted(set(cfg.skip_layers) - {l.name for l in quantizable_layers(model)})
+    known = {l.name for l in quantizable_layers(model)}
+    if cfg.embeddings:
+        known |= {node_label(n) for n in model.graph.node if n.op_type in TABLES}
+    unknown = sorted(set(cfg.skip_layers) - known)
     if unknown:
-        raise ConfigError(f"field 'weight_only.skip_layers': the model has no MatMul/Gemm layers named {unknown}")
+        what = "MatMul/Gemm/Gather" if cfg.embeddings else "MatMul/Gemm"
+        raise ConfigError(f"field 'weight_only.skip_layers': the model has no {what} layers named {unknown}")
+    return out
+
+
+def weight_only_tables(model: onnx.ModelProto, cfg: WeightOnlyConfig) -> List[WeightOnlyLayer]:
+    """The lookup tables (registry :data:`~ferroquant.quant.registry.TABLES`: Gather of a constant float32 2-D
+    table on axis 0) of ``model``, minus ``cfg.skip_layers``: as layers with ``k`` the row width (grouped) and
+    ``n`` the rows. With ``format="matmulnbits"`` a width that is not a multiple of ``group_size`` is a
+    ConfigError naming the node (GatherBlockQuantized has no ragged blocks)."""
+    view = GraphView(model)
+    out = []
+    for node in view.nodes():
+        t = TABLES.get(node.op_type)
+        if t is None or node.domain not in ("", "ai.onnx") or node_label(node) in cfg.skip_layers:
+            continue
+        w = view.array(node.input[t.table_input])
+        if w is None or w.ndim != 2 or w.dtype != np.float32 or get_attr(node, "axis", 0) != 0 \
+                or view.array(node.input[t.indices_input]) is not None:
+            continue
+        label = node_label(node)
+        if cfg.format == "matmulnbits" and w.shape[1] % cfg.group_size:
+            raise ConfigError(f"{node.op_type} {label!r}: its table rows have {w.shape[1]} values, not a multiple "
+                              f"of group_size {cfg.group_size} ({t.fused} has no ragged blocks): use format "
+                              f"'qdq' or skip it (weight_only.skip_layers)")
+        out.append(WeightOnlyLayer(label, node.op_type, node.input[t.indices_input], node.input[t.table_input],
+                                   None, False, int(w.shape[1]), int(w.shape[0])))
     return out
 
 
@@ -130,6 +159,9 @@ def quantize_weights_only(model: onnx.ModelProto, cfg: WeightOnlyConfig, data: O
     for l in layers:
         w = view.array(l.weight).astype(np.float32)
         quants[l.name] = quantize_layer(l, w.T if l.transposed else w, cfg, stats.get(l.activation))
+    rtn = replace(cfg, algorithm="rtn")  # a table has no activations for GPTQ/AWQ to weigh
+    for t in weight_only_tables(model, cfg) if cfg.embeddings else ():
+        quants[t.name] = quantize_layer(t, view.array(t.weight).T, rtn)
     return WeightOnlyModel(model, cfg, quants, batches,
                            {"calibration_s": t1 - t0, "quantize_s": time.perf_counter() - t1})
 
@@ -190,6 +222,41 @@ def _blocked_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, a
     return [dq, layer]
 
 
+def _table_nodes(view: GraphView, node: onnx.NodeProto, wq: WeightOnlyQuant, fmt: str) -> list:
+    """A quantized lookup table: ``GatherBlockQuantized`` (``matmulnbits``), or blocked DequantizeLinear
+    (``axis=1``: groups along each row) feeding the original Gather (``qdq``)."""
+    label, t, q = node_label(node), TABLES[node.op_type], wq.quant
+    indices = node.input[t.indices_input]
+    if fmt == "matmulnbits":
+        arr = matmulnbits_arrays(q)  # rows [V, G, group_size * bits / 8]: a table row is a MatMulNBits column
+        names = [view.unique_name(f"{label}.qtable"), indices, view.unique_name(f"{label}.scales")]
+        view.set_initializer(names[0], arr.packed.reshape(arr.n, -1))
+        view.set_initializer(names[2], arr.scales)
+        if arr.zero_points is not None:
+            names.append(view.unique_name(f"{label}.zero_points"))
+            view.set_initializer(names[-1], arr.zero_points)
+        return [helper.make_node(t.fused, names, list(node.output), name=node.name, domain=MS_DOMAIN,
+                                 gather_axis=0, quantize_axis=1, block_size=arr.block_size, bits=arr.bits)]
+    arr = blocked_arrays(q)
+    kind = {(4, True): TensorProto.INT4, (4, False): TensorProto.UINT4, (8, True): TensorProto.INT8,
+            (8, False): TensorProto.UINT8}[(arr.bits, arr.signed)]
+    codes = view.unique_name(f"{label}.qtable")
+    _add_ints(view, codes, kind, np.ascontiguousarray(arr.codes.T), arr.bits)
+    scales = view.unique_name(f"{label}.scales")
+    view.set_initializer(scales, np.ascontiguousarray(arr.scales.T))
+    dq_in = [codes, scales]
+    if arr.zero_points is not None:
+        dq_in.append(view.unique_name(f"{label}.zero_points"))
+        _add_ints(view, dq_in[-1], kind, np.ascontiguousarray(arr.zero_points.T), arr.bits)
+    table = view.unique_name(f"{label}.table_dq")
+    inputs = list(node.input)
+    inputs[t.table_input] = table
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return [helper.make_node("DequantizeLinear", dq_in, [table], name=view.unique_name(f"{label}_dq"), axis=1,
+                             block_size=arr.block_size),
+            helper.make_node(node.op_type, inputs, list(node.output), name=node.name, **attrs)]
+
+
 def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fmt: str,
                        accuracy_level: Optional[int] = None) -> onnx.ModelProto:
     """A copy of ``model`` with each quantized layer replaced (``matmulnbits``) or fed a dequantized weight
@@ -206,6 +273,9 @@ def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fm
         if wq is None:
             nodes.append(node)
             continue
+        if node.op_type in TABLES:
+            nodes += _table_nodes(view, node, wq, fmt)
+            continue
         a = _divide_input(view, node, wq, nodes) if wq.input_divisor is not None else node.input[0]
         if fmt == "matmulnbits":
             nodes += _nbits_nodes(view, node, wq, a, accuracy_level)
@@ -219,16 +289,22 @@ def export_weight_only(model: onnx.ModelProto, quants: List[WeightOnlyQuant], fm
     return out
 
 
-def save_weight_only(wom: WeightOnlyModel, save_path: Union[str, Path]) -> Dict[str, Path]:
-    """Write ``<save_path>_deploy.onnx`` (the weight-only model) and ``<save_path>_quant_record.json`` (every
-    layer's groups: scales and zero points per output column)."""
+def write_weight_only_files(deploy: onnx.ModelProto, record: Dict[str, Any],
+                            save_path: Union[str, Path]) -> Dict[str, Path]:
+    """Write ``<save_path>_deploy.onnx`` (a weight-only model) and ``<save_path>_quant_record.json``."""
     base = Path(save_path)
     paths = {"deploy": Path(f"{base}_deploy.onnx"), "record": Path(f"{base}_quant_record.json")}
     paths["deploy"].parent.mkdir(parents=True, exist_ok=True)
-    save_onnx(wom.export(), paths["deploy"])
-    paths["record"].write_text(dumps(wom.record()) + "\n", encoding="utf-8")
+    save_onnx(deploy, paths["deploy"])
+    paths["record"].write_text(dumps(record) + "\n", encoding="utf-8")
     return paths
 
 
+def save_weight_only(wom: WeightOnlyModel, save_path: Union[str, Path]) -> Dict[str, Path]:
+    """Write ``<save_path>_deploy.onnx`` (the weight-only model) and ``<save_path>_quant_record.json`` (every
+    layer's groups: scales and zero points per output column)."""
+    return write_weight_only_files(wom.export(), wom.record(), save_path)
+
+
 __all__ = ["WeightOnlyModel", "collect_statistics", "export_weight_only", "quantize_weights_only",
-           "save_weight_only", "weight_only_layers"]
+           "save_weight_only", "weight_only_layers", "weight_only_tables", "write_weight_only_files"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, FrozenSet, Mapping, Optional, Tuple
 
 from ferroquant.errors import ConfigError
 
@@ -69,6 +69,9 @@ class Profile:
       fuse), rather than only the quantized layers.
     - ``symmetric``: zero points must be 0 (activations and weights).
     - ``opsets``: the opsets the target parses; ``latency_check``: time the model against FP32 before writing.
+    - ``opt_in``: the registry's opt-in rules this target applies by default (the config's key of the same name
+      turns one on or off): none so far. ``activation_matmul`` (attention's Q.K^T and P.V per tensor) costs
+      accuracy on the transformers measured (bench/results/llm_static.md), so transformers stay selective.
     """
 
     name: str
@@ -78,6 +81,17 @@ class Profile:
     opsets: Tuple[int, int] = (13, 99)
     latency_check: bool = False
     cpu_dependent: bool = False
+    opt_in: FrozenSet[str] = frozenset()
+
+    def rules(self, overrides: Mapping[str, Optional[bool]]) -> FrozenSet[str]:
+        """The opt-in rules that apply: this profile's, with each ``overrides[name]`` (True/False) applied."""
+        on = set(self.opt_in)
+        for name, value in overrides.items():
+            if value is True:
+                on.add(name)
+            elif value is False:
+                on.discard(name)
+        return frozenset(on)
 
 
 PROFILES: Dict[str, Profile] = {p.name: p for p in (

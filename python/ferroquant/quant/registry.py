@@ -92,12 +92,15 @@ class OpRule:
       input 0 when that input is quantized, so the runtime can run it on integers and nothing is calibrated.
     - ``absorbs``: an activation (Relu, Clip) that a target removes into the quantization of its input's
       producer, since an asymmetric grid that starts at 0 (and ends within the clip) clamps like it.
+    - ``opt_in``: the rule applies only where a profile's policy or the config turns this name on
+      (:data:`OPT_INS`); None: always.
     """
 
     op_type: str
     placements: Mapping[str, Placement] = field(default_factory=dict)
     carries: bool = False
     absorbs: bool = False
+    opt_in: Optional[str] = None
 
     def placement(self, target: str) -> Optional[Placement]:
         return self.placements.get(target)
@@ -129,7 +132,14 @@ OP_RULES: Dict[str, OpRule] = {r.op_type: r for r in (
     OpRule("Clip", {"onnxruntime": Placement(inputs=(), output=True)}, absorbs=True),
     *(_carry(op) for op in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "AveragePool",
                             "Resize", "Slice", "Split", "DepthToSpace", "SpaceToDepth")),
+    # attention's activation x activation MatMuls (Q.K^T, P.V): both inputs per tensor, the output float
+    # (onnxruntime: MatMulIntegerToFloat); MatMuls with a constant weight are layers, never matched here
+    OpRule("MatMul", {"onnxruntime": Placement((0, 1), False), "tensorrt": Placement((0, 1), False)},
+           opt_in="activation_matmul"),
 )}
+
+#: The names an :class:`OpRule` may be opted in by (a profile's ``opt_in``, or the config's key of that name).
+OPT_INS: Tuple[str, ...] = tuple(sorted({r.opt_in for r in OP_RULES.values() if r.opt_in}))
 
 
 def _gemm_refuse(attr: Attr, ndim: int) -> Optional[str]:
@@ -153,6 +163,23 @@ REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
               placements={"onnxruntime": ORT_IN, "tensorrt": TRT_IN}, weight_only=True),
 )}
 
+@dataclass(frozen=True)
+class TableType:
+    """An op that looks rows up in a constant table (embeddings), quantized weight-only (group-wise along the
+    table's last axis, one set of groups per row) when the weight-only config turns ``embeddings`` on:
+    ``table_input`` holds the constant 2-D table, ``indices_input`` the row indices, ``axis`` the attribute
+    that must be 0 (rows gathered). Exported as blocked DequantizeLinear feeding the op, or as onnxruntime's
+    ``com.microsoft`` ``fused`` op."""
+
+    op_type: str
+    table_input: int = 0
+    indices_input: int = 1
+    fused: Optional[str] = None
+
+
+#: Weight-only lookup tables by op type.
+TABLES: Dict[str, TableType] = {t.op_type: t for t in (TableType("Gather", fused="GatherBlockQuantized"),)}
+
 #: The op types a config may name, in registry order.
 QUANTIZABLE_TYPES: Tuple[str, ...] = tuple(REGISTRY)
 #: torch.nn class name -> its entry.
@@ -175,5 +202,6 @@ def folding_producer(op_type: str, domain: str = "") -> Optional[LayerType]:
     return t if t is not None and t.fold is not None else None
 
 
-__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OP_RULES", "OpRule", "Placement", "QAT_MODULES", "QUANTIZABLE_TYPES", "REGISTRY",
-           "TORCH_MODULES", "folding_producer", "layer_type", "no_attrs"]
+__all__ = ["AMCT_PLACEMENT", "Attr", "LayerType", "OPT_INS", "OP_RULES", "OpRule", "Placement", "QAT_MODULES",
+           "QUANTIZABLE_TYPES", "REGISTRY", "TABLES", "TORCH_MODULES", "TableType", "folding_producer", "layer_type",
+           "no_attrs"]

@@ -3,7 +3,8 @@
 AMCT-style flow: :func:`create_quant_retrain_config` -> :func:`create_quant_retrain_model` (BN folded, layers
 swapped for ULQ/ARQ-retrain/LSQ versions) -> train -> :func:`save_quant_retrain_model` (fake-quant model,
 deploy model, record, through the same ONNX exporters as the ONNX PTQ flow); :func:`restore_quant_retrain_model`
-resumes from a checkpoint. :func:`quantize_torch_model` is PTQ for torch models with forward pre-hooks.
+resumes from a checkpoint. :func:`quantize_torch_model` is PTQ for torch models with forward pre-hooks;
+:func:`quantize_torch_weights_only` is group-wise weight-only RTN/GPTQ/AWQ of their ``nn.Linear`` layers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ferroquant.torch.prepare import (
     quant_layers,
 )
 from ferroquant.torch.ptq import TorchPtqResult, quantize_torch_model
+from ferroquant.torch.weight_only import TorchWeightOnlyResult, WeightOnlyLinear, quantize_torch_weights_only
 
 __all__ = [
     "ActivationULQ",
@@ -38,6 +40,8 @@ __all__ = [
     "QuantLayer",
     "RetrainConfig",
     "TorchPtqResult",
+    "TorchWeightOnlyResult",
+    "WeightOnlyLinear",
     "analyse",
     "arq_retrain",
     "create_quant_retrain_config",
@@ -48,6 +52,7 @@ __all__ = [
     "lsq",
     "quant_layers",
     "quantize_torch_model",
+    "quantize_torch_weights_only",
     "restore_quant_retrain_model",
     "retrain_table",
     "save_quant_retrain_model",

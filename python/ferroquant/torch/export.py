@@ -14,19 +14,24 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
+from ferroquant.config.weight_only import WeightOnlyConfig
 from ferroquant.errors import ModelError
 from ferroquant.onnx.api import write_outputs
 from ferroquant.onnx.graph import GraphView
-from ferroquant.onnx.io import load_model
+from ferroquant.onnx.io import fold_constant_transposes, load_model
 from ferroquant.onnx.layers import quantizable_layers
+from ferroquant.onnx.smooth import smooth_groups
+from ferroquant.onnx.weight_only import export_weight_only, weight_only_layers
+from ferroquant.onnx.weight_only import write_weight_only_files  # noqa: F401 - torch/weight_only writes through it
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
+from ferroquant.quant.weight_only import WeightOnlyQuant
 from ferroquant.quant.weights import layer_quant
 from ferroquant.torch.prepare import (
     InputData,
@@ -40,23 +45,58 @@ from ferroquant.torch.prepare import (
 OPSET = 13
 
 
-def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True) -> onnx.ModelProto:
-    """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (axis 0 of the inputs
-    and the output dynamic), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
+def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
+                      opset: int = OPSET, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
+                      ) -> onnx.ModelProto:
+    """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (inputs ``input`` or
+    ``input0``, ``input1``..., output ``output``; axis 0 of each dynamic, or ``dynamic_axes`` as torch takes
+    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
     args = input_data if isinstance(input_data, tuple) else (input_data,)
     was = model.training
     model.eval()
     buf = io.BytesIO()
     names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
+    if dynamic_axes is not None:
+        dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=OPSET,
+            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=opset,
                               input_names=names, output_names=["output"], dynamic_axes=dynamic)
     finally:
         model.train(was)
     return load_model(onnx.load_from_string(buf.getvalue()))
+
+
+def export_layers_onnx(model: nn.Module, input_data: InputData) -> onnx.ModelProto:
+    """:func:`export_float_onnx` with the ``Transpose`` of each constant folded (torch writes ``nn.Linear`` on
+    3-D inputs, or without bias, as ``MatMul(x, Transpose(weight))``): every Linear is then a MatMul or Gemm with
+    a constant weight, the weight initializer still named ``<layer>.weight`` when nothing else reads it."""
+    m = export_float_onnx(model, input_data)
+    fold_constant_transposes(m)
+    return m
+
+
+def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tuple[str, Tuple[str, ...]]],
+                                                                        List[Tuple[str, str]]]:
+    """The SmoothQuant groups of a torch model, found on its ONNX export by the ONNX flow's rules
+    (:func:`ferroquant.onnx.smooth.smooth_groups`): ``(norm module, linear modules)`` for each ``nn.LayerNorm``
+    (a per-channel affine ``Mul -> Add`` in the export) whose output only ``nn.Linear`` layers read, and
+    ``(ONNX node, reason)`` for the normalizations left alone."""
+    modules = dict(model.named_modules())
+    groups, skipped = smooth_groups(export_layers_onnx(model, input_data))
+    out = []
+    for g in groups:
+        norm = g.scale[:-len(".weight")] if g.scale.endswith(".weight") else None
+        lins = [w[:-len(".weight")] if w.endswith(".weight") else None for w in g.weights]
+        bias_ok = g.bias is None or g.bias == f"{norm}.bias"
+        if norm not in modules or not bias_ok or not all(isinstance(modules.get(n), nn.Linear) for n in lins):
+            skipped.append((g.norm, "its scale/bias or its readers' weights are not the parameters of one "
+                                    "normalization module and nn.Linear layers"))
+            continue
+        out.append((norm, tuple(lins)))
+    return out, skipped
 
 
 def initializer(onnx_model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
@@ -78,6 +118,36 @@ def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
         raise ModelError(f"no ONNX Conv/ConvTranspose/Gemm/MatMul reads the weights of {missing} after export "
                          "(the layer may not be called by forward, or its weight is transformed before use)")
     return out
+
+
+def export_weight_only_onnx(model: nn.Module, input_data: InputData, quants: Mapping[str, WeightOnlyQuant], fmt: str,
+                            accuracy_level: Optional[int] = None, opset: int = OPSET,
+                            dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> onnx.ModelProto:
+    """The weight-only ONNX model of a torch model whose layers ``quants`` (module name -> quantized weight) run
+    as plain linear layers with parameter-named weights: exported in float, constant weight transposes folded,
+    each layer found by its weight initializer (``<name>.weight``) and replaced by the ONNX flow's exporter."""
+    m = export_float_onnx(model, input_data, opset=opset, dynamic_axes=dynamic_axes)
+    folded = fold_constant_transposes(m)
+    by_weight = {l.weight: l for l in weight_only_layers(m, WeightOnlyConfig())}
+    present = {t.name for t in m.graph.initializer}
+    out, missing, unused = [], [], []
+    for name, wq in quants.items():
+        w = folded.get(f"{name}.weight", f"{name}.weight")
+        l = by_weight.get(w)
+        if l is None:
+            (missing if w in present else unused).append(name)
+            continue
+        if (l.k, l.n) != tuple(wq.quant.codes.shape):
+            raise ModelError(f"layer {name!r}: the exported weight is [K={l.k}, N={l.n}], the codes "
+                             f"{list(wq.quant.codes.shape)}")
+        out.append(WeightOnlyQuant(l, wq.quant, wq.algorithm, wq.input_divisor, wq.details))
+    if missing:
+        raise ModelError(f"no ONNX MatMul/Gemm reads the weights of {missing} after export (their weight is "
+                         "transformed before use)")
+    if unused:  # never called, or their outputs feed nothing the export returns: the exporter dropped them
+        warnings.warn(f"layers {unused} are not in the exported graph (not called, or their outputs are unused): "
+                      "nothing to write for them", stacklevel=3)
+    return export_weight_only(m, out, fmt, accuracy_level)
 
 
 def write_quant_files(onnx_model: onnx.ModelProto, table: QuantTable, save_path: Union[str, Path],

@@ -57,6 +57,16 @@ _KEEP_SIGN_METHODS = {"view", "reshape", "flatten", "contiguous"}
 InputData = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """``model`` on one calibration batch: a tensor, a tuple/list of positional tensors, or a mapping of
+    keyword arguments (a tokenizer's output for a ``transformers`` model)."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
 # -- graph analysis --------------------------------------------------------------------------------------------
 @dataclass
 class GraphFacts:

@@ -7,14 +7,20 @@ calibrator (the middle's factory, :mod:`ferroquant.quant.calibrators`, bounded m
 batches, merges calibrator states across ranks under torch.distributed, then exports the float copy to ONNX and
 fills a :class:`~ferroquant.quant.table.QuantTable` (ARQ or NUQ weights and bias codes through
 :mod:`ferroquant.quant.weights`). ``save`` writes the three files of the ONNX flow.
+
+``methods.smooth_quant`` in the config balances every normalization read only by ``nn.Linear`` layers first
+(:mod:`ferroquant.torch.smooth`, on the same batches: a one-shot iterator is read into a list); the record's
+``methods.smooth_quant`` lists the groups. ``nn.Linear`` layers that torch exports as ``MatMul(x,
+Transpose(weight))`` (3-D inputs, no bias) are quantized as MatMuls with their weight transposed in the export.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Union
 
 import onnx
 import torch
@@ -22,14 +28,17 @@ from torch import nn
 
 from ferroquant.calibrate import search_all
 from ferroquant.config import QuantConfig, build_config, load_config
+from ferroquant.config.methods import SmoothQuantParams
 from ferroquant.errors import ConfigError, DataError
 from ferroquant.quant.calibrators import activation_quant, make_activation_calibrator
 from ferroquant.quant.table import QuantTable
 from ferroquant.quant.weights import layer_quant, quantize_weight
 from ferroquant.torch import distributed as fqdist
-from ferroquant.torch.export import export_float_onnx, initializer, map_layers, write_quant_files
+from ferroquant.torch.export import export_layers_onnx, initializer, map_layers, norm_linear_groups, write_quant_files
 from ferroquant.torch.layers import layer_type_of
 from ferroquant.torch.prepare import InputData, analyse, fold_batch_norm_
+from ferroquant.torch.smooth import balance_
+from ferroquant.torch.smooth import report as smooth_report
 
 
 @dataclass
@@ -45,7 +54,7 @@ class TorchPtqResult:
 
     def save(self, save_path: Union[str, Path]) -> Dict[str, Path]:
         """``<save_path>_fake_quant.onnx``, ``_deploy.onnx`` and ``_quant_record.json``."""
-        return write_quant_files(self.onnx_model, self.table, save_path, {"source": "torch-ptq"})
+        return write_quant_files(self.onnx_model, self.table, save_path, {"source": "torch-ptq", **self.extra})
 
 
 def _args(batch: Any) -> tuple:
@@ -76,7 +85,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     else:
         cfg = load_config(config)
-    used = cfg.methods_in_use()
+    used = [m for m in cfg.methods_in_use() if m != "methods.smooth_quant"]
     if used:
         raise ConfigError(f"{', '.join(used)}: the torch PTQ flow does not apply these yet; export the model to ONNX "
                           "and quantize it with ferroquant.onnx, or turn them off")
@@ -87,13 +96,19 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         raise ConfigError(f"config names layers the model does not have: {missing}")
     enabled = cfg.enabled_layers()
     limit = cfg.batch_num if batch_num is None else int(batch_num)
+    sq = cfg.methods.smooth_quant
+    if sq.enabled and isinstance(calibration_batches, Iterator):  # balancing reads the batches once more
+        calibration_batches = list(islice(calibration_batches, limit))
     it = iter(calibration_batches)
     first = next(it, None)
     if first is None:
         raise DataError("calibration_batches is empty")
     example = _args(first) if input_data is None else input_data
     fold_batch_norm_(work, analyse(work, example).bn_pairs)
-    m = export_float_onnx(work, example)
+    methods: Dict[str, Any] = {}
+    if sq.enabled:
+        methods["smooth_quant"] = _smooth(work, example, sq, calibration_batches, limit)
+    m = export_layers_onnx(work, example)
     infos = map_layers(m, enabled)
     # One calibrator per activation tensor (as in the ONNX flow), fed by the first layer that reads it.
     cals: Dict[str, Any] = {}
@@ -128,7 +143,27 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         wq = quantize_weight(info, initializer(m, info.weight), cfg.layers[n].weight)
         table.layers[info.name] = layer_quant(info, activation_quant(info.activation, results[info.activation]), wq,
                                               initializer(m, info.bias) if info.bias else None)
-    return TorchPtqResult(m, table, cals, cfg, seen)
+    return TorchPtqResult(m, table, cals, cfg, seen, {"methods": methods} if methods else {})
+
+
+def _smooth(work: nn.Module, example: Any, params: SmoothQuantParams, batches: Iterable[Any],
+            limit: Optional[int]) -> Dict[str, Any]:
+    """SmoothQuant balancing of ``work`` in place (:mod:`ferroquant.torch.smooth`); the record's entry, with
+    how far the balanced float model's output moved (``max |after - before| / max |before|``, one batch)."""
+    groups, skipped = norm_linear_groups(work, example)
+    with torch.no_grad():
+        before = _tensors(work(*_args(example))) if groups else []
+        done = balance_(work, groups, params, batches, limit)
+        after = _tensors(work(*_args(example))) if groups else []
+    change = max((float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(after, before)),
+                 default=None)
+    return smooth_report(done, skipped, change)
+
+
+def _tensors(out: Any) -> list:
+    """The float tensors of a model's output (a tensor, a tuple/list, or a mapping such as a ModelOutput)."""
+    items = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else [out]
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 __all__ = ["TorchPtqResult", "quantize_torch_model", "torch_ptq_config"]
