@@ -20,7 +20,7 @@ from ferroquant.reference.qparams import from_range, guard
 f32 = np.float32
 MAX_CANDIDATES = 100_000
 EXTEND_MIN_RATIO, EXTEND_MAX_RATIO = 0.01, 2.0
-EXTEND_BATCH = 8
+EXTEND_BATCH = 64
 RATIO_TOL = 1e-9
 
 
