@@ -192,3 +192,13 @@ def test_cli_mixed_precision_flags(tmp_path, capsys):
         capsys.readouterr()
         assert main(["config", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "d.json"), *args]) != 0
         assert msg in capsys.readouterr().err
+
+
+def test_per_channel_inputs_keep_their_bits(case):
+    model, calib, _ = case
+    cm = _quantize(model, calib, {"int8_compute_share": 0.0}, common={"activation": {"channel_wise": True}})
+    rec = cm.methods["mixed_precision"]["layers"]
+    assert rec["dw"]["activation_bits"] == 8 and set(rec["dw"]["local_sqnr_db"]) == {"W4A8", "W8A8"}
+    assert rec["pw"]["activation_bits"] == 16  # the per-tensor inputs are widened
+    table = cm.table()
+    assert table.layers["dw"].activation.per_channel and table.layers["dw"].activation.bits == 8
