@@ -41,6 +41,7 @@ W4 = {"weight": {"bits": 4}}
 MP = {"mixed_precision": {"enabled": True}}  # weight size <= all-int8's, >= 90 % of the MACs on int8 activations
 MP75 = {"mixed_precision": {"enabled": True, "int8_compute_share": 0.75}}
 MPW = {"mixed_precision": {"enabled": True, "size_fraction": 0.75}}
+MPO = {"mixed_precision": {"enabled": True, "sensitivity": "output"}}  # ranked by the model's output error
 #: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
 #: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
 FERROQUANT = {
@@ -73,6 +74,10 @@ FERROQUANT = {
     "fq amct all: DW +BC +AdaRound +MP (size 1.0; 0.9)": ("amct", {**ADA, **MP}, {**DW, **BC}),
     "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP": ("amct", {**CLE6, **ADA, **MP}, {**DW, **BC}),
     "fq ort +CLE(relu6->relu) +BC +AdaRound": ("onnxruntime", {**CLE6, **ADA}, BC),
+    "fq amct MP-output (size 1.0; int8 MACs 0.9)": ("amct", MPO, {}),
+    "fq amct +DW +BC +MP-output (size 1.0; 0.9)": ("amct", MPO, {**DW, **BC}),
+    "fq amct all: DW +BC +AdaRound +MP-output": ("amct", {**ADA, **MPO}, {**DW, **BC}),
+    "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP-output": ("amct", {**CLE6, **ADA, **MPO}, {**DW, **BC}),
 }
 PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
 FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]

@@ -202,3 +202,22 @@ def test_per_channel_inputs_keep_their_bits(case):
     assert rec["pw"]["activation_bits"] == 16  # the per-tensor inputs are widened
     table = cm.table()
     assert table.layers["dw"].activation.per_channel and table.layers["dw"].activation.bits == 8
+
+
+def test_output_sensitivity_measures_the_model_output_with_one_layer_changed(case, tmp_path):
+    model, calib, held_out = case
+    plain = _quantize(model, calib)
+    cm = _quantize(model, calib, {"sensitivity": "output", "int8_compute_share": 0.0, "batches": 2})
+    rec = cm.methods["mixed_precision"]
+    assert rec["sensitivity"] == "output"
+    fq = onnx.load(str(save_model(plain, tmp_path / "plain")["fake_quant"]))
+    x = np.concatenate([f["x"] for f in calib[:2]])
+    ref, got = run(model, {"x": x})[0], run(fq, {"x": x})[0]
+    base_db = ops.compare(ref, got).sqnr_db
+    for name, v in rec["layers"].items():
+        assert v["output_sqnr_db"]["W8A8"] == pytest.approx(base_db, abs=2e-3)  # every layer at its base bits
+        assert set(v["output_sqnr_db"]) == set(v["local_sqnr_db"]) == {"W4A8", "W4A16", "W8A8", "W8A16"}
+    wide = {n for n, v in rec["layers"].items() if v["activation_bits"] == 16}
+    assert wide == {n for n, v in rec["layers"].items() if v["output_sqnr_db"]["W8A16"] > base_db}
+    with pytest.raises(ConfigError, match="sensitivity: must be 'local' or 'output'"):
+        create_quant_config(None, model, config_defination={"methods": {"mixed_precision": {"sensitivity": "x"}}})

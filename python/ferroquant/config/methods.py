@@ -117,6 +117,10 @@ class MixedPrecisionParams:
       elements times weight elements per output channel) whose activations keep the lowest of
       ``activation_bits`` (1.0: none wider; 0.0: no limit).
 
+    ``sensitivity``: ``local`` (default) ranks by each layer's local error (one model pass per bit pair);
+    ``output`` by the model's output error with that layer alone changed from its base bits and every other
+    layer quantized (one fake-quant model and pass per layer and bit pair: slower, closer to the metric).
+
     The layers' own ``bits`` fields are replaced by the choice (the record names it per layer)."""
 
     enabled: bool = False
@@ -126,6 +130,7 @@ class MixedPrecisionParams:
     size_fraction: Optional[float] = None
     int8_compute_share: float = 0.9
     batches: int = 2
+    sensitivity: str = "local"
 
     def validate(self) -> None:
         check_bool(_WHERE, "mixed_precision.enabled", self.enabled)
@@ -143,6 +148,9 @@ class MixedPrecisionParams:
             check_num(_WHERE, "mixed_precision.size_fraction", self.size_fraction, 0.0, 4.0, lo_open=True)
         check_num(_WHERE, "mixed_precision.int8_compute_share", self.int8_compute_share, 0.0, 1.0)
         _check_count("mixed_precision.batches", self.batches, 1, 1 << 20)
+        if self.sensitivity not in ("local", "output"):
+            raise ConfigError(f"methods.mixed_precision.sensitivity: must be 'local' or 'output', got "
+                              f"{self.sensitivity!r}")
 
 
 _SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams, "smooth_quant": SmoothQuantParams,

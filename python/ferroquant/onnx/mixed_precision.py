@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import islice
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import numpy as np
@@ -114,6 +115,57 @@ def _db(noise: float) -> Any:
     return None if noise <= 0 or not math.isfinite(noise) else round(-10.0 * math.log10(noise), 3)
 
 
+def _float_outputs(sess: Any, feeds: List[Mapping[str, np.ndarray]]) -> Tuple[List[str], List[List[np.ndarray]]]:
+    names = [o.name for o in sess.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
+    return names, [[np.asarray(v, np.float32) for v in sess.run(names, dict(f))] for f in feeds]
+
+
+def _output_noise(cm: CalibratedModel, base: Mapping[str, LayerQuant], variants: Mapping[Tuple[str, Bits], LayerQuant],
+                  feeds: List[Mapping[str, np.ndarray]]) -> Tuple[float, Dict[Tuple[str, Bits], float]]:
+    """The relative noise power of the model's float outputs against FP32 on ``feeds``: with every layer at its
+    base bits, and with one layer changed to each variant (one fake-quant model per variant)."""
+    from ferroquant.onnx.deploy import deploy_layout
+    from ferroquant.onnx.qdq import export_fake_quant
+
+    names, ref = _float_outputs(cpu_session(cm.model, optimize=False), feeds)
+
+    def noise(rows: Mapping[str, LayerQuant]) -> float:
+        table = QuantTable(dict(rows))
+        sess = cpu_session(export_fake_quant(cm.model, table, deploy_layout(cm, table)), optimize=False)
+        r_sq = d_sq = 0.0
+        for f, outs in zip(feeds, ref):
+            for r, g in zip(outs, sess.run(names, dict(f))):
+                c = ops.compare(r, np.asarray(g, np.float32))
+                r_sq, d_sq = r_sq + c.ref_sq, d_sq + c.diff_sq
+        return d_sq / r_sq if r_sq > 0 else 0.0
+
+    return noise(base), {(n, bits): noise({**base, n: lq}) for (n, bits), lq in variants.items()}
+
+
+def _in_context(cm: CalibratedModel, rows: Mapping[Bits, Mapping[str, LayerQuant]], base_pair: Mapping[str, Bits],
+                data: Iterable[Mapping[str, np.ndarray]], batches: int) -> Dict[Bits, Dict[str, float]]:
+    """``sensitivity: output``: per pair and layer, the model's output noise with that layer alone at the pair
+    and every other at its base bits; pairs two steps away are filled in additively."""
+    feeds = list(islice(iterate_batches(data, [i.name for i in cm.model.graph.input]), batches))
+    if not feeds:
+        raise DataError("methods.mixed_precision: the calibration data yielded no batch to measure on")
+    base = {n: rows[base_pair[n]][n] for n in base_pair}
+    variants = {(n, bits): rows[bits][n] for bits in rows for n in rows[bits]
+                if bits != base_pair[n] and (bits[0] == base_pair[n][0] or bits[1] == base_pair[n][1])}
+    at_base, changed = _output_noise(cm, base, variants, feeds)
+    out: Dict[Bits, Dict[str, float]] = {bits: {} for bits in rows}
+    for bits in rows:
+        for n in rows[bits]:
+            w0, a0 = base_pair[n]
+            if bits == base_pair[n]:
+                out[bits][n] = at_base
+            elif (n, bits) in changed:
+                out[bits][n] = changed[(n, bits)]
+            else:
+                out[bits][n] = max(0.0, changed[(n, (bits[0], a0))] + changed[(n, (w0, bits[1]))] - at_base)
+    return out
+
+
 def search_precision(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray]]) -> Choice:
     """Measure, choose and apply the bits of ``cm``'s layers (see the module docstring); the record's
     ``methods.mixed_precision`` says what was chosen and why."""
@@ -123,25 +175,27 @@ def search_precision(cm: CalibratedModel, data: Iterable[Mapping[str, np.ndarray
     wchoices, achoices = _weight_choices(cm, params), _act_choices(cm, params)
     weights = _weights(cm, view, wchoices)
     pairs = sorted({(w, a) for l in cm.layers for w in wchoices[l.name] for a in achoices[l.activation]})
-    tables = {}
+    rows: Dict[Bits, Dict[str, LayerQuant]] = {}
     for w, a in pairs:
-        rows = {}
+        rows[(w, a)] = {}
         for l in cm.layers:
-            wb = w if w in wchoices[l.name] else wchoices[l.name][-1]
-            ab = a if a in achoices[l.activation] else achoices[l.activation][0]
-            rows[l.name] = LayerQuant(l, _activation(cm, searched, l.activation, ab), weights[(l.name, wb)])
-        tables[(w, a)] = QuantTable(rows)
-    noise, macs = _local_noise(cm, tables, data, params.batches)
+            if w in wchoices[l.name] and a in achoices[l.activation]:
+                rows[(w, a)][l.name] = LayerQuant(l, _activation(cm, searched, l.activation, a),
+                                                  weights[(l.name, w)])
+    base_pair = {l.name: (wchoices[l.name][-1], achoices[l.activation][0]) for l in cm.layers}
+    base_rows = {l.name: rows[base_pair[l.name]][l.name] for l in cm.layers}
+    tables = {bits: QuantTable({**base_rows, **r}) for bits, r in rows.items()}
+    local, macs = _local_noise(cm, tables, data, params.batches)
+    noise = local if params.sensitivity == "local" else _in_context(cm, rows, base_pair, data, params.batches)
     costs = [LayerCost(l.name, l.activation, int(view.array(l.weight).size), macs[l.name], wchoices[l.name],
-                       {(w, a): noise[(w, a)][l.name] for w, a in pairs
-                        if w in wchoices[l.name] and a in achoices[l.activation]}) for l in cm.layers]
+                       {bits: noise[bits][l.name] for bits in pairs if l.name in rows[bits]}) for l in cm.layers]
     choice = choose_bits(costs, achoices, _budget(params, costs))
-    _apply(cm, choice, weights, costs)
+    _apply(cm, choice, weights, costs, local)
     return choice
 
 
 def _apply(cm: CalibratedModel, choice: Choice, weights: Mapping[Tuple[str, int], WeightQuant],
-           costs: List[LayerCost]) -> None:
+           costs: List[LayerCost], local: Mapping[Bits, Mapping[str, float]]) -> None:
     """Set the chosen bits on ``cm`` (weights now, wide activations when the table is made) and record them."""
     layers = dict(cm.config.layers)
     for l in cm.layers:
@@ -153,14 +207,17 @@ def _apply(cm: CalibratedModel, choice: Choice, weights: Mapping[Tuple[str, int]
             cm.wide_activations[l.activation] = ab
     cm.config = replace(cm.config, layers=layers)
     budget = _budget(cm.config.methods.mixed_precision, costs)
-    cm.methods["mixed_precision"] = {
+    sensitivity = cm.config.methods.mixed_precision.sensitivity
+    cm.methods["mixed_precision"] = {"sensitivity": sensitivity,
         "budget": {"weight_bytes": budget.weight_bytes, "int8_compute_share": budget.int8_compute_share},
         "weight_bytes": choice.weight_bytes, "all_int8_weight_bytes": choice.all_int8_weight_bytes,
         "size_fraction": choice.weight_bytes / choice.all_int8_weight_bytes if choice.all_int8_weight_bytes else None,
         "wide_mac_share": choice.wide_mac_share, "steps": choice.steps,
         "layers": {c.name: {"weight_bits": choice.weight_bits[c.name], "activation_bits":
                             choice.activation_bits[c.tensor], "macs": c.macs,
-                            "local_sqnr_db": {f"W{w}A{a}": _db(n) for (w, a), n in sorted(c.noise.items())}}
+                            "local_sqnr_db": {f"W{w}A{a}": _db(local[(w, a)][c.name]) for (w, a) in sorted(c.noise)},
+                            **({"output_sqnr_db": {f"W{w}A{a}": _db(n) for (w, a), n in sorted(c.noise.items())}}
+                               if sensitivity == "output" else {})}
                    for c in costs}}
 
 
