@@ -231,27 +231,14 @@ def main() -> None:
         t = Table(f"MobileNetV2 int8 (HFMG for ferroquant), {args.calib} calibration crops from "
                   f"{len(sets.calibration_scenes)} scenes, {args.eval} evaluation crops from "
                   f"{len(sets.evaluation_scenes)} other scenes",
-                  ["method", "quantize s", "top-1 agree (no opt)", "90% scene interval", "top-5 (no opt)",
-                   "SQNR dB (no opt)", "top-1 agree (ORT opt)"])
+                  ["method", "quantize s", "top-1 agree (no opt)", "share (vs plain row)", "90% scene interval",
+                   "top-5 (no opt)", "SQNR dB (no opt)", "top-1 agree (ORT opt)"])
         bits = Table("Mixed precision: the bits chosen (from the record's methods.mixed_precision)",
                      ["method", "weight size / all-int8", "MACs on int16 activations", "int16 inputs (layers)",
                       "int4 weights (layers)"])
-        for n in names:
-            r = _spawn(n, wd)
-            print(n, json.dumps(r), flush=True)
-            if "error" in r:
-                t.add(n, "failed: " + r["error"], "", "", "", "", "")
-                continue
-            lo, hi = r["ci_noopt"]
-            t.add(n, f"{r['time_s']:.1f}", f"{r['top1_noopt']:.3f}", f"{lo:.3f}-{hi:.3f}", f"{r['top5_noopt']:.3f}",
-                  f"{r['sqnr_db_noopt']:.2f}", f"{r['top1_opt']:.3f}")
-            mp = r.get("mixed_precision")
-            if mp:
-                bits.add(n, f"{mp['size_fraction']:.3f}", f"{mp['wide_mac_share']:.3f}",
-                         f"{len(mp['a16'])} of {mp['layers']}: {', '.join(mp['a16'])}",
-                         f"{len(mp['w4'])} of {mp['layers']}: {', '.join(mp['w4'])}")
         t.notes.append(f"Calibration scenes: {', '.join(sets.calibration_scenes)}. Agreement = FP32 top-1 class "
-                       "reproduced; FP32 is the original model (ReLU6). 'fq ort' rows use the onnxruntime profile "
+                       "reproduced; FP32 is the original model (ReLU6); 'share' is the row's agreement minus that of "
+                       "'fq amct' or 'fq ort' (the same profile without methods). 'fq ort' rows use the onnxruntime profile "
                        "(per-tensor activations, u8s7 without VNNI), 'fq amct' rows the simulation layout; "
                        "CLE = cross-layer equalization (exact in float; with ReLU6 kept only the 2 pairs without an "
                        "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
@@ -260,12 +247,34 @@ def main() -> None:
         t.notes.append("AdaRound = learned rounding of the ARQ weight codes (methods.adaround, default options); "
                        "W4A8 = 4-bit ARQ weights (per channel), 8-bit activations.")
         t.notes.append("MP = mixed precision (methods.mixed_precision): per layer 4- or 8-bit ARQ weights and 8- "
-                       "or 16-bit inputs, chosen greedily from each layer's local SQNR at each pair (2 calibration "
-                       "batches) under a weight-size budget (a fraction of all-int8's weight codes) and a least "
+                       "or 16-bit inputs, chosen greedily from each layer's local SQNR at each pair (MP-output: from "
+                       "the model's output SQNR with that layer alone changed; 2 calibration batches) under a weight-size budget (a fraction of all-int8's weight codes) and a least "
                        "share of the MACs on 8-bit activations; 16-bit activations take their observed range; amct "
                        "profile only (onnxruntime runs int16 activations only as float simulation and refuses them).")
-        write_report(args.report, [t] + ([bits] if bits.rows else []), "Each row is a separate process; 'quantize s' covers loading the float model, "
-                     "calibration and saving the deploy model.")
+        plain: Dict[str, float] = {}  # "fq amct" / "fq ort" agreement, for each method's share
+        intro = ("Each row is a separate process; 'quantize s' covers loading the float model, calibration and "
+                 "saving the deploy model (wall time on a shared machine: noise).")
+        for n in names:
+            r = _spawn(n, wd)
+            print(n, json.dumps(r), flush=True)
+            if "error" in r:
+                t.add(n, "failed: " + r["error"], "", "", "", "", "", "")
+                continue
+            lo, hi = r["ci_noopt"]
+            if n in ("fq amct", "fq ort"):
+                plain[n] = r["top1_noopt"]
+            base = next((v for k, v in plain.items() if n.startswith(k + " ")), None)
+            share = f"{r['top1_noopt'] - base:+.3f}" if base is not None else ""
+            t.add(n, f"{r['time_s']:.1f}", f"{r['top1_noopt']:.3f}", share, f"{lo:.3f}-{hi:.3f}",
+                  f"{r['top5_noopt']:.3f}", f"{r['sqnr_db_noopt']:.2f}", f"{r['top1_opt']:.3f}")
+            mp = r.get("mixed_precision")
+            if mp:
+                bits.add(n, f"{mp['size_fraction']:.3f}", f"{mp['wide_mac_share']:.3f}",
+                         f"{len(mp['a16'])} of {mp['layers']}: {', '.join(mp['a16'])}",
+                         f"{len(mp['w4'])} of {mp['layers']}: {', '.join(mp['w4'])}")
+            write_report(args.report, [t] + ([bits] if bits.rows else []), intro)  # after each row: a partial
+            # run leaves a valid file
+        write_report(args.report, [t] + ([bits] if bits.rows else []), intro)
 
 
 if __name__ == "__main__":
