@@ -145,6 +145,7 @@ def test_nuq_layers_keep_their_weights(case):
                                             ({"weight_bits": [8, 4]}, "mixed_precision.weight_bits"),
                                             ({"weight_bits": [1, 8]}, "mixed_precision.weight_bits"),
                                             ({"activation_bits": [8, 12]}, "mixed_precision.activation_bits"),
+                                            ({"activation_bits": [4, 8]}, "mixed_precision.activation_bits"),
                                             ({"size_fraction": 0}, "mixed_precision.size_fraction"),
                                             ({"size_bytes": 1.5}, "mixed_precision.size_bytes"),
                                             ({"size_bytes": 10, "size_fraction": 0.5}, "size_bytes or size_fraction"),

@@ -134,7 +134,7 @@ class MixedPrecisionParams:
 
     def validate(self) -> None:
         check_bool(_WHERE, "mixed_precision.enabled", self.enabled)
-        for name, allowed in (("weight_bits", range(2, 9)), ("activation_bits", (4, 8, 16))):
+        for name, allowed in (("weight_bits", range(2, 9)), ("activation_bits", (8, 16))):
             v = getattr(self, name)
             if not isinstance(v, tuple) or not v or list(v) != sorted(set(v)) or any(
                     isinstance(b, bool) or b not in allowed for b in v):
