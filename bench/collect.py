@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accuracy", "accuracy_adaround",
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accuracy_all_adaround", "accuracy",
+         "accuracy_adaround",
          "accuracy_mixed", "bias_correction",
          "adaround", "ptq_time", "qat", "deploy",
          "foreign", "weight_only", "llm"]
