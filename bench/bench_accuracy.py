@@ -38,6 +38,10 @@ BC = {"weight": {"bias_correction": "empirical"}}
 DW = {"activation": {"channel_wise": True}}
 ADA = {"adaround": {"enabled": True}}
 W4 = {"weight": {"bits": 4}}
+MP = {"mixed_precision": {"enabled": True}}  # weight size <= all-int8's, >= 90 % of the MACs on int8 activations
+MP75 = {"mixed_precision": {"enabled": True, "int8_compute_share": 0.75}}
+MPW = {"mixed_precision": {"enabled": True, "size_fraction": 0.75}}
+MPO = {"mixed_precision": {"enabled": True, "sensitivity": "output"}}  # ranked by the model's output error
 #: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
 #: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
 FERROQUANT = {
@@ -63,6 +67,17 @@ FERROQUANT = {
     "fq amct W4A8 +AdaRound": ("amct", ADA, W4),
     "fq amct W4A8 +BC": ("amct", {}, {"weight": {"bits": 4, "bias_correction": "empirical"}}),
     "fq amct W4A8 +BC +AdaRound": ("amct", ADA, {"weight": {"bits": 4, "bias_correction": "empirical"}}),
+    "fq amct MP (size 1.0; int8 MACs 0.9)": ("amct", MP, {}),
+    "fq amct MP (size 1.0; int8 MACs 0.75)": ("amct", MP75, {}),
+    "fq amct MP (size 0.75; int8 MACs 0.9)": ("amct", MPW, {}),
+    "fq amct +DW +BC +MP (size 1.0; 0.9)": ("amct", MP, {**DW, **BC}),
+    "fq amct all: DW +BC +AdaRound +MP (size 1.0; 0.9)": ("amct", {**ADA, **MP}, {**DW, **BC}),
+    "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP": ("amct", {**CLE6, **ADA, **MP}, {**DW, **BC}),
+    "fq ort +CLE(relu6->relu) +BC +AdaRound": ("onnxruntime", {**CLE6, **ADA}, BC),
+    "fq amct MP-output (size 1.0; int8 MACs 0.9)": ("amct", MPO, {}),
+    "fq amct +DW +BC +MP-output (size 1.0; 0.9)": ("amct", MPO, {**DW, **BC}),
+    "fq amct all: DW +BC +AdaRound +MP-output": ("amct", {**ADA, **MPO}, {**DW, **BC}),
+    "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP-output": ("amct", {**CLE6, **ADA, **MPO}, {**DW, **BC}),
 }
 PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
 FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]
@@ -72,14 +87,22 @@ def _feeds(x: np.ndarray, batch: int = BATCH) -> List[Dict[str, np.ndarray]]:
     return [{"input": x[i : i + batch]} for i in range(0, len(x), batch)]
 
 
-def _ferroquant(name: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
+def _ferroquant(name: str, fp32: Path, out: Path, calib: np.ndarray) -> Dict[str, object]:
+    """Quantize; returns what mixed precision chose (empty without it)."""
     import ferroquant.onnx as fo
 
     profile, methods, common = FERROQUANT[name]
     common = {k: dict(v) for k, v in common.items()}
     common.setdefault("activation", {})["algorithm"] = "hfmg"
-    fo.quantize(str(fp32), _feeds(calib), out, profile=profile, latency_check=False,
-                config_defination={"common_config": common, "methods": methods})
+    r = fo.quantize(str(fp32), _feeds(calib), out, profile=profile, latency_check=False,
+                    config_defination={"common_config": common, "methods": methods})
+    mp = json.loads(r["paths"]["record"].read_text())["extra"].get("methods", {}).get("mixed_precision")
+    if not mp:
+        return {}
+    layers = mp["layers"]
+    return {"size_fraction": mp["size_fraction"], "wide_mac_share": mp["wide_mac_share"],
+            "a16": [n for n, v in layers.items() if v["activation_bits"] == 16],
+            "w4": [n for n, v in layers.items() if v["weight_bits"] == 4], "layers": len(layers)}
 
 
 def _peer(name: str, fp32: Path, out: Path, calib: np.ndarray) -> None:
@@ -147,13 +170,16 @@ def worker(name: str, wd: Path) -> Dict[str, float]:
     fp32, calib = wd / "mobilenet_v2.onnx", np.load(wd / "calib.npy")
     out = wd / f"{abs(hash(name))}.onnx"
     t0 = time.perf_counter()
+    chosen: Dict[str, object] = {}
     if name in FERROQUANT:
-        _ferroquant(name, fp32, out, calib)
+        chosen = _ferroquant(name, fp32, out, calib)
     elif name in FLOAT:
         _float_variant(name, fp32, out)
     else:
         _peer(name, fp32, out, calib)
-    res: Dict[str, float] = {"time_s": time.perf_counter() - t0}
+    res: Dict[str, object] = {"time_s": time.perf_counter() - t0}
+    if chosen:
+        res["mixed_precision"] = chosen
     x, ref, scene = np.load(wd / "eval.npy"), np.load(wd / "ref.npy"), np.load(wd / "scene.npy")
     for opt in (False, True):
         got = _run(out, x, opt)
@@ -205,18 +231,14 @@ def main() -> None:
         t = Table(f"MobileNetV2 int8 (HFMG for ferroquant), {args.calib} calibration crops from "
                   f"{len(sets.calibration_scenes)} scenes, {args.eval} evaluation crops from "
                   f"{len(sets.evaluation_scenes)} other scenes",
-                  ["method", "quantize s", "top-1 agree (no opt)", "90% scene interval", "top-5 (no opt)",
-                   "SQNR dB (no opt)", "top-1 agree (ORT opt)"])
-        for n in names:
-            r = _spawn(n, wd)
-            if "error" in r:
-                t.add(n, "failed: " + r["error"], "", "", "", "", "")
-                continue
-            lo, hi = r["ci_noopt"]
-            t.add(n, f"{r['time_s']:.1f}", f"{r['top1_noopt']:.3f}", f"{lo:.3f}-{hi:.3f}", f"{r['top5_noopt']:.3f}",
-                  f"{r['sqnr_db_noopt']:.2f}", f"{r['top1_opt']:.3f}")
+                  ["method", "quantize s", "top-1 agree (no opt)", "share (vs plain row)", "90% scene interval",
+                   "top-5 (no opt)", "SQNR dB (no opt)", "top-1 agree (ORT opt)"])
+        bits = Table("Mixed precision: the bits chosen (from the record's methods.mixed_precision)",
+                     ["method", "weight size / all-int8", "MACs on int16 activations", "int16 inputs (layers)",
+                      "int4 weights (layers)"])
         t.notes.append(f"Calibration scenes: {', '.join(sets.calibration_scenes)}. Agreement = FP32 top-1 class "
-                       "reproduced; FP32 is the original model (ReLU6). 'fq ort' rows use the onnxruntime profile "
+                       "reproduced; FP32 is the original model (ReLU6); 'share' is the row's agreement minus that of "
+                       "'fq amct' or 'fq ort' (the same profile without methods). 'fq ort' rows use the onnxruntime profile "
                        "(per-tensor activations, u8s7 without VNNI), 'fq amct' rows the simulation layout; "
                        "CLE = cross-layer equalization (exact in float; with ReLU6 kept only the 2 pairs without an "
                        "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
@@ -224,8 +246,35 @@ def main() -> None:
                        "DW per-channel = per-channel activation scales on depthwise-Conv inputs.")
         t.notes.append("AdaRound = learned rounding of the ARQ weight codes (methods.adaround, default options); "
                        "W4A8 = 4-bit ARQ weights (per channel), 8-bit activations.")
-        write_report(args.report, [t], "Each row is a separate process; 'quantize s' covers loading the float model, "
-                     "calibration and saving the deploy model.")
+        t.notes.append("MP = mixed precision (methods.mixed_precision): per layer 4- or 8-bit ARQ weights and 8- "
+                       "or 16-bit inputs, chosen greedily from each layer's local SQNR at each pair (MP-output: from "
+                       "the model's output SQNR with that layer alone changed; 2 calibration batches) under a weight-size budget (a fraction of all-int8's weight codes) and a least "
+                       "share of the MACs on 8-bit activations; 16-bit activations take their observed range; amct "
+                       "profile only (onnxruntime runs int16 activations only as float simulation and refuses them).")
+        plain: Dict[str, float] = {}  # "fq amct" / "fq ort" agreement, for each method's share
+        intro = ("Each row is a separate process; 'quantize s' covers loading the float model, calibration and "
+                 "saving the deploy model (wall time on a shared machine: noise).")
+        for n in names:
+            r = _spawn(n, wd)
+            print(n, json.dumps(r), flush=True)
+            if "error" in r:
+                t.add(n, "failed: " + r["error"], "", "", "", "", "", "")
+                continue
+            lo, hi = r["ci_noopt"]
+            if n in ("fq amct", "fq ort"):
+                plain[n] = r["top1_noopt"]
+            base = next((v for k, v in plain.items() if n.startswith(k + " ")), None)
+            share = f"{r['top1_noopt'] - base:+.3f}" if base is not None else ""
+            t.add(n, f"{r['time_s']:.1f}", f"{r['top1_noopt']:.3f}", share, f"{lo:.3f}-{hi:.3f}",
+                  f"{r['top5_noopt']:.3f}", f"{r['sqnr_db_noopt']:.2f}", f"{r['top1_opt']:.3f}")
+            mp = r.get("mixed_precision")
+            if mp:
+                bits.add(n, f"{mp['size_fraction']:.3f}", f"{mp['wide_mac_share']:.3f}",
+                         f"{len(mp['a16'])} of {mp['layers']}: {', '.join(mp['a16'])}",
+                         f"{len(mp['w4'])} of {mp['layers']}: {', '.join(mp['w4'])}")
+            write_report(args.report, [t] + ([bits] if bits.rows else []), intro)  # after each row: a partial
+            # run leaves a valid file
+        write_report(args.report, [t] + ([bits] if bits.rows else []), intro)
 
 
 if __name__ == "__main__":

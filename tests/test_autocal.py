@@ -56,3 +56,20 @@ def test_bad_arguments(case, tmp_path):
         accuracy_based_auto_calibration(case["model"], case["evaluate"], None, feeds(), -1, tmp_path)
     with pytest.raises(DataError, match="finite number"):
         accuracy_based_auto_calibration(case["model"], lambda p: "good", None, feeds(), 0.1, tmp_path)
+
+
+def test_mixed_precision_meets_max_drop_without_float_layers(case, tmp_path):
+    from ferroquant.onnx import create_quant_config
+
+    def config(share):
+        return create_quant_config(None, str(case["model"]), config_defination={
+            "methods": {"mixed_precision": {"enabled": True, "int8_compute_share": share}}})
+
+    res = accuracy_based_auto_calibration(case["model"], case["evaluate"], config(0.0), feeds(), 0.02, tmp_path / "a")
+    rec = json.loads(res.paths["record"].read_text())["extra"]["methods"]["mixed_precision"]["layers"]
+    assert rec["fc2"]["activation_bits"] == 16  # the 16-bit grid resolves fc2's ordinary inputs beside the 1000
+    assert res.float_layers == [] and res.met and res.quantized_metric >= 0.98
+    assert load_config(res.paths["config"]).layers["fc2"].activation.bits == 16
+    # fc2 holds 55% of the MACs: with at most 50% of them on 16-bit inputs, it falls back to float as before
+    res = accuracy_based_auto_calibration(case["model"], case["evaluate"], config(0.5), feeds(), 0.02, tmp_path / "b")
+    assert res.float_layers == ["fc2"] and res.met

@@ -11,6 +11,10 @@ per-layer report: the error each layer adds alone, lowest first); evaluate with 
 misses ``max_drop``, binary-search the count ``k`` of most sensitive layers kept in float (fake-quant models
 rebuilt from the one calibration, no recalibration). The search assumes the metric does not get worse as more
 layers stay in float.
+
+With ``methods.mixed_precision`` in the config, each layer's bits are chosen first, under its budget (16-bit
+inputs where they remove the most error per MAC, 4-bit weights where a size budget asks for them): the layers a
+wider grid rescues then need no float fallback, and only what still misses ``max_drop`` is kept in float.
 """
 
 from __future__ import annotations

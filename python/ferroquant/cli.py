@@ -13,7 +13,7 @@ import importlib.util
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ferroquant.config.ptq import ACT_ALGORITHMS, WEIGHT_ALGORITHMS
 from ferroquant.cli_args import Parser, count, number
@@ -65,6 +65,12 @@ def _quant_options() -> argparse.ArgumentParser:
     m.add_argument("--smooth-quant", nargs="?", const="search", metavar="ALPHA",
                    help="SmoothQuant balancing of LayerNorm -> MatMul groups before calibration (transformers); "
                         "ALPHA in [0, 1] fixes alpha, default: searched per LayerNorm")
+    m.add_argument("--mixed-precision", nargs="?", const="1.0", metavar="SIZE",
+                   help="mixed precision: each layer's weight bits (4/8) and input bits (8/16) chosen by local "
+                        "error under a weight size budget, SIZE a fraction of all-int8's (default 1.0) or a byte "
+                        "count ending in B (e.g. 2500000B); 16-bit activations are for the amct profile")
+    m.add_argument("--int8-compute-share", type=number(0.0), metavar="SHARE",
+                   help="with --mixed-precision: the least share of the MACs kept on 8-bit activations (default 0.9)")
     g = p.add_argument_group("weight-only (group-wise int4/int8 MatMul/Gemm weights, float activations)")
     g.add_argument("--weight-only", action="store_true",
                    help="quantize only the weights of MatMul/Gemm layers, group-wise (onnxruntime MatMulNBits)")
@@ -179,8 +185,9 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
-                                                  "per_channel_depthwise", "smooth_quant", "activation_matmul")
-             if getattr(args, k, None)]
+                                                  "per_channel_depthwise", "smooth_quant", "activation_matmul",
+                                                  "mixed_precision", "int8_compute_share")
+             if getattr(args, k, None) is not None and getattr(args, k) is not False and getattr(args, k) != []]
     if getattr(args, "config", None):
         if given:
             raise ConfigError(f"--config cannot be combined with {', '.join(given)}: edit the config instead")
@@ -205,6 +212,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
         methods["adaround"] = {"enabled": True}
     if getattr(args, "smooth_quant", None):
         methods["smooth_quant"] = {"enabled": True, "alpha": _alpha(args.smooth_quant)}
+    if getattr(args, "mixed_precision", None) is not None or getattr(args, "int8_compute_share", None) is not None:
+        methods["mixed_precision"] = _mixed_precision(args)
     bad = sorted(set(args.skip_type) - set(QUANTIZABLE_TYPES))
     if bad:
         raise ConfigError(f"--skip-type: unknown op types {bad} (quantizable: {list(QUANTIZABLE_TYPES)})")
@@ -215,6 +224,25 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
                               config_defination={"common_config": {"activation": act, "weight": wts},
                                                  "methods": methods})
     return model, prepared, cfg
+
+
+def _mixed_precision(args: argparse.Namespace) -> Dict[str, Any]:
+    """``--mixed-precision [SIZE]`` and ``--int8-compute-share`` as the config's ``methods.mixed_precision``."""
+    if args.mixed_precision is None:
+        raise ConfigError("--int8-compute-share needs --mixed-precision")
+    text = args.mixed_precision.strip()
+    out: Dict[str, Any] = {"enabled": True}
+    try:
+        if text.upper().endswith("B"):
+            out["size_bytes"] = int(text[:-1])
+        else:
+            out["size_fraction"] = float(text)
+    except ValueError:
+        raise ConfigError(f"--mixed-precision: SIZE must be a fraction of all-int8's weight size (e.g. 0.8) or a "
+                          f"byte count ending in B (e.g. 2500000B), got {text!r}") from None
+    if args.int8_compute_share is not None:
+        out["int8_compute_share"] = args.int8_compute_share
+    return out
 
 
 def _alpha(text: str) -> Optional[float]:

@@ -141,7 +141,7 @@ def test_config_methods_section_round_trips_and_validates():
     with pytest.raises(ConfigError, match="equalization.iteration"):
         methods_from_json({"equalization": {"iteration": 3}})
     with pytest.raises(ConfigError, match="unknown keys"):
-        methods_from_json({"mixed_precision": {}})
+        methods_from_json({"clip_search": {}})  # (mixed_precision is a section now)
     with pytest.raises(ConfigError, match="enabled"):
         methods_from_json({"equalization": {"enabled": "yes"}})
 

@@ -4,7 +4,8 @@ config's ``methods`` key: cross-layer equalization, learned rounding and SmoothQ
     "methods": {
       "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false},
       "adaround": {"enabled": true, "iterations": 500},
-      "smooth_quant": {"enabled": true, "alpha": null}
+      "smooth_quant": {"enabled": true, "alpha": null},
+      "mixed_precision": {"enabled": true, "size_fraction": 1.0, "int8_compute_share": 0.9}
     }
 
 Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
@@ -103,7 +104,57 @@ class SmoothQuantParams:
             raise ConfigError(f"methods.smooth_quant.max_rows: must be an integer >= 1, got {self.max_rows!r}")
 
 
-_SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams, "smooth_quant": SmoothQuantParams}
+@dataclass(frozen=True)
+class MixedPrecisionParams:
+    """Mixed-precision search (:mod:`ferroquant.quant.mixed_precision`): the bits of every enabled layer's
+    weight (``weight_bits``: ARQ layers; NUQ keeps 8) and input activation (``activation_bits``: per tensor,
+    shared by its readers; per-channel inputs keep their bits), chosen from each layer's local error (the
+    report's local SQNR, measured per bit width on ``batches`` calibration batches) under a budget:
+
+    - the weight size: the bytes of the quantized layers' weight codes (``elements * bits / 8``; scales, biases
+      and float layers not counted), at most ``size_bytes``, or ``size_fraction`` of all-int8's (default 1.0);
+    - ``int8_compute_share``: the least share of the quantized layers' multiply-accumulates (MACs: output
+      elements times weight elements per output channel) whose activations keep the lowest of
+      ``activation_bits`` (1.0: none wider; 0.0: no limit).
+
+    ``sensitivity``: ``local`` (default) ranks by each layer's local error (one model pass per bit pair);
+    ``output`` by the model's output error with that layer alone changed from its base bits and every other
+    layer quantized (one fake-quant model and pass per layer and bit pair: slower, closer to the metric).
+
+    The layers' own ``bits`` fields are replaced by the choice (the record names it per layer)."""
+
+    enabled: bool = False
+    weight_bits: Tuple[int, ...] = (4, 8)
+    activation_bits: Tuple[int, ...] = (8, 16)
+    size_bytes: Optional[int] = None
+    size_fraction: Optional[float] = None
+    int8_compute_share: float = 0.9
+    batches: int = 2
+    sensitivity: str = "local"
+
+    def validate(self) -> None:
+        check_bool(_WHERE, "mixed_precision.enabled", self.enabled)
+        for name, allowed in (("weight_bits", range(2, 9)), ("activation_bits", (8, 16))):
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or not v or list(v) != sorted(set(v)) or any(
+                    isinstance(b, bool) or b not in allowed for b in v):
+                raise ConfigError(f"methods.mixed_precision.{name}: must be a non-empty increasing list of bit "
+                                  f"widths from {list(allowed)}, got {list(v) if isinstance(v, tuple) else v!r}")
+        if self.size_bytes is not None and self.size_fraction is not None:
+            raise ConfigError("methods.mixed_precision: give size_bytes or size_fraction, not both")
+        if self.size_bytes is not None:
+            _check_count("mixed_precision.size_bytes", self.size_bytes, 1, 1 << 62)
+        if self.size_fraction is not None:
+            check_num(_WHERE, "mixed_precision.size_fraction", self.size_fraction, 0.0, 4.0, lo_open=True)
+        check_num(_WHERE, "mixed_precision.int8_compute_share", self.int8_compute_share, 0.0, 1.0)
+        _check_count("mixed_precision.batches", self.batches, 1, 1 << 20)
+        if self.sensitivity not in ("local", "output"):
+            raise ConfigError(f"methods.mixed_precision.sensitivity: must be 'local' or 'output', got "
+                              f"{self.sensitivity!r}")
+
+
+_SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams, "smooth_quant": SmoothQuantParams,
+             "mixed_precision": MixedPrecisionParams}
 
 
 @dataclass(frozen=True)
@@ -113,6 +164,7 @@ class MethodsConfig:
     equalization: EqualizationParams = field(default_factory=EqualizationParams)
     adaround: AdaRoundParams = field(default_factory=AdaRoundParams)
     smooth_quant: SmoothQuantParams = field(default_factory=SmoothQuantParams)
+    mixed_precision: MixedPrecisionParams = field(default_factory=MixedPrecisionParams)
 
     def is_default(self) -> bool:
         return self == MethodsConfig()
@@ -151,4 +203,5 @@ def methods_from_json(d: Any) -> MethodsConfig:
     return MethodsConfig(**parts)
 
 
-__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "SmoothQuantParams", "methods_from_json"]
+__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "MixedPrecisionParams", "SmoothQuantParams",
+           "methods_from_json"]

@@ -132,6 +132,7 @@ class QuantConfig:
         out = ["methods.equalization"] if self.methods.equalization.enabled else []
         out += ["methods.adaround"] if self.methods.adaround.enabled else []
         out += ["methods.smooth_quant"] if self.methods.smooth_quant.enabled else []
+        out += ["methods.mixed_precision"] if self.methods.mixed_precision.enabled else []
         for key, on in (("weight.bias_correction", lambda c: c.weight.bias_correction != "none"),
                         ("activation.channel_wise", lambda c: c.activation.channel_wise)):
             if any(on(c) for c in self.layers.values() if c.quant_enable):

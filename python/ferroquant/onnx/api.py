@@ -23,6 +23,7 @@ from ferroquant.onnx.external import is_large
 from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
+from ferroquant.onnx.mixed_precision import search_precision
 from ferroquant.onnx.methods import apply_methods, fp32_change, layer_grams, layer_moments
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
@@ -178,7 +179,9 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
     number of calibration batches.
 
     ``methods.smooth_quant`` in the config: SmoothQuant balancing (:mod:`ferroquant.onnx.smooth`) on the same
-    batches before calibration (a one-shot iterator is read into a list so that it can be read twice).
+    batches before calibration (a one-shot iterator is read into a list so that it can be read twice);
+    ``methods.mixed_precision``: each layer's bits chosen after calibration from its local error on the first
+    batches (:mod:`ferroquant.onnx.mixed_precision`).
 
     ``weight_only`` (or a ``config`` with a ``weight_only`` section): weight-only quantization instead, see
     :func:`quantize_weight_only`; returns a :class:`WeightOnlyModel`."""
@@ -191,7 +194,7 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
         raise ConfigError("quantize_model needs a config (or weight_only)")
     cfg = load_config(config)
     limit = batch_num if batch_num is not None else cfg.batch_num
-    if cfg.methods.smooth_quant.enabled:  # balancing reads the data once more before calibration
+    if cfg.methods.smooth_quant.enabled or cfg.methods.mixed_precision.enabled:  # the data is read once more
         calibration_data = replayable(calibration_data, limit)
     cm, original = calibration_setup(cfg, model, ifmr_memory_budget, profile, cpu_types,
                                      calibration_data if cfg.methods.smooth_quant.enabled else None, limit)
@@ -201,6 +204,10 @@ def quantize_model(config: Union[str, Path, Mapping, QuantConfig, None], model: 
         methods["equalization"]["fp32_max_relative_difference"] = fp32_change(original, cm.model, cm.sample)
     if methods.get("smooth_quant", {}).get("groups"):
         methods["smooth_quant"]["fp32_max_relative_difference"] = fp32_change(original, cm.model, cm.sample)
+    if cfg.methods.mixed_precision.enabled:
+        t0 = time.perf_counter()
+        search_precision(cm, calibration_data)
+        cm.timings["mixed_precision_s"] = time.perf_counter() - t0
     return cm
 
 

@@ -23,7 +23,7 @@ from ferroquant.onnx.placement import DeployPlan
 from ferroquant import ops
 from ferroquant.onnx.session import cpu_session
 from ferroquant.quant.bias_correction import corrected_bias
-from ferroquant.quant.calibrators import activation_quant, bounded
+from ferroquant.quant.calibrators import activation_quant, bounded, widened
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.ops.types import AdaRoundOptions
 from ferroquant.quant.adaround import LayerGram, learn_rounding
@@ -150,13 +150,16 @@ class CalibratedModel:
     #: input-patch Gram streams of the layers whose rounding is learned, by layer name (used up by table())
     grams: Dict[str, LayerGram] = field(default_factory=dict, repr=False)
     rounding: Optional[AdaRoundOptions] = None
+    #: activation tensors mixed precision widened, with their bits (:mod:`ferroquant.onnx.mixed_precision`)
+    wide_activations: Dict[str, int] = field(default_factory=dict)
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
         ``progress(done, total)`` is called after each tensor's search."""
         acts: Dict[str, ActivationQuant] = {}
         for i, (tensor, found) in enumerate(search_all(self.calibrators).items()):  # HFMG searches in parallel
-            acts[tensor] = activation_quant(tensor, found)
+            acts[tensor] = (activation_quant(tensor, found) if tensor not in self.wide_activations
+                            else widened(tensor, self.calibrators[tensor], self.wide_activations[tensor]))
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
         self.activations = acts

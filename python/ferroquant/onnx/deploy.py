@@ -12,6 +12,9 @@ Rules (a :class:`Violation` names the node and the rule):
   output-channel axis or per tensor, weights have at most 8 bits.
 - ``onnxruntime`` and ``tensorrt``: activations are quantized per tensor (``per_channel_activation``: neither
   fuses a per-axis activation Q/DQ into its integer kernels; the ``amct`` simulation layout takes them).
+- ``onnxruntime``: a quantized layer's input has at most 8 bits (``wide_activation``: onnxruntime's CPU has no
+  integer kernel for int16 activations, it runs their Q/DQ only as a simulation, in float; mixed precision's
+  16-bit activations are for the ``amct`` simulation layout). TensorRT's ``type`` rule refuses them as well.
 """
 
 from __future__ import annotations
@@ -130,6 +133,11 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
                                  f"{profile.name} quantizes activations per tensor: the per-channel scales of "
                                  f"{lq.activation.tensor!r} (activation.channel_wise) are for runtimes that take "
                                  "them; use the amct profile, or cross-layer equalization for a per-tensor model"))
+        if lq.activation.bits > 8 and profile.name == "onnxruntime":
+            out.append(Violation(lq.layer.name, "wide_activation",
+                                 f"onnxruntime's CPU kernels take 8-bit activations; the {lq.activation.bits}-bit "
+                                 f"Q/DQ of {lq.activation.tensor!r} would run only as a simulation, in float; use "
+                                 "the amct profile (simulation), or 8-bit activations"))
     for layer in (lq.layer for lq in layers):
         if profile.placement != "amct" and profile.placement not in layer.type.placements:
             out.append(Violation(layer.name, "no_integer_kernel", f"{profile.name} has no integer kernel for "

@@ -67,6 +67,9 @@ def _check_config(cfg: QuantConfig) -> None:
     if any(c.weight.bias_correction != "none" for c in cfg.layers.values()):
         raise ConfigError("sharded calibration does not carry bias correction's input statistics: calibrate "
                           "without weight.bias_correction, or in one run")
+    if cfg.methods.mixed_precision.enabled:
+        raise ConfigError("sharded calibration cannot run methods.mixed_precision, which measures every layer on "
+                          "calibration data after calibrating: run it in one run")
 
 
 def state_of(cm: CalibratedModel) -> CalibrationState:

@@ -99,6 +99,18 @@ def activation_quant(tensor: str, r: CalibResult) -> ActivationQuant:
                            dict(r.details))
 
 
+def widened(tensor: str, cal: AnyCalibrator, bits: int) -> ActivationQuant:
+    """The qparams of ``tensor`` at ``bits`` wider than its calibrator's (mixed precision's 16-bit activations):
+    the observed range (min/max) on the new grid, no clip search (at 16 bits the step is 1/256 of 8 bits', so
+    clipping outliers no longer pays), symmetric as the calibrator is."""
+    lo, hi = cal.observed_range()
+    p = ops.qparams_from_range(min(float(lo), 0.0), max(float(hi), 0.0), bits, symmetric=bool(cal.symmetric))
+    q_lo, q_hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return ActivationQuant(tensor, p.scale, p.zero_point, bits, "minmax",
+                           float(p.scale * (q_lo - p.zero_point)), float(p.scale * (q_hi - p.zero_point)),
+                           {"mixed_precision": f"{cal.bits} -> {bits} bits"})
+
+
 def tensor_calibrators(config: QuantConfig, tensors: Iterable[str], budget: int,
                        pool: Optional[SampleBudget] = None) -> Dict[str, AnyCalibrator]:
     """Calibrators for activation tensors that are no layer's input, with the config's tensor parameters."""
@@ -122,4 +134,4 @@ def bounded(aq: ActivationQuant, lo: float, hi: float) -> ActivationQuant:
 
 
 __all__ = ["IFMR_MODEL_BUDGET", "activation_quant", "bounded", "ifmr_share", "layer_calibrators",
-           "make_activation_calibrator", "make_channel_calibrator", "tensor_calibrators"]
+           "make_activation_calibrator", "make_channel_calibrator", "tensor_calibrators", "widened"]

@@ -65,6 +65,7 @@ class LayerStats:
     local_sqnr_db: Optional[float] = None
     output_sqnr_spread_db: Optional[List[float]] = None
     local_sqnr_spread_db: Optional[List[float]] = None
+    activation_bits: int = 8  # the input's bits (mixed precision may choose 16)
 
 
 @dataclass
@@ -219,7 +220,7 @@ def _rows(cm: CalibratedModel, table: QuantTable, view: GraphView) -> Tuple[List
         rows.append(LayerStats(name, lq.layer.op_type, aq.tensor, aq.algorithm, lq.weight.algorithm, lq.weight.bits,
                                mn, mx, aq.clip_min, aq.clip_max,
                                clipped_fraction(cal, hists[aq.tensor], aq.clip_min, aq.clip_max),
-                               weight_sqnr(view.array(lq.layer.weight), lq)))
+                               weight_sqnr(view.array(lq.layer.weight), lq), activation_bits=aq.bits))
     return rows, hists
 
 

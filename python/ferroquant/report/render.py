@@ -87,7 +87,8 @@ def _html(report: QuantReport, plots: Dict[str, str], float_layers: Iterable[str
     rows = []
     for r in report.layers:
         img = f'<img src="{html.escape(plots[r.name])}" alt="{html.escape(r.name)}">' if r.name in plots else ""
-        cells = (r.name + (" (float in patch)" if r.name in fl else ""), r.op_type, r.act_algorithm,
+        act = r.act_algorithm + (f" int{r.activation_bits}" if r.activation_bits != 8 else "")
+        cells = (r.name + (" (float in patch)" if r.name in fl else ""), r.op_type, act,
                  f"[{r.observed_min:.4g}, {r.observed_max:.4g}]", f"[{r.clip_min:.4g}, {r.clip_max:.4g}]",
                  f"{100 * r.clipped_fraction:.4f}", f"{r.weight_algorithm} int{r.weight_bits}",
                  _fmt(r.weight_sqnr_db), _with_spread(r.output_sqnr_db, r.output_sqnr_spread_db),
