@@ -26,7 +26,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Table, write_report  # noqa: E402
+from harness import Table, latency_ms, write_report  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -187,8 +187,6 @@ def _llama(path: Path) -> Path:
 def latency_table(work: Path, repeats: int) -> Table:
     """Prompt throughput (128 tokens, batch 1) of FP32, MatMulNBits int4 g128 and dynamic int8 on the 110M
     model, onnxruntime CPU at 1 and 2 threads, runs interleaved, median."""
-    import onnxruntime as ort
-
     import ferroquant as fq
     from ferroquant.config import WeightOnlyConfig
     from ferroquant.onnx import quantize_dynamic
@@ -209,21 +207,10 @@ def latency_table(work: Path, repeats: int) -> Table:
     ids = {"ids": np.random.default_rng(0).integers(0, 16000, (1, CTX)).astype(np.int64),
            "mask": np.ones((1, CTX), np.int64)}
     for threads in (1, 2):
-        sessions = {}
-        for name, p in paths.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-            sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-            sessions[name].run(None, ids)
-        times: Dict[str, list] = {n: [] for n in sessions}
-        for _ in range(repeats):
-            for n, sess in sessions.items():
-                t0 = time.perf_counter()
-                sess.run(None, ids)
-                times[n].append(time.perf_counter() - t0)
-        base = float(np.median(times["FP32"]))
-        for n in sessions:
-            med = float(np.median(times[n]))
+        ms = latency_ms(paths, ids, threads, repeats, warm=1)
+        base = ms["FP32"] / 1e3
+        for n in ms:
+            med = ms[n] / 1e3
             t.add(n, f"{Path(paths[n]).stat().st_size / 1e6:.0f}", threads, f"{med * 1e3:.0f}",
                   f"{CTX / med:.0f}", f"{base / med:.2f}x")
     t.notes.append("accuracy_level 4: onnxruntime quantizes the activations to int8 per block at run time "

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_llm import CTX, _llama, _windows, corpus, export, perplexity, train  # noqa: E402
-from harness import Table, write_report  # noqa: E402
+from harness import Table, latency_ms, write_report  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -62,8 +62,6 @@ def perplexity_table(work: Path, calib_batches: int) -> Table:
 
 
 def latency_table(work: Path, repeats: int) -> Table:
-    import onnxruntime as ort
-
     import ferroquant as fq
     from ferroquant.config import WeightOnlyConfig
 
@@ -80,21 +78,10 @@ def latency_table(work: Path, repeats: int) -> Table:
            "mask": np.ones((1, CTX), np.int64)}
     base_size = fp32.stat().st_size
     for threads in (1, 2):
-        sessions = {}
-        for name, p in paths.items():
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
-            sessions[name] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-            sessions[name].run(None, ids)
-        times: Dict[str, list] = {n: [] for n in sessions}
-        for _ in range(repeats):
-            for n, sess in sessions.items():
-                t0 = time.perf_counter()
-                sess.run(None, ids)
-                times[n].append(time.perf_counter() - t0)
-        base = float(np.median(times["FP32"]))
-        for n in sessions:
-            med, size = float(np.median(times[n])), paths[n].stat().st_size
+        ms = latency_ms(paths, ids, threads, repeats, warm=1)
+        base = ms["FP32"] / 1e3
+        for n in ms:
+            med, size = ms[n] / 1e3, paths[n].stat().st_size
             t.add(n, f"{size / 1e6:.0f}", f"{size / base_size:.3f}", threads, f"{med * 1e3:.0f}", f"{base / med:.2f}x")
     t.notes.append(f"Median of {repeats} runs per model, the models interleaved; the machine is shared: read the "
                    "ratios. The FP32 file holds the untied embedding table and LM head (12.3M parameters each).")

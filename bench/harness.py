@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent
 
@@ -90,3 +90,34 @@ def write_report(name: str, tables: List[Table], intro: Optional[str] = None) ->
     path.write_text(text)
     print(f"wrote {path}")
     return path
+
+
+def session(path: Path, optimize: bool = True, threads: int = 1):  # noqa: ANN201
+    """An onnxruntime CPU session: ``threads`` intra-op threads, graph optimizations all or none."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def latency_ms(paths: Dict[str, Path], feed: Dict[str, Any], threads: int, runs: int, warm: int = 3
+               ) -> Dict[str, float]:
+    """Median milliseconds of ``runs`` runs of each model on ``feed`` (each session reads its own inputs from it),
+    the models interleaved run by run, after ``warm`` warm-up runs each."""
+    sessions = {k: session(p, True, threads) for k, p in paths.items()}
+    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warm):
+            s.run(None, feeds[k])
+    times: Dict[str, List[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
@@ -31,6 +31,7 @@ from ferroquant.config.methods import SmoothQuantParams
 from ferroquant.errors import DataError
 from ferroquant.onnx.calibration import CalibrationData, _check_feed, iterate_batches, tapped_session
 from ferroquant.onnx.graph import GraphView, get_attr, node_label
+from ferroquant.quant.smooth import Smoothed, report
 from ferroquant.quant.weight_only import RowSample
 
 NORMS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
@@ -49,25 +50,6 @@ class SmoothGroup:
     bias: Optional[str]
     layers: Tuple[str, ...]
     weights: Tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SmoothedGroup:
-    """What balancing did to one group: the alpha used, the search's int8 output error with and without the
-    scales (mean squared, on the sampled rows), and the smallest and largest scale."""
-
-    group: SmoothGroup
-    alpha: float
-    loss: float
-    loss_unbalanced: float
-    scale_min: float
-    scale_max: float
-
-    def to_json(self) -> Dict[str, Any]:
-        g = self.group
-        return {"norm": g.norm, "tensor": g.tensor, "layers": list(g.layers), "alpha": self.alpha,
-                "loss": self.loss, "loss_unbalanced": self.loss_unbalanced, "scale_min": self.scale_min,
-                "scale_max": self.scale_max}
 
 
 def _norm_ok(view: GraphView, node: onnx.NodeProto) -> Optional[str]:
@@ -213,7 +195,7 @@ def collect_inputs(model: onnx.ModelProto, groups: List[SmoothGroup], data: Cali
 
 
 def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: CalibrationData,
-            max_batches: Optional[int] = None) -> Tuple[onnx.ModelProto, List[SmoothedGroup], List[Tuple[str, str]]]:
+            max_batches: Optional[int] = None) -> Tuple[onnx.ModelProto, List[Smoothed], List[Tuple[str, str]]]:
     """A balanced copy of ``model`` (``model`` itself when no group is found), what was done per group, and the
     normalizations skipped with the reason."""
     groups, skipped = smooth_groups(model)
@@ -237,15 +219,8 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
         for name, w in zip(g.weights, ws):
             dtype = view.array(name).dtype
             view.set_initializer(name, (w * s[:, None]).astype(dtype))
-        done.append(SmoothedGroup(g, r.alpha, float(np.min(r.losses)),
-                                  r.loss_unbalanced, float(s.min()), float(s.max())))
+        done.append(Smoothed.of(g.norm, g.layers, r, s, g.tensor))
     return out, done, skipped
 
 
-def report(done: List[SmoothedGroup], skipped: List[Tuple[str, str]]) -> Dict[str, Any]:
-    """The record's ``methods.smooth_quant`` entry."""
-    return {"groups": [d.to_json() for d in done],
-            "skipped": [{"norm": n, "reason": why} for n, why in skipped]}
-
-
-__all__ = ["NORMS", "SmoothGroup", "SmoothedGroup", "balance", "collect_inputs", "report", "smooth_groups"]
+__all__ = ["NORMS", "SmoothGroup", "Smoothed", "balance", "collect_inputs", "report", "smooth_groups"]

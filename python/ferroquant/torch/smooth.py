@@ -8,7 +8,6 @@ weight and bias are divided by ``s`` and the Linear weights' input columns multi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -18,26 +17,10 @@ from torch import nn
 from ferroquant import ops
 from ferroquant.config.methods import SmoothQuantParams
 from ferroquant.errors import DataError, ModelError
+from ferroquant.quant.smooth import Smoothed
+from ferroquant.quant.smooth import report as neutral_report
 from ferroquant.quant.weight_only import RowSample
 from ferroquant.torch.prepare import call_model
-
-
-@dataclass(frozen=True)
-class SmoothedNorm:
-    """What balancing did to one normalization: the Linear layers it feeds, the alpha, the search's int8
-    output error with and without the scales (on the sampled rows), and the smallest and largest scale."""
-
-    norm: str
-    layers: Tuple[str, ...]
-    alpha: float
-    loss: float
-    loss_unbalanced: float
-    scale_min: float
-    scale_max: float
-
-    def to_json(self) -> Dict[str, Any]:
-        return {"norm": self.norm, "layers": list(self.layers), "alpha": self.alpha, "loss": self.loss,
-                "loss_unbalanced": self.loss_unbalanced, "scale_min": self.scale_min, "scale_max": self.scale_max}
 
 
 def collect_norm_outputs(model: nn.Module, norms: Sequence[str], batches: Iterable[Any], max_batches: Optional[int],
@@ -83,7 +66,7 @@ def _vector(p: Optional[torch.Tensor], k: int, what: str) -> Optional[np.ndarray
 
 
 def balance_(model: nn.Module, groups: List[Tuple[str, Tuple[str, ...]]], params: SmoothQuantParams,
-             batches: Iterable[Any], max_batches: Optional[int] = None) -> List[SmoothedNorm]:
+             batches: Iterable[Any], max_batches: Optional[int] = None) -> List[Smoothed]:
     """Balance ``groups`` (normalization module, the Linear modules reading it) of ``model`` in place on the
     calibration ``batches``; returns what was done per group."""
     if not groups:
@@ -111,18 +94,16 @@ def balance_(model: nn.Module, groups: List[Tuple[str, Tuple[str, ...]]], params
                 norm.bias.copy_(torch.from_numpy(beta / s))
             for m in linears:
                 m.weight.copy_(torch.from_numpy(m.weight.detach().float().cpu().numpy() * s[None, :]))
-        done.append(SmoothedNorm(norm_name, tuple(lins), r.alpha, float(np.min(r.losses)), r.loss_unbalanced,
-                                 float(s.min()), float(s.max())))
+        done.append(Smoothed.of(norm_name, lins, r, s))
     return done
 
 
-def report(done: List[SmoothedNorm], skipped: List[Tuple[str, str]], fp32_change: Optional[float]) -> Dict[str, Any]:
+def report(done: List[Smoothed], skipped: List[Tuple[str, str]], fp32_change: Optional[float]) -> Dict[str, Any]:
     """The record's ``methods.smooth_quant`` entry (as the ONNX flow's, by torch module names)."""
-    out: Dict[str, Any] = {"groups": [d.to_json() for d in done],
-                           "skipped": [{"norm": n, "reason": why} for n, why in skipped]}
+    out = neutral_report(done, skipped)
     if fp32_change is not None:
         out["fp32_max_relative_difference"] = fp32_change
     return out
 
 
-__all__ = ["SmoothedNorm", "balance_", "collect_norm_outputs", "report"]
+__all__ = ["Smoothed", "balance_", "collect_norm_outputs", "report"]

@@ -1,0 +1,51 @@
+"""What SmoothQuant balancing did, framework-neutral: one entry per normalization (ONNX node or torch module
+names), and the record's ``methods.smooth_quant`` section built from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ferroquant.ops import SmoothResult
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    """What balancing did to one normalization ``norm``: the layers it feeds, the alpha used, the search's int8
+    output error with and without the scales (mean squared, on the sampled rows), and the smallest and largest
+    scale; ``tensor``: the normalization's output tensor where the graph names one (ONNX)."""
+
+    norm: str
+    layers: Tuple[str, ...]
+    alpha: float
+    loss: float
+    loss_unbalanced: float
+    scale_min: float
+    scale_max: float
+    tensor: Optional[str] = None
+
+    @classmethod
+    def of(cls, norm: str, layers: Sequence[str], found: SmoothResult, scales: np.ndarray,
+           tensor: Optional[str] = None) -> "Smoothed":
+        """The entry for the search result ``found`` and the ``scales`` applied."""
+        return cls(norm, tuple(layers), found.alpha, float(np.min(found.losses)), found.loss_unbalanced,
+                   float(scales.min()), float(scales.max()), tensor)
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"norm": self.norm}
+        if self.tensor is not None:
+            out["tensor"] = self.tensor
+        out.update(layers=list(self.layers), alpha=self.alpha, loss=self.loss,
+                   loss_unbalanced=self.loss_unbalanced, scale_min=self.scale_min, scale_max=self.scale_max)
+        return out
+
+
+def report(done: List[Smoothed], skipped: List[Tuple[str, str]]) -> Dict[str, Any]:
+    """The record's ``methods.smooth_quant`` entry."""
+    return {"groups": [d.to_json() for d in done],
+            "skipped": [{"norm": n, "reason": why} for n, why in skipped]}
+
+
+__all__ = ["Smoothed", "report"]
