@@ -100,11 +100,16 @@ def bn_then(rng: np.random.Generator, ops: Sequence[Tuple[str, Tuple[int, ...]]]
     return make_model(nodes, {"x": x_shape}, outs, inits), feed
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU session with every graph optimization off, so ORT runs the graph exactly as written."""
+def session(model: onnx.ModelProto, optimize: bool = False, save: str = "") -> ort.InferenceSession:
+    """A CPU session. By default every graph optimization is off, so ORT runs the graph exactly as written;
+    ``optimize`` turns them all on (the integer kernels), ``save`` writes the optimized graph there."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = 2
+    so.log_severity_level = 3
+    if save:
+        so.optimized_model_filepath = save
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -12,14 +12,13 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper
 
 from ferroquant.config import load_config
 from ferroquant.errors import ConfigError
 from ferroquant.onnx import create_quant_config, quantize_model, save_model
-from tests.onnx.builders import make_model
+from tests.onnx.builders import make_model, session
 
 T, D = 6, 16
 
@@ -48,16 +47,6 @@ def calibrated(profile: str = "onnxruntime", **cfg):
     m = attention()
     return quantize_model(create_quant_config(None, m, batch_num=None, **cfg), m, feeds(), profile=profile,
                           cpu_types="u8s8" if profile == "onnxruntime" else None)
-
-
-def session(model: onnx.ModelProto, optimize: bool, save: str = "") -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
-    if save:
-        so.optimized_model_filepath = save
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def test_off_by_default_in_every_profile():

@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
@@ -17,7 +16,7 @@ from ferroquant.onnx import create_quant_config, quantize_model, save_model
 from ferroquant.onnx.deploy import check_rules, deploy_layout
 from ferroquant.onnx.qdq import Layout, export_deploy
 from ferroquant.quant.profiles import NO_VNNI, PROFILES
-from tests.onnx.builders import make_model
+from tests.onnx.builders import make_model, session
 
 
 def residual_net(seed: int = 0) -> onnx.ModelProto:
@@ -43,16 +42,6 @@ def residual_net(seed: int = 0) -> onnx.ModelProto:
 def feeds(n=4, seed=1):
     rng = np.random.default_rng(seed)
     return [{"x": rng.normal(0, 1, (4, 4, 8, 8)).astype(np.float32)} for _ in range(n)]
-
-
-def session(model, optimize: bool, save: str = ""):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
-    if save:
-        so.optimized_model_filepath = save
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def calibrated(profile: str, cpu_types=None, **cfg):

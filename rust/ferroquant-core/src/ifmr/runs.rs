@@ -12,9 +12,10 @@
 //! `n_j`, `D1_j = sum(v - ref_j)` and `D2_j = sum((v - ref_j)^2)`, so nothing large cancels. A candidate's
 //! levels are runs of consecutive intervals; the values of interval `j`, at level `r`, dequantize to
 //! `cv = f32(r * s)` and their squared error is `max(n_j * d * d - 2 * d * D1_j + D2_j, 0)` with
-//! `d = cv - ref_j` (f64, in that order). The loss is those terms added in interval order, over the count of all values (`zeros` more, not stored, at level 0 with no error).
-//! The result is the loss of quantizing every value (`err` of `loss.rs`) up to f64 rounding, at the cost of
-//! locating each value among the thresholds once per batch instead of quantizing it once per candidate.
+//! `d = cv - ref_j` (f64, in that order). The loss is those terms added in interval order, over the count of
+//! all values (`zeros` more, not stored, at level 0 with no error). The result is the loss of quantizing every
+//! value (`err` of `loss.rs`, its error taken in f64) up to f64 rounding, at the cost of locating each value
+//! among the thresholds once per batch instead of quantizing it once per candidate.
 
 use crate::error::Result;
 use crate::par::map_chunks;
