@@ -20,6 +20,7 @@ def _calibrators(backend="native"):
         "g": IFMRCalibrator("g", mode="histogram", backend=backend),
         "h": HistogramCalibrator("h", "hfmg", nonfinite="drop", backend=backend),
         "i": HistogramCalibrator("i", "hfmg", backend=backend),
+        "j": IFMRCalibrator("j", bits=4, symmetric=True, backend=backend),
     }
 
 
@@ -27,9 +28,9 @@ def _stream(n=3, seed=0):
     rng = np.random.default_rng(seed)
     for _ in range(n):
         out = {}
-        for i, k in enumerate("abcdefghi"):
+        for i, k in enumerate("abcdefghij"):
             x = rng.standard_t(3 + i, (2, 8, 20, 20)).astype(np.float32) * (1 + i)
-            out[k] = np.maximum(x, 0) if k in "ci" else x
+            out[k] = np.maximum(x, 0) if k in "cij" else x
         out["h"][0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
         yield out
 
@@ -96,6 +97,18 @@ def test_native_batch_calls_equal_single_calls():
     assert more == [ops.histogram_observe(h, x[::-1] * 2) for h, x in zip(hs, xs)]
     for kw in ({}, {"bits": 4, "symmetric": True}, {"refine": False}):
         assert ops.hfmg_search_many(more, **kw) == [ops.hfmg_search(h, **kw) for h in more]
+    options = [ops.IfmrOptions(), ops.IfmrOptions(bits=4, symmetric=True), ops.IfmrOptions(search_2d=True)]
+    zeros = [0, 7, 1000]
+    assert ops.ifmr_many(xs, options, zeros) == [ops.ifmr(x, o, z) for x, o, z in zip(xs, options, zeros)]
+
+
+def test_exact_ifmr_searches_in_one_call_name_the_empty_tensor():
+    cals = {"p": IFMRCalibrator("p"), "q": IFMRCalibrator("q")}
+    cals["p"].observe(np.ones(10, np.float32))
+    with pytest.raises(EmptyInputError, match="'q'"):
+        search_all(cals)
+    with pytest.raises(ValueError, match="2 arrays, 1 options and 2 zero counts"):
+        ops.ifmr_many([np.ones(3, np.float32)] * 2, [ops.IfmrOptions()], [0, 0])
 
 
 def test_errors_name_the_tensor():

@@ -317,3 +317,15 @@ def test_loss_is_every_value_quantized(x, bits, zeros) -> None:
     e = (level * f32(r.scale)).astype(f32).astype(np.float64) - x.astype(np.float64)
     direct = float((e * e).sum()) / (x.size + zeros)
     assert r.loss == pytest.approx(direct, rel=1e-9, abs=1e-30)
+
+
+@settings(max_examples=25, deadline=None)
+@given(xs=st.lists(arrays(f32, st.integers(1, 2000), elements=st.floats(-20, 20, width=32)), min_size=1, max_size=5),
+       bits=st.sampled_from([4, 8]), symmetric=st.booleans(), zeros=st.integers(0, 30))
+def test_many_tensors_in_one_call(xs, bits, symmetric, zeros) -> None:
+    """``ifmr_many`` (native, in parallel across the tensors) gives each tensor's ``ifmr`` result, and the twin's."""
+    opts = [_opts(bits=bits, symmetric=symmetric)] * len(xs)
+    counts = [zeros + i for i in range(len(xs))]
+    got = _native.ifmr_many(xs, opts, counts)
+    assert got == [_native.ifmr(x, o, z) for x, o, z in zip(xs, opts, counts)]
+    assert got == ref.ifmr_many(xs, opts, counts)

@@ -1,8 +1,8 @@
 """Many tensors at once: ``observe_all`` feeds one batch per calibrator and ``search_all`` searches them all,
-with one native call per group of histogram-based calibrators (in parallel across their tensors, and within
-large ones) instead of one call per tensor. The results are those of observing and searching one calibrator
-at a time, whatever the thread count; calibrators that cannot be batched (exact IFMR, the baselines' searches)
-are run one by one."""
+with one native call per group of histogram-based calibrators, and one for the exact IFMR calibrators (in
+parallel across their tensors, and within large ones), instead of one call per tensor. The results are those
+of observing and searching one calibrator at a time, whatever the thread count; calibrators that cannot be
+batched (the baselines' searches, IFMR in histogram mode) are run one by one."""
 
 from __future__ import annotations
 
@@ -55,12 +55,25 @@ def search_all(calibrators: Mapping[str, Any]) -> Dict[str, CalibResult]:
     backend), in parallel across the tensors. Calibrators without data raise with their tensor's name."""
     out: Dict[str, CalibResult] = {}
     groups: Dict[Tuple[int, bool, bool, str], List[Tuple[str, HistogramCalibrator]]] = {}
+    exact: Dict[str, List[Tuple[str, IFMRCalibrator]]] = {}
     for name, cal in calibrators.items():
         if isinstance(cal, HistogramCalibrator) and cal.algorithm == "hfmg":
             cal._require_data()
             groups.setdefault((cal.bits, cal.symmetric, cal.refine, cal.backend), []).append((name, cal))
+        elif isinstance(cal, IFMRCalibrator) and not cal.in_histogram_mode:
+            cal._require_data()
+            exact.setdefault(cal.backend, []).append((name, cal))
         else:
             out[name] = cal.qparams()
+    for backend, pending in exact.items():
+        try:
+            found = ops.backend(backend).ifmr_many([c._samples() for _, c in pending],
+                                                   [c.options for _, c in pending], [c._zeros for _, c in pending])
+        except QuantError:
+            for _, cal in pending:  # the same error, raised for its tensor by name
+                cal.qparams()
+            raise
+        out.update((name, cal._result(r)) for (name, cal), r in zip(pending, found))
     for (bits, symmetric, refine, backend), items in groups.items():
         try:
             found = ops.backend(backend).hfmg_search_many([c._hist for _, c in items], bits, symmetric, refine)

@@ -216,6 +216,10 @@ class IFMRCalibrator(HistogramState):
                 r = self._k.ifmr_histogram(self._hist, None, self.options)
             else:
                 r = self._k.ifmr(self._samples(), self.options, self._zeros)
+        return self._result(r)
+
+    def _result(self, r: Any) -> CalibResult:
+        """The calibration result of the search's ``IfmrResult``."""
         details = {k: v for k, v in dataclasses.asdict(r).items()
                    if k not in ("scale", "zero_point", "clip_min", "clip_max")}
         details.update(batches=self.batches, mode="histogram" if self.in_histogram_mode else "exact",

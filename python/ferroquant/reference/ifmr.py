@@ -341,4 +341,11 @@ def ifmr_histogram(hist: Histogram, x=None, options: IfmrOptions = IfmrOptions()
     return _search(losses, max0, min0, o.bits, o.symmetric, o.search_start, o.search_end, o.search_step,
                    o.search_extend, o.search_2d)
 
-__all__ = ["histogram_init", "ifmr", "ifmr_histogram", "ifmr_store", "percentile_init"]
+def ifmr_many(xs, options, zeros) -> list:
+    """Specifies ifmr/mod.rs::ifmr_many: one ``ifmr`` per tensor, in order."""
+    if not len(xs) == len(options) == len(zeros):
+        raise ShapeError(f"ifmr_many: {len(xs)} arrays, {len(options)} options and {len(zeros)} zero counts")
+    return [ifmr(x, o, z) for x, o, z in zip(xs, options, zeros)]
+
+
+__all__ = ["histogram_init", "ifmr", "ifmr_histogram", "ifmr_many", "ifmr_store", "percentile_init"]

@@ -4,6 +4,7 @@
 use ferroquant_core::ifmr::{self, Bound as Searched, IfmrOptions, IfmrResult};
 use numpy::{PyReadonlyArrayDyn, PyReadwriteArray1};
 use pyo3::prelude::*;
+use pyo3::types::PyList;
 
 use crate::arrays::slice;
 use crate::errors::{raise, run, run_long};
@@ -38,6 +39,29 @@ fn ifmr_py<'py>(
     let o = IfmrOptions::from(options);
     let r = run_long(py, |stop| ifmr::ifmr(xs, zeros, &o, stop))?;
     result(py, &r, &o)
+}
+
+/// `ifmr` of each `(xs[i], options[i], zeros[i])` in one call, in parallel across them; the first error
+/// (in order) is raised.
+#[pyfunction]
+fn ifmr_many<'py>(
+    py: Python<'py>,
+    xs: Vec<PyReadonlyArrayDyn<'py, f32>>,
+    options: Vec<OptionsArg>,
+    zeros: Vec<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    if options.len() != xs.len() || zeros.len() != xs.len() {
+        let why = format!("ifmr_many: {} arrays, {} options and {} zero counts", xs.len(), options.len(), zeros.len());
+        return Err(raise(py, "ShapeError", why));
+    }
+    let data = xs.iter().enumerate().map(|(i, x)| slice(py, x, &format!("xs[{i}]"))).collect::<PyResult<Vec<_>>>()?;
+    let opts: Vec<IfmrOptions> = options.into_iter().map(IfmrOptions::from).collect();
+    let out = run_long(py, |stop| {
+        let reqs: Vec<ifmr::Request<'_>> =
+            data.iter().zip(&opts).zip(&zeros).map(|((&x, options), &zeros)| ifmr::Request { x, zeros, options }).collect();
+        ifmr::ifmr_many(&reqs, stop).into_iter().collect::<Result<Vec<_>, _>>()
+    })?;
+    PyList::new(py, out.iter().zip(&opts).map(|(r, o)| result(py, r, o)).collect::<PyResult<Vec<_>>>()?)
 }
 
 /// Copy the non-zero values of `x` into `buf` from `offset` on (NaN/Inf raise, nothing written); returns
@@ -80,5 +104,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ifmr_py, m)?)?;
     m.add_function(wrap_pyfunction!(ifmr_histogram_py, m)?)?;
     m.add_function(wrap_pyfunction!(ifmr_store, m)?)?;
+    m.add_function(wrap_pyfunction!(ifmr_many, m)?)?;
     Ok(())
 }

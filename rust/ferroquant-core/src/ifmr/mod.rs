@@ -145,6 +145,20 @@ pub fn ifmr(x: &[f32], zeros: usize, o: &IfmrOptions, stop: &Stop) -> Result<Ifm
     search_from(&RunLoss { x, zeros, stop }, max0, min0, o)
 }
 
+/// One tensor of [`ifmr_many`]: its raw data, the zeros counted beside it and its options.
+pub struct Request<'a> {
+    pub x: &'a [f32],
+    pub zeros: usize,
+    pub options: &'a IfmrOptions,
+}
+
+/// [`ifmr`] of each request, in parallel across them (and within large ones), in request order: each result
+/// is the one `ifmr` gives alone, whatever the thread count.
+pub fn ifmr_many(reqs: &[Request<'_>], stop: &Stop) -> Vec<Result<IfmrResult>> {
+    use rayon::prelude::*;
+    reqs.par_iter().map(|q| ifmr(q.x, q.zeros, q.options, stop)).collect()
+}
+
 /// IFMR from a histogram (`counts` over `nbins` equal bins of `[lo, hi]`, §3.5): percentiles from the
 /// cumulative counts; candidate losses on the raw data `x` when given, otherwise on the bin centres weighted
 /// by their counts (no raw data needed).

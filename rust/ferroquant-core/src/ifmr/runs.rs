@@ -2,8 +2,9 @@
 //!
 //! For a candidate `c = (lo, hi, s)` the level of `v` is `q(v) = round_half_even(clip(v, lo, hi) / s)`
 //! ([`level`], f32), non-decreasing in `v`, from `q(lo)` to `q(hi)`. Its *thresholds* are, for each level
-//! `r` in `q(lo)+1 ..= q(hi)`, the smallest finite f32 whose level is at least `r` (found by halving the
-//! ordered bit patterns, so a value is at level `r` or above exactly when it is at or above the threshold).
+//! `r` in `q(lo)+1 ..= q(hi)`, the smallest finite f32 whose level is at least `r` (found by galloping from the
+//! level's midpoint over the ordered bit patterns, then halving, so a value is at level `r` or above exactly
+//! when it is at or above the threshold).
 //! The thresholds of a batch of candidates, sorted and without repeats, cut the real line into intervals;
 //! interval `j` holds the values with `j` thresholds at or below them. One pass over the data adds up, per
 //! interval, the count, the sum and the sum of squares of its values (f64, in order, within fixed chunks of
@@ -17,7 +18,11 @@
 //! value (`err` of `loss.rs`, its error taken in f64) up to f64 rounding, at the cost of locating each value
 //! among the thresholds once per batch instead of quantizing it once per candidate.
 
+use multiversion::multiversion;
+use rayon::prelude::*;
+
 use crate::error::Result;
+use crate::histogram::trunc_small;
 use crate::par::map_chunks;
 use crate::stop::Stop;
 
@@ -27,9 +32,9 @@ use super::loss::{level, Cand, Loss};
 pub const PASS_CHUNK: usize = 1 << 20;
 /// Thresholds of one batch of candidates, at most (one candidate may exceed it alone).
 pub const MAX_THRESHOLDS: usize = 1 << 14;
-/// Cells of the table that narrows a value's search to the thresholds of its cell: about four per threshold,
+/// Cells of the table that narrows a value's search to the thresholds of its cell: about two per threshold,
 /// at most this many.
-const MAX_CELLS: usize = 1 << 16;
+const MAX_CELLS: usize = 1 << 15;
 /// Thresholds of one cell compared without branches.
 const PAD: usize = 4;
 
@@ -56,19 +61,51 @@ pub fn thresholds(c: &Cand) -> Vec<u32> {
     let mut out = Vec::with_capacity((r1 - r0).max(0.0) as usize);
     let mut r = r0 + 1.0;
     while r <= r1 {
-        let (mut a, mut b) = (key(f32::MIN), key(f32::MAX)); // q(f32::MAX) = r1 >= r
-        while a < b {
-            let mid = a + (b - a) / 2;
-            if level(unkey(mid), c) >= r {
-                b = mid;
-            } else {
-                a = mid + 1;
-            }
-        }
-        out.push(a);
+        out.push(first_at_level(c, r));
         r += 1.0;
     }
     out
+}
+
+/// The smallest finite f32 (as a key) whose level is at least `r`, for `q(f32::MIN) < r <= q(f32::MAX)`:
+/// bracketed by galloping from the level's midpoint `(r - 0.5) * s`, then halved. `q` is non-decreasing in the
+/// key, so the answer is the one a halving over every key gives, in a few steps instead of 32.
+fn first_at_level(c: &Cand, r: f32) -> u32 {
+    let (kmin, kmax) = (key(f32::MIN), key(f32::MAX));
+    let up = |k: u32| level(unkey(k), c) >= r;
+    let mid = (r - 0.5) * c.scale;
+    let g = if mid.is_finite() { key(mid) } else { key(0.0) }.clamp(kmin, kmax);
+    // Invariant: !up(a) and up(b) (q(f32::MIN) < r <= q(f32::MAX) bounds the galloping).
+    let (mut a, mut b) = (g, g);
+    let mut step = 1u32;
+    if up(g) {
+        loop {
+            a = g.saturating_sub(step).max(kmin);
+            if !up(a) {
+                break;
+            }
+            b = a;
+            step = step.saturating_mul(2);
+        }
+    } else {
+        loop {
+            b = g.saturating_add(step).min(kmax);
+            if up(b) {
+                break;
+            }
+            a = b;
+            step = step.saturating_mul(2);
+        }
+    }
+    while b - a > 1 {
+        let m = a + (b - a) / 2;
+        if up(m) {
+            b = m;
+        } else {
+            a = m;
+        }
+    }
+    b
 }
 
 /// Sorted thresholds without repeats (as values), with a table of equal cells over their range: a value is
@@ -83,17 +120,20 @@ struct Locator {
     inv: f64,
     /// `table[j]`: how many thresholds lie in the cells before `j` (the last entry is all of them).
     table: Vec<u32>,
+    /// The index of the interval that holds 0.
+    zero: usize,
 }
 
 impl Locator {
     fn new(keys: &[u32]) -> Self {
         let mut t: Vec<f32> = keys.iter().map(|&k| unkey(k)).collect();
         let (lo, hi) = (t.first().map_or(0.0, |&v| v as f64), t.last().map_or(0.0, |&v| v as f64));
-        let cells = MAX_CELLS.min((4 * t.len()).max(1).next_power_of_two());
+        let cells = MAX_CELLS.min((2 * t.len()).max(1).next_power_of_two());
         let real = t.len();
         let inv = if hi > lo { cells as f64 / (hi - lo) } else { 0.0 };
         t.extend([f32::INFINITY; PAD]);
-        let mut loc = Self { t, len: real, lo, inv, table: vec![0; cells + 1] };
+        let zero = t.partition_point(|&v| v <= 0.0);
+        let mut loc = Self { t, len: real, lo, inv, table: vec![0; cells + 1], zero };
         for &v in &loc.t[..real] {
             let c = loc.cell(v);
             loc.table[c + 1] += 1;
@@ -104,24 +144,21 @@ impl Locator {
         loc
     }
 
-    #[inline(always)]
-    fn cell(&self, v: f32) -> usize {
-        let c = (v as f64 - self.lo) * self.inv;
-        let last = self.table.len() - 2;
-        if c <= 0.0 {
-            0
-        } else if c >= last as f64 {
-            last
-        } else {
-            c as usize
-        }
+    /// The last cell.
+    fn last(&self) -> f64 {
+        (self.table.len() - 2) as f64
     }
 
-    /// How many thresholds are at or below `v`. A cell's few thresholds are compared without branches (`t`
-    /// ends with `PAD` infinities, so the compares never read past it).
+    fn cell(&self, v: f32) -> usize {
+        let mut c = [0u32];
+        cells_block(&[v], self.lo, self.inv, self.last(), &mut c);
+        c[0] as usize
+    }
+
+    /// How many thresholds are at or below `v`, in cell `c`. A cell's few thresholds are compared without
+    /// branches (`t` ends with `PAD` infinities, so the compares never read past it).
     #[inline(always)]
-    fn index(&self, v: f32) -> usize {
-        let c = self.cell(v);
+    fn index_in(&self, v: f32, c: usize) -> usize {
         let (a, b) = (self.table[c] as usize, self.table[c + 1] as usize);
         if b - a <= PAD {
             let w = &self.t[a..a + PAD];
@@ -131,31 +168,64 @@ impl Locator {
     }
 }
 
+/// The cell of each value of a block, `floor((v - lo) * inv)` clamped to `[0, last]`, written so the loop
+/// vectorizes (the same function places the thresholds, so it only has to be monotone).
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "x86_64+sse4.1"))]
+fn cells_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
+    for (o, &v) in out.iter_mut().zip(c) {
+        let p = (v as f64 - lo) * inv;
+        let p = if p > 0.0 { p } else { 0.0 };
+        let p = if p < last { p } else { last };
+        *o = trunc_small(p);
+    }
+}
+
 /// Per interval: the count and the sums of `v - ref` and of its square, `ref` the interval's reference value.
 type Sums = Vec<[f64; 3]>;
 
-/// The reference value of each interval: 0 for the interval that holds 0 (zeros then add exactly nothing),
-/// else the threshold below it (the first threshold for interval 0).
-fn references(loc: &Locator) -> Vec<f64> {
-    let t = &loc.t[..loc.len];
-    let zero = t.partition_point(|&v| v <= 0.0);
-    (0..=t.len())
-        .map(|j| if j == zero { 0.0 } else { t.get(j.saturating_sub(1)).map_or(0.0, |&v| v as f64) })
-        .collect()
+impl Locator {
+    /// The reference value of interval `j`: 0 for the interval that holds 0 (zeros then add exactly nothing),
+    /// else the threshold below it (the first threshold for interval 0). Read from `t` beside the thresholds
+    /// the value was just compared with, so the pass touches no other table.
+    #[inline(always)]
+    fn reference(&self, j: usize) -> f64 {
+        if j == self.zero || self.len == 0 {
+            0.0
+        } else {
+            self.t[j.max(1) - 1] as f64
+        }
+    }
 }
 
+/// The reference value of each interval (see [`Locator::reference`]).
+fn references(loc: &Locator) -> Vec<f64> {
+    (0..=loc.len).map(|j| loc.reference(j)).collect()
+}
+
+/// Values located together: their cells (vectorized), then their intervals and offsets from the intervals'
+/// references, then the sums, so each loop is short and the values of a block proceed independently.
+const BLOCK: usize = 256;
+
 /// One pass: the per-interval sums of `x` over the intervals that `loc`'s thresholds cut.
-fn pass(x: &[f32], loc: &Locator, refs: &[f64]) -> Sums {
-    let m = refs.len();
+fn pass(x: &[f32], loc: &Locator) -> Sums {
+    let m = loc.len + 1;
     let parts = map_chunks(x, PASS_CHUNK, |_, chunk| {
         let mut s = vec![[0f64; 3]; m];
-        for &v in chunk {
-            let j = loc.index(v);
-            let w = v as f64 - refs[j];
-            let e = &mut s[j];
-            e[0] += 1.0;
-            e[1] += w;
-            e[2] += w * w;
+        let (mut cells, mut js, mut ws) = ([0u32; BLOCK], [0u32; BLOCK], [0f64; BLOCK]);
+        for blk in chunk.chunks(BLOCK) {
+            let n = blk.len();
+            cells_block(blk, loc.lo, loc.inv, loc.last(), &mut cells[..n]);
+            for (((&v, &c), j), w) in blk.iter().zip(&cells[..n]).zip(&mut js[..n]).zip(&mut ws[..n]) {
+                let i = loc.index_in(v, c as usize);
+                *j = i as u32;
+                *w = v as f64 - loc.reference(i);
+            }
+            for (&j, &w) in js[..n].iter().zip(&ws[..n]) {
+                let e = &mut s[j as usize];
+                e[0] += 1.0;
+                e[1] += w;
+                e[2] += w * w;
+            }
         }
         s
     });
@@ -186,36 +256,33 @@ impl RunLoss<'_> {
         t.dedup();
         let loc = Locator::new(&t);
         let refs = references(&loc);
-        let sums = pass(self.x, &loc, &refs);
+        let sums = pass(self.x, &loc);
         let count = (self.x.len() + self.zeros).max(1) as f64;
-        cands
-            .iter()
-            .zip(ths)
-            .map(|(c, th)| {
-                // Level `r0 + i` runs from interval `bounds[i]` up to `bounds[i + 1]`: one past each threshold's
-                // position, the first from interval 0, the last to the end.
-                let bounds: Vec<usize> = th.iter().map(|k| t.partition_point(|x| x < k) + 1).collect();
-                let r0 = level(c.lo, c);
-                let mut total = 0f64;
-                let mut i = 0;
-                for j in 0..refs.len() {
-                    while i < bounds.len() && j >= bounds[i] {
-                        i += 1;
-                    }
-                    let cj = ((r0 + i as f32) * c.scale) as f64 - refs[j];
-                    let [n, d1, d2] = sums[j];
+        let loss = |(c, th): (&Cand, &Vec<u32>)| {
+            // Level `r0 + i` runs from interval `bounds[i - 1]` (0 for the first) up to `bounds[i]` (the end for
+            // the last): one past each threshold's position.
+            let r0 = level(c.lo, c);
+            let mut total = 0f64;
+            let mut start = 0;
+            for i in 0..=th.len() {
+                let end = th.get(i).map_or(refs.len(), |k| t.partition_point(|x| x < k) + 1);
+                let cv = ((r0 + i as f32) * c.scale) as f64;
+                for (&[n, d1, d2], &rf) in sums[start..end].iter().zip(&refs[start..end]) {
+                    let cj = cv - rf;
                     // A sum of squares: a negative rounding residue is 0.
                     total += (n * cj * cj - 2.0 * cj * d1 + d2).max(0.0);
                 }
-                total / count
-            })
-            .collect()
+                start = end;
+            }
+            total / count
+        };
+        cands.par_iter().zip(ths.par_iter()).map(loss).collect()
     }
 }
 
 impl Loss for RunLoss<'_> {
     fn losses(&self, cands: &[Cand]) -> Result<Vec<f64>> {
-        let ths: Vec<Vec<u32>> = cands.iter().map(thresholds).collect();
+        let ths: Vec<Vec<u32>> = cands.par_iter().map(thresholds).collect();
         let mut out = Vec::with_capacity(cands.len());
         let mut start = 0;
         while start < cands.len() {
@@ -274,6 +341,19 @@ mod tests {
             let v = unkey(k);
             let r = level(c.lo, &c) + 1.0 + i as f32;
             assert!(level(v, &c) >= r && level(unkey(k - 1), &c) < r, "{v}");
+        }
+    }
+
+    #[test]
+    fn galloping_finds_the_first_value_of_each_level_at_any_scale() {
+        // Scales from tiny to huge, ranges on both sides of 0 and on one: each threshold is at level r and the
+        // float below it is not (the definition, which has one answer).
+        for (lo, hi, n) in [(-1.0f32, 2.0f32, 255.0f32), (0.0, 1e-30, 15.0), (-3e30, 1e30, 255.0), (-5.0, 0.0, 7.0), (1e-3, 7.5, 4095.0)] {
+            let c = Cand { lo, hi, scale: (hi - lo) / n };
+            for (i, &k) in thresholds(&c).iter().enumerate() {
+                let r = level(c.lo, &c) + 1.0 + i as f32;
+                assert!(level(unkey(k), &c) >= r && level(unkey(k - 1), &c) < r, "{c:?} level {r}");
+            }
         }
     }
 
