@@ -80,28 +80,41 @@ pub fn percentile_init(x: &[f32], zeros: usize, max_percentile: f64, min_percent
     }
     // With zeros beside `x`: the k-th largest of all is the k-th largest of `x` while that is positive
     // (k <= the positive count), else 0 or below, which the clamp makes 0; the same on the min side.
-    let (lo, hi) = min_max(x)?;
-    let (pos, neg) = sign_counts(x);
+    let (lo, hi, pos, neg) = range_and_signs(x)?;
     let (k_hi, k_lo) = (if k_max <= pos { k_max } else { 1 }, if k_min <= neg { k_min } else { 1 });
-    let (max0, min0) = if (k_hi, k_lo) == (1, 1) { (hi, lo) } else { order_stats(x, k_hi, k_lo)? };
+    let (max0, min0) = order_stats_in(x, (lo, hi), k_hi, k_lo);
     Ok((if k_max <= pos { max0 } else { 0.0 }, if k_min <= neg { min0 } else { 0.0 }))
 }
 
-/// How many values of `x` are > 0 and how many < 0.
-fn sign_counts(x: &[f32]) -> (usize, usize) {
-    crate::par::map_chunks(x, CHUNK, |_, c| {
-        c.iter().fold((0usize, 0usize), |(p, n), &v| (p + usize::from(v > 0.0), n + usize::from(v < 0.0)))
-    })
-    .into_iter()
-    .fold((0, 0), |(p, n), (a, b)| (p + a, n + b))
+/// `(min, max, how many > 0, how many < 0)` of `x` (not empty) in one pass over it (each chunk read once
+/// from memory); non-finite data is an error naming the first such value.
+fn range_and_signs(x: &[f32]) -> Result<(f32, f32, usize, usize)> {
+    let parts = crate::par::map_chunks(x, CHUNK, |start, c| {
+        let (l, h, bad) = crate::kernels::min_max_run(c);
+        let bad = bad.then(|| c.iter().position(|v| !v.is_finite()).map(|i| (start + i, c[i]))).flatten();
+        let (p, n) = c.iter().fold((0usize, 0usize), |(p, n), &v| (p + usize::from(v > 0.0), n + usize::from(v < 0.0)));
+        (l, h, p, n, bad)
+    });
+    let (mut lo, mut hi, mut pos, mut neg) = (f32::INFINITY, f32::NEG_INFINITY, 0, 0);
+    for (l, h, p, n, bad) in parts {
+        if let Some((index, value)) = bad {
+            return Err(QuantError::NonFinite { index, value });
+        }
+        (lo, hi, pos, neg) = (lo.min(l), hi.max(h), pos + p, neg + n);
+    }
+    Ok((lo, hi, pos, neg))
 }
 
 /// The `k_max`-th largest and the `k_min`-th smallest value of `x` (`1 <= k <= x.len()`); non-finite data is
 /// an error.
 fn order_stats(x: &[f32], k_max: usize, k_min: usize) -> Result<(f32, f32)> {
-    let (lo, hi) = min_max(x)?;
+    Ok(order_stats_in(x, min_max(x)?, k_max, k_min))
+}
+
+/// [`order_stats`] of finite `x` whose `(min, max)` is `range`.
+fn order_stats_in(x: &[f32], (lo, hi): (f32, f32), k_max: usize, k_min: usize) -> (f32, f32) {
     let n = x.len();
-    Ok(if k_max == 1 && k_min == 1 {
+    if k_max == 1 && k_min == 1 {
         (hi, lo)
     } else {
         // Each fixed chunk keeps only its own candidates for the two order statistics; the k-th values of
@@ -117,7 +130,7 @@ fn order_stats(x: &[f32], k_max: usize, k_min: usize) -> Result<(f32, f32)> {
         let (_, &mut mx, _) = all.select_nth_unstable_by(m - k_max, f32::total_cmp);
         let (_, &mut mn, _) = all.select_nth_unstable_by(k_min - 1, f32::total_cmp);
         (mx, mn)
-    })
+    }
 }
 
 /// Copy the non-zero values of `x` into the front of `out`, in order; returns how many were written and how
