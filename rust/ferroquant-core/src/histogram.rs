@@ -118,9 +118,10 @@ pub fn batch_range(x: &[f32], drop_nonfinite: bool) -> Result<Option<(f32, f32)>
     Ok(if lo <= hi { Some((lo, hi)) } else { None })
 }
 
-/// Bin indices of a block (exactly `Grid::bin`), written so the loop vectorizes.
+/// Bin indices of a block (exactly `Grid::bin`): `floor((v - lo) * inv)` clamped to `[0, last]`, written so
+/// the loop vectorizes (also IFMR's threshold cells).
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "x86_64+sse4.1"))]
-fn bins_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
+pub(crate) fn bins_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
     for (o, &v) in out.iter_mut().zip(c) {
         let p = (v as f64 - lo) * inv;
         let p = if p > 0.0 { p } else { 0.0 };

@@ -18,11 +18,10 @@
 //! value (`err` of `loss.rs`, its error taken in f64) up to f64 rounding, at the cost of locating each value
 //! among the thresholds once per batch instead of quantizing it once per candidate.
 
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::histogram::trunc_small;
+use crate::histogram::bins_block;
 use crate::par::map_chunks;
 use crate::stop::Stop;
 
@@ -151,7 +150,7 @@ impl Locator {
 
     fn cell(&self, v: f32) -> usize {
         let mut c = [0u32];
-        cells_block(&[v], self.lo, self.inv, self.last(), &mut c);
+        bins_block(&[v], self.lo, self.inv, self.last(), &mut c);
         c[0] as usize
     }
 
@@ -165,18 +164,6 @@ impl Locator {
             return a + w.iter().map(|&t| usize::from(t <= v)).sum::<usize>().min(b - a);
         }
         a + self.t[a..b].partition_point(|&t| t <= v)
-    }
-}
-
-/// The cell of each value of a block, `floor((v - lo) * inv)` clamped to `[0, last]`, written so the loop
-/// vectorizes (the same function places the thresholds, so it only has to be monotone).
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq", "x86_64+avx2+fma", "x86_64+sse4.1"))]
-fn cells_block(c: &[f32], lo: f64, inv: f64, last: f64, out: &mut [u32]) {
-    for (o, &v) in out.iter_mut().zip(c) {
-        let p = (v as f64 - lo) * inv;
-        let p = if p > 0.0 { p } else { 0.0 };
-        let p = if p < last { p } else { last };
-        *o = trunc_small(p);
     }
 }
 
@@ -214,7 +201,7 @@ fn pass(x: &[f32], loc: &Locator) -> Sums {
         let (mut cells, mut js, mut ws) = ([0u32; BLOCK], [0u32; BLOCK], [0f64; BLOCK]);
         for blk in chunk.chunks(BLOCK) {
             let n = blk.len();
-            cells_block(blk, loc.lo, loc.inv, loc.last(), &mut cells[..n]);
+            bins_block(blk, loc.lo, loc.inv, loc.last(), &mut cells[..n]);
             for (((&v, &c), j), w) in blk.iter().zip(&cells[..n]).zip(&mut js[..n]).zip(&mut ws[..n]) {
                 let i = loc.index_in(v, c as usize);
                 *j = i as u32;
