@@ -148,6 +148,7 @@ impl Locator {
         (self.table.len() - 2) as f64
     }
 
+    /// The cell of `v` (the kernel the pass runs on blocks).
     fn cell(&self, v: f32) -> usize {
         let mut c = [0u32];
         bins_block(&[v], self.lo, self.inv, self.last(), &mut c);
