@@ -350,11 +350,13 @@ def _reorder(em: _Emitter, model: onnx.ModelProto) -> None:
     model.graph.node.extend(new)
 
 
-def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Prune, infer shapes and check, as tolerant of onnx's own gaps as :func:`~ferroquant.onnx.io.load_model`
-    (a model exactly as valid as its input passes)."""
-    GraphView(model).prune_initializers()
-    model = infer_or_keep(model)
+def _finish(work: onnx.ModelProto, sk: Skeleton, source: onnx.ModelProto) -> onnx.ModelProto:
+    """Prune and infer shapes on the weightless ``work`` (the skeleton's large tensors stand there as typed graph
+    inputs, so shape inference sees every shape without copying the weights twice), put the weights back, and
+    check; as tolerant of onnx's own gaps as :func:`~ferroquant.onnx.io.load_model` (a model exactly as valid as
+    its input passes)."""
+    GraphView(work).prune_initializers()
+    model = reattach(sk, infer_or_keep(work), source)
     try:
         check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -392,7 +394,7 @@ def _export(model: onnx.ModelProto, table: QuantTable, deploy: bool, layout: Opt
             work.metadata_props.add(key=k, value=v)
     _reorder(em, work)
     del em, layers  # no references into the graph while it is edited below (protobuf would copy them)
-    return _finish(reattach(sk, work, model))
+    return _finish(work, sk, model)
 
 
 def export_fake_quant(model: onnx.ModelProto, table: QuantTable, layout: Optional[Layout] = None
