@@ -101,7 +101,8 @@ impl Spread {
                     let len = r.len();
                     let mut mg = vec![0f64; len * len];
                     for a in 0..len {
-                        mg[a * len + a..(a + 1) * len].copy_from_slice(&x[(r.start + a) * k + r.start + a..(r.start + a) * k + r.end]);
+                        let row = (r.start + a) * k;
+                        mg[a * len + a..(a + 1) * len].copy_from_slice(&x[row + r.start + a..row + r.end]);
                     }
                     (diag[r].to_vec(), invert_upper(&mg, len))
                 })
@@ -160,7 +161,13 @@ pub fn gptq(w: &[f32], s: MatShape, h: &[f64], o: &GptqOptions) -> Result<GptqRe
     if o.act_order {
         perm.sort_by(|&a, &b| hh[b * k + b].total_cmp(&hh[a * k + a]));
     }
-    let mut hp: Vec<f64> = (0..k * k).map(|ij| hh[perm[ij / k] * k + perm[ij % k]]).collect();
+    let mut hp = match o.act_order {
+        true => {
+            let hh = &hh;
+            perm.iter().flat_map(|&r| perm.iter().map(move |&c| hh[r * k + c])).collect()
+        }
+        false => hh,
+    };
     let damp = o.percdamp * (0..k).fold(0f64, |a, i| a + hp[i * k + i]) / k as f64;
     for i in 0..k {
         hp[i * k + i] += damp;
@@ -261,8 +268,8 @@ fn run_chunk(p: &Plan, cols: std::ops::Range<usize>) -> Result<(Vec<u8>, Vec<Gro
                     err_cm[c * bs + a] = err[a * nc + c];
                 }
             }
-            gemm_add(view_cm_mut(&mut wc[i2..], k - i2, nc, k), view(&p.spread.x[i1 * k + i2..], bs, k - i2, k).transpose(),
-                view_cm(&err_cm, bs, nc, bs), 1.0);
+            let x = view(&p.spread.x[i1 * k + i2..], bs, k - i2, k).transpose();
+            gemm_add(view_cm_mut(&mut wc[i2..], k - i2, nc, k), x, view_cm(&err_cm, bs, nc, bs), 1.0);
         }
         i1 = i2;
     }
@@ -292,7 +299,8 @@ fn group_start(p: &Plan, g: usize, (i1, i, i2): (usize, usize, usize), (wc, w1, 
         let len = rows.len();
         let mut orig = vec![0f64; len * nc];
         for (a, r) in rows.clone().enumerate().filter(|&(_, r)| !p.is_dead[r]) {
-            orig[a * nc..(a + 1) * nc].iter_mut().zip(&p.w[r * n + col0..r * n + col0 + nc]).for_each(|(o, &v)| *o = v as f64);
+            let src = &p.w[r * n + col0..r * n + col0 + nc];
+            orig[a * nc..(a + 1) * nc].iter_mut().zip(src).for_each(|(o, &v)| *o = v as f64);
         }
         // a_q = M_qq (state_q - w_q); the reference's weights are w_q + Σ_{q' <= q} U_q'q a_q'
         st.iter_mut().zip(&orig).enumerate().for_each(|(t, (v, &o))| *v = mdiag[t / nc] * (*v - o));
