@@ -36,7 +36,7 @@ use crate::linalg::{gemm_add, invert_upper, par, reverse_cholesky_upper, view, v
 use crate::par::first_non_finite;
 
 /// Output columns per parallel task.
-pub const COL_CHUNK: usize = 256;
+pub const COL_CHUNK: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqOptions {
@@ -86,7 +86,7 @@ struct Spread {
 }
 
 impl Spread {
-    fn new(hp: &[f64], k: usize, spec: &GroupSpec, act_order: bool, perm: &[usize]) -> Result<Self> {
+    fn new(hp: Vec<f64>, k: usize, spec: &GroupSpec, act_order: bool, perm: &[usize]) -> Result<Self> {
         let mut x = reverse_cholesky_upper(hp, k, act_order, par()).map_err(|p| QuantError::InvalidParameter {
             name: "hessian",
             reason: format!("not positive definite after dampening (pivot at input {}); raise percdamp", perm[p]),
@@ -172,8 +172,7 @@ pub fn gptq(w: &[f32], s: MatShape, h: &[f64], o: &GptqOptions) -> Result<GptqRe
     for i in 0..k {
         hp[i * k + i] += damp;
     }
-    let spread = Spread::new(&hp, k, &o.spec, o.act_order, &perm)?;
-    drop(hp);
+    let spread = Spread::new(hp, k, &o.spec, o.act_order, &perm)?;
     let mut pos = vec![0usize; k];
     for (i, &r) in perm.iter().enumerate() {
         pos[r] = i;

@@ -51,10 +51,11 @@ pub fn par() -> Par {
 /// reversal permutation and `P H P = L Lᵀ`, `M = P L P`); with `invert`, `U = M⁻¹ = P L⁻¹ P` instead (one more
 /// triangular inverse), the upper `U` with `UᵀU = H⁻¹` that GPTQ's reference computes as
 /// `cholesky(cholesky_inverse(cholesky(H)), upper=True)`. Returns the failing pivot (in `h`'s order) when `h`
-/// is not positive definite.
-pub fn reverse_cholesky_upper(h: &[f64], k: usize, invert: bool, par: Par) -> std::result::Result<Vec<f64>, usize> {
+/// is not positive definite. Works in `h`'s buffer (no other `k²` allocation without `invert`).
+pub fn reverse_cholesky_upper(mut a: Vec<f64>, k: usize, invert: bool, par: Par)
+    -> std::result::Result<Vec<f64>, usize> {
     // P H P, row-major, is `h` read backwards; symmetric, so it is also its column-major buffer.
-    let mut a: Vec<f64> = h.iter().rev().copied().collect();
+    a.reverse();
     let mut buf = MemBuffer::new(cholesky_in_place_scratch::<f64>(k, par, Default::default()));
     cholesky_in_place(view_cm_mut(&mut a, k, k, k), LltRegularization::default(), par, MemStack::new(&mut buf),
         Default::default())
@@ -67,21 +68,21 @@ pub fn reverse_cholesky_upper(h: &[f64], k: usize, invert: bool, par: Par) -> st
         a = inv;
     }
     // `a` holds L (or L⁻¹) column-major, lower (the strict upper triangle may be stale): L[r, c] = a[c k + r],
-    // so M[i, j] = L[k-1-i, k-1-j] = a[k² - 1 - (j k + i)]: `a` backwards is M column-major. Transpose it in
-    // tiles.
+    // so M[i, j] = L[k-1-i, k-1-j] = a[k² - 1 - (j k + i)]: `a` backwards is M column-major. Transposed in
+    // place, in tiles, with the strict lower triangle zeroed.
     a.reverse();
     const T: usize = 64;
-    let mut m = vec![0f64; k * k];
     for i0 in (0..k).step_by(T) {
         for j0 in (i0..k).step_by(T) {
             for j in j0..(j0 + T).min(k) {
-                for i in i0..(i0 + T).min(k).min(j + 1) {
-                    m[i * k + j] = a[j * k + i];
+                for i in i0..(i0 + T).min(j) {
+                    a[i * k + j] = a[j * k + i];
+                    a[j * k + i] = 0.0;
                 }
             }
         }
     }
-    Ok(m)
+    Ok(a)
 }
 
 /// The inverse of the upper-triangular row-major `[k, k]` matrix `m` (read on and above the diagonal), sequential.
@@ -105,7 +106,7 @@ mod tests {
                 h[i * k + j] = (0..k).map(|t| b[t * k + i] * b[t * k + j]).sum::<f64>() + if i == j { 0.5 } else { 0.0 };
             }
         }
-        let m = reverse_cholesky_upper(&h, k, false, Par::Seq).unwrap();
+        let m = reverse_cholesky_upper(h.clone(), k, false, Par::Seq).unwrap();
         // M Mᵀ = H, M upper with a positive diagonal
         for i in 0..k {
             for j in 0..k {
@@ -118,7 +119,7 @@ mod tests {
             }
         }
         // U = M⁻¹: M U = I
-        let u = reverse_cholesky_upper(&h, k, true, Par::Seq).unwrap();
+        let u = reverse_cholesky_upper(h.clone(), k, true, Par::Seq).unwrap();
         for i in 0..k {
             for j in 0..k {
                 let v: f64 = (0..k).map(|t| m[i * k + t] * u[t * k + j]).sum();
@@ -128,7 +129,7 @@ mod tests {
         let inv = invert_upper(&m, k);
         assert!(inv.iter().zip(&u).all(|(a, b)| (a - b).abs() < 1e-9));
         let bad = vec![1.0, 2.0, 2.0, 1.0];
-        assert_eq!(reverse_cholesky_upper(&bad, 2, false, Par::Seq), Err(0));
+        assert_eq!(reverse_cholesky_upper(bad, 2, false, Par::Seq), Err(0));
     }
 
     #[test]
@@ -156,10 +157,10 @@ mod tests {
         gemm_add(view_mut(&mut h, k, k, k), view(&b, k, k, k).transpose(), view(&b, k, k, k), 1.0);
         (0..k).for_each(|i| h[i * k + i] += 1.0);
         for invert in [false, true] {
-            let one = reverse_cholesky_upper(&h, k, invert, Par::Seq).unwrap();
+            let one = reverse_cholesky_upper(h.clone(), k, invert, Par::Seq).unwrap();
             for t in [2usize, 3, 4] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
-                let u = pool.install(|| reverse_cholesky_upper(&h, k, invert, par()).unwrap());
+                let u = pool.install(|| reverse_cholesky_upper(h.clone(), k, invert, par()).unwrap());
                 assert!(u.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()), "{t} threads, invert {invert}");
             }
         }
