@@ -81,7 +81,7 @@ struct Spread {
     /// `Some(U_ii)`: the reference's form, `err_i = (w̃_i - q_i) / U_ii` and `x = -U`. `None`: `err_i = w_i -
     /// q_i` against the original weights and `x_ij = M_ij / M_jj`.
     u_diag: Option<Vec<f64>>,
-    /// Without `u_diag`: per group, `M_qq` of its members and `U_GG = M_GG⁻¹` (row-major).
+    /// Without `u_diag`: per group, `M_qq` of its members and `U_GG = M_GG⁻¹` (column-major).
     groups: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
@@ -104,7 +104,8 @@ impl Spread {
                         let row = (r.start + a) * k;
                         mg[a * len + a..(a + 1) * len].copy_from_slice(&x[row + r.start + a..row + r.end]);
                     }
-                    (diag[r].to_vec(), invert_upper(&mg, len))
+                    let inv = invert_upper(&mg, len);
+                    (diag[r].to_vec(), (0..len * len).map(|t| inv[(t % len) * len + t / len]).collect())
                 })
                 .collect()
         };
@@ -301,14 +302,10 @@ fn group_start(p: &Plan, g: usize, (i1, i, i2): (usize, usize, usize), (wc, w1, 
             let src = &p.w[r * n + col0..r * n + col0 + nc];
             orig[a * nc..(a + 1) * nc].iter_mut().zip(src).for_each(|(o, &v)| *o = v as f64);
         }
-        // a_q = M_qq (state_q - w_q); the reference's weights are w_q + Σ_{q' <= q} U_q'q a_q'
+        // a_q = M_qq (state_q - w_q); the reference's weights are w_q + Σ_{q' <= q} U_q'q a_q', as one product
+        // on the transposes (every operand column-major): origᵀ += aᵀ U_GG
         st.iter_mut().zip(&orig).enumerate().for_each(|(t, (v, &o))| *v = mdiag[t / nc] * (*v - o));
-        for a in 0..len {
-            let (acc, val) = (&st[..(a + 1) * nc], &mut orig[a * nc..(a + 1) * nc]);
-            for (b, row) in acc.chunks(nc).enumerate() {
-                axpy(ugg[b * len + a], row, val);
-            }
-        }
+        gemm_add(view_cm_mut(&mut orig, nc, len, nc), view_cm(&st, nc, len, nc), view_cm(ugg, len, len, len), 1.0);
         st = orig;
     }
     let mut lo = vec![f64::INFINITY; nc];
