@@ -30,7 +30,7 @@ def main() -> None:
     from tests.foreign.models import find
 
     p = argparse.ArgumentParser()
-    p.add_argument("--lines", type=int, default=100, help="held-out rendered lines for the weight-only rows")
+    p.add_argument("--lines", type=int, default=100, help="held-out rendered lines (static and weight-only rows)")
     a = p.parse_args()
     rec, why = find("rapidocr", "PP-OCRv6_rec_small.onnx")
     if rec is None:
@@ -38,8 +38,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_svtr_"))
     calib = _rec_calib(rec)
     evaluate = _rec_eval("PP-OCRv6_det_small.onnx")
-    st = Table("Static int8, text = FP32 on rendered lines and real crops (tests/foreign's rec evaluation)",
-               ["setting", "cpu types", "layers", "text = FP32", "cosine", "SQNR dB", "alphas", "quantize s"])
+    lines = ocr.rendered_lines(a.lines, seed=200)
+    chars = ocr.characters(rec)
+    ref_s = session(rec, True)
+    ref = [ocr.ctc_decode(ref_s.run(None, {"x": ocr.rec_input(img)})[0][0], chars) for _, img in lines]
+
+    def texts(path: Path) -> list:
+        s = session(path)
+        return [ocr.ctc_decode(s.run(None, {"x": ocr.rec_input(img)})[0][0], chars) for _, img in lines]
+
+    st = Table("Static int8, text = FP32 on rendered lines and real crops (tests/foreign's rec evaluation) and on "
+               f"{len(lines)} held-out rendered lines",
+               ["setting", "cpu types", "layers", "text = FP32", f"text = FP32, {len(lines)} held-out lines",
+                "cosine", "SQNR dB", "alphas", "quantize s"])
     for cpu in ("u8s8", "u8s7"):
         for name, sq in (("static int8", None), ("+ SmoothQuant (alpha searched)", {"enabled": True}),
                          ("+ SmoothQuant (alpha 0.5)", {"enabled": True, "alpha": 0.5})):
@@ -48,16 +59,13 @@ def main() -> None:
             out = fq.quantize(rec, calib, work / "s8.onnx", cpu_types=cpu, latency_check=False, **kw)
             took = time.perf_counter() - t0
             m = evaluate(rec, Path(out["paths"]["deploy"]), {})
+            held = sum(x == y for x, y in zip(ref, texts(Path(out["paths"]["deploy"]))))
             groups = out["calibrated"].methods.get("smooth_quant", {}).get("groups", [])
-            st.add(name, cpu, out["layers"], m["task"].split("on ")[1], f"{m['cosine']:.4f}", f"{m['sqnr_db']:.1f}",
-                   ", ".join(f"{g['alpha']:g}" for g in groups) or "-", f"{took:.1f}")
+            st.add(name, cpu, out["layers"], m["task"].split("on ")[1], f"{held}/{len(lines)}", f"{m['cosine']:.4f}",
+                   f"{m['sqnr_db']:.1f}", ", ".join(f"{g['alpha']:g}" for g in groups) or "-", f"{took:.1f}")
     st.notes.append("Latency check off (every quantizable layer int8). Balancing finds the two blocks' "
                     "LayerNorm -> qkv and LayerNorm -> fc1 (LayerNorms written out in elementary ops, an Identity "
                     "before each MatMul); attention's activation x activation MatMuls stay float.")
-    lines = ocr.rendered_lines(a.lines, seed=200)
-    chars = ocr.characters(rec)
-    ref_s = session(rec, True)
-    ref = [ocr.ctc_decode(ref_s.run(None, {"x": ocr.rec_input(img)})[0][0], chars) for _, img in lines]
     wo = Table(f"Weight-only int4 (MatMulNBits, asymmetric), text = FP32 on {len(lines)} held-out rendered lines",
                ["setting", "layers", "text = FP32", "text = truth (FP32: "
                 f"{sum(r.strip() == t for r, (t, _) in zip(ref, lines))})", "quantize s"])
@@ -65,8 +73,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = fq.quantize(rec, calib, work / "w4.onnx", weight_only=WeightOnlyConfig(algo, 4, gs))
         took = time.perf_counter() - t0
-        s = session(out["paths"]["deploy"])
-        got = [ocr.ctc_decode(s.run(None, {"x": ocr.rec_input(img)})[0][0], chars) for _, img in lines]
+        got = texts(out["paths"]["deploy"])
         wo.add(f"int4 g{gs} {algo.upper()}", out["layers"], f"{sum(x == y for x, y in zip(ref, got))}/{len(lines)}",
                sum(g.strip() == t for g, (t, _) in zip(got, lines)), f"{took:.1f}")
     wo.notes.append("Every MatMul with a constant weight (the blocks' qkv, proj, fc1, fc2 and the CTC head); the "

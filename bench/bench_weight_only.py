@@ -31,6 +31,13 @@ def _once(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _once_cpu(fn: Callable[[], object]) -> tuple:
+    """Wall and process CPU seconds (all threads) of one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def _blas_threads() -> str:
     try:
         from threadpoolctl import threadpool_info
@@ -87,7 +94,7 @@ def hessian_table(k: int, rows: int, repeats: int) -> Table:
 
 def gptq_table(sizes: list) -> Table:
     t = Table("GPTQ (int4, g128, percdamp 0.01, block 128) given the Hessian",
-              ["layer", "native s", "NumPy twin s", "twin/native", "codes identical"])
+              ["layer", "native s", "NumPy twin s", "twin/native", "native CPU s", "twin CPU s", "codes identical"])
     for k in sizes:
         w, x = _layer(k, k, 2 * k)
         acc = ops.HessianAccumulator(k)
@@ -96,19 +103,22 @@ def gptq_table(sizes: list) -> Table:
         for act_order in (False, True):
             spec = ops.GroupSpec(4, 128, True)
             r = {}
-            tn = _once(lambda: r.setdefault("n", ops.gptq(w, h, spec, act_order=act_order)))
-            tr = _once(lambda: r.setdefault("r", reference.gptq(w, h, spec, act_order=act_order)))
+            tn, cn = _once_cpu(lambda: r.setdefault("n", ops.gptq(w, h, spec, act_order=act_order)))
+            tr, cr = _once_cpu(lambda: r.setdefault("r", reference.gptq(w, h, spec, act_order=act_order)))
             same = np.array_equal(r["n"].quant.codes, r["r"].quant.codes)
             t.add(f"{k}x{k}{', act_order' if act_order else ''}", f"{tn:.2f}", f"{tr:.1f}", f"{tr / tn:.1f}x",
+                  f"{cn:.2f}", f"{cr:.1f}",
                   "yes" if same else f"no ({int((r['n'].quant.codes != r['r'].quant.codes).sum())} differ)")
-    t.notes.append("One run each (the twin takes long). Both include dampening, the Cholesky factor of H⁻¹ and "
-                   "the column loop; the twin runs the BLAS parts in NumPy's multithreaded BLAS.")
+    t.notes.append("One run each (the twin takes long). Both include dampening, the factorization and the column "
+                   "loop; the twin runs the BLAS parts in NumPy's multithreaded BLAS.")
     t.notes.append("Target: 4096x4096 at least 5x faster than the twin. Both are bound by float64 products at large "
-                   "K: the native side does about 1.3·K³ + N·K² flops (one Cholesky, one triangular inverse, the "
-                   "lazy-block updates: ~115 GFLOP at 4096), the twin about 4.7·K³ + N·K² (Cholesky, LU inverse, "
-                   "LᵀL, Cholesky: ~390 GFLOP) plus a Python step per input; at equal BLAS efficiency that bounds the "
-                   "ratio near 3.4x + the loop overhead, which is what 4096 shows. Smaller layers, where the "
-                   "per-input Python work dominates the twin, reach 5-7x.")
+                   "K. Without act_order the native side does about K³/3 + N·K² flops (one Cholesky factor M of H, "
+                   "whose columns spread the errors directly, and the lazy-block updates: ~92 GFLOP at 4096); with "
+                   "act_order one triangular inverse more (U = M⁻¹, ~115 GFLOP). The twin does about 4.7·K³ + N·K² "
+                   "(Cholesky, LU inverse, LᵀL, Cholesky: ~390 GFLOP) plus a Python step per input: at equal BLAS "
+                   "efficiency the ratio is bounded near 4.2x (3.4x with act_order) + the loop overhead. Smaller "
+                   "layers, where the per-input Python work dominates the twin, reach further. CPU s: process CPU "
+                   "time, all threads (the twin's BLAS runs 2 threads; on a shared machine wall times stretch).")
     return t
 
 
@@ -160,9 +170,12 @@ def quality_table() -> Table:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not for the results file)")
+    p.add_argument("--gptq-only", action="store_true", help="only the GPTQ table (results: weight_only_gptq.md)")
     a = p.parse_args()
     load = os.getloadavg()
-    if a.quick:
+    if a.gptq_only:
+        tables = [gptq_table([1024, 2048, 4096])]
+    elif a.quick:
         tables = [rtn_table(512, 2), hessian_table(512, 1024, 2), gptq_table([512]), awq_table(512, 128)]
     else:
         tables = [rtn_table(4096, 3), hessian_table(4096, 2048, 3), gptq_table([1024, 2048, 4096]),
@@ -170,7 +183,7 @@ def main() -> None:
     intro = (f"ferroquant threads: {ops.get_num_threads()} (Hessian rows: 1 and 2). NumPy's BLAS: {_blas_threads()}. "
              f"Load average at start / end: {load[0]:.1f} / {os.getloadavg()[0]:.1f} (the machine is shared).")
     if not a.quick:
-        write_report("weight_only", tables, intro)
+        write_report("weight_only_gptq" if a.gptq_only else "weight_only", tables, intro)
     else:
         print(intro)
 

@@ -9,7 +9,7 @@ ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accura
          "accuracy_adaround",
          "accuracy_mixed", "bias_correction",
          "adaround", "ptq_time", "qat", "deploy",
-         "foreign", "weight_only", "llm"]
+         "foreign", "weight_only", "weight_only_gptq", "llm", "awq_ablation"]
 
 INTRO = """# Benchmarks
 
@@ -29,8 +29,9 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_ptq_time.py` | where a whole quantization spends its time (load, taps, observes, searches, writing) against onnxruntime's own pass over the same batches: MobileNetV2, PP-OCRv6 det, BERT; HFMG and IFMR |
 | `bench/bench_deploy.py` | deploy models per profile (onnxruntime, tensorrt, amct) against FP32 and onnxruntime's `quantize_static` on MobileNetV2 (BN kept / folded): latency at 1 and 2 threads (interleaved medians), size, top-1 agreement as specified and with onnxruntime's integer kernels |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
-| `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ |
+| `bench/bench_weight_only.py` | group-wise RTN, Hessian (vs NumPy `X.T @ X`), GPTQ 1024-4096, AWQ and the SmoothQuant search vs their NumPy twins; output error of RTN / GPTQ / AWQ; `--gptq-only`: the GPTQ table alone, with CPU times (`weight_only_gptq`) |
 | `bench/bench_llm.py` | a small GPT-style decoder trained here on `pydoc_data.topics`: held-out perplexity of FP32 vs weight-only RTN / GPTQ / AWQ (int4 g128 and g32, int8) through the ONNX export and onnxruntime, and the MatMul weight bytes |
+| `bench/bench_awq_ablation.py` | the trained decoder of `bench_llm.py`, int4 g128: ferroquant's AWQ against the parts llm-awq / AutoAWQ do differently (auto_clip's clamp, token sample and q/k skip; auto_scale's shared q/k/v scale on the block output; duo scaling), perplexity increase vs RTN |
 | `bench/bench_foreign.py` | models nobody here wrote (RapidOCR, ddddocr, nudenet YOLOv8n, silero-vad, torch-exported MobileNetV2 and transformers): load, folds, layers, time, peak RSS, size, cosine/SQNR and task metric vs FP32; the ONNX conformance corpus counts |
 
 `python bench/collect.py` rebuilds this page from `results/`.

@@ -1,7 +1,9 @@
 """Specifies rust/ferroquant-core/src/hessian.rs and gptq.rs: the streaming Hessian sum and GPTQ, written as
 the reference code reads (IST-DASLab/gptq ``fasterquant``), on a ``[K, N]`` weight, in float64. The Cholesky
 factor of the inverse is computed the reference's way here (cholesky, inverse, cholesky); the kernel reaches the
-same matrix with one factorization and one triangular inverse."""
+same matrix with one factorization and one triangular inverse under ``act_order``, and otherwise skips the
+inverse: it spreads ``w_i - q_i`` with the factor ``M`` (``M Mᵀ = H``, ``M = U⁻¹``) itself, which sums to the
+same updates (see gptq.rs)."""
 
 from __future__ import annotations
 
