@@ -42,6 +42,8 @@ MP = {"mixed_precision": {"enabled": True}}  # weight size <= all-int8's, >= 90 
 MP75 = {"mixed_precision": {"enabled": True, "int8_compute_share": 0.75}}
 MPW = {"mixed_precision": {"enabled": True, "size_fraction": 0.75}}
 MPO = {"mixed_precision": {"enabled": True, "sensitivity": "output"}}  # ranked by the model's output error
+OC = {"activation": {"output_clip": True}}  # output-aware clips (common_config)
+DW_OC = {"activation": {"channel_wise": True, "output_clip": True}}
 #: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
 #: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
 FERROQUANT = {
@@ -78,6 +80,14 @@ FERROQUANT = {
     "fq amct +DW +BC +MP-output (size 1.0; 0.9)": ("amct", MPO, {**DW, **BC}),
     "fq amct all: DW +BC +AdaRound +MP-output": ("amct", {**ADA, **MPO}, {**DW, **BC}),
     "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP-output": ("amct", {**CLE6, **ADA, **MPO}, {**DW, **BC}),
+    "fq ort +OC": ("onnxruntime", {}, OC),
+    "fq amct +OC": ("amct", {}, OC),
+    "fq ort +BC +OC": ("onnxruntime", {}, {**OC, **BC}),
+    "fq amct +BC +OC": ("amct", {}, {**OC, **BC}),
+    "fq ort +CLE(relu6->relu) +BC +OC": ("onnxruntime", CLE6, {**OC, **BC}),
+    "fq ort +CLE(relu6->relu) +BC +AdaRound +OC": ("onnxruntime", {**CLE6, **ADA}, {**OC, **BC}),
+    "fq amct +DW +BC +MP +OC (size 1.0; 0.9)": ("amct", MP, {**DW_OC, **BC}),
+    "fq amct all: DW +BC +AdaRound +MP +OC": ("amct", {**ADA, **MP}, {**DW_OC, **BC}),
 }
 PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
 FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]
