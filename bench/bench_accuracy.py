@@ -1,6 +1,6 @@
 """MobileNetV2 (ImageNet weights, BN kept in the ONNX model and folded by each tool) int8 PTQ: the share of each
 accuracy method of issue 15 (cross-layer equalization, empirical bias correction, per-channel scales on
-depthwise-Conv inputs), alone and together, beside onnxruntime's ``quantize_static`` and OpenVINO NNCF's
+depthwise-Conv inputs, output-aware clips, learned rounding, mixed precision), alone and together, beside onnxruntime's ``quantize_static`` and OpenVINO NNCF's
 ``nncf.quantize`` (default and MIXED presets), in one run on the same crops.
 
     python bench/bench_accuracy.py [--calib 64] [--eval 320] [--methods NAME,...]
@@ -254,6 +254,11 @@ def main() -> None:
                        "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
                        "FP32 rows measure), absorption = bias absorption, BC = empirical bias correction, "
                        "DW per-channel = per-channel activation scales on depthwise-Conv inputs.")
+        t.notes.append("OC = output-aware clip search (activation.output_clip, methods.output_clip defaults: 64 "
+                       "patches a batch, at most 512 per reader layer, the largest values kept): each searched input's "
+                       "clip is HFMG's times the best ratio in 0.7-1.3 by its readers' output error; skipped: "
+                       "per-channel (DW) and 16-bit (MP) inputs, and on the onnxruntime profile the tensors its "
+                       "residual Adds also read.")
         t.notes.append("AdaRound = learned rounding of the ARQ weight codes (methods.adaround, default options); "
                        "W4A8 = 4-bit ARQ weights (per channel), 8-bit activations.")
         t.notes.append("MP = mixed precision (methods.mixed_precision): per layer 4- or 8-bit ARQ weights and 8- "
