@@ -193,3 +193,21 @@ def _load(path):
     import onnx
 
     return onnx.load(str(path))
+
+
+def test_flows_without_data_name_the_tensors_they_cannot_search():
+    """Calibrators loaded from saved states (merge, quantize --state) come without patches: the record says so
+    and the clips are the calibrators' own."""
+    from ferroquant.onnx.api import calibration_setup
+
+    rng = np.random.default_rng(4)
+    model = _net(rng)
+    cfg = create_quant_config(None, model, config_defination={"common_config": ON})
+    calibrated = quantize_model(cfg, model, [{"x": _images(rng, 4)}], profile="amct")
+    cm, _ = calibration_setup(cfg, model, profile="amct")
+    cm.calibrators = calibrated.calibrators
+    table = cm.table()
+    rec = cm.methods["output_clip"]
+    assert rec["tensors"] == {} and sorted(rec["skipped"]) == ["a1", "a2", "f", "x"]
+    assert "saved states" in rec["skipped"]["a2"]
+    assert "output_clip" not in table.layers["pw"].activation.details

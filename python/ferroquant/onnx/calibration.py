@@ -183,15 +183,20 @@ class CalibratedModel:
         patches: ``acts`` is updated, and the record's ``methods.output_clip`` says what was chosen."""
         readers: Dict[str, List[Reader]] = {}
         first: Dict[str, str] = {}
+        unseen = set()
         for l in self.layers:
             first.setdefault(l.activation, l.name)
             pt = self.patches.get(l.name)
             if pt is not None and pt.kept:
                 readers.setdefault(l.activation, []).append(
                     Reader(l.name, pt.rows(), pt.weights, weight_rows(l, view.array(l.weight))))
-        if not readers:
+            elif pt is not None:
+                unseen.add(l.activation)
+        if not readers and not unseen:
             return
         done = self.methods.setdefault("output_clip", {"tensors": {}, "skipped": {}})
+        for t in sorted(unseen - set(readers)):  # e.g. calibrators loaded from saved states: no data streamed
+            done["skipped"][t] = "no calibration patches were streamed (calibrated from saved states?)"
         # the deploy profile's quantized ops (residual Adds...) read these with the same qparams: their error is
         # not what the search measures
         op_read = {self.plan.carried.get(u, u) for u in self.plan.op_tensors}
