@@ -175,7 +175,7 @@ def test_config_round_trip_and_methods_in_use(tmp_path):
     assert "methods" not in plain and all("output_clip" not in v["activation"] for v in plain["layers"].values())
 
 
-def test_cli_switch(tmp_path):
+def test_cli_switch_record_and_report(tmp_path):
     from ferroquant.cli import main
 
     rng = np.random.default_rng(0)
@@ -184,9 +184,14 @@ def test_cli_switch(tmp_path):
     onnx.save(_net(rng), str(tmp_path / "m.onnx"))
     np.save(tmp_path / "calib.npy", _images(rng, 8))
     assert main(["quantize", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "calib.npy"), "--out",
-                 str(tmp_path / "out"), "--no-report", "--profile", "amct", "--output-clip", "-q"]) == 0
+                 str(tmp_path / "out"), "--report", "--no-plots", "--profile", "amct", "--output-clip", "-q"]) == 0
     rec = json.loads(next((tmp_path / "out").glob("*_quant_record.json")).read_text())
-    assert sorted(rec["extra"]["methods"]["output_clip"]["tensors"]) == ["a1", "a2", "f", "x"]
+    searched = rec["extra"]["methods"]["output_clip"]["tensors"]
+    assert sorted(searched) == ["a1", "a2", "f", "x"]
+    report = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    algos = {r["activation"]: r["act_algorithm"] for r in report["layers"]}
+    for t, r in searched.items():  # the report names each searched clip's ratio
+        assert algos[t] == f"ifmr +output clip x{r['ratio']:g}"
 
 
 def _load(path):
