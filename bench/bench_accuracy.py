@@ -1,6 +1,6 @@
 """MobileNetV2 (ImageNet weights, BN kept in the ONNX model and folded by each tool) int8 PTQ: the share of each
 accuracy method of issue 15 (cross-layer equalization, empirical bias correction, per-channel scales on
-depthwise-Conv inputs), alone and together, beside onnxruntime's ``quantize_static`` and OpenVINO NNCF's
+depthwise-Conv inputs, output-aware clips, learned rounding, mixed precision), alone and together, beside onnxruntime's ``quantize_static`` and OpenVINO NNCF's
 ``nncf.quantize`` (default and MIXED presets), in one run on the same crops.
 
     python bench/bench_accuracy.py [--calib 64] [--eval 320] [--methods NAME,...]
@@ -42,6 +42,8 @@ MP = {"mixed_precision": {"enabled": True}}  # weight size <= all-int8's, >= 90 
 MP75 = {"mixed_precision": {"enabled": True, "int8_compute_share": 0.75}}
 MPW = {"mixed_precision": {"enabled": True, "size_fraction": 0.75}}
 MPO = {"mixed_precision": {"enabled": True, "sensitivity": "output"}}  # ranked by the model's output error
+OC = {"activation": {"output_clip": True}}  # output-aware clips (common_config)
+DW_OC = {"activation": {"channel_wise": True, "output_clip": True}}
 #: name -> (profile, methods section, common_config); onnxruntime rows are per-tensor (deployable there),
 #: amct rows may take per-channel depthwise inputs (the NNCF-like setting).
 FERROQUANT = {
@@ -78,6 +80,14 @@ FERROQUANT = {
     "fq amct +DW +BC +MP-output (size 1.0; 0.9)": ("amct", MPO, {**DW, **BC}),
     "fq amct all: DW +BC +AdaRound +MP-output": ("amct", {**ADA, **MPO}, {**DW, **BC}),
     "fq amct all: CLE(relu6->relu) +DW +BC +AdaRound +MP-output": ("amct", {**CLE6, **ADA, **MPO}, {**DW, **BC}),
+    "fq ort +OC": ("onnxruntime", {}, OC),
+    "fq amct +OC": ("amct", {}, OC),
+    "fq ort +BC +OC": ("onnxruntime", {}, {**OC, **BC}),
+    "fq amct +BC +OC": ("amct", {}, {**OC, **BC}),
+    "fq ort +CLE(relu6->relu) +BC +OC": ("onnxruntime", CLE6, {**OC, **BC}),
+    "fq ort +CLE(relu6->relu) +BC +AdaRound +OC": ("onnxruntime", {**CLE6, **ADA}, {**OC, **BC}),
+    "fq amct +DW +BC +MP +OC (size 1.0; 0.9)": ("amct", MP, {**DW_OC, **BC}),
+    "fq amct all: DW +BC +AdaRound +MP +OC": ("amct", {**ADA, **MP}, {**DW_OC, **BC}),
 }
 PEERS = ["ort MinMax", "ort Percentile", "nncf default", "nncf MIXED", "nncf default, no bias correction"]
 FLOAT = ["FP32 relu6->relu (float)", "FP32 CLE(relu6->relu) (float)", "FP32 CLE(relu6->relu) +absorption (float)"]
@@ -244,6 +254,11 @@ def main() -> None:
                        "activation between are taken; relu6->relu replaces ReLU6 between equalized Convs, which the "
                        "FP32 rows measure), absorption = bias absorption, BC = empirical bias correction, "
                        "DW per-channel = per-channel activation scales on depthwise-Conv inputs.")
+        t.notes.append("OC = output-aware clip search (activation.output_clip, methods.output_clip defaults: 64 "
+                       "patches a batch, at most 512 per reader layer, the largest values kept): each searched input's "
+                       "clip is HFMG's times the best ratio in 0.7-1.3 by its readers' output error; skipped: "
+                       "per-channel (DW) and 16-bit (MP) inputs, and on the onnxruntime profile the tensors its "
+                       "residual Adds also read.")
         t.notes.append("AdaRound = learned rounding of the ARQ weight codes (methods.adaround, default options); "
                        "W4A8 = 4-bit ARQ weights (per channel), 8-bit activations.")
         t.notes.append("MP = mixed precision (methods.mixed_precision): per layer 4- or 8-bit ARQ weights and 8- "

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accuracy_all_adaround", "accuracy",
+ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accuracy_all_adaround",
+         "accuracy_output_clip", "accuracy",
          "accuracy_adaround",
          "accuracy_mixed", "bias_correction",
-         "adaround", "ptq_time", "qat", "deploy",
+         "adaround", "adaround_scenes", "ptq_time", "qat", "deploy",
          "foreign", "weight_only", "weight_only_gptq", "llm", "awq_ablation"]
 
 INTRO = """# Benchmarks
@@ -24,8 +25,8 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_search.py` | clip searches before/after in the same run: one 4096-bin HFMG search, direct summation vs prefix sums (Rust, `cargo run --release -p ferroquant-core --example bench_hfmg`); MobileNetV2's 53 activation tensors: HFMG search vs exact IFMR's 61-candidate search, and one call per tensor vs `observe_all` / `search_all` |
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` and NNCF `nncf.quantize` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
-| `bench/bench_accuracy.py` | MobileNetV2 int8: the share of each accuracy method (cross-layer equalization, bias correction, per-channel depthwise inputs, learned rounding, mixed precision), alone and together, beside onnxruntime and NNCF, on crops of scenes disjoint from the calibration scenes, with a scene-bootstrap interval; `--report accuracy_all` is the run with every method (`accuracy_mixed`: mixed precision's budgets) |
-| `bench/bench_adaround.py` | MobileNetV2, every Conv: output reconstruction error on held-out crops of learned rounding (AdaRound) vs round-to-nearest on the same ARQ grid, int8 and int4 weights, and the time per layer; `bench_accuracy.py --report accuracy_adaround` gives the top-1 agreement rows with AdaRound (int8, W4A8) |
+| `bench/bench_accuracy.py` | MobileNetV2 int8: the share of each accuracy method (cross-layer equalization, bias correction, per-channel depthwise inputs, output-aware clips, learned rounding, mixed precision), alone and together, beside onnxruntime and NNCF, on crops of scenes disjoint from the calibration scenes, with a scene-bootstrap interval; `--report accuracy_all` is the run with every method (`accuracy_mixed`: mixed precision's budgets; `accuracy_output_clip`: output-aware clips) |
+| `bench/bench_adaround.py` | MobileNetV2, every Conv: output reconstruction error on held-out crops of learned rounding (AdaRound) vs round-to-nearest on the same ARQ grid, int8 and int4 weights, and the time per layer; `bench_accuracy.py --report accuracy_adaround` gives the top-1 agreement rows with AdaRound (int8, W4A8); `--scenes 8,24 --polish` the held-out ratio by the number of calibration scenes (`adaround_scenes`) |
 | `bench/bench_ptq_time.py` | where a whole quantization spends its time (load, taps, observes, searches, writing) against onnxruntime's own pass over the same batches: MobileNetV2, PP-OCRv6 det, BERT; HFMG and IFMR |
 | `bench/bench_deploy.py` | deploy models per profile (onnxruntime, tensorrt, amct) against FP32 and onnxruntime's `quantize_static` on MobileNetV2 (BN kept / folded): latency at 1 and 2 threads (interleaved medians), size, top-1 agreement as specified and with onnxruntime's integer kernels |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |

@@ -146,6 +146,11 @@ def native_calls(n, bits, axis, scale, zp, steps, iters, val):
                                              SimpleNamespace(iterations=iters % 50, reg_weight=float(val),
                                                              beta_start=float(scale), beta_end=2.0,
                                                              warm_start=float(val) % 1.5, lr=float(scale))),
+        "output_clip_errors": lambda: _native.output_clip_errors(
+            x.reshape(n, 1 + steps % 2 if n else 1, -1) if n and 3 % (1 + steps % 2) == 0 else x.reshape(n, 1, 3),
+            np.full((1 + iters % 3, 3), val, np.float32), np.full(1 + steps % 3, scale, np.float32),
+            np.full(1 + steps % 3 if zp % 2 else steps % 3, zp, np.int32), bits,
+            np.full(n if iters % 2 else n + 1, float(val))),
         **weight_only_calls(x, n, bits, scale, zp, steps, iters, val),
         "get_num_threads": lambda: _native.get_num_threads(),
         "set_num_threads": lambda: _native.set_num_threads(steps % 4),

@@ -42,6 +42,8 @@ METHOD_SWITCHES = (
                    "output on the calibration data"),
     ("--per-channel-depthwise", "per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime "
                                 "and tensorrt profiles)"),
+    ("--output-clip", "choose each layer input's clip by the error it causes in the outputs of the Conv/Gemm/MatMul "
+                      "layers that read it (on the calibration data), not only in the tensor itself"),
 )
 
 
@@ -185,7 +187,7 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
     model = _load_model(args.model)
     given = [f"--{k.replace('_', '-')}" for k in ("act_algo", "wts_algo", "bits", "skip", "skip_type", "symmetric",
                                                   "equalize", "relu6_to_relu", "bias_correction",
-                                                  "per_channel_depthwise", "smooth_quant", "activation_matmul",
+                                                  "per_channel_depthwise", "output_clip", "smooth_quant", "activation_matmul",
                                                   "mixed_precision", "int8_compute_share")
              if getattr(args, k, None) is not None and getattr(args, k) is not False and getattr(args, k) != []]
     if getattr(args, "config", None):
@@ -206,6 +208,8 @@ def _config_and_model(args: argparse.Namespace):  # noqa: ANN202 - (ModelProto, 
         wts["bias_correction"] = "empirical"
     if getattr(args, "per_channel_depthwise", False):
         act["channel_wise"] = True
+    if getattr(args, "output_clip", False):
+        act["output_clip"] = True
     methods = ({"equalization": {"enabled": True, "relu6_to_relu": bool(args.relu6_to_relu)}}
                if getattr(args, "equalize", False) else {})
     if getattr(args, "adaround", False):

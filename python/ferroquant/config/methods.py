@@ -5,12 +5,15 @@ config's ``methods`` key: cross-layer equalization, learned rounding and SmoothQ
       "equalization": {"enabled": true, "relu6_to_relu": false, "bias_absorption": false},
       "adaround": {"enabled": true, "iterations": 500},
       "smooth_quant": {"enabled": true, "alpha": null},
-      "mixed_precision": {"enabled": true, "size_fraction": 1.0, "int8_compute_share": 0.9}
+      "mixed_precision": {"enabled": true, "size_fraction": 1.0, "int8_compute_share": 0.9},
+      "output_clip": {"rows_per_batch": 64, "max_rows": 512}
     }
 
 Which layers use a per-layer method is said in the layer sections (so ``common_config`` turns it on model-wide
 and a layer's own entry turns it on or off for that layer): ``activation.channel_wise`` (per-channel scales on a
-depthwise Conv's input) and ``weight.bias_correction`` (``none`` or ``empirical``). Every default leaves the
+depthwise Conv's input), ``activation.output_clip`` (the input's clip chosen by the readers' output error; the
+``output_clip`` section here only bounds its sample) and ``weight.bias_correction`` (``none`` or
+``empirical``). Every default leaves the
 output exactly as before these methods existed.
 """
 
@@ -153,8 +156,22 @@ class MixedPrecisionParams:
                               f"{self.sensitivity!r}")
 
 
+@dataclass(frozen=True)
+class OutputClipParams:
+    """The sample output-aware clip search (``activation.output_clip`` of a layer) reads: per reader layer, at
+    most ``max_rows`` input patches kept (a uniform sample of the calibration data), ``rows_per_batch`` drawn
+    from each batch (:mod:`ferroquant.quant.output_clip`). Memory: ``max_rows`` patches per reader layer."""
+
+    rows_per_batch: int = 64
+    max_rows: int = 512
+
+    def validate(self) -> None:
+        _check_count("output_clip.rows_per_batch", self.rows_per_batch, 1, 1 << 20)
+        _check_count("output_clip.max_rows", self.max_rows, 1, 1 << 20)
+
+
 _SECTIONS = {"equalization": EqualizationParams, "adaround": AdaRoundParams, "smooth_quant": SmoothQuantParams,
-             "mixed_precision": MixedPrecisionParams}
+             "mixed_precision": MixedPrecisionParams, "output_clip": OutputClipParams}
 
 
 @dataclass(frozen=True)
@@ -165,6 +182,7 @@ class MethodsConfig:
     adaround: AdaRoundParams = field(default_factory=AdaRoundParams)
     smooth_quant: SmoothQuantParams = field(default_factory=SmoothQuantParams)
     mixed_precision: MixedPrecisionParams = field(default_factory=MixedPrecisionParams)
+    output_clip: OutputClipParams = field(default_factory=OutputClipParams)
 
     def is_default(self) -> bool:
         return self == MethodsConfig()
@@ -203,5 +221,6 @@ def methods_from_json(d: Any) -> MethodsConfig:
     return MethodsConfig(**parts)
 
 
-__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "MixedPrecisionParams", "SmoothQuantParams",
+__all__ = ["AdaRoundParams", "EqualizationParams", "MethodsConfig", "MixedPrecisionParams", "OutputClipParams",
+           "SmoothQuantParams",
            "methods_from_json"]

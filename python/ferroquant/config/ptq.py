@@ -54,6 +54,7 @@ class ActivationParams:
     percentile: float = 0.99999  # the `percentile` algorithm's clip
     num_quantized_bins: int = 128  # the `entropy` algorithm's target bins
     channel_wise: bool = False  # per-channel scales on a depthwise Conv's input (other layers: per tensor)
+    output_clip: bool = False  # clip chosen by the readers' output error (:mod:`ferroquant.quant.output_clip`)
 
     def validate(self, layer: str) -> None:
         check_choice(layer, "algorithm", self.algorithm, ACT_ALGORITHMS)
@@ -68,7 +69,7 @@ class ActivationParams:
         if not 0 < sr[0] < sr[1]:
             raise field_error(layer, "search_range", f"needs 0 < start < end, got {list(sr)}")
         check_num(layer, "search_step", self.search_step, 0.0, sr[1] - sr[0], lo_open=True)
-        for k in ("search_extend", "search_2d", "hfmg_refine", "channel_wise"):
+        for k in ("search_extend", "search_2d", "hfmg_refine", "channel_wise", "output_clip"):
             check_bool(layer, k, getattr(self, k))
         check_int(layer, "num_of_bins", self.num_of_bins, (1024, 2048, 4096, 8192))
         check_num(layer, "percentile", self.percentile, 0.5, 1.0, lo_open=True)
@@ -134,7 +135,8 @@ class QuantConfig:
         out += ["methods.smooth_quant"] if self.methods.smooth_quant.enabled else []
         out += ["methods.mixed_precision"] if self.methods.mixed_precision.enabled else []
         for key, on in (("weight.bias_correction", lambda c: c.weight.bias_correction != "none"),
-                        ("activation.channel_wise", lambda c: c.activation.channel_wise)):
+                        ("activation.channel_wise", lambda c: c.activation.channel_wise),
+                        ("activation.output_clip", lambda c: c.activation.output_clip)):
             if any(on(c) for c in self.layers.values() if c.quant_enable):
                 out.append(key)
         return out
@@ -192,7 +194,7 @@ class QuantConfig:
 
 
 #: Fields added with the methods of issue 15, written only when set (a config without them saves as before).
-_NEW_FIELDS = {"activation": {"channel_wise": False}, "weight": {"bias_correction": "none"}}
+_NEW_FIELDS = {"activation": {"channel_wise": False, "output_clip": False}, "weight": {"bias_correction": "none"}}
 
 
 def _layer_json(c: LayerConfig) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import onnx
 
+from ferroquant.calibrate import ChannelCalibrator
 from ferroquant.config import QuantConfig, WeightParams, build_config, load_config, load_json
 from ferroquant.config.weight_only import WeightOnlyConfig, has_weight_only_section, load_weight_only_config
 from ferroquant.errors import ConfigError, DataError
@@ -24,7 +25,7 @@ from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.io import load_model, save_onnx
 from ferroquant.onnx.layers import depthwise_inputs, quantizable_layers
 from ferroquant.onnx.mixed_precision import search_precision
-from ferroquant.onnx.methods import apply_methods, fp32_change, layer_grams, layer_moments
+from ferroquant.onnx.methods import apply_methods, fp32_change, layer_grams, layer_moments, layer_patches
 from ferroquant.onnx.placement import plan_deploy
 from ferroquant.onnx.qdq import Layout, export_deploy, export_fake_quant
 from ferroquant.onnx.record import write_record
@@ -248,9 +249,15 @@ def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Uni
     weights = {l.name: quantize_weight(l, view.array(l.weight), _weight_params(cfg.layers[l.name].weight, cpu))
                for l in layers}
     grams, rounding = _rounding(cfg, prepared.model, layers, methods)
+    patches, not_clipped = layer_patches(cfg, prepared.model, layers,
+                                         [t for t, c in cals.items() if isinstance(c, ChannelCalibrator)])
+    if patches or not_clipped:
+        p = cfg.methods.output_clip
+        methods["output_clip"] = {"rows_per_batch": p.rows_per_batch, "max_rows": p.max_rows, "tensors": {},
+                                  "skipped": not_clipped}
     cm = CalibratedModel(prepared.model, cfg, layers, cals, weights, fusion=prepared.fusion, profile=prof, cpu=cpu,
                          plan=plan, moments=layer_moments(cfg, prepared.model, layers), methods=methods,
-                         grams=grams, rounding=rounding)
+                         grams=grams, rounding=rounding, patches=patches)
     cm.timings["prepare_s"] = time.perf_counter() - t0
     return cm, original
 

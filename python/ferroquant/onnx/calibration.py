@@ -26,7 +26,8 @@ from ferroquant.quant.bias_correction import corrected_bias
 from ferroquant.quant.calibrators import activation_quant, bounded, widened
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.ops.types import AdaRoundOptions
-from ferroquant.quant.adaround import LayerGram, learn_rounding
+from ferroquant.quant.adaround import LayerGram, learn_rounding, weight_rows
+from ferroquant.quant.output_clip import LayerPatches, Reader, search_output_clip, window
 from ferroquant.quant.moments import LayerMoments
 from ferroquant.quant.profiles import PROFILES, SIGNED, CpuTypes, Profile
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
@@ -152,6 +153,8 @@ class CalibratedModel:
     rounding: Optional[AdaRoundOptions] = None
     #: activation tensors mixed precision widened, with their bits (:mod:`ferroquant.onnx.mixed_precision`)
     wide_activations: Dict[str, int] = field(default_factory=dict)
+    #: sampled input patches of the layers whose input clip is searched by output error, by layer name
+    patches: Dict[str, LayerPatches] = field(default_factory=dict, repr=False)
 
     def table(self, progress: Optional[Callable[[int, Optional[int]], None]] = None) -> QuantTable:
         """Search every calibrator and assemble the qparams table the exporters consume (bias codes included).
@@ -162,8 +165,9 @@ class CalibratedModel:
                             else widened(tensor, self.calibrators[tensor], self.wide_activations[tensor]))
             if progress is not None:
                 progress(i + 1, len(self.calibrators))
-        self.activations = acts
         view = GraphView(self.model)
+        self._output_clips(acts, view)
+        self.activations = acts
         self._learn_rounding(view)
         layers = {l.name: layer_quant(l, acts[l.activation], self.weights[l.name], self._bias(view, l))
                   for l in self.layers}
@@ -173,6 +177,40 @@ class CalibratedModel:
                                   {t: c.observed_range() for t, c in self.calibrators.items()})
         warn_guarded(guarded)
         return QuantTable(layers, tensors, guarded)
+
+    def _output_clips(self, acts: Dict[str, ActivationQuant], view: GraphView) -> None:
+        """Output-aware clip search (:mod:`ferroquant.quant.output_clip`) of the tensors whose readers sampled
+        patches: ``acts`` is updated, and the record's ``methods.output_clip`` says what was chosen."""
+        readers: Dict[str, List[Reader]] = {}
+        first: Dict[str, str] = {}
+        unseen = set()
+        for l in self.layers:
+            first.setdefault(l.activation, l.name)
+            pt = self.patches.get(l.name)
+            if pt is not None and pt.kept:
+                readers.setdefault(l.activation, []).append(
+                    Reader(l.name, pt.rows(), pt.weights, weight_rows(l, view.array(l.weight))))
+            elif pt is not None:
+                unseen.add(l.activation)
+        if not readers and not unseen:
+            return
+        done = self.methods.setdefault("output_clip", {"tensors": {}, "skipped": {}})
+        for t in sorted(unseen - set(readers)):  # e.g. calibrators loaded from saved states: no data streamed
+            done["skipped"][t] = "no calibration patches were streamed (calibrated from saved states?)"
+        # the deploy profile's quantized ops (residual Adds...) read these with the same qparams: their error is
+        # not what the search measures
+        op_read = {self.plan.carried.get(u, u) for u in self.plan.op_tensors}
+        for t, rs in readers.items():
+            why = ("widened by mixed precision" if t in self.wide_activations else "per-channel" if acts[t].per_channel
+                   else f"also read by ops the {self.plan.target} profile quantizes" if t in op_read else "")
+            if why:
+                done["skipped"][t] = why
+                continue
+            params = self.config.layers[first[t]].activation
+            t0 = time.perf_counter()
+            acts[t], rec = search_output_clip(acts[t], rs, window(*params.search_range, params.search_step),
+                                              self.config.activation_symmetric(first[t]))
+            done["tensors"][t] = {**rec, "seconds": round(time.perf_counter() - t0, 3)}
 
     def _learn_rounding(self, view: GraphView) -> None:
         """AdaRound (:mod:`ferroquant.quant.adaround`) for the layers with a Gram stream, once: their weight
@@ -229,6 +267,9 @@ class CalibratedModel:
         for name, g in other.grams.items():
             if name in self.grams:
                 self.grams[name].merge(g)
+        for name, pt in other.patches.items():
+            if name in self.patches:
+                self.patches[name].merge(pt)
         self.batches += other.batches
 
 
@@ -269,9 +310,10 @@ def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Opt
     sess = tapped_session(cm.model, taps)
     inputs = {i.name: i for i in sess.get_inputs()}
     unranked = {i.name for i in cm.model.graph.input if not i.type.tensor_type.HasField("shape")}
-    readers: Dict[str, List[Union[LayerMoments, LayerGram]]] = {}
+    readers: Dict[str, List[Union[LayerMoments, LayerGram, LayerPatches]]] = {}
     for l in cm.layers:
-        for streams in (cm.moments, cm.grams):  # bias correction's and learned rounding's input statistics
+        # bias correction's, learned rounding's and output-aware clips' input statistics
+        for streams in (cm.moments, cm.grams, cm.patches):
             if l.name in streams:
                 readers.setdefault(l.activation, []).append(streams[l.name])
     t0 = time.perf_counter()

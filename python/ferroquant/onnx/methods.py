@@ -15,6 +15,7 @@ from ferroquant.onnx.equalize import equalize, max_relative_difference
 from ferroquant.onnx.graph import GraphView, get_attr, node_label
 from ferroquant.quant.adaround import LayerGram
 from ferroquant.quant.moments import LayerMoments, PatchSpec
+from ferroquant.quant.output_clip import LayerPatches
 from ferroquant.quant.table import LayerInfo
 
 
@@ -94,10 +95,8 @@ def layer_moments(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Lay
             for l in corrected_layers(cfg, layers)}
 
 
-def _rounding_refusal(cfg: QuantConfig, node: onnx.NodeProto, layer: LayerInfo, weight_shape: Sequence[int]) -> str:
-    """Why learned rounding does not apply to ``layer`` ('' when it does)."""
-    if cfg.layers[layer.name].weight.algorithm != "arq":
-        return "NUQ weights (learned rounding keeps an ARQ grid)"
+def _patch_refusal(node: onnx.NodeProto, layer: LayerInfo, weight_shape: Sequence[int]) -> str:
+    """Why ``layer``'s input cannot be read as patches times a ``[c_out, p]`` weight ('' when it can)."""
     if layer.op_type == "Gemm" and int(get_attr(node, "transA", 0)):
         return "Gemm with transA"
     if layer.op_type == "MatMul" and len(weight_shape) != 2:
@@ -105,6 +104,13 @@ def _rounding_refusal(cfg: QuantConfig, node: onnx.NodeProto, layer: LayerInfo, 
     if layer.op_type not in ("Conv", "Gemm", "MatMul"):
         return f"op type {layer.op_type}"
     return ""
+
+
+def _rounding_refusal(cfg: QuantConfig, node: onnx.NodeProto, layer: LayerInfo, weight_shape: Sequence[int]) -> str:
+    """Why learned rounding does not apply to ``layer`` ('' when it does)."""
+    if cfg.layers[layer.name].weight.algorithm != "arq":
+        return "NUQ weights (learned rounding keeps an ARQ grid)"
+    return _patch_refusal(node, layer, weight_shape)
 
 
 def layer_grams(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[LayerInfo]
@@ -129,5 +135,37 @@ def layer_grams(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[Layer
     return grams, skipped
 
 
+def layer_patches(cfg: QuantConfig, model: onnx.ModelProto, layers: Sequence[LayerInfo], per_channel: Sequence[str]
+                  ) -> Tuple[Dict[str, LayerPatches], Dict[str, str]]:
+    """Output-aware clip search's input samples: one per layer that reads a tensor whose first reader asks for
+    ``activation.output_clip`` (every Conv / Gemm / MatMul reader of it), by layer name; and what it skips
+    (tensors with per-channel activations in ``per_channel``, readers it cannot read as patches), with the
+    reason."""
+    first: Dict[str, LayerInfo] = {}
+    for l in layers:
+        first.setdefault(l.activation, l)
+    searched = {t for t, l in first.items() if cfg.layers[l.name].activation.output_clip}
+    skipped = {t: "per-channel activation scales" for t in sorted(searched & set(per_channel))}
+    searched -= set(per_channel)
+    if not searched:
+        return {}, skipped
+    params = cfg.methods.output_clip
+    view = GraphView(model)
+    nodes = {node_label(n): n for n in model.graph.node}
+    streams: Dict[str, LayerPatches] = {}
+    for l in layers:
+        if l.activation not in searched:
+            continue
+        shape = view.array(l.weight).shape
+        why = _patch_refusal(nodes[l.name], l, shape)
+        if why:
+            skipped[l.name] = f"reader of {l.activation}: {why}"
+            continue
+        spec = patch_spec(nodes[l.name], shape) if l.op_type == "Conv" else PatchSpec("matmul")
+        streams[l.name] = LayerPatches(spec, params.rows_per_batch, params.max_rows,
+                                       name=f"{l.name} (calibration activations)")
+    return streams, skipped
+
+
 __all__ = ["apply_methods", "bn_statistics", "fp32_change", "corrected_layers", "layer_grams", "layer_moments",
-           "patch_spec"]
+           "layer_patches", "patch_spec"]

@@ -41,15 +41,20 @@ class LayerGram(SumStream):
 
     def patches(self, x: np.ndarray) -> np.ndarray:
         """Sampled patches of one batch, ``[rows, groups, p]`` (in the weight's order)."""
+        return self.patches_at(x, None)
+
+    def patches_at(self, x: np.ndarray, pick: Optional[np.ndarray]) -> np.ndarray:
+        """The patches of one batch at the output positions ``pick`` (flat over ``[N, *out]``; None: a sample
+        of ``rows_per_batch``), ``[rows, groups, p]`` (in the weight's order)."""
         x = np.asarray(x, np.float32)
         sp = self.spec
         if sp.kind != "conv":
             rows = x.reshape(-1, x.shape[-1])
-            return rows[self._pick(rows.shape[0])][:, None, :]
+            return rows[self._pick(rows.shape[0]) if pick is None else pick][:, None, :]
         if x.ndim != len(sp.kernel) + 2:
             raise ShapeError(f"a conv input of rank {len(sp.kernel) + 2} was expected, got shape {x.shape}")
         xp, out = sp.windows(x)
-        pick = self._pick(x.shape[0] * int(np.prod(out)))
+        pick = self._pick(x.shape[0] * int(np.prod(out))) if pick is None else pick
         n, *pos = np.unravel_index(pick, (x.shape[0], *out))
         channels = np.arange(x.shape[1])[None, :]
         taps = []  # per kernel offset, [rows, C]

@@ -14,6 +14,7 @@ from ferroquant.reference.histogram import *  # noqa: F401,F403
 from ferroquant.reference.ifmr import *  # noqa: F401,F403
 from ferroquant.reference.metrics import *  # noqa: F401,F403
 from ferroquant.reference.nuq import *  # noqa: F401,F403
+from ferroquant.reference.output_clip import *  # noqa: F401,F403
 from ferroquant.reference.qparams import *  # noqa: F401,F403
 from ferroquant.reference.ulq import *  # noqa: F401,F403
 from ferroquant.reference.awq import *  # noqa: F401,F403 - weight-only: group-wise RTN, GPTQ, AWQ, SmoothQuant
@@ -21,5 +22,5 @@ from ferroquant.reference.gptq import *  # noqa: F401,F403
 from ferroquant.reference.groupwise import *  # noqa: F401,F403
 from ferroquant.reference.smooth import *  # noqa: F401,F403
 
-__all__ = sorted(n for m in ("adaround", "affine", "arq", "baselines", "hfmg", "histogram", "ifmr", "metrics", "nuq", "qparams",
+__all__ = sorted(n for m in ("adaround", "affine", "arq", "baselines", "hfmg", "histogram", "ifmr", "metrics", "nuq", "output_clip", "qparams",
                             "ulq", "awq", "gptq", "groupwise", "smooth") for n in sys.modules[f"{__name__}.{m}"].__all__)

@@ -217,7 +217,9 @@ def _rows(cm: CalibratedModel, table: QuantTable, view: GraphView) -> Tuple[List
             hists[aq.tensor], mn, mx = activation_histogram(cal)
             ranges[aq.tensor] = (mn, mx)
         mn, mx = ranges[aq.tensor]
-        rows.append(LayerStats(name, lq.layer.op_type, aq.tensor, aq.algorithm, lq.weight.algorithm, lq.weight.bits,
+        oc = aq.details.get("output_clip", {})
+        algo = aq.algorithm + (f" +output clip x{oc['ratio']:g}" if "ratio" in oc else "")
+        rows.append(LayerStats(name, lq.layer.op_type, aq.tensor, algo, lq.weight.algorithm, lq.weight.bits,
                                mn, mx, aq.clip_min, aq.clip_max,
                                clipped_fraction(cal, hists[aq.tensor], aq.clip_min, aq.clip_max),
                                weight_sqnr(view.array(lq.layer.weight), lq), activation_bits=aq.bits))

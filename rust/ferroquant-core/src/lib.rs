@@ -20,6 +20,7 @@ pub mod layout;
 pub mod linalg;
 pub mod metrics;
 pub mod nuq;
+pub mod output_clip;
 pub mod par;
 pub mod qparams;
 pub mod scheme;

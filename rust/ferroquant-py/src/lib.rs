@@ -14,6 +14,7 @@ mod histogram;
 mod ifmr;
 mod metrics;
 mod nuq;
+mod output_clip;
 mod pool;
 mod qparams;
 mod types;
@@ -24,7 +25,7 @@ mod debug;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    let topics: [fn(&Bound<'_, PyModule>) -> PyResult<()>; 12] = [
+    let topics: [fn(&Bound<'_, PyModule>) -> PyResult<()>; 13] = [
         pool::register,
         qparams::register,
         affine::register,
@@ -37,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         gptq::register,
         awq::register,
         adaround::register,
+        output_clip::register,
     ];
     for register in topics {
         register(m)?;
