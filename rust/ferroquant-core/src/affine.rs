@@ -28,28 +28,7 @@ impl<'a> ChannelGrids<'a> {
                 return Err(QuantError::ShapeMismatch { what, expected: c, got });
             }
         }
-        let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
-        let grids = scales
-            .iter()
-            .zip(zero_points)
-            .enumerate()
-            .map(|(i, (&s, &z))| {
-                if !(s.is_finite() && s > 0.0) {
-                    return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
-                }
-                if z < qmin || z > qmax {
-                    return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
-                }
-                Ok(Grid {
-                    scale: s,
-                    zp: z as f32,
-                    lo: (qmin - z - 1) as f32,
-                    hi: (qmax - z + 1) as f32,
-                    qmin: qmin as f32,
-                    qmax: qmax as f32,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let grids = Grid::checked(scales, zero_points, scheme)?;
         Ok(Self { layout, scheme: *scheme, grids })
     }
 }

@@ -5,6 +5,9 @@
 
 use multiversion::multiversion;
 
+use crate::error::{QuantError, Result};
+use crate::scheme::Scheme;
+
 /// An integer type that holds codes: i8 for bits <= 8, i16 up to 16 bits, i32 for anything.
 pub trait Code: Copy + Send + Sync + Default {
     const BITS: u32;
@@ -91,6 +94,27 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// The grids of `(scales[i], zero_points[i])` pairs (equal lengths) on `scheme`'s code range; a scale that
+    /// is not finite and > 0, or a zero point outside the range, is an error naming its index.
+    pub fn checked(scales: &[f32], zero_points: &[i32], scheme: &Scheme) -> Result<Vec<Grid>> {
+        let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
+        scales
+            .iter()
+            .zip(zero_points)
+            .enumerate()
+            .map(|(i, (&s, &z))| {
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
+                }
+                if z < qmin || z > qmax {
+                    return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
+                }
+                let (lo, hi) = ((qmin - z - 1) as f32, (qmax - z + 1) as f32);
+                Ok(Grid { scale: s, zp: z as f32, lo, hi, qmin: qmin as f32, qmax: qmax as f32 })
+            })
+            .collect()
+    }
+
     /// The code of `x` as an exact integer-valued f32.
     #[inline(always)]
     pub fn code(&self, x: f32) -> f32 {

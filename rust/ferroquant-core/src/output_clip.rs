@@ -68,22 +68,7 @@ fn check(l: &Patches<'_>, scales: &[f32], zero_points: &[i32], sch: &Scheme) -> 
             return Err(QuantError::NonFinite { index, value });
         }
     }
-    let (qmin, qmax) = (sch.qmin(), sch.qmax());
-    scales
-        .iter()
-        .zip(zero_points)
-        .enumerate()
-        .map(|(i, (&s, &z))| {
-            if !(s.is_finite() && s > 0.0) {
-                return Err(QuantError::InvalidScale { index: i, value: s, reason: "must be finite and > 0" });
-            }
-            if z < qmin || z > qmax {
-                return Err(QuantError::InvalidZeroPoint { index: i, value: z, qmin, qmax });
-            }
-            let (zf, lo, hi) = (z as f32, (qmin - z - 1) as f32, (qmax - z + 1) as f32);
-            Ok(Grid { scale: s, zp: zf, lo, hi, qmin: qmin as f32, qmax: qmax as f32 })
-        })
-        .collect()
+    Grid::checked(scales, zero_points, sch)
 }
 
 /// The weight of each group as f64 `[p, c_out / groups]` (transposed: what `E Wᵀ` multiplies with).
