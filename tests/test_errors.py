@@ -136,6 +136,8 @@ def native_calls(n, bits, axis, scale, zp, steps, iters, val):
         "kl_divergences": lambda: _native.kl_divergences(h, steps),
         "kl_search": lambda: _native.kl_search(h, bits, zp % 2 == 0, steps),
         "ifmr": lambda: _native.ifmr(x.reshape(-1), opts, abs(zp) % 7),
+        "ifmr_many": lambda: _native.ifmr_many([x.reshape(-1), x][: 1 + steps % 2], [opts] * (1 + iters % 2),
+                                               [abs(zp) % 7, 0][: 1 + steps % 2]),
         "ifmr_store": lambda: _native.ifmr_store(np.zeros(max(0, steps), np.float32), max(0, iters), x),
         "ifmr_histogram": lambda: _native.ifmr_histogram(h, x if iters % 2 else None, opts),
         "ulq_fake_quant": lambda: _native.ulq_fake_quant(x, val, scale, bits, zp % 2 == 0),
