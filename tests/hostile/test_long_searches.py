@@ -42,8 +42,11 @@ CHILD = textwrap.dedent("""
 def test_ctrl_c_interrupts_a_long_search():
     """A 12-bit HFMG search of 2^20 bins of uniform data takes a minute on two cores; a SIGINT half a second
     in ends it."""
+    # The child starts with Ctrl-C's default disposition whatever this process has: a SIGINT ignored here (some
+    # library of an earlier test in the same pytest run does that) would be inherited across exec and ignored there.
     p = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert p.stdout.readline().strip() == "searching", p.stderr.read()
         time.sleep(0.5)
