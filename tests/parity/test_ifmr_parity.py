@@ -201,6 +201,18 @@ def test_nan_raises_nonfinite():
         nat_hist(np.array([1, 2]), 0.0, 1.0, np.array([np.inf], f32))
 
 
+def test_nan_beside_counted_zeros_raises_nonfinite():
+    """With zeros counted beside the data, the range and sign counts come from one fused pass: it must still
+    refuse NaN/Inf, alone and inside ``ifmr_many``."""
+    x = np.array([1.0, -2.0, np.inf, 2.0], f32)
+    for f in (_native.ifmr, ref.ifmr):
+        with pytest.raises(NonFiniteError):
+            f(x, _opts(), 3)
+    for many in (_native.ifmr_many, ref.ifmr_many):
+        with pytest.raises(NonFiniteError):
+            many([np.ones(5, f32), x], [_opts()] * 2, [0, 3])
+
+
 def test_huge_values_raise_scale_error_on_both_sides():
     x = np.array([1e9, -1e9], f32)
     for f in (nat_ifmr, ref_ifmr):

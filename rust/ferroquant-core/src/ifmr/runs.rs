@@ -119,7 +119,7 @@ struct Locator {
     inv: f64,
     /// `table[j]`: how many thresholds lie in the cells before `j` (the last entry is all of them).
     table: Vec<u32>,
-    /// The index of the interval that holds 0.
+    /// The index of the interval that holds 0 (0 when there are no thresholds: the one interval).
     zero: usize,
 }
 
@@ -177,7 +177,7 @@ impl Locator {
     /// the value was just compared with, so the pass touches no other table.
     #[inline(always)]
     fn reference(&self, j: usize) -> f64 {
-        if j == self.zero || self.len == 0 {
+        if j == self.zero {
             0.0
         } else {
             self.t[j.max(1) - 1] as f64
