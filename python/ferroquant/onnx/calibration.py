@@ -284,8 +284,9 @@ def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None
 
 def tapped_session(model: onnx.ModelProto, tensors: Sequence[str]):  # noqa: ANN201 - an InferenceSession
     """The calibration session: ``model`` with ``tensors`` as outputs too (weights of a model over 2 GB stay
-    mapped from its file)."""
-    return cpu_session(model, tensors, mapped_weights=True)
+    mapped from its file; no memory pattern, whose planned block a new session faults in again on its second
+    run)."""
+    return cpu_session(model, tensors, mapped_weights=True, mem_pattern=False)
 
 
 def _warn_switched(cm: CalibratedModel) -> None:
