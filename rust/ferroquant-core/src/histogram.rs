@@ -182,27 +182,49 @@ fn count_chunk<const DROP: bool>(c: &[f32], g: &Grid) -> Vec<u64> {
     counts
 }
 
-/// Add the histogram of the batch on grid `g` into `dst` (fixed chunks in parallel, summed in chunk order).
-/// One pass over `x` (chunk by chunk, so each chunk is read from memory once): its min/max and its counts on
-/// grid `g`, or the first non-finite value.
-fn range_and_counts(x: &[f32], g: &Grid) -> Result<(f32, f32, Vec<u64>)> {
+/// What one pass over a later batch found: its counts on the current grid, or, when the batch widens the
+/// range, only its `(min, max)`.
+enum InRange {
+    Counts(Vec<u64>),
+    Widens(f32, f32),
+}
+
+/// One pass over `x` (chunk by chunk, so each chunk is read from memory once): its counts on grid `g` when all
+/// of it lies in `[lo, hi]` (`g`'s range), else its `(min, max)`; or the first non-finite value. Once a chunk
+/// is seen to widen the range, the chunks that come after it only take their min/max: their counts would be
+/// thrown away (about half the later batches of a CNN widen some tensor's range).
+fn range_and_counts(x: &[f32], g: &Grid, lo: f32, hi: f32) -> Result<InRange> {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let chunk = HIST_CHUNK.max(4 * g.n);
+    let widens = AtomicBool::new(false);
     let parts = map_chunks(x, chunk, |start, c| {
         let (l, h, non_finite) = min_max_run(c);
         if non_finite {
             let i = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(QuantError::NonFinite { index: start + i, value: c[i] });
         }
-        Ok((l, h, count_chunk::<false>(c, g)))
+        if l < lo || h > hi {
+            widens.store(true, Ordering::Relaxed);
+        }
+        let counts = (!widens.load(Ordering::Relaxed)).then(|| count_chunk::<false>(c, g));
+        Ok((l, h, counts))
     });
-    let (mut lo, mut hi, mut counts) = (f32::INFINITY, f32::NEG_INFINITY, vec![0u64; g.n]);
+    let (mut bmin, mut bmax, mut counts) = (f32::INFINITY, f32::NEG_INFINITY, Some(vec![0u64; g.n]));
     for p in parts {
         let (l, h, c) = p?;
-        lo = lo.min(l);
-        hi = hi.max(h);
-        counts.iter_mut().zip(&c).for_each(|(d, v)| *d += v);
+        (bmin, bmax) = (bmin.min(l), bmax.max(h));
+        counts = match (counts, c) {
+            (Some(mut total), Some(c)) => {
+                total.iter_mut().zip(&c).for_each(|(d, v)| *d += v);
+                Some(total)
+            }
+            _ => None,
+        };
     }
-    Ok((lo, hi, counts))
+    Ok(match counts {
+        Some(c) if bmin >= lo && bmax <= hi => InRange::Counts(c),
+        _ => InRange::Widens(bmin, bmax),
+    })
 }
 
 fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
@@ -309,10 +331,28 @@ impl Histogram {
     /// Add a later batch: widen the range to cover it, re-bin the old counts, histogram the batch on the new
     /// grid. A batch with no (finite) value leaves the histogram unchanged.
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
-        if !drop_nonfinite && self.total > 0 && self.try_observe_in_range(x)? {
-            return Ok(());
+        let mut range = None;
+        if !drop_nonfinite && self.total > 0 && !self.grid().is_constant() && !x.is_empty() {
+            // The common case of a stream: a batch inside the current range is counted on the current grid in
+            // one pass (min/max and counts together); one that widens it brings its range for the re-grid, and
+            // the result is the same as the general path's.
+            match range_and_counts(x, &self.grid(), self.lo, self.hi)? {
+                InRange::Counts(counts) => {
+                    let added: u64 = counts.iter().sum();
+                    self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
+                        name: "counts",
+                        reason: "total count overflows u64".into(),
+                    })?;
+                    self.counts.iter_mut().zip(&counts).for_each(|(d, v)| *d += v);
+                    return Ok(());
+                }
+                InRange::Widens(bmin, bmax) => range = Some((bmin, bmax)),
+            }
         }
-        let Some((bmin, bmax)) = batch_range(x, drop_nonfinite)? else {
+        let Some((bmin, bmax)) = (match range {
+            Some(r) => Some(r),
+            None => batch_range(x, drop_nonfinite)?,
+        }) else {
             return Ok(());
         };
         let (lo, hi) = (self.lo.min(bmin), self.hi.max(bmax));
@@ -330,27 +370,6 @@ impl Histogram {
 
     /// Merge another histogram: both are re-binned onto the union of the two ranges and added, so the result
     /// does not depend on which side is `self`.
-    /// The common case of a stream: a batch inside the current range is counted on the current grid in one
-    /// pass (min/max and counts together). Returns false, changing nothing, when the batch widens the range
-    /// (the caller then re-grids); the result is the same as the general path's, which would keep the grid.
-    fn try_observe_in_range(&mut self, x: &[f32]) -> Result<bool> {
-        let g = self.grid();
-        if g.is_constant() || x.is_empty() {
-            return Ok(false);
-        }
-        let (bmin, bmax, counts) = range_and_counts(x, &g)?;
-        if bmin < self.lo || bmax > self.hi {
-            return Ok(false);
-        }
-        let added: u64 = counts.iter().sum();
-        self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
-            name: "counts",
-            reason: "total count overflows u64".into(),
-        })?;
-        self.counts.iter_mut().zip(&counts).for_each(|(d, v)| *d += v);
-        Ok(true)
-    }
-
     pub fn merge(&mut self, other: &Histogram) -> Result<()> {
         if other.nbins() != self.nbins() {
             return Err(QuantError::ShapeMismatch { what: "nbins of merged histogram", expected: self.nbins(), got: other.nbins() });
@@ -414,6 +433,35 @@ mod tests {
         assert_eq!(h.counts()[15], 2);
         assert_eq!(h.counts()[8], 1);
         assert_eq!(h.total(), 5);
+    }
+
+    #[test]
+    fn a_batch_that_widens_in_any_chunk_is_counted_as_by_the_general_path() {
+        // The one-pass path (counts on the current grid, given up once a chunk widens the range) against the
+        // general one (range first, then counts), which `drop_nonfinite` takes on finite data: equal wherever
+        // the widening value lies, with several chunks counted in parallel.
+        let n = 5 * HIST_CHUNK + 123;
+        let first = lcg(n, 1, 2.0);
+        for at in [None, Some(0), Some(2 * HIST_CHUNK + 7), Some(n - 1)] {
+            let mut x = lcg(n, 2, 1.9);
+            if let Some(i) = at {
+                x[i] = 3.5;
+            }
+            let mut fast = Histogram::build(&first, 2048, false).unwrap();
+            let mut general = fast.clone();
+            fast.observe(&x, false).unwrap();
+            general.observe(&x, true).unwrap();
+            assert_eq!(fast, general, "widening value at {at:?}");
+            assert_eq!(fast.hi() == 3.5, at.is_some());
+        }
+        // A NaN after the chunk that widens is still found, at its index.
+        let mut x = lcg(n, 3, 1.9);
+        x[10] = 5.0;
+        x[4 * HIST_CHUNK + 1] = f32::NAN;
+        let mut h = Histogram::build(&first, 2048, false).unwrap();
+        let before = h.clone();
+        assert!(matches!(h.observe(&x, false), Err(QuantError::NonFinite { index, .. }) if index == 4 * HIST_CHUNK + 1));
+        assert_eq!(h, before);
     }
 
     #[test]
