@@ -135,15 +135,21 @@ class Skeleton:
     added_inputs: List[str]
 
 
-def skeleton(model: onnx.ModelProto) -> Skeleton:
+#: the tensor types :func:`skeleton` detaches with ``floats_only``: weights, never shape arithmetic
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+def skeleton(model: onnx.ModelProto, floats_only: bool = False) -> Skeleton:
     """``model`` without its top-level initializers of 1 KiB or more: each becomes a graph input of the same
     type and shape (so the checker, shape inference and the version converter see a valid model with every
-    shape they need), nothing is copied but the small tensors (shapes, axes, scalars) passes may read."""
+    shape they need), nothing is copied but the small tensors (shapes, axes, scalars) passes may read.
+    ``floats_only``: only floating-point tensors are detached, so every integer tensor that shape inference
+    may compute with (data propagation) stays."""
     out = _shell(model)
     inputs = {i.name for i in model.graph.input}
     detached, added = [], []
     for t in model.graph.initializer:
-        if not _detachable(t):
+        if not _detachable(t) or (floats_only and t.data_type not in _FLOATS):
             out.graph.initializer.append(t)
             continue
         detached.append(t.name)
@@ -163,13 +169,13 @@ def _read_names(graph: onnx.GraphProto) -> set:
     return names
 
 
-def reattach(sk: Skeleton, result: onnx.ModelProto, source: onnx.ModelProto) -> onnx.ModelProto:
+def reattach(sk: Skeleton, result: onnx.ModelProto, source: onnx.ModelProto, unread: bool = False
+             ) -> onnx.ModelProto:
     """Put the tensors detached from ``sk`` that ``result`` (a model derived from ``sk.model``) still reads
-    back into it, copied from ``source``, and drop the graph inputs that stood in for them (in place). The
-    initializers keep ``source``'s order; ones ``result`` added go last. (Protobuf frees a model's bytes only
-    with the whole model, so a caller that no longer needs ``source`` should drop it.)"""
-    used = _read_names(result.graph)
-    attach = set(sk.detached) & used
+    (``unread``: all of them) back into it, copied from ``source``, and drop the graph inputs that stood in for
+    them (in place). The initializers keep ``source``'s order; ones ``result`` added go last. (Protobuf frees a
+    model's bytes only with the whole model, so a caller that no longer needs ``source`` should drop it.)"""
+    attach = set(sk.detached) if unread else set(sk.detached) & _read_names(result.graph)
     kept = {}
     for t in result.graph.initializer:  # small tensors: copied, so clearing the field below keeps them
         kept[t.name] = TensorProto()

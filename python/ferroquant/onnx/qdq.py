@@ -351,17 +351,17 @@ def _reorder(em: _Emitter, model: onnx.ModelProto) -> None:
 
 
 def _finish(work: onnx.ModelProto, sk: Skeleton, source: onnx.ModelProto) -> onnx.ModelProto:
-    """Prune and infer shapes on the weightless ``work`` (the skeleton's large tensors stand there as typed graph
-    inputs, so shape inference sees every shape without copying the weights twice), put the weights back, and
-    check; as tolerant of onnx's own gaps as :func:`~ferroquant.onnx.io.load_model` (a model exactly as valid as
-    its input passes)."""
+    """Prune, infer shapes and check on the weightless ``work`` (the skeleton's large tensors stand there as typed
+    graph inputs, so shape inference and the checker see every shape without serializing the weights), then put
+    the weights back: tensors of the checked input model, copied as they are. As tolerant of onnx's own gaps as
+    :func:`~ferroquant.onnx.io.load_model` (a model exactly as valid as its input passes)."""
     GraphView(work).prune_initializers()
-    model = reattach(sk, infer_or_keep(work), source)
+    inferred = infer_or_keep(work)
     try:
-        check_model(model)
+        check_model(inferred)
     except (onnx.checker.ValidationError, ValueError) as e:
         raise ModelError(f"the exported QDQ model is invalid (a ferroquant bug): {e}") from None
-    return model
+    return reattach(sk, inferred, source)
 
 
 def _place_layout(em: _Emitter, model: onnx.ModelProto, layout: Layout) -> None:
