@@ -11,6 +11,9 @@
   The renames are preceded by a journal (``.fq-commit.json`` in the folder that holds the set): a run killed
   between two renames (a window of microseconds, wider on an overloaded machine) leaves the journal, and the
   next write into that folder, or :func:`recover`, finishes the renames, so the set never stays mixed.
+- Inside a set, :func:`write_bytes` hands the write and its fsync to a background thread (they release the
+  GIL, so the disk works while the next file is made); the set waits for them before it renames anything, and
+  a failed write fails the set like any other error.
 - :func:`refuse_input` raises when an output path is one of the inputs (the same file also through a symlink or
   a hard link), before anything is written.
 """
@@ -22,6 +25,8 @@ import contextvars
 import json
 import os
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -32,6 +37,19 @@ TMP_MARK = ".fq-tmp-"
 
 _pending: contextvars.ContextVar[Optional[List[Tuple[Path, Path]]]] = contextvars.ContextVar(
     "ferroquant_pending_outputs", default=None)
+#: the background writes of the current set (:func:`write_bytes`)
+_writes: contextvars.ContextVar[Optional[List["Future[None]"]]] = contextvars.ContextVar(
+    "ferroquant_pending_writes", default=None)
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ferroquant-write")
+        return _pool
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -100,11 +118,7 @@ def replacing(path: PathLike, mode: str = "wb", encoding: Optional[str] = None, 
     if mode not in ("wb", "w"):
         raise ValueError(f"replacing() writes whole files ('wb' or 'w'), not mode {mode!r}")
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    recover(dest.parent)
-    recover(dest.parent.parent)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent)
-    tmp = Path(name)
+    fd, tmp = _temporary(dest)
     try:
         with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:
             yield f
@@ -133,11 +147,41 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import (os.umask has no read-only form)
 
 
+def _temporary(dest: Path) -> Tuple[int, Path]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover(dest.parent)
+    recover(dest.parent.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}{TMP_MARK}", dir=dest.parent)
+    return fd, Path(name)
+
+
+def _write_fd(fd: int, tmp: Path, dest: Path, data: bytes) -> None:
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {dest}: {e.strerror or e}") from None
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would not
+    except OSError:
+        pass
+
+
 def write_bytes(path: PathLike, data: bytes) -> Path:
-    """Replace ``path`` with ``data`` (see :func:`replacing`)."""
-    with replacing(path) as f:
-        f.write(data)
-    return Path(path)
+    """Replace ``path`` with ``data`` (see :func:`replacing`); inside an :func:`output_set`, written and fsync'd
+    by a background thread while the caller goes on (the set waits for it before renaming)."""
+    writes, pending = _writes.get(), _pending.get()
+    if writes is None or pending is None:
+        with replacing(path) as f:
+            f.write(data)
+        return Path(path)
+    dest = Path(path)
+    fd, tmp = _temporary(dest)
+    pending.append((tmp, dest))  # removed with the set's other temporary files if anything fails
+    writes.append(_writer().submit(_write_fd, fd, tmp, dest, data))
+    return dest
 
 
 def write_text(path: PathLike, text: str) -> Path:
@@ -153,15 +197,20 @@ def output_set() -> Iterator[None]:
         yield
         return
     pending: List[Tuple[Path, Path]] = []
-    token = _pending.set(pending)
+    writes: List["Future[None]"] = []
+    token, wtoken = _pending.set(pending), _writes.set(writes)
     try:
         yield
+        for w in writes:  # every background write done (the first error raised) before any rename
+            w.result()
     except BaseException:
+        wait(writes)  # none still writes into a file about to be removed
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
         raise
     finally:
         _pending.reset(token)
+        _writes.reset(wtoken)
     _commit(pending)
 
 
