@@ -326,3 +326,23 @@ def test_the_calibration_session_plans_no_memory_pattern():
     y, z, r1, f = sess.run(["y", "z", "r1", "f"], feed)
     np.testing.assert_array_equal(y, plain.run(["y"], feed)[0])
     assert r1.shape == (2, 8, 8, 8) and f.shape == (2, 8) and (r1 >= 0).all()
+
+
+def test_session_source_adds_the_taps_without_copying_the_model():
+    """The tapped session's bytes are the model's, then a message holding only the extra outputs (a parser
+    appends them), instead of a copy of the whole model with the outputs added: the same model, each tap once,
+    the graph's own outputs not repeated, and the model left unchanged."""
+    from ferroquant.onnx.external import session_source
+
+    model = small_net()
+    before = model.SerializeToString(deterministic=True)
+    data, keep = session_source(model, ["r1", "y", "f", "r1", "c2"])
+    assert keep is None and model.SerializeToString(deterministic=True) == before
+    parsed = onnx.ModelProto.FromString(data)
+    assert [o.name for o in parsed.graph.output] == ["y", "z", "r1", "f", "c2"]
+    assert parsed.graph.name == model.graph.name and len(parsed.graph.initializer) == len(model.graph.initializer)
+    assert [n.name for n in parsed.graph.node] == [n.name for n in model.graph.node]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["y", "z", "r1", "f", "c2"]

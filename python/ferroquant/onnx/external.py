@@ -255,11 +255,14 @@ def session_source(model: onnx.ModelProto, extra_outputs: Sequence[str] = ()
         tmp = tempfile.TemporaryDirectory(prefix="ferroquant-session-")
         path = write_external(model, Path(tmp.name) / "model.onnx", extra_outputs, deferred=False)
         return str(path), tmp
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for name in extra_outputs:
-        if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-            have.add(name)
-    return m.SerializeToString(), None
+    # The model's bytes, then those of a model holding only the extra outputs: a parser merges a message that
+    # appears twice, appending repeated fields, so this reads as the model with the outputs added, without
+    # the copy of the whole model that adding them to a ModelProto would take.
+    have = {o.name for o in model.graph.output}
+    extra = [name for name in dict.fromkeys(extra_outputs) if name not in have]
+    data = model.SerializeToString()
+    if extra:
+        patch = onnx.ModelProto()
+        patch.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in extra)
+        data += patch.SerializeToString()
+    return data, None

@@ -152,8 +152,7 @@ def _fold_into_conv(view: GraphView, bn: onnx.NodeProto, conv: onnx.NodeProto,
     return ""
 
 
-def _conv_pass(model: onnx.ModelProto, log: _Log) -> None:
-    view = GraphView(model)
+def _conv_pass(view: GraphView, log: _Log) -> None:
     for bn in view.nodes("BatchNormalization"):
         conv, reason = _conv_candidate(view, bn, log.skip)
         if conv is not None:
@@ -203,8 +202,8 @@ def _elementwise_reason(view: GraphView, bn: onnx.NodeProto, node: onnx.NodeProt
     return fm.per_channel_reason(c.shape, params.channels, rank)
 
 
-def _elementwise_pass(model: onnx.ModelProto, log: _Log, op: str) -> None:
-    view, kind = GraphView(model), "bn_mul" if op == "Mul" else "bn_add"
+def _elementwise_pass(view: GraphView, log: _Log, op: str) -> None:
+    kind = "bn_mul" if op == "Mul" else "bn_add"
     for node in view.nodes(op):
         found = _elementwise_candidate(view, node)
         if found is None:
@@ -224,10 +223,11 @@ def _elementwise_pass(model: onnx.ModelProto, log: _Log, op: str) -> None:
 
 
 def _run(model: onnx.ModelProto, skip_fusion_layers: Iterable[str],
-         body: Callable[[onnx.ModelProto, _Log], None]) -> Tuple[onnx.ModelProto, FusionReport]:
+         body: Callable[[GraphView, _Log], None]) -> Tuple[onnx.ModelProto, FusionReport]:
     out, log = _copy(model), _Log(frozenset(skip_fusion_layers))
-    body(out, log)
-    GraphView(out).prune_initializers()
+    view = GraphView(out)  # one index for every pass: the view follows each edit
+    body(view, log)
+    view.prune_initializers()
     return out, log.report()
 
 
@@ -250,7 +250,7 @@ def fold_batch_norm_add(model: onnx.ModelProto, skip_fusion_layers: Iterable[str
     return _run(model, skip_fusion_layers, lambda m, log: _elementwise_pass(m, log, "Add"))
 
 
-def _fixed_point(model: onnx.ModelProto, log: _Log) -> None:
+def _fixed_point(view: GraphView, log: _Log) -> None:
     """Fold BN+Mul/Add until none is left, then Conv+BN; repeat until a round folds nothing.
 
     The element-wise folds must finish first: once a BN is folded into its conv, a Mul or Add after it can
@@ -261,14 +261,14 @@ def _fixed_point(model: onnx.ModelProto, log: _Log) -> None:
         start = len(folded)
         while True:
             log.folded, log.skipped = [], []
-            _elementwise_pass(model, log, "Mul")
-            _elementwise_pass(model, log, "Add")
+            _elementwise_pass(view, log, "Mul")
+            _elementwise_pass(view, log, "Add")
             folded += log.folded
             if not log.folded:
                 break
         elementwise_skips = log.skipped
         log.folded, log.skipped = [], []
-        _conv_pass(model, log)
+        _conv_pass(view, log)
         folded += log.folded
         log.skipped = elementwise_skips + log.skipped
         if len(folded) == start:
