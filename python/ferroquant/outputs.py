@@ -52,6 +52,17 @@ def _writer() -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_writer() -> None:
+    """In a forked child: the parent's writer threads do not exist there (work handed to its pool would wait
+    forever), so the child makes its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writer)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

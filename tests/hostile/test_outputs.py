@@ -103,6 +103,35 @@ def test_a_set_writes_in_the_background_and_fails_whole_on_a_write_error(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_writes_its_own_set(tmp_path):
+    """A child forked after the parent's writer threads exist (multiprocessing's fork start) does not hand its
+    writes to threads it does not have: its set completes."""
+    import ferroquant.outputs as out
+
+    with out.output_set():
+        out.write_text(tmp_path / "parent", "p")
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its set was written
+        try:
+            with out.output_set():
+                out.write_text(tmp_path / "child", "c")
+            os._exit(0 if (tmp_path / "child").read_text() == "c" else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's output set never finished")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_set_cut_between_two_renames_is_finished_by_the_next_write(tmp_path, monkeypatch):
     from ferroquant import outputs
 
