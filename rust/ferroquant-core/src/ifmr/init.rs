@@ -349,6 +349,34 @@ mod tests {
     }
 
     #[test]
+    fn bounds_match_a_full_sort() {
+        // The bounds (range and signs, then each chunk's extremes) against sorting everything, with zeros left
+        // out beside the data, on data mostly negative (k beyond the positive count) and mostly
+        // positive, and a NaN in a late chunk still found at its index.
+        let mut s = 7u64;
+        let mut next = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for (n, positive) in [(300_000usize, 0.0005f32), (300_000, 0.9995), (70_001, 0.5)] {
+            let x: Vec<f32> = (0..n).map(|_| { let u = next(); let v = next() * 100.0 + 1e-3; if u < positive { v } else { -v } }).collect();
+            for zeros in [0usize, 5, 1_000_000] {
+                let mut all: Vec<f32> = x.iter().copied().chain(std::iter::repeat(0.0).take(zeros)).collect();
+                all.sort_by(f32::total_cmp);
+                for p in [1.0, 0.999999, 0.9999, 0.999] {
+                    let m = all.len();
+                    let (k_max, k_min) = (rank(p, m), rank(p, m));
+                    let want = (all[m - k_max].max(0.0), all[k_min - 1].min(0.0));
+                    assert_eq!(percentile_init(&x, zeros, p, p).unwrap(), want, "n={n} zeros={zeros} p={p}");
+                }
+            }
+        }
+        let mut x: Vec<f32> = (0..300_000).map(|i| i as f32 - 7.0).collect();
+        x[250_001] = f32::NAN;
+        assert!(matches!(percentile_init(&x, 3, 0.9999, 0.9999), Err(QuantError::NonFinite { index: 250_001, .. })));
+    }
+
+    #[test]
     fn store_nonzero_packs_every_keep_pattern() {
         // Every 8-value keep mask, in every alignment to the 1024-value blocks, lengths that end mid-group.
         for len in [0usize, 1, 7, 8, 9, 1023, 1024, 1025, 2048 + 5, 8 * 256 * 3 + 3] {
