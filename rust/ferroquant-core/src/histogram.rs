@@ -15,13 +15,15 @@ pub mod hfmg;
 use crate::error::{QuantError, Result};
 use crate::kernels::min_max_run;
 use multiversion::multiversion;
-use crate::par::map_chunks;
+use crate::par::{map_chunks, PAR_THRESHOLD};
+use rayon::prelude::*;
 use crate::scheme::FLT_EPSILON;
 
 /// Largest accepted bin count (2^20); spec §4.4 uses 1024..8192.
 pub const MAX_BINS: usize = 1 << 20;
-/// Elements per chunk when histogramming a batch (each chunk owns its count array).
-const HIST_CHUNK: usize = 1 << 18;
+/// Elements per chunk when histogramming a batch: 256 KB, so the counting sweep after a chunk's min/max finds it
+/// in the core's L2 cache. Counts go to one counter per worker (integer sums: the same whatever the split).
+const HIST_CHUNK: usize = 1 << 16;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
@@ -141,45 +143,101 @@ pub(crate) fn trunc_small(p: f64) -> u32 {
 const SUB: usize = 4;
 const BLOCK: usize = 256;
 
-fn count_chunk<const DROP: bool>(c: &[f32], g: &Grid) -> Vec<u64> {
-    let mut counts = vec![0u64; g.n];
-    if g.is_constant() {
-        let n = if DROP { c.iter().filter(|v| v.is_finite()).count() } else { c.len() };
-        counts[g.n / 2] = n as u64;
-        return counts;
+/// One worker's counts on a grid: u32 sub-histograms, added into the u64 counts before they could wrap and at
+/// the end. Kept across the chunks a worker takes, so a chunk costs no allocation and no merge (the counts are
+/// integers: how the batch was split cannot change them).
+struct Counter<'g> {
+    g: &'g Grid,
+    sub: Vec<u32>,
+    /// Values in `sub` since it was last added into `counts`.
+    held: u64,
+    counts: Vec<u64>,
+}
+
+impl<'g> Counter<'g> {
+    fn new(g: &'g Grid) -> Self {
+        Self { g, sub: Vec::new(), held: 0, counts: vec![0u64; g.n] }
     }
-    if DROP {
-        for &v in c.iter().filter(|v| v.is_finite()) {
-            counts[g.bin(v as f64)] += 1;
+
+    /// Count `c`: its finite values with `DROP`, else all of them (already known finite).
+    fn add<const DROP: bool>(&mut self, c: &[f32]) {
+        let g = self.g;
+        if g.is_constant() {
+            let n = if DROP { c.iter().filter(|v| v.is_finite()).count() } else { c.len() };
+            self.counts[g.n / 2] += n as u64;
+            return;
         }
-        return counts;
-    }
-    let n = g.n;
-    let mut sub = vec![0u32; SUB * n];
-    let mut idx = [0u32; BLOCK];
-    for blk in c.chunks(BLOCK) {
-        let ix = &mut idx[..blk.len()];
-        bins_block(blk, g.lo, g.inv, g.last, ix);
-        let mut quads = ix.chunks_exact(SUB);
-        for q in &mut quads {
-            for (k, &b) in q.iter().enumerate() {
-                if let Some(slot) = sub.get_mut(k * n + b as usize) {
+        if DROP {
+            for &v in c.iter().filter(|v| v.is_finite()) {
+                self.counts[g.bin(v as f64)] += 1;
+            }
+            return;
+        }
+        if self.sub.is_empty() {
+            self.sub = vec![0u32; SUB * g.n];
+        }
+        if self.held + c.len() as u64 > u32::MAX as u64 {
+            self.flush();
+        }
+        self.held += c.len() as u64;
+        let (n, sub) = (g.n, &mut self.sub);
+        let mut idx = [0u32; BLOCK];
+        for blk in c.chunks(BLOCK) {
+            let ix = &mut idx[..blk.len()];
+            bins_block(blk, g.lo, g.inv, g.last, ix);
+            let mut quads = ix.chunks_exact(SUB);
+            for q in &mut quads {
+                for (k, &b) in q.iter().enumerate() {
+                    if let Some(slot) = sub.get_mut(k * n + b as usize) {
+                        *slot += 1;
+                    }
+                }
+            }
+            for &b in quads.remainder() {
+                if let Some(slot) = sub.get_mut(b as usize) {
                     *slot += 1;
                 }
             }
         }
-        for &b in quads.remainder() {
-            if let Some(slot) = sub.get_mut(b as usize) {
-                *slot += 1;
+    }
+
+    fn flush(&mut self) {
+        let n = self.g.n;
+        for k in 0..SUB.min(self.sub.len() / n.max(1)) {
+            for (d, v) in self.counts.iter_mut().zip(&mut self.sub[k * n..(k + 1) * n]) {
+                *d += *v as u64;
+                *v = 0;
             }
         }
+        self.held = 0;
     }
-    for k in 0..SUB {
-        for (d, &v) in counts.iter_mut().zip(&sub[k * n..(k + 1) * n]) {
-            *d += v as u64;
-        }
+
+    fn finish(mut self) -> Vec<u64> {
+        self.flush();
+        self.counts
     }
-    counts
+}
+
+fn add_counts(mut a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+    a.iter_mut().zip(&b).for_each(|(d, v)| *d += v);
+    a
+}
+
+/// The counts of `x` on grid `g`, chunk by chunk (in parallel when large).
+fn count<const DROP: bool>(x: &[f32], g: &Grid) -> Vec<u64> {
+    let chunk = HIST_CHUNK.max(4 * g.n);
+    if x.len() < PAR_THRESHOLD {
+        let mut c = Counter::new(g);
+        x.chunks(chunk).for_each(|ch| c.add::<DROP>(ch));
+        return c.finish();
+    }
+    x.par_chunks(chunk)
+        .fold(|| Counter::new(g), |mut c, ch| {
+            c.add::<DROP>(ch);
+            c
+        })
+        .map(Counter::finish)
+        .reduce(|| vec![0u64; g.n], add_counts)
 }
 
 /// What one pass over a later batch found: its counts on the current grid, or, when the batch widens the
@@ -189,57 +247,75 @@ enum InRange {
     Widens(f32, f32),
 }
 
+/// One worker's share of [`range_and_counts`]: the min/max of its chunks, the first non-finite value it met,
+/// and its counts.
+struct Scan<'g> {
+    lo: f32,
+    hi: f32,
+    bad: Option<(usize, f32)>,
+    counter: Counter<'g>,
+}
+
 /// One pass over `x` (chunk by chunk, so each chunk is read from memory once): its counts on grid `g` when all
 /// of it lies in `[lo, hi]` (`g`'s range), else its `(min, max)`; or the first non-finite value. Once a chunk
 /// is seen to widen the range, the chunks that come after it only take their min/max: their counts would be
 /// thrown away (about half the later batches of a CNN widen some tensor's range).
-fn range_and_counts(x: &[f32], g: &Grid, lo: f32, hi: f32) -> Result<InRange> {
+fn range_and_counts<'g>(x: &[f32], g: &'g Grid, lo: f32, hi: f32) -> Result<InRange> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let chunk = HIST_CHUNK.max(4 * g.n);
     let widens = AtomicBool::new(false);
-    let parts = map_chunks(x, chunk, |start, c| {
+    let step = |mut s: Scan<'g>, (i, c): (usize, &[f32])| -> Scan<'g> {
         let (l, h, non_finite) = min_max_run(c);
         if non_finite {
-            let i = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(QuantError::NonFinite { index: start + i, value: c[i] });
+            let at = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            if s.bad.is_none_or(|(j, _)| i * chunk + at < j) {
+                s.bad = Some((i * chunk + at, c[at]));
+            }
+            return s;
         }
+        (s.lo, s.hi) = (s.lo.min(l), s.hi.max(h));
         if l < lo || h > hi {
             widens.store(true, Ordering::Relaxed);
         }
-        let counts = (!widens.load(Ordering::Relaxed)).then(|| count_chunk::<false>(c, g));
-        Ok((l, h, counts))
-    });
-    let (mut bmin, mut bmax, mut counts) = (f32::INFINITY, f32::NEG_INFINITY, Some(vec![0u64; g.n]));
-    for p in parts {
-        let (l, h, c) = p?;
-        (bmin, bmax) = (bmin.min(l), bmax.max(h));
-        counts = match (counts, c) {
-            (Some(mut total), Some(c)) => {
-                total.iter_mut().zip(&c).for_each(|(d, v)| *d += v);
-                Some(total)
-            }
-            _ => None,
+        if !widens.load(Ordering::Relaxed) {
+            s.counter.add::<false>(c);
+        }
+        s
+    };
+    let fresh = || Scan { lo: f32::INFINITY, hi: f32::NEG_INFINITY, bad: None, counter: Counter::new(g) };
+    let join = |a: (f32, f32, Option<(usize, f32)>, Vec<u64>), b: (f32, f32, Option<(usize, f32)>, Vec<u64>)| {
+        let bad = match (a.2, b.2) {
+            (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+            (x, y) => x.or(y),
         };
+        (a.0.min(b.0), a.1.max(b.1), bad, add_counts(a.3, b.3))
+    };
+    let done = |s: Scan<'g>| (s.lo, s.hi, s.bad, s.counter.finish());
+    let (bmin, bmax, bad, counts) = if x.len() < PAR_THRESHOLD {
+        done(x.chunks(chunk).enumerate().fold(fresh(), step))
+    } else {
+        x.par_chunks(chunk)
+            .enumerate()
+            .fold(fresh, step)
+            .map(done)
+            .reduce(|| (f32::INFINITY, f32::NEG_INFINITY, None, vec![0u64; g.n]), join)
+    };
+    if let Some((index, value)) = bad {
+        return Err(QuantError::NonFinite { index, value });
     }
-    Ok(match counts {
-        Some(c) if bmin >= lo && bmax <= hi => InRange::Counts(c),
-        _ => InRange::Widens(bmin, bmax),
+    Ok(if !widens.load(Ordering::Relaxed) && bmin >= lo && bmax <= hi {
+        InRange::Counts(counts)
+    } else {
+        InRange::Widens(bmin, bmax)
     })
 }
 
 fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
-    let chunk = HIST_CHUNK.max(4 * g.n);
-    let parts = if drop_nonfinite {
-        map_chunks(x, chunk, |_, c| count_chunk::<true>(c, g))
-    } else {
-        map_chunks(x, chunk, |_, c| count_chunk::<false>(c, g))
-    };
+    let counts = if drop_nonfinite { count::<true>(x, g) } else { count::<false>(x, g) };
     let mut added = 0u64;
-    for p in parts {
-        for (d, c) in dst.iter_mut().zip(&p) {
-            *d += c;
-            added += c;
-        }
+    for (d, c) in dst.iter_mut().zip(&counts) {
+        *d += c;
+        added += c;
     }
     added
 }
@@ -462,6 +538,36 @@ mod tests {
         let before = h.clone();
         assert!(matches!(h.observe(&x, false), Err(QuantError::NonFinite { index, .. }) if index == 4 * HIST_CHUNK + 1));
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn counts_and_errors_do_not_depend_on_the_thread_count() {
+        // Each worker keeps its own counter over the chunks it takes: integer sums, so the split cannot change
+        // them; the reported non-finite value is the first by index, whichever worker met it.
+        let n = 37 * HIST_CHUNK + 5;
+        let first = lcg(n, 11, 2.0);
+        let later = lcg(n, 12, 2.5);
+        let mut bad = lcg(n, 13, 1.0);
+        bad[30 * HIST_CHUNK + 3] = f32::INFINITY;
+        bad[9 * HIST_CHUNK + 1] = f32::NAN;
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                let mut h = Histogram::build(&first, 4096, false).unwrap();
+                h.observe(&later, false).unwrap();
+                let mut inside = h.clone();
+                inside.observe(&first, false).unwrap();
+                let err = match h.clone().observe(&bad, false) {
+                    Err(QuantError::NonFinite { index, .. }) => index,
+                    other => panic!("{other:?}"),
+                };
+                (h, inside, err)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one.2, 9 * HIST_CHUNK + 1);
+        for threads in [2, 3, 8] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
     }
 
     #[test]
