@@ -285,8 +285,9 @@ def _report(progress: Progress, i: int, total: Optional[int], t0: float) -> None
 def tapped_session(model: onnx.ModelProto, tensors: Sequence[str]):  # noqa: ANN201 - an InferenceSession
     """The calibration session: ``model`` with ``tensors`` as outputs too (weights of a model over 2 GB stay
     mapped from its file; no memory pattern, whose planned block a new session faults in again on its second
-    run)."""
-    return cpu_session(model, tensors, mapped_weights=True, mem_pattern=False)
+    run; worker threads that sleep rather than spin after a run, when the calibrators' native work takes the
+    cores: MobileNetV2's histogram observes 0.29 -> 0.23 s, the runs 0.43 -> 0.45 s)."""
+    return cpu_session(model, tensors, mapped_weights=True, mem_pattern=False, spin=False)
 
 
 def _warn_switched(cm: CalibratedModel) -> None:

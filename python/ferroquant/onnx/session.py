@@ -14,13 +14,14 @@ from ferroquant.onnx.external import session_source
 
 def cpu_session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (), optimize: bool = True, threads: int = 0,
                 profile_dir: Optional[str] = None, mapped_weights: bool = False,
-                mem_pattern: bool = True):  # noqa: ANN201 - InferenceSession
+                mem_pattern: bool = True, spin: bool = True):  # noqa: ANN201 - InferenceSession
     """A CPU session over ``model`` whose outputs also include ``extra_outputs``. ``optimize=False`` runs every
     node as written (graph optimizations off); ``threads`` (0: onnxruntime's choice) intra-op threads;
     ``profile_dir``: onnxruntime's profiler writes there; ``mapped_weights``: for a model over 2 GB, the
     weights stay mapped from the file instead of packed into copies (less memory; kernels may round a float
     differently from the in-memory session); ``mem_pattern``: onnxruntime's memory pattern (off: each tensor
-    from the arena as it comes)."""
+    from the arena as it comes); ``spin``: whether onnxruntime's worker threads busy-wait for work after a run
+    (off: they sleep, leaving the cores to whatever runs between two runs)."""
     import onnxruntime as ort
 
     source, keep = session_source(model, extra_outputs)
@@ -28,6 +29,8 @@ def cpu_session(model: onnx.ModelProto, extra_outputs: Sequence[str] = (), optim
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
     so.enable_mem_pattern = mem_pattern
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if profile_dir is not None:
