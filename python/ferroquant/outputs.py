@@ -135,10 +135,7 @@ def replacing(path: PathLike, mode: str = "wb", encoding: Optional[str] = None, 
             yield f
             f.flush()
             os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would not
-        except OSError:
-            pass
+        _ordinary_mode(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -158,6 +155,14 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import (os.umask has no read-only form)
 
 
+def _ordinary_mode(tmp: Path) -> None:
+    """The permissions a plain ``open()`` would give (mkstemp makes 0600)."""
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError:
+        pass
+
+
 def _temporary(dest: Path) -> Tuple[int, Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     recover(dest.parent)
@@ -174,10 +179,7 @@ def _write_fd(fd: int, tmp: Path, dest: Path, data: bytes) -> None:
             os.fsync(f.fileno())
     except OSError as e:
         raise OSError(e.errno, f"cannot write {dest}: {e.strerror or e}") from None
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain open() would not
-    except OSError:
-        pass
+    _ordinary_mode(tmp)
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:

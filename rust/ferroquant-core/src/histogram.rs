@@ -83,11 +83,13 @@ pub fn check_nbins(nbins: usize) -> Result<()> {
     }
 }
 
+/// `a + b` for counts, an error when the total overflows u64.
+fn plus(a: u64, b: u64) -> Result<u64> {
+    a.checked_add(b).ok_or_else(|| QuantError::InvalidParameter { name: "counts", reason: "total count overflows u64".into() })
+}
+
 fn sum_counts(counts: &[u64]) -> Result<u64> {
-    counts.iter().try_fold(0u64, |a, &c| a.checked_add(c)).ok_or_else(|| QuantError::InvalidParameter {
-        name: "counts",
-        reason: "total count overflows u64".into(),
-    })
+    counts.iter().try_fold(0u64, |a, &c| plus(a, c))
 }
 
 /// `(min, max)` of the batch; `None` when it holds no (finite) value. Without `drop_nonfinite` the first NaN or
@@ -408,17 +410,14 @@ impl Histogram {
     /// grid. A batch with no (finite) value leaves the histogram unchanged.
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
         let mut range = None;
-        if !drop_nonfinite && self.total > 0 && !self.grid().is_constant() && !x.is_empty() {
+        let current = self.grid();
+        if !drop_nonfinite && self.total > 0 && !current.is_constant() && !x.is_empty() {
             // The common case of a stream: a batch inside the current range is counted on the current grid in
             // one pass (min/max and counts together); one that widens it brings its range for the re-grid, and
             // the result is the same as the general path's.
-            match range_and_counts(x, &self.grid(), self.lo, self.hi)? {
+            match range_and_counts(x, &current, self.lo, self.hi)? {
                 InRange::Counts(counts) => {
-                    let added: u64 = counts.iter().sum();
-                    self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
-                        name: "counts",
-                        reason: "total count overflows u64".into(),
-                    })?;
+                    self.total = plus(self.total, sum_counts(&counts)?)?;
                     self.counts.iter_mut().zip(&counts).for_each(|(d, v)| *d += v);
                     return Ok(());
                 }
@@ -436,10 +435,7 @@ impl Histogram {
         let mut counts = vec![0u64; self.nbins()];
         rebin_into(&self.counts, self.lo, self.hi, &g, hi, &mut counts);
         let added = add_batch(x, &g, drop_nonfinite, &mut counts);
-        self.total = self.total.checked_add(added).ok_or_else(|| QuantError::InvalidParameter {
-            name: "counts",
-            reason: "total count overflows u64".into(),
-        })?;
+        self.total = plus(self.total, added)?;
         (self.lo, self.hi, self.counts) = (lo, hi, counts);
         Ok(())
     }
@@ -450,10 +446,7 @@ impl Histogram {
         if other.nbins() != self.nbins() {
             return Err(QuantError::ShapeMismatch { what: "nbins of merged histogram", expected: self.nbins(), got: other.nbins() });
         }
-        let total = self.total.checked_add(other.total).ok_or_else(|| QuantError::InvalidParameter {
-            name: "counts",
-            reason: "total count overflows u64".into(),
-        })?;
+        let total = plus(self.total, other.total)?;
         let (lo, hi) = (self.lo.min(other.lo), self.hi.max(other.hi));
         let g = Grid::new(lo, hi, self.nbins());
         let mut counts = vec![0u64; self.nbins()];

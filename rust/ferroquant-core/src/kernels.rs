@@ -41,7 +41,8 @@ impl_code!(i16);
 impl_code!(i32);
 
 const LANES: usize = 16;
-const EXP_MASK: u32 = 0x7f80_0000;
+/// The exponent bits of an f32: all ones for NaN and +/-Inf.
+pub(crate) const EXP_MASK: u32 = 0x7f80_0000;
 
 /// Does `x` hold NaN or +/-Inf? (An all-ones exponent; integer OR so it vectorizes.)
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "x86_64+sse4.1"))]

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
+use crate::kernels::EXP_MASK;
 use crate::par::{PAR_THRESHOLD, CHUNK};
 use crate::qparams::min_max;
 use crate::scheme::FLT_EPSILON;
@@ -171,7 +172,7 @@ pub fn store_nonzero(x: &[f32], out: &mut [f32]) -> Result<(usize, usize)> {
         // One vectorized sweep for the count and for whether any value is not finite (exponent all ones);
         // the scalar search for the first such value only when there is one.
         let (n, bad) = c.iter().fold((0usize, false), |(n, bad), &v| {
-            (n + usize::from(v != 0.0), bad | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+            (n + usize::from(v != 0.0), bad | (v.to_bits() & EXP_MASK == EXP_MASK))
         });
         let bad = if bad { c.iter().position(|v| !v.is_finite()).map(|i| (start + i, c[i])) } else { None };
         (n, bad)

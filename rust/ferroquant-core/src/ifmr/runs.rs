@@ -166,12 +166,7 @@ impl Locator {
         }
         a + self.t[a..b].partition_point(|&t| t <= v)
     }
-}
 
-/// Per interval: the count and the sums of `v - ref` and of its square, `ref` the interval's reference value.
-type Sums = Vec<[f64; 3]>;
-
-impl Locator {
     /// The reference value of interval `j`: 0 for the interval that holds 0 (zeros then add exactly nothing),
     /// else the threshold below it (the first threshold for interval 0). Read from `t` beside the thresholds
     /// the value was just compared with, so the pass touches no other table.
@@ -184,6 +179,9 @@ impl Locator {
         }
     }
 }
+
+/// Per interval: the count and the sums of `v - ref` and of its square, `ref` the interval's reference value.
+type Sums = Vec<[f64; 3]>;
 
 /// The reference value of each interval (see [`Locator::reference`]).
 fn references(loc: &Locator) -> Vec<f64> {
