@@ -109,6 +109,18 @@ def test_refinement_on_heavy_tailed_relu_data():
     assert (ref.clip_min, ref.clip_max) == (twin.clip_min, twin.clip_max) or ulp_close(ref.scale, twin.scale)
 
 
+def test_refinement_never_moves_to_a_degenerate_candidate():
+    """A candidate whose destination bins are narrower than FLT_EPSILON has a loss of 0 by definition (spec
+    §4.3, for constant data), not because it fits: the refinement moved to one on fine histograms (2^20 bins of
+    uniform, normal or ReLU data: a one-bin clip). 4096 bins over [0, 0.01]: clips under 13 bins degenerate."""
+    x = np.random.default_rng(0).uniform(0, 0.01, 400_000).astype(np.float32)
+    h = N.histogram_observe(None, x, 4096)
+    for search in (N.hfmg_search, R.hfmg_search):
+        s = search(h, 8, False, True)
+        assert s.loss > 0 and s.right - s.left > 4000, (search, s)
+    assert (s.index, s.left, s.right, s.loss, s.refined) == _hfmg_search_direct(h, 8, True)
+
+
 KINDS = ("dense", "sparse", "one_bin", "two_spikes", "heavy_tail", "noisy", "huge_counts")
 
 

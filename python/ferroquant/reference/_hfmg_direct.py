@@ -59,23 +59,38 @@ def _pick(counts: np.ndarray, w: float, dst: int, pairs: list) -> tuple[int, flo
     return i, float(ls[i])
 
 
-def coarse_then_fine(lo: int, hi: int, at, pick):  # noqa: ANN001,ANN201 - pick(values) -> (value, score)
+def degenerate(w: float, left: int, right: int, dst: int) -> bool:
+    """Specifies hfmg/mod.rs::degenerate: destination bins narrower than FLT_EPSILON (or NaN), where the loss
+    is 0 by definition; the refinement never moves to such a candidate."""
+    dw = w * (right - left + 1) / dst
+    return bool(np.isnan(dw) or dw < EPS)
+
+
+def coarse_then_fine(lo: int, hi: int, at, pick, valid):  # noqa: ANN001,ANN201 - pick(values) -> (value, score)
     """One refinement scan of a bound over ``[lo, hi]``: every ``REFINE_STRIDE``-th value (and ``hi``) when
-    ``at`` is None, then every value within a stride of the best (or of ``at``); ``pick`` ranks a list."""
+    ``at`` is None, then every value within a stride of the best (or of ``at``); ``pick`` ranks a list of the
+    values that are ``valid``. None when no valid value is left."""
+    def ranked(vals: list):  # noqa: ANN202
+        vals = [b for b in vals if valid(b)]
+        return pick(vals) if vals else None
+
     if at is None:
         coarse = list(range(lo, hi + 1, REFINE_STRIDE))
         if coarse[-1] != hi:
             coarse.append(hi)
-        at, _ = pick(coarse)
-    return pick(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))
+        found = ranked(coarse)
+        if found is None:
+            return None
+        at = found[0]
+    return ranked(list(range(max(at - REFINE_STRIDE + 1, lo), min(at + REFINE_STRIDE - 1, hi) + 1)))
 
 
-def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair) -> tuple[int, float]:
+def _scan(counts: np.ndarray, w: float, dst: int, lo: int, hi: int, at, pair):  # noqa: ANN001,ANN202
     def pick(vals: list) -> tuple[int, float]:
         i, v = _pick(counts, w, dst, [pair(b) for b in vals])
         return vals[i], v
 
-    return coarse_then_fine(lo, hi, at, pick)
+    return coarse_then_fine(lo, hi, at, pick, lambda b: not degenerate(w, *pair(b), dst))
 
 
 def search_direct(counts: np.ndarray, w: float, bits: int, refine: bool,
@@ -90,12 +105,12 @@ def search_direct(counts: np.ndarray, w: float, bits: int, refine: bool,
         n = counts.size
         for rnd in range(REFINE_ROUNDS):
             moved = False
-            rr, lr = _scan(counts, w, dst, l, n - 1, r if rnd else None, lambda b: (l, b))
-            if lr < best:
-                r, best, moved = rr, lr, True
-            ll, lloss = _scan(counts, w, dst, 0, r, l if rnd else None, lambda b: (b, r))
-            if lloss < best:
-                l, best, moved = ll, lloss, True
+            found = _scan(counts, w, dst, l, n - 1, r if rnd else None, lambda b: (l, b))
+            if found is not None and found[1] < best:
+                r, best, moved = found[0], found[1], True
+            found = _scan(counts, w, dst, 0, r, l if rnd else None, lambda b: (b, r))
+            if found is not None and found[1] < best:
+                l, best, moved = found[0], found[1], True
             if not moved:
                 break
     return i, l, r, best, (l, r) != (l0, r0)

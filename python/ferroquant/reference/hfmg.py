@@ -17,7 +17,8 @@ import numpy as np
 from ferroquant.errors import EmptyInputError
 from ferroquant.ops.types import HfmgSearch, Histogram
 from ferroquant.reference._common import qrange
-from ferroquant.reference._hfmg_direct import REFINE_ROUNDS, coarse_then_fine, direct_losses, search_direct
+from ferroquant.reference._hfmg_direct import (REFINE_ROUNDS, coarse_then_fine, degenerate, direct_losses,
+                                                 search_direct)
 from ferroquant.reference._hfmg_sums import fast_loss
 from ferroquant.reference.histogram import Grid, _check_state
 from ferroquant.reference.qparams import from_range
@@ -108,13 +109,14 @@ class _Ranker:
                 best = (i, x)
         return best
 
-    def scan(self, lo: int, hi: int, at, pair) -> _Score:
+    def scan(self, lo: int, hi: int, at, pair) -> Optional[_Score]:
         def pick(vals: list) -> tuple:
             scores = self.score([pair(b) for b in vals])
             i, s = self.argmin(scores) or (0, scores[0])
             return vals[i], s
 
-        return coarse_then_fine(lo, hi, at, pick)[1]
+        found = coarse_then_fine(lo, hi, at, pick, lambda b: not degenerate(self.w, *pair(b), self.dst))
+        return None if found is None else found[1]
 
     def refine(self, start: _Score) -> tuple:
         n = self.counts.size
@@ -123,11 +125,11 @@ class _Ranker:
             moved = False
             l, r = best.pair
             up = self.scan(l, n - 1, r if rnd else None, lambda b: (l, b))
-            if self.less(up, best):
+            if up is not None and self.less(up, best):
                 best, moved = up, True
             l, r = best.pair
             down = self.scan(0, r, l if rnd else None, lambda b: (b, r))
-            if self.less(down, best):
+            if down is not None and self.less(down, best):
                 best, moved = down, True
             if not moved:
                 break

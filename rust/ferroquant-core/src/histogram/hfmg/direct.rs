@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{argmin_first, candidates, densities, loss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
+use super::{argmin_first, candidates, degenerate, densities, loss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
 
 /// Below this many (candidate x bin) terms the losses are computed on the calling thread (as before).
 const PAR_WORK: usize = 1 << 16;
@@ -20,21 +20,29 @@ fn direct_pick(rho: &[f64], w: f64, dst: usize, pairs: &[(usize, usize)]) -> (us
     (i, ls[i])
 }
 
+/// One refinement scan (`Ranker::scan`): `None` when every candidate is degenerate.
 fn direct_scan(rho: &[f64], w: f64, dst: usize, (lo, hi): (usize, usize), at: Option<usize>,
-               pair: impl Fn(usize) -> (usize, usize)) -> (usize, f64) {
-    let pick = |vals: &[usize]| {
+               pair: impl Fn(usize) -> (usize, usize)) -> Option<(usize, f64)> {
+    let pick = |vals: Vec<usize>| -> Option<(usize, f64)> {
+        let vals: Vec<usize> = vals.into_iter().filter(|&b| !degenerate(w, pair(b).0, pair(b).1, dst)).collect();
+        if vals.is_empty() {
+            return None;
+        }
         let pairs: Vec<(usize, usize)> = vals.iter().map(|&b| pair(b)).collect();
         let (i, v) = direct_pick(rho, w, dst, &pairs);
-        (vals[i], v)
+        Some((vals[i], v))
     };
-    let at = at.unwrap_or_else(|| {
-        let mut coarse: Vec<usize> = (lo..=hi).step_by(REFINE_STRIDE).collect();
-        if coarse.last() != Some(&hi) {
-            coarse.push(hi);
+    let at = match at {
+        Some(at) => at,
+        None => {
+            let mut coarse: Vec<usize> = (lo..=hi).step_by(REFINE_STRIDE).collect();
+            if coarse.last() != Some(&hi) {
+                coarse.push(hi);
+            }
+            pick(coarse)?.0
         }
-        pick(&coarse).0
-    });
-    pick(&(at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect::<Vec<_>>())
+    };
+    pick((at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect())
 }
 
 /// `(candidate index, left, right, loss, moved)` of the direct search.
@@ -50,13 +58,15 @@ pub fn search_direct(h: &Histogram, bits: u32, refine: bool) -> (usize, usize, u
         let n = rho.len();
         for round in 0..REFINE_ROUNDS {
             let mut moved = false;
-            let (rr, lr) = direct_scan(&rho, w, dst, (l, n - 1), (round > 0).then_some(r), |b| (l, b));
-            if lr < best {
-                (r, best, moved) = (rr, lr, true);
+            if let Some((rr, lr)) = direct_scan(&rho, w, dst, (l, n - 1), (round > 0).then_some(r), |b| (l, b)) {
+                if lr < best {
+                    (r, best, moved) = (rr, lr, true);
+                }
             }
-            let (ll, lloss) = direct_scan(&rho, w, dst, (0, r), (round > 0).then_some(l), |b| (b, r));
-            if lloss < best {
-                (l, best, moved) = (ll, lloss, true);
+            if let Some((ll, lloss)) = direct_scan(&rho, w, dst, (0, r), (round > 0).then_some(l), |b| (b, r)) {
+                if lloss < best {
+                    (l, best, moved) = (ll, lloss, true);
+                }
             }
             if !moved {
                 break;

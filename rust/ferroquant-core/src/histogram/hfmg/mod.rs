@@ -86,6 +86,14 @@ fn norm(rho: f64, u: f64, v: f64) -> f64 {
     rho * (v * v * v - u * u * u) / 3.0
 }
 
+/// Whether candidate `(l, r)` is degenerate: its destination bins are narrower than `FLT_EPSILON` (or NaN), where
+/// `loss` is 0 by definition (spec §4.3: constant data). The refinement never moves to one (a zero there is no
+/// quantization error: on 2^20 bins it chose a one-bin clip of uniform data).
+pub fn degenerate(w: f64, l: usize, r: usize, dst: usize) -> bool {
+    let dw = w * (r - l + 1) as f64 / dst as f64;
+    dw.is_nan() || dw < FLT_EPSILON as f64
+}
+
 /// Densities `count_k / w` of the source bins.
 pub fn densities(counts: &[u64], w: f64) -> Vec<f64> {
     counts.iter().map(|&c| c as f64 / w).collect()
@@ -176,8 +184,7 @@ pub fn search(h: &Histogram, bits: u32, symmetric: bool, refined: bool, stop: &S
     }
     let cands = candidates(h.counts());
     let rk = Ranker::new(h, bits, stop);
-    let scores = rk.score(&cands)?;
-    let (index, mut best) = rk.argmin(&scores).ok_or(QuantError::EmptyInput { what: "no HFMG candidate" })?;
+    let (index, mut best) = rk.argmin_of(&cands)?.ok_or(QuantError::EmptyInput { what: "no HFMG candidate" })?;
     let mut moved = false;
     if refined {
         (best, moved) = rk.refine(best)?;

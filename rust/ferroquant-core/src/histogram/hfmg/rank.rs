@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{densities, loss, moments::FastLoss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
+use super::{degenerate, densities, loss, moments::FastLoss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
 use crate::error::Result;
 use crate::stop::Stop;
 
@@ -109,15 +109,60 @@ impl<'a> Ranker<'a> {
         best
     }
 
+    /// A lower bound of the loss of `pair` (its clipped tails; 0 without prefix sums).
+    fn floor(&self, pair: (usize, usize)) -> f64 {
+        self.fast.as_ref().map_or(0.0, |f| f.floor(pair.0, pair.1))
+    }
+
+    /// `argmin(score(pairs))`, without the losses of the candidates that cannot win: they are scored in order of
+    /// their lower bound (`floor`), and once a bound lies clearly above the smallest loss found (by more than
+    /// the tie tolerance, four times over), that candidate and every later one are left out. Each of them is
+    /// then greater than the winner by a margin `less` decides on the fast losses, and none ties it, so the
+    /// winner (first minimum) is the one of the whole list. On a CNN's activation histograms this scores about
+    /// 2% of AMCT's candidates (the tails of the narrow ones outweigh the winner's whole loss).
+    pub fn argmin_of(&self, pairs: &[(usize, usize)]) -> Result<Option<(usize, Score)>> {
+        if self.fast.is_none() {
+            return Ok(self.argmin(&self.score(pairs)?));
+        }
+        let floors: Vec<f64> = pairs.iter().map(|&p| self.floor(p)).collect();
+        let mut order: Vec<usize> = (0..pairs.len()).collect();
+        order.sort_by(|&a, &b| floors[a].total_cmp(&floors[b]).then(a.cmp(&b)));
+        let margin = 1.0 + 4.0 * self.tol;
+        let mut smallest = f64::INFINITY;
+        let mut kept: Vec<(usize, Score)> = Vec::new();
+        for (n, &i) in order.iter().enumerate() {
+            if floors[i].is_finite() && floors[i] > smallest * margin {
+                break; // sorted by bound: every later one is as far above (a NaN or infinite bound sorts last)
+            }
+            if n % 64 == 0 {
+                self.stop.check()?;
+            }
+            let s = self.one(pairs[i]);
+            if s.fast.is_finite() {
+                smallest = smallest.min(s.fast);
+            }
+            kept.push((i, s));
+        }
+        kept.sort_by_key(|&(i, _)| i);
+        let scores: Vec<Score> = kept.iter().map(|&(_, s)| s).collect();
+        Ok(self.argmin(&scores).map(|(k, s)| (kept[k].0, s)))
+    }
+
     /// Best value of one bound in `[lo, hi]` (the other fixed; `pair` builds the candidate), first minimum. A
     /// wide scan takes every `REFINE_STRIDE`-th value and `hi`, then every value within a stride of that
-    /// winner; a local scan only the values within a stride of `at`.
-    fn scan(&self, (lo, hi): (usize, usize), at: Option<usize>, pair: impl Fn(usize) -> (usize, usize)) -> Result<Score> {
-        let pick = |vals: &[usize]| -> Result<(usize, Score)> {
+    /// winner; a local scan only the values within a stride of `at`. Degenerate candidates are left out
+    /// (`degenerate`); `None` when no candidate is left.
+    fn scan(&self, (lo, hi): (usize, usize), at: Option<usize>, pair: impl Fn(usize) -> (usize, usize)) -> Result<Option<Score>> {
+        let pick = |vals: Vec<usize>| -> Result<Option<(usize, Score)>> {
+            let vals: Vec<usize> = vals.into_iter().filter(|&b| {
+                let (l, r) = pair(b);
+                !degenerate(self.w, l, r, self.dst)
+            }).collect();
             let pairs: Vec<(usize, usize)> = vals.iter().map(|&b| pair(b)).collect();
-            let scores = self.score(&pairs)?;
-            let (i, s) = self.argmin(&scores).unwrap_or((0, scores[0]));
-            Ok((vals[i], s))
+            Ok(match self.argmin_of(&pairs)? {
+                Some((i, s)) => Some((vals[i], s)),
+                None => pairs.first().map(|&p| (vals[0], self.one(p))),
+            })
         };
         let at = match at {
             Some(at) => at,
@@ -126,11 +171,14 @@ impl<'a> Ranker<'a> {
                 if coarse.last() != Some(&hi) {
                     coarse.push(hi);
                 }
-                pick(&coarse)?.0
+                match pick(coarse)? {
+                    Some((b, _)) => b,
+                    None => return Ok(None),
+                }
             }
         };
         let fine: Vec<usize> = (at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect();
-        Ok(pick(&fine)?.1)
+        Ok(pick(fine)?.map(|(_, s)| s))
     }
 
     /// ferroquant's HFMG refinement (on by default; `refine = false` is AMCT exactly). AMCT's candidates walk
@@ -146,14 +194,16 @@ impl<'a> Ranker<'a> {
         for round in 0..REFINE_ROUNDS {
             let mut moved = false;
             let (l, r) = best.pair;
-            let mut up = self.scan((l, n - 1), (round > 0).then_some(r), |b| (l, b))?;
-            if self.less(&mut up, &mut best) {
-                (best, moved) = (up, true);
+            if let Some(mut up) = self.scan((l, n - 1), (round > 0).then_some(r), |b| (l, b))? {
+                if self.less(&mut up, &mut best) {
+                    (best, moved) = (up, true);
+                }
             }
             let (l, r) = best.pair;
-            let mut down = self.scan((0, r), (round > 0).then_some(l), |b| (b, r))?;
-            if self.less(&mut down, &mut best) {
-                (best, moved) = (down, true);
+            if let Some(mut down) = self.scan((0, r), (round > 0).then_some(l), |b| (b, r))? {
+                if self.less(&mut down, &mut best) {
+                    (best, moved) = (down, true);
+                }
             }
             if !moved {
                 break;

@@ -162,3 +162,31 @@ fn stop_interrupts_the_search() {
     let one = search(&h, 8, false, true, &NEVER).unwrap();
     assert!(many.iter().all(|r| r.as_ref().ok() == Some(&one)));
 }
+
+#[test]
+fn floors_lie_below_losses_and_pruning_keeps_the_winner() {
+    // The tails-only bound is at or below every fast loss, bit for bit, and the pruned argmin (candidates in
+    // order of their bound, stopped once the bound clears the best loss) is the argmin of all the scores: on
+    // AMCT's candidates and on the lists of a refinement scan (one bound fixed, the other over every bin).
+    for (counts, lo, hi) in corpus() {
+        let h = Histogram::from_parts(counts, lo, hi).unwrap();
+        let w = h.grid().width;
+        let n = h.nbins();
+        for bits in [2u32, 4, 8] {
+            let rk = Ranker::new(&h, bits, &NEVER);
+            let Some(f) = FastLoss::new(h.counts(), w, bits) else { continue };
+            let mut lists = vec![candidates(h.counts())];
+            lists.push((0..n).map(|r| (0, r)).collect());
+            lists.push((0..n).map(|l| (l, n - 1)).collect());
+            lists.push((n / 3..n).map(|r| (n / 3, r)).collect());
+            for pairs in lists {
+                for &(l, r) in &pairs {
+                    assert!(f.floor(l, r) <= f.loss(l, r), "n={n} bits={bits} ({l},{r})");
+                }
+                let all = rk.argmin(&rk.score(&pairs).unwrap()).map(|(i, s)| (i, s.pair));
+                let pruned = rk.argmin_of(&pairs).unwrap().map(|(i, s)| (i, s.pair));
+                assert_eq!(pruned, all, "n={n} bits={bits}");
+            }
+        }
+    }
+}
