@@ -311,6 +311,27 @@ def test_deploy_file_is_four_times_smaller(tmp_path) -> None:
     assert float(np.max(np.abs(y - y_fq))) <= 0.02 * float(np.max(np.abs(y_fq)))
 
 
+@pytest.mark.parametrize("deploy", [False, True])
+def test_exports_declare_the_types_and_shapes_of_their_qdq_tensors(deploy) -> None:
+    """The exports type the Q/DQ tensors they add themselves (onnx's shape inference over a whole export took
+    17 ms each on MobileNetV2, for these alone): what they declare is what shape inference finds for them."""
+    from ferroquant.onnx.io import load_model
+
+    model, feeds = conv_stack(np.random.default_rng(8), depth=2, c=16)
+    model = load_model(model)  # shapes inferred, as quantize does
+    out = (export_deploy if deploy else export_fake_quant)(model, build_table(model, feeds))
+    made = {n.output[0] for n in out.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    declared = {v.name: v.type for v in out.graph.value_info}
+    assert made <= set(declared)
+    bare = onnx.ModelProto()
+    bare.CopyFrom(out)
+    kept = [v for v in bare.graph.value_info if v.name not in made]
+    del bare.graph.value_info[:]
+    bare.graph.value_info.extend(kept)
+    inferred = {v.name: v.type for v in onnx.shape_inference.infer_shapes(bare, strict_mode=True).graph.value_info}
+    assert {t: declared[t] for t in made} == {t: inferred[t] for t in made}
+
+
 # ---------------------------------------------------------------- errors
 
 
