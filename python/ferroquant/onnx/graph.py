@@ -25,8 +25,15 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
 
 
+#: the standard ops whose attributes hold graphs; nodes of the standard domain with no other op_type hold none,
+#: so their attributes are not read (a model's every node is indexed, often several times per run)
+_WITH_GRAPHS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     """The graphs held in ``node``'s attributes (``If`` branches, ``Loop``/``Scan`` bodies)."""
+    if node.op_type not in _WITH_GRAPHS and node.domain in ("", "ai.onnx"):
+        return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
