@@ -124,6 +124,7 @@ def native_calls(n, bits, axis, scale, zp, steps, iters, val):
         "qparams_from_range": lambda: _native.qparams_from_range(val, scale, bits, zp % 2 == 0),
         "qparams_from_data": lambda: _native.qparams_from_data(x, axis, bits, zp % 2 == 0),
         "compare": lambda: _native.compare(x, np.full((n, 3 if zp % 2 else 2), scale, np.float32)),
+        "json_floats": lambda: _native.json_floats(x.astype(np.float64)),
         "histogram_observe": lambda: _native.histogram_observe(h if zp % 2 else None, x, nbins or None, iters % 2 == 0),
         "histogram_observe_many": lambda: _native.histogram_observe_many([h, None, h2][: 1 + steps % 3],
                                                                          [x, x[:1]][: 1 + iters % 2], nbins, False),

@@ -14,6 +14,7 @@ interrupted with Ctrl-C.
 - :mod:`.ifmr`: IFMR on data or on a histogram;
 - :mod:`.qat`: ULQ and LSQ kernels of quantization-aware training;
 - :mod:`.metrics`: compare (SQNR, cosine);
+- :mod:`.text`: float lists as JSON text (the records);
 - :mod:`.output_clip`: the output error of candidate activation grids through a layer (output-aware clips);
 - :mod:`.groupwise`: weight-only group-wise RTN, GPTQ (streaming Hessian), AWQ, and SmoothQuant's per-channel
   statistics and balancing search.
@@ -29,7 +30,7 @@ from ferroquant._arrays import int_param
 from ferroquant.errors import ParameterError
 from ferroquant.ops import affine as _affine, groupwise as _groupwise, histogram as _histogram, ifmr as _ifmr
 from ferroquant.ops import metrics as _metrics, qat as _qat, types as _types, weights as _weights
-from ferroquant.ops import output_clip as _output_clip
+from ferroquant.ops import output_clip as _output_clip, text as _text
 from ferroquant.ops.affine import *  # noqa: F401,F403 - each submodule's __all__ lists its public names once
 from ferroquant.ops.groupwise import *  # noqa: F401,F403
 from ferroquant.ops.histogram import *  # noqa: F401,F403
@@ -37,6 +38,7 @@ from ferroquant.ops.ifmr import *  # noqa: F401,F403
 from ferroquant.ops.metrics import *  # noqa: F401,F403
 from ferroquant.ops.output_clip import *  # noqa: F401,F403
 from ferroquant.ops.qat import *  # noqa: F401,F403
+from ferroquant.ops.text import *  # noqa: F401,F403
 from ferroquant.ops.types import *  # noqa: F401,F403
 from ferroquant.ops.weights import *  # noqa: F401,F403
 
@@ -65,5 +67,6 @@ def get_num_threads() -> int:
 
 
 __all__ = sorted(["BACKENDS", "backend", "get_num_threads", "set_num_threads"]
-                 + [n for m in (_affine, _groupwise, _histogram, _ifmr, _metrics, _output_clip, _qat, _types, _weights)
+                 + [n for m in (_affine, _groupwise, _histogram, _ifmr, _metrics, _output_clip, _qat, _text, _types,
+                              _weights)
                     for n in m.__all__])

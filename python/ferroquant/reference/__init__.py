@@ -16,6 +16,7 @@ from ferroquant.reference.metrics import *  # noqa: F401,F403
 from ferroquant.reference.nuq import *  # noqa: F401,F403
 from ferroquant.reference.output_clip import *  # noqa: F401,F403
 from ferroquant.reference.qparams import *  # noqa: F401,F403
+from ferroquant.reference.text import *  # noqa: F401,F403
 from ferroquant.reference.ulq import *  # noqa: F401,F403
 from ferroquant.reference.awq import *  # noqa: F401,F403 - weight-only: group-wise RTN, GPTQ, AWQ, SmoothQuant
 from ferroquant.reference.gptq import *  # noqa: F401,F403
@@ -23,4 +24,4 @@ from ferroquant.reference.groupwise import *  # noqa: F401,F403
 from ferroquant.reference.smooth import *  # noqa: F401,F403
 
 __all__ = sorted(n for m in ("adaround", "affine", "arq", "baselines", "hfmg", "histogram", "ifmr", "metrics", "nuq", "output_clip", "qparams",
-                            "ulq", "awq", "gptq", "groupwise", "smooth") for n in sys.modules[f"{__name__}.{m}"].__all__)
+                            "text", "ulq", "awq", "gptq", "groupwise", "smooth") for n in sys.modules[f"{__name__}.{m}"].__all__)

@@ -26,6 +26,7 @@ pub mod qparams;
 pub mod scheme;
 pub mod smooth;
 pub mod stop;
+pub mod text;
 pub mod ulq;
 
 pub use error::QuantError;

@@ -17,6 +17,7 @@ mod nuq;
 mod output_clip;
 mod pool;
 mod qparams;
+mod text;
 mod types;
 mod ulq;
 #[cfg(feature = "debug-panic")]
@@ -25,7 +26,7 @@ mod debug;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    let topics: [fn(&Bound<'_, PyModule>) -> PyResult<()>; 13] = [
+    let topics: [fn(&Bound<'_, PyModule>) -> PyResult<()>; 14] = [
         pool::register,
         qparams::register,
         affine::register,
@@ -39,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         awq::register,
         adaround::register,
         output_clip::register,
+        text::register,
     ];
     for register in topics {
         register(m)?;
