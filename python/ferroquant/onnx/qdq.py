@@ -27,6 +27,7 @@ converted to the opset needed (13 or 21) with the ONNX version converter. The in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Set, Tuple
 
@@ -107,6 +108,15 @@ def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
 
 def _check_activation(aq: ActivationQuant, layer: str) -> None:
     _act_type(aq)
+    if not aq.per_channel and isinstance(aq.scale, (float, np.floating)) and isinstance(aq.zero_point, (int, np.integer)):
+        # one scale and zero point (every layer of a per-tensor table): Python numbers, no 0-d arrays
+        lo, hi = -(1 << (aq.bits - 1)), (1 << (aq.bits - 1)) - 1
+        if not (math.isfinite(aq.scale) and aq.scale > 0):
+            raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
+        if not lo <= aq.zero_point <= hi:
+            raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} zero_point {aq.zero_point} "
+                              f"outside [{lo}, {hi}]")
+        return
     scales, zps = _act_qparams(aq)
     if not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
         raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
@@ -171,8 +181,9 @@ def _match(model: onnx.ModelProto, table: QuantTable, dims: Dict[str, Tuple[int,
     return out
 
 
-def _needed_opset(layers: List[_Layer]) -> int:
-    wide = any(ly.lq.activation.bits != 8 or ly.lq.weight.bits <= 4 or ly.blocked for ly in layers)
+def _needed_opset(table: QuantTable) -> int:
+    wide = any(lq.activation.bits != 8 or lq.weight.bits <= 4 or lq.layer.blocked(lq.weight.axis is not None)
+               for lq in table.layers.values())
     return WIDE_OPSET if wide else BASE_OPSET
 
 
@@ -193,7 +204,7 @@ def _prepare(model: onnx.ModelProto, table: QuantTable, absorbed: Tuple[str, ...
     the weights the export replaces are never copied) at the opset the table needs, its layers matched,
     absorbed activations removed, every node named; and whether it was converted to a newer opset."""
     dims = {t.name: tuple(int(d) for d in t.dims) for t in model.graph.initializer}
-    opset = max(default_opset(model), _needed_opset(_match(model, table, dims)))
+    opset = max(default_opset(model), _needed_opset(table))
     sk = skeleton(model)
     work = sk.model
     _remove_absorbed(work, absorbed)
