@@ -173,7 +173,8 @@ class CalibratedModel:
                   for l in self.layers}
         tensors = {t: bounded(acts[t], *self.plan.bounds[t]) if t in self.plan.bounds else acts[t]
                    for t in self.plan.calibrate}
-        guarded = guarded_tensors(layers, {l.name: view.array(l.weight) for l in self.layers},
+        weights = {l.name: l.weight for l in self.layers}
+        guarded = guarded_tensors(layers, lambda name: view.array(weights[name]),
                                   {t: c.observed_range() for t, c in self.calibrators.items()})
         warn_guarded(guarded)
         return QuantTable(layers, tensors, guarded)

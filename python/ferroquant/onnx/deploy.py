@@ -84,8 +84,17 @@ def deploy_layout(cm: CalibratedModel, table: QuantTable) -> Optional[Layout]:
     return Layout(tensors, absorbed, cm.profile.all_readers, cm.cpu.unsigned_activations, weight_bits, meta)
 
 
-def _initializers(model: onnx.ModelProto) -> Dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+class _Constants:
+    """The model's initializers as arrays, each converted when first read (the rules read few of them)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._protos = {t.name: t for t in model.graph.initializer}
+        self._arrays: Dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> Optional[np.ndarray]:
+        if name not in self._arrays and name in self._protos:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+        return self._arrays.get(name)
 
 
 def _weight_dq(view: GraphView, node: onnx.NodeProto) -> Optional[onnx.NodeProto]:
@@ -111,7 +120,7 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
         wide = [lq.layer.name for lq in layers if _wide(lq)]
         out.extend(Violation(name, "opset", msg) for name in wide or ["<model>"])
     view = GraphView(model)
-    inits = _initializers(model)
+    inits = _Constants(model)
     for node in model.graph.node:
         label = node_label(node)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
@@ -146,7 +155,7 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
     return out
 
 
-def _check_qdq(node: onnx.NodeProto, label: str, inits: Dict[str, np.ndarray], profile: Profile) -> List[Violation]:
+def _check_qdq(node: onnx.NodeProto, label: str, inits: _Constants, profile: Profile) -> List[Violation]:
     if profile.name != "tensorrt":
         return []
     zp = inits.get(node.input[2])
