@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{argmin_first, candidates, degenerate, densities, loss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
+use super::{argmin_first, candidates, coarse_then_fine, degenerate, densities, loss, Histogram, REFINE_ROUNDS};
 
 /// Below this many (candidate x bin) terms the losses are computed on the calling thread (as before).
 const PAR_WORK: usize = 1 << 16;
@@ -21,28 +21,15 @@ fn direct_pick(rho: &[f64], w: f64, dst: usize, pairs: &[(usize, usize)]) -> (us
 }
 
 /// One refinement scan (`Ranker::scan`): `None` when every candidate is degenerate.
-fn direct_scan(rho: &[f64], w: f64, dst: usize, (lo, hi): (usize, usize), at: Option<usize>,
+fn direct_scan(rho: &[f64], w: f64, dst: usize, range: (usize, usize), at: Option<usize>,
                pair: impl Fn(usize) -> (usize, usize)) -> Option<(usize, f64)> {
-    let pick = |vals: Vec<usize>| -> Option<(usize, f64)> {
-        let vals: Vec<usize> = vals.into_iter().filter(|&b| !degenerate(w, pair(b).0, pair(b).1, dst)).collect();
-        if vals.is_empty() {
-            return None;
-        }
+    let keep = |b: usize| !degenerate(w, pair(b).0, pair(b).1, dst);
+    let found = coarse_then_fine(range, at, keep, |vals| {
         let pairs: Vec<(usize, usize)> = vals.iter().map(|&b| pair(b)).collect();
         let (i, v) = direct_pick(rho, w, dst, &pairs);
-        Some((vals[i], v))
-    };
-    let at = match at {
-        Some(at) => at,
-        None => {
-            let mut coarse: Vec<usize> = (lo..=hi).step_by(REFINE_STRIDE).collect();
-            if coarse.last() != Some(&hi) {
-                coarse.push(hi);
-            }
-            pick(coarse)?.0
-        }
-    };
-    pick((at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect())
+        Ok::<_, std::convert::Infallible>((vals[i], (vals[i], v)))
+    });
+    found.unwrap_or_else(|never| match never {})
 }
 
 /// `(candidate index, left, right, loss, moved)` of the direct search.

@@ -172,6 +172,40 @@ pub(crate) fn edge_f32(h: &Histogram, k: usize) -> f32 {
 
 /// Stride of the coarse pass of a refinement scan.
 pub const REFINE_STRIDE: usize = 16;
+
+/// One refinement scan of a bound over `[lo, hi]` (both searches, `Ranker::scan` and the direct one): with `at`
+/// None, every `REFINE_STRIDE`-th value and `hi`, then every value within a stride of the best of those; else
+/// the values within a stride of `at`. `pick` ranks a list of the values whose candidate is not degenerate
+/// (`keep`) and returns the best value with its score; `None` when no value is kept.
+pub(crate) fn coarse_then_fine<T, E>(
+    (lo, hi): (usize, usize),
+    at: Option<usize>,
+    keep: impl Fn(usize) -> bool,
+    mut pick: impl FnMut(&[usize]) -> std::result::Result<(usize, T), E>,
+) -> std::result::Result<Option<T>, E> {
+    let mut ranked = |vals: Vec<usize>| -> std::result::Result<Option<(usize, T)>, E> {
+        let vals: Vec<usize> = vals.into_iter().filter(|&b| keep(b)).collect();
+        if vals.is_empty() {
+            return Ok(None);
+        }
+        pick(&vals).map(Some)
+    };
+    let at = match at {
+        Some(at) => at,
+        None => {
+            let mut coarse: Vec<usize> = (lo..=hi).step_by(REFINE_STRIDE).collect();
+            if coarse.last() != Some(&hi) {
+                coarse.push(hi);
+            }
+            match ranked(coarse)? {
+                Some((b, _)) => b,
+                None => return Ok(None),
+            }
+        }
+    };
+    let fine = (at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect();
+    Ok(ranked(fine)?.map(|(_, s)| s))
+}
 /// Rounds of coordinate refinement (each scans the upper bound, then the lower one).
 pub const REFINE_ROUNDS: usize = 4;
 

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{degenerate, densities, loss, moments::FastLoss, Histogram, REFINE_ROUNDS, REFINE_STRIDE};
+use super::{coarse_then_fine, degenerate, densities, loss, moments::FastLoss, Histogram, REFINE_ROUNDS};
 use crate::error::Result;
 use crate::stop::Stop;
 
@@ -152,33 +152,19 @@ impl<'a> Ranker<'a> {
     /// wide scan takes every `REFINE_STRIDE`-th value and `hi`, then every value within a stride of that
     /// winner; a local scan only the values within a stride of `at`. Degenerate candidates are left out
     /// (`degenerate`); `None` when no candidate is left.
-    fn scan(&self, (lo, hi): (usize, usize), at: Option<usize>, pair: impl Fn(usize) -> (usize, usize)) -> Result<Option<Score>> {
-        let pick = |vals: Vec<usize>| -> Result<Option<(usize, Score)>> {
-            let vals: Vec<usize> = vals.into_iter().filter(|&b| {
-                let (l, r) = pair(b);
-                !degenerate(self.w, l, r, self.dst)
-            }).collect();
+    fn scan(&self, range: (usize, usize), at: Option<usize>, pair: impl Fn(usize) -> (usize, usize)) -> Result<Option<Score>> {
+        let keep = |b: usize| {
+            let (l, r) = pair(b);
+            !degenerate(self.w, l, r, self.dst)
+        };
+        coarse_then_fine(range, at, keep, |vals| {
             let pairs: Vec<(usize, usize)> = vals.iter().map(|&b| pair(b)).collect();
-            Ok(match self.argmin_of(&pairs)? {
-                Some((i, s)) => Some((vals[i], s)),
-                None => pairs.first().map(|&p| (vals[0], self.one(p))),
-            })
-        };
-        let at = match at {
-            Some(at) => at,
-            None => {
-                let mut coarse: Vec<usize> = (lo..=hi).step_by(REFINE_STRIDE).collect();
-                if coarse.last() != Some(&hi) {
-                    coarse.push(hi);
-                }
-                match pick(coarse)? {
-                    Some((b, _)) => b,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let fine: Vec<usize> = (at.saturating_sub(REFINE_STRIDE - 1).max(lo)..=(at + REFINE_STRIDE - 1).min(hi)).collect();
-        Ok(pick(fine)?.map(|(_, s)| s))
+            let (i, s) = match self.argmin_of(&pairs)? {
+                Some(found) => found,
+                None => (0, self.one(pairs[0])), // every loss NaN: the first, as the plain argmin did
+            };
+            Ok((vals[i], s))
+        })
     }
 
     /// ferroquant's HFMG refinement (on by default; `refine = false` is AMCT exactly). AMCT's candidates walk
