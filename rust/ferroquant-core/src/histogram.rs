@@ -141,8 +141,10 @@ pub(crate) fn trunc_small(p: f64) -> u32 {
     (p.floor() + 4_503_599_627_370_496.0).to_bits() as u32
 }
 
-/// Interleaved sub-histograms break the store-to-load chain when neighbours fall in the same bin.
+/// Interleaved sub-histograms break the store-to-load chain when neighbours fall in the same bin (four:
+/// `Counter::add` splits them into four slices).
 const SUB: usize = 4;
+const _: () = assert!(SUB == 4);
 const BLOCK: usize = 256;
 
 /// One worker's counts on a grid: u32 sub-histograms, added into the u64 counts before they could wrap and at
@@ -183,22 +185,26 @@ impl<'g> Counter<'g> {
         }
         self.held += c.len() as u64;
         let (n, sub) = (g.n, &mut self.sub);
+        // One slice per sub-histogram, indexed by a bin masked to n - 1 (n is a power of two and every bin is
+        // below n already): the index provably fits, so the counting loop has no bounds branch.
+        let (s0, rest) = sub.split_at_mut(n);
+        let (s1, rest) = rest.split_at_mut(n);
+        let (s2, s3) = rest.split_at_mut(n);
+        let (s1, s2, s3) = (&mut s1[..n], &mut s2[..n], &mut s3[..n]);
+        let mask = n - 1;
         let mut idx = [0u32; BLOCK];
         for blk in c.chunks(BLOCK) {
             let ix = &mut idx[..blk.len()];
             bins_block(blk, g.lo, g.inv, g.last, ix);
             let mut quads = ix.chunks_exact(SUB);
             for q in &mut quads {
-                for (k, &b) in q.iter().enumerate() {
-                    if let Some(slot) = sub.get_mut(k * n + b as usize) {
-                        *slot += 1;
-                    }
-                }
+                s0[q[0] as usize & mask] += 1;
+                s1[q[1] as usize & mask] += 1;
+                s2[q[2] as usize & mask] += 1;
+                s3[q[3] as usize & mask] += 1;
             }
             for &b in quads.remainder() {
-                if let Some(slot) = sub.get_mut(b as usize) {
-                    *slot += 1;
-                }
+                s0[b as usize & mask] += 1;
             }
         }
     }
