@@ -84,17 +84,10 @@ def deploy_layout(cm: CalibratedModel, table: QuantTable) -> Optional[Layout]:
     return Layout(tensors, absorbed, cm.profile.all_readers, cm.cpu.unsigned_activations, weight_bits, meta)
 
 
-class _Constants:
-    """The model's initializers as arrays, each converted when first read (the rules read few of them)."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self._protos = {t.name: t for t in model.graph.initializer}
-        self._arrays: Dict[str, np.ndarray] = {}
-
-    def get(self, name: str) -> Optional[np.ndarray]:
-        if name not in self._arrays and name in self._protos:
-            self._arrays[name] = numpy_helper.to_array(self._protos[name])
-        return self._arrays.get(name)
+def _const(view: GraphView, name: str) -> Optional[np.ndarray]:
+    """The initializer ``name`` as an array (converted when a rule reads it), or None."""
+    t = view.initializers.get(name)
+    return None if t is None else numpy_helper.to_array(t)
 
 
 def _weight_dq(view: GraphView, node: onnx.NodeProto) -> Optional[onnx.NodeProto]:
@@ -120,17 +113,16 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
         wide = [lq.layer.name for lq in layers if _wide(lq)]
         out.extend(Violation(name, "opset", msg) for name in wide or ["<model>"])
     view = GraphView(model)
-    inits = _Constants(model)
     for node in model.graph.node:
         label = node_label(node)
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
-            out.extend(_check_qdq(node, label, inits, profile))
+            out.extend(_check_qdq(node, label, view, profile))
         elif node.op_type in ("Conv", "Gemm", "MatMul") and profile.name == "onnxruntime":
             dq = _weight_dq(view, node)
             if dq is not None and not cpu.unsigned_activations:
                 continue
             if dq is not None and cpu.max_weight_bits < 8:
-                codes = inits.get(dq.input[0])
+                codes = _const(view, dq.input[0])
                 if codes is not None and codes.dtype == np.int8 and (codes.min() < -64 or codes.max() > 63):
                     out.append(Violation(label, "weights_saturate",
                                          f"int8 weight codes in [{codes.min()}, {codes.max()}] beside uint8 "
@@ -155,10 +147,10 @@ def check_rules(model: onnx.ModelProto, profile: Profile, cpu: CpuTypes, table: 
     return out
 
 
-def _check_qdq(node: onnx.NodeProto, label: str, inits: _Constants, profile: Profile) -> List[Violation]:
+def _check_qdq(node: onnx.NodeProto, label: str, view: GraphView, profile: Profile) -> List[Violation]:
     if profile.name != "tensorrt":
         return []
-    zp = inits.get(node.input[2])
+    zp = _const(view, node.input[2])
     out = []
     if zp is not None and np.any(zp != 0):
         out.append(Violation(label, "zero_point", "TensorRT's explicit quantization needs zero points of 0 "

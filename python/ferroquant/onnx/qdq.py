@@ -108,25 +108,18 @@ def _int_tensor(name: str, values: np.ndarray, elem_type: int) -> TensorProto:
 
 def _check_activation(aq: ActivationQuant, layer: str) -> None:
     _act_type(aq)
-    if not aq.per_channel and isinstance(aq.scale, (float, np.floating)) and isinstance(aq.zero_point, (int, np.integer)):
-        # one scale and zero point (every layer of a per-tensor table): Python numbers, no 0-d arrays
-        lo, hi = -(1 << (aq.bits - 1)), (1 << (aq.bits - 1)) - 1
-        if not (math.isfinite(aq.scale) and aq.scale > 0):
-            raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
-        if not lo <= aq.zero_point <= hi:
-            raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} zero_point {aq.zero_point} "
-                              f"outside [{lo}, {hi}]")
-        return
-    scales, zps = _act_qparams(aq)
-    if not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
+    # The qparams as Python numbers (after the same conversions as the export's): hundreds of layers and
+    # tensors are checked per export, and NumPy reductions over 0-d arrays cost more than the check itself
+    scales, zps = (a.ravel().tolist() for a in _act_qparams(aq))
+    if not all(math.isfinite(v) and v > 0 for v in scales):
         raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} has scale {aq.scale!r} (must be > 0)")
     lo, hi = -(1 << (aq.bits - 1)), (1 << (aq.bits - 1)) - 1
-    if not (np.all(lo <= zps) and np.all(zps <= hi)):
+    if not all(lo <= z <= hi for z in zps):
         raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r} zero_point {aq.zero_point} "
                           f"outside [{lo}, {hi}]")
-    if aq.per_channel and (scales.size != zps.size or scales.size == 0):
-        raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r}: {scales.size} channel scales and "
-                          f"{zps.size} zero points")
+    if aq.per_channel and (len(scales) != len(zps) or not scales):
+        raise ConfigError(f"layer {layer!r}: activation {aq.tensor!r}: {len(scales)} channel scales and "
+                          f"{len(zps)} zero points")
 
 
 def _act_qparams(aq: ActivationQuant) -> Tuple[np.ndarray, np.ndarray]:

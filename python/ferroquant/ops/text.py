@@ -16,7 +16,7 @@ def json_floats(x: ArrayLike, name: Optional[str] = None) -> str:
     shortest digits that read back to the same double), about ten times faster than ``repr`` per value.
     Non-finite values raise :class:`~ferroquant.errors.NonFiniteError`."""
     with named(name):
-        return _native.json_floats(np.ascontiguousarray(np.asarray(x, np.float64).ravel()))
+        return _native.json_floats(np.asarray(x, np.float64).ravel())
 
 
 __all__ = ["json_floats"]

@@ -21,7 +21,7 @@
 //! the common case), else in u128. The NumPy twin (`reference/hfmg.py`) does the same operations in the same
 //! order and gets the same bits.
 
-use crate::scheme::FLT_EPSILON;
+use super::degenerate;
 
 /// Wrapping integer arithmetic of the group moments: u64 (when every value is below 2^63) or u128.
 trait Word: Copy + PartialEq {
@@ -170,9 +170,7 @@ impl FastLoss {
 
     /// The loss of keeping bins `l..=r` (equal to `hfmg::loss` within a few ulps).
     pub fn loss(&self, l: usize, r: usize) -> f64 {
-        let dst = 1usize << self.bits;
-        let dw = self.w * (r - l + 1) as f64 / dst as f64;
-        if dw.is_nan() || dw < FLT_EPSILON as f64 {
+        if degenerate(self.w, l, r, 1usize << self.bits) {
             return 0.0;
         }
         let u = if self.narrow { self.unitless::<u64>(l, r) } else { self.unitless::<u128>(l, r) };
@@ -183,17 +181,17 @@ impl FastLoss {
     /// non-negative terms (group moments about a centre plus `M0/12`, cube differences of ordered edges) to
     /// these same tails, and float addition of non-negative terms never decreases a sum.
     pub fn floor(&self, l: usize, r: usize) -> f64 {
-        let dst = 1u64 << self.bits;
-        let dw = self.w * (r - l + 1) as f64 / dst as f64;
-        if dw.is_nan() || dw < FLT_EPSILON as f64 {
+        if degenerate(self.w, l, r, 1usize << self.bits) {
             return 0.0;
         }
-        let nk = (r - l + 1) as u64;
-        self.tails(l, r, (dst + nk) as f64 * (1.0 / (2 * dst) as f64)) * (self.w * self.w)
+        self.tails(l, r) * (self.w * self.w)
     }
 
-    /// The clipped tails: bins left of `l` in the first destination bin, right of `r` in the last.
-    fn tails(&self, l: usize, r: usize, e: f64) -> f64 {
+    /// The clipped tails: bins left of `l` in the first destination bin, right of `r` in the last, whose centres
+    /// lie `e = (dst + N) / (2 dst)` source bins inside the kept range's ends (`N = r - l + 1`).
+    fn tails(&self, l: usize, r: usize) -> f64 {
+        let dst = 1u64 << self.bits;
+        let e = (dst + (r - l + 1) as u64) as f64 * (1.0 / (2 * dst) as f64);
         let mut left = 0.0;
         if l > 0 {
             let [s0, s1, s2] = self.p[l].exact();
@@ -241,7 +239,7 @@ impl FastLoss {
         let di = 2 * dst as i64;
         let inv = 1.0 / di as f64;
         let nk = (r - l + 1) as u64;
-        let mut total = self.tails(l, r, (dst + nk) as f64 * inv);
+        let mut total = self.tails(l, r);
         let (lo_edge, hi_edge) = (-(nk as i64) as f64 * inv, nk as f64 * inv);
         let (lo3, hi3) = (lo_edge * lo_edge * lo_edge, hi_edge * hi_edge * hi_edge);
         let mut j = 0u64;
