@@ -29,6 +29,18 @@ def as_f32(x: object, what: str = "x", allow_empty: bool = False) -> np.ndarray:
     return a
 
 
+def as_f64_values(x: object, what: str = "x") -> np.ndarray:
+    """``x`` (any shape) as a flat float64 array of its values; booleans and integers are taken as numbers,
+    anything else (complex, strings, objects, ragged sequences) raises instead of being cast."""
+    try:
+        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    except ValueError as e:
+        raise ShapeError(f"{what} is not an array of numbers: {e}") from None
+    if a.dtype.kind not in "biuf":
+        raise DTypeError(f"{what} must hold real numbers, got {a.dtype}")
+    return np.asarray(a, np.float64).ravel()
+
+
 def per_channel(v: object, dtype: type, what: str) -> np.ndarray:
     """A scalar or 1-D sequence of per-channel values as a contiguous 1-D array of ``dtype``. Integers are
     checked before the cast: values that do not fit ``dtype`` raise instead of wrapping."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ferroquant import _native as N
 from ferroquant import ops
 from ferroquant import reference as R
-from ferroquant.errors import NonFiniteError
+from ferroquant.errors import DTypeError, NonFiniteError, ShapeError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 float32s = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -39,3 +39,13 @@ def test_edges_and_errors():
             ops.json_floats([1.0, bad])
         with pytest.raises(NonFiniteError):
             R.json_floats([1.0, bad])
+
+
+@pytest.mark.parametrize("bad, error", [(np.array([1 + 2j]), DTypeError), (np.array(["1.5"]), DTypeError),
+                                        (np.array([object()]), DTypeError), ([[1.0], [2.0, 3.0]], ShapeError)])
+def test_values_that_are_not_real_numbers_raise(bad, error):
+    """A complex value would lose its imaginary part, a string would be parsed: both kernels refuse them."""
+    for kernel in (ops.json_floats, R.json_floats):
+        with pytest.raises(error):
+            kernel(bad)
+    assert ops.json_floats([True, 2, 3]) == R.json_floats([True, 2, 3]) == "[1.0, 2.0, 3.0]"  # numbers, as floats
