@@ -188,3 +188,45 @@ def test_torch_ptq_refuses_the_accuracy_methods_it_does_not_apply(trained, data,
     xtr = data[0]
     with pytest.raises(ConfigError, match="torch PTQ flow does not apply"):
         fqt.quantize_torch_model(trained, [xtr[:64]], **kw)
+
+
+class SharedInput(nn.Module):
+    """Two Linear layers read one tensor, as q/k/v read a LayerNorm's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.a, self.b, self.out = nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.norm(x)
+        return self.out(self.a(y) * self.b(y))
+
+
+def test_layers_reading_one_tensor_share_their_activation_clips(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    cfg = fqt.create_quant_retrain_config(None, SharedInput(), x, batch_num=2)
+    q = fqt.create_quant_retrain_model(cfg, SharedInput(), x)
+    qls = fqt.quant_layers(q)
+    assert qls["a"].act_quant is qls["b"].act_quant and qls["out"].act_quant is not qls["a"].act_quant
+    q.train()
+    q(x)
+    assert not bool(qls["a"].act_quant.initialized)  # the shared tensor counts once per batch, not once per reader
+    opt = torch.optim.SGD(q.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        q(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    assert bool(qls["a"].act_quant.initialized)
+    q.eval()
+    paths = fqt.save_quant_retrain_model(cfg, q, tmp_path / "s", x)  # one Q/DQ pair for the shared tensor
+    deploy = onnx.load(str(paths["deploy"]))
+    assert [n.op_type for n in deploy.graph.node].count("QuantizeLinear") == 2  # LayerNorm output, product
+    with torch.no_grad():
+        want = q(x).numpy()
+    assert np.abs(_run(paths["deploy"], x) - want).max() < 0.05 * np.abs(want).max()
+    bad = fqt.create_quant_retrain_config(None, SharedInput(), x,
+                                          override_layer_configs={"b": {"activation": {"symmetric": True}}})
+    with pytest.raises(ConfigError, match=r"\['a', 'b'\] read the same input tensor"):
+        fqt.create_quant_retrain_model(bad, SharedInput(), x)

@@ -43,27 +43,54 @@ from ferroquant.torch.prepare import (
 )
 
 OPSET = 13
+#: The opset of an export whose model uses an operator torch cannot write at ``OPSET``: transformers' default
+#: attention (``scaled_dot_product_attention``) has an ONNX form from opset 14 on, and 17 writes LayerNorm as one
+#: ``LayerNormalization`` node.
+NEWER_OPSET = 17
+
+
+def _export_error(e: Exception, opset: int) -> ModelError:
+    """What torch's exporter raised, as a ModelError (its first line: torch appends the whole graph)."""
+    lines = str(e).strip().splitlines()
+    why = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    hint = ""
+    if "scaled_dot_product_attention" in why:
+        hint = (" (a transformers model exports with its attention written out: load it with "
+                "attn_implementation='eager')")
+    return ModelError(f"torch cannot export the model to ONNX at opset {opset}: {why}{hint}")
 
 
 def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
-                      opset: int = OPSET, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
+                      opset: Optional[int] = None, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
                       ) -> onnx.ModelProto:
     """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (inputs ``input`` or
     ``input0``, ``input1``..., output ``output``; axis 0 of each dynamic, or ``dynamic_axes`` as torch takes
-    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred)."""
+    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred). ``opset`` None:
+    ``OPSET``, or ``NEWER_OPSET`` when one of the model's operators has no ONNX form at ``OPSET``; an operator
+    torch cannot export at the opset used is a ModelError naming it."""
     args = input_data if isinstance(input_data, tuple) else (input_data,)
-    was = model.training
-    model.eval()
-    buf = io.BytesIO()
     names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
     if dynamic_axes is not None:
         dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
+    tries = [OPSET, NEWER_OPSET] if opset is None else [opset]
+    was = model.training
+    model.eval()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False, opset_version=opset,
-                              input_names=names, output_names=["output"], dynamic_axes=dynamic)
+        for i, version in enumerate(tries):
+            buf = io.BytesIO()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False,
+                                      opset_version=version, input_names=names, output_names=["output"],
+                                      dynamic_axes=dynamic)
+                break
+            except torch.onnx.errors.UnsupportedOperatorError as e:
+                if i + 1 == len(tries):
+                    raise _export_error(e, version) from None
+            except Exception as e:  # noqa: BLE001 - the exporter raises what its converters raise
+                raise _export_error(e, version) from e
     finally:
         model.train(was)
     return load_model(onnx.load_from_string(buf.getvalue()))
@@ -73,9 +100,13 @@ def export_layers_onnx(model: nn.Module, input_data: InputData) -> onnx.ModelPro
     """:func:`export_float_onnx` with the ``Transpose`` of each constant folded (torch writes ``nn.Linear`` on
     3-D inputs, or without bias, as ``MatMul(x, Transpose(weight))``): every Linear is then a MatMul or Gemm with
     a constant weight, the weight initializer still named ``<layer>.weight`` when nothing else reads it."""
+    return _export_folded(model, input_data)[0]
+
+
+def _export_folded(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelProto, Dict[str, str]]:
+    """:func:`export_layers_onnx` and what it folded: {source initializer: folded (transposed) initializer}."""
     m = export_float_onnx(model, input_data)
-    fold_constant_transposes(m)
-    return m
+    return m, fold_constant_transposes(m)
 
 
 def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tuple[str, Tuple[str, ...]]],
@@ -105,23 +136,30 @@ def initializer(onnx_model: onnx.ModelProto, name: str) -> Optional[np.ndarray]:
 
 
 def map_layers(onnx_model: onnx.ModelProto, names: Any) -> Dict[str, LayerInfo]:
-    """Torch layer name -> the ONNX layer whose weight initializer is ``<name>.weight``."""
+    """Torch layer name -> the ONNX layer whose weight initializer is ``<name>.weight``. Layers the exporter left
+    out (forward never calls them, or nothing the model returns depends on them, like BERT's pooler behind a
+    wrapper that returns the hidden states) are left out here too, with a warning: they stay float. A weight that
+    is in the graph but that no quantizable node reads as it is (it is transformed before use) is a ModelError."""
     by_weight = {l.weight: l for l in quantizable_layers(onnx_model)}
-    out, missing = {}, []
+    present = {t.name for t in onnx_model.graph.initializer}
+    out, missing, unused = {}, [], []
     for n in names:
         l = by_weight.get(f"{n}.weight")
-        if l is None:
-            missing.append(n)
-        else:
+        if l is not None:
             out[n] = l
+        else:
+            (missing if f"{n}.weight" in present else unused).append(n)
     if missing:
         raise ModelError(f"no ONNX Conv/ConvTranspose/Gemm/MatMul reads the weights of {missing} after export "
-                         "(the layer may not be called by forward, or its weight is transformed before use)")
+                         "(their weight is transformed before use)")
+    if unused:
+        warnings.warn(f"layers {unused} are not in the exported graph (not called, or their outputs are unused): "
+                      "they stay float", stacklevel=3)
     return out
 
 
 def export_weight_only_onnx(model: nn.Module, input_data: InputData, quants: Mapping[str, WeightOnlyQuant], fmt: str,
-                            accuracy_level: Optional[int] = None, opset: int = OPSET,
+                            accuracy_level: Optional[int] = None, opset: Optional[int] = None,
                             dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> onnx.ModelProto:
     """The weight-only ONNX model of a torch model whose layers ``quants`` (module name -> quantized weight) run
     as plain linear layers with parameter-named weights: exported in float, constant weight transposes folded,
@@ -161,19 +199,23 @@ def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelPr
     qls = quant_layers(model)
     if not qls:
         raise ModelError("the model has no QuantLayer: prepare it with create_quant_retrain_model first")
-    m = export_float_onnx(float_copy(model), input_data)
+    m, folded = _export_folded(float_copy(model), input_data)
     infos = map_layers(m, qls)
     view = GraphView(m)
     table = QuantTable()
-    for name, ql in qls.items():
-        info, aq = infos[name], ql.act_quant
+    for name, info in infos.items():
+        ql = qls[name]
+        aq = ql.act_quant
         s, z = aq.qparams()
         act = ActivationQuant(info.activation, s, z, aq.bits, "ulq", aq.clip_min.item(), aq.clip_max.item(),
-                              {"fixed_min": aq.fixed_min, "layer": name})
+                              {"fixed_min": aq.fixed_min, "layer": aq.name})
         wq = ql.quantized_weight()
         axis = info.axis if getattr(ql.weight_quant, "channel_wise", True) else None
+        codes = wq["codes"]
+        if folded.get(f"{name}.weight") == info.weight:  # MatMul(x, Transpose(weight)): the ONNX weight is [in, out]
+            codes = np.ascontiguousarray(codes.T)
         weight = WeightQuant(info.weight, wq["scale"], wq["zero_point"], axis, ql.weight_quant.bits,
-                             wq["algorithm"], wq["codes"])
+                             wq["algorithm"], codes)
         table.layers[info.name] = layer_quant(info, act, weight, view.array(info.bias) if info.bias else None)
     return m, table
 

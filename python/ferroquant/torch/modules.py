@@ -48,6 +48,7 @@ class ActivationULQ(nn.Module):
         self.register_buffer("clip_min_pre", torch.tensor(0.0 if fixed_min else -1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self._calibrator: Optional[IFMRCalibrator] = None
+        self._last: Optional[torch.Tensor] = None  # the input observed last while initializing
         if clip_max is not None or clip_min is not None:
             self.set_clips(0.0 if clip_min is None else clip_min, 1.0 if clip_max is None else clip_max)
 
@@ -59,7 +60,7 @@ class ActivationULQ(nn.Module):
                      (self.clip_max_pre, float(clip_max))):
             p.fill_(v)
         self.initialized.fill_(True)
-        self._calibrator = None
+        self._calibrator, self._last = None, None
 
     def qparams(self) -> Tuple[float, int]:
         """The (scale, zero_point) the current clips stand for."""
@@ -73,9 +74,12 @@ class ActivationULQ(nn.Module):
 
     # -- initialisation ------------------------------------------------------------------------------------
     def _observe(self, x: torch.Tensor) -> None:
+        if x is self._last:  # one module shared by the layers that read the same tensor: observed once
+            return
         if self._calibrator is None:
             self._calibrator = IFMRCalibrator(self.name, bits=self.bits, symmetric=True)
         self._calibrator.observe(x.detach().float().cpu().contiguous().numpy())
+        self._last = x
         if self._calibrator.batches >= self.batch_num:
             cal = fqdist.merge_calibrator(self._calibrator)
             r = cal.qparams()

@@ -70,11 +70,18 @@ def call_model(model: nn.Module, batch: Any) -> Any:
 # -- graph analysis --------------------------------------------------------------------------------------------
 @dataclass
 class GraphFacts:
-    """What preparation needs to know about the model: Conv/Linear->BN pairs and inputs that follow a ReLU."""
+    """What preparation needs to know about the model: Conv/Linear->BN pairs, inputs that follow a ReLU, and
+    layers that read the same input."""
 
     bn_pairs: Dict[str, str] = field(default_factory=dict)  # layer name -> BN name
     after_relu: Dict[str, bool] = field(default_factory=dict)
     traced: bool = True
+    #: quantizable layers that read the same input tensor (q/k/v after a LayerNorm), each group in call order
+    shared: List[Tuple[str, ...]] = field(default_factory=list)
+
+
+def _groups(readers: Mapping[Any, List[str]]) -> List[Tuple[str, ...]]:
+    return [tuple(names) for names in readers.values() if len(names) > 1]
 
 
 def _quantizable(model: nn.Module) -> Dict[str, nn.Module]:
@@ -103,18 +110,22 @@ def _fx_facts(model: nn.Module) -> GraphFacts:
             return n.target in _KEEP_SIGN_FUNCS
         return n.op == "call_method" and n.target in _KEEP_SIGN_METHODS
 
+    readers: Dict[Any, List[str]] = {}
     for n in gm.graph.nodes:
         if n.op != "call_module":
             continue
         m = mods[n.target]
         src = n.args[0] if n.args else None
         if type(m) in QAT_CLASSES:
+            if src is not None:
+                readers.setdefault(src, []).append(n.target)
             while hasattr(src, "op") and keeps_sign(src) and src.args:
                 src = src.args[0]
             facts.after_relu[n.target] = bool(hasattr(src, "op") and is_relu(src))
         elif isinstance(m, _BNS) and hasattr(src, "op") and src.op == "call_module":
             if type(mods[src.target]) in QAT_CLASSES and len(src.users) == 1:
                 facts.bn_pairs[src.target] = n.target
+    facts.shared = _groups(readers)
     return facts
 
 
@@ -123,6 +134,8 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
     produced: Dict[int, Tuple[str, nn.Module]] = {}
     facts = GraphFacts(traced=False)
     hooks = []
+    # the input tensors of the quantizable layers, held so that no id is reused during the forward
+    inputs: Dict[int, Tuple[torch.Tensor, List[str]]] = {}
 
     def hook(name: str):
         def fn(mod: nn.Module, args: Tuple[Any, ...], out: Any) -> None:
@@ -131,6 +144,8 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
                 src = src[2] if len(src) > 2 else None  # type: ignore[misc]
             if type(mod) in QAT_CLASSES:
                 facts.after_relu[name] = bool(src is not None and isinstance(src[1], _RELU_MODULES))
+                if args and isinstance(args[0], torch.Tensor):
+                    inputs.setdefault(id(args[0]), (args[0], []))[1].append(name)
             elif isinstance(mod, _BNS) and src is not None and type(src[1]) in QAT_CLASSES:
                 facts.bn_pairs[src[0]] = name
             if isinstance(out, torch.Tensor):
@@ -150,11 +165,13 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
         model.train(was)
         for h in hooks:
             h.remove()
+    facts.shared = _groups({k: names for k, (_, names) in inputs.items()})
     return facts
 
 
 def analyse(model: nn.Module, input_data: Optional[InputData] = None) -> GraphFacts:
-    """Conv+BN pairs and after-ReLU inputs, by torch.fx, else by a hooked forward of ``input_data``."""
+    """Conv+BN pairs, after-ReLU inputs and layers sharing an input, by torch.fx, else by a hooked forward of
+    ``input_data``."""
     try:
         return _fx_facts(model)
     except Exception:  # noqa: BLE001 - any tracing failure falls back to the hooked forward
@@ -266,7 +283,9 @@ def make_quant_layer(name: str, m: nn.Module, lc: RetrainLayerConfig, batch_num:
 def create_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], RetrainConfig], model: nn.Module,
                                input_data: Optional[InputData] = None) -> nn.Module:
     """In place: fold Conv/Linear+BN (frozen statistics), then swap every enabled layer for a
-    :class:`QuantLayer` (ULQ input, ARQ-retrain or LSQ weight). Returns ``model``."""
+    :class:`QuantLayer` (ULQ input, ARQ-retrain or LSQ weight); layers that read one tensor share one ULQ module.
+    ``input_data`` (an example input) lets a hooked forward find BN pairs and shared inputs where torch.fx cannot
+    trace the model (``transformers`` models). Returns ``model``."""
     cfg = load_retrain_config(config)
     mods = _quantizable(model)
     missing = [n for n in cfg.layers if n not in mods]
@@ -274,10 +293,31 @@ def create_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], Retra
         raise ConfigError(f"config names layers the model does not have: {missing}")
     facts = analyse(model, input_data)
     fold_batch_norm_(model, facts.bn_pairs)
+    swapped = {}
     for name in cfg.enabled_layers():
         parent, last = _parent(model, name)
-        setattr(parent, last, make_quant_layer(name, mods[name], cfg.layers[name], cfg.batch_num))
+        swapped[name] = make_quant_layer(name, mods[name], cfg.layers[name], cfg.batch_num)
+        setattr(parent, last, swapped[name])
+    _share_activations(cfg, swapped, facts.shared)
     return model
+
+
+def _share_activations(cfg: RetrainConfig, swapped: Mapping[str, QuantLayer],
+                       shared: List[Tuple[str, ...]]) -> None:
+    """Layers that read one tensor (q/k/v) get one ULQ module: a deployed model has one Q/DQ pair per tensor, so
+    their clips are learned together. Their activation configs must agree (else a ConfigError naming them)."""
+    for group in shared:
+        names = [n for n in group if n in swapped]
+        if len(names) < 2:
+            continue
+        first = names[0]
+        differ = [n for n in names[1:] if cfg.layers[n].activation != cfg.layers[first].activation]
+        if differ:
+            raise ConfigError(f"layers {[first] + differ} read the same input tensor, which a deployed model "
+                              "quantizes once, but their activation configs differ; give them the same "
+                              "activation section")
+        for n in names[1:]:
+            swapped[n].act_quant = swapped[first].act_quant
 
 
 def quant_layers(model: nn.Module) -> Dict[str, QuantLayer]:

@@ -119,7 +119,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
             cals[tensor].observe(args[0].detach().float().cpu().contiguous().numpy())
         return fn
 
-    for n in enabled:
+    for n in infos:
         t = infos[n].activation
         if t not in cals:
             cals[t] = make_activation_calibrator(t, cfg.layers[n].activation, cfg.activation_symmetric(n))
@@ -138,8 +138,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
     cals = {t: fqdist.merge_calibrator(c) for t, c in cals.items()}
     results = search_all(cals)  # HFMG searches in parallel across tensors
     table = QuantTable()
-    for n in enabled:
-        info = infos[n]
+    for n, info in infos.items():
         wq = quantize_weight(info, initializer(m, info.weight), cfg.layers[n].weight)
         table.layers[info.name] = layer_quant(info, activation_quant(info.activation, results[info.activation]), wq,
                                               initializer(m, info.bias) if info.bias else None)

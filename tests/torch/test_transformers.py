@@ -1,0 +1,104 @@
+"""The torch front end on ``transformers`` models as a user builds them (random weights, the default attention,
+which is ``scaled_dot_product_attention``: torch exports it from opset 14 on): PTQ, QAT and weight-only each
+export a model that onnxruntime runs at other batch sizes (and, where asked, lengths) than the example, close to
+the torch model. Grouped-query attention through ``scaled_dot_product_attention`` has no TorchScript export: a
+ModelError says to load the model with eager attention, which exports. Needs the ``torch-test`` extra
+(transformers)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tf = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+from torch import nn  # noqa: E402
+
+import ferroquant.torch as fqt  # noqa: E402
+from ferroquant.errors import ModelError  # noqa: E402
+
+
+class LastHidden(nn.Module):
+    """``input_ids`` -> the last hidden state (a tensor, as the exporters take it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids).last_hidden_state
+
+
+def _model(kind: str, kv_heads: int = 4, **attn) -> nn.Module:
+    """``bert``, or ``llama`` with ``kv_heads`` key/value heads for its 4 query heads (fewer: grouped-query)."""
+    torch.manual_seed(0)
+    if kind == "bert":
+        m = tf.BertModel(tf.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=256, vocab_size=1000, **attn))
+    else:
+        m = tf.LlamaModel(tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=kv_heads, vocab_size=1000,
+                                         max_position_embeddings=128, **attn))
+    if not attn:
+        assert m.config._attn_implementation == "sdpa"  # what a user gets by default
+    return LastHidden(m).eval()
+
+
+def _ids(seed: int, batch: int = 2, length: int = 16) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 1000, (batch, length)))
+
+
+def _cosine_to_torch(model: nn.Module, path, lengths=(16, 16)) -> float:
+    """Cosine between the torch model's output and onnxruntime's on ``path``, at other batch sizes than the
+    example (and ``lengths``: the sequence axis is dynamic only where the export was asked to make it so)."""
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    ref, got = [], []
+    for seed, (batch, length) in enumerate(zip((1, 3), lengths)):
+        ids = _ids(100 + seed, batch, length)
+        with torch.no_grad():
+            ref.append(model(ids).float().numpy().ravel())
+        got.append(s.run(None, {name: ids.numpy()})[0].ravel())
+    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_ptq_of_a_transformers_model(kind, tmp_path):
+    model = _model(kind)
+    r = fqt.quantize_torch_model(model, [_ids(i) for i in range(4)])
+    assert len(r.table.layers) >= 12  # q/k/v/o and the MLP of both blocks
+    paths = r.save(tmp_path / kind)
+    assert _cosine_to_torch(model, paths["deploy"]) > 0.95
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_qat_of_a_transformers_model(kind, tmp_path):
+    model = _model(kind)
+    ids = _ids(0)
+    cfg = fqt.create_quant_retrain_config(None, model, ids)
+    qat = fqt.create_quant_retrain_model(cfg, model.train(), ids)
+    opt = torch.optim.SGD(qat.parameters(), lr=1e-4)
+    for i in range(2):
+        opt.zero_grad()
+        qat(_ids(i)).pow(2).mean().backward()
+        opt.step()
+    qat.eval()
+    paths = fqt.save_quant_retrain_model(cfg, qat, tmp_path / kind, ids)
+    assert _cosine_to_torch(qat, paths["deploy"]) > 0.95
+
+
+def test_weight_only_of_a_transformers_model(tmp_path):
+    model = _model("llama")
+    r = fqt.quantize_torch_weights_only(model, [_ids(i) for i in range(2)], algorithm="gptq", bits=4, group_size=64)
+    axes = {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}
+    paths = r.save(tmp_path / "w", input_data=_ids(0), dynamic_axes=axes)
+    assert _cosine_to_torch(r.model, paths["deploy"], lengths=(7, 30)) > 0.99
+
+
+def test_grouped_query_attention_needs_eager_attention(tmp_path):
+    batches = [_ids(i) for i in range(2)]
+    with pytest.raises(ModelError, match="attn_implementation='eager'"):
+        fqt.quantize_torch_model(_model("llama", kv_heads=2), batches)
+    model = _model("llama", kv_heads=2, attn_implementation="eager")
+    paths = fqt.quantize_torch_model(model, batches).save(tmp_path / "gqa")
+    assert _cosine_to_torch(model, paths["deploy"]) > 0.95
