@@ -29,11 +29,14 @@ class LastHidden(nn.Module):
 
 
 def _model(kind: str, kv_heads: int = 4, **attn) -> nn.Module:
-    """``bert``, or ``llama`` with ``kv_heads`` key/value heads for its 4 query heads (fewer: grouped-query)."""
+    """``bert``, ``gpt2``, or ``llama`` with ``kv_heads`` key/value heads for its 4 query heads (fewer:
+    grouped-query)."""
     torch.manual_seed(0)
     if kind == "bert":
         m = tf.BertModel(tf.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=256, vocab_size=1000, **attn))
+    elif kind == "gpt2":  # its projections are transformers' Conv1D ([in, out] weights), not nn.Linear
+        m = tf.GPT2Model(tf.GPT2Config(n_embd=128, n_layer=2, n_head=2, vocab_size=1000, n_positions=128, **attn))
     else:
         m = tf.LlamaModel(tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=kv_heads, vocab_size=1000,
@@ -62,16 +65,16 @@ def _cosine_to_torch(model: nn.Module, path, lengths=(16, 16)) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
 def test_ptq_of_a_transformers_model(kind, tmp_path):
     model = _model(kind)
     r = fqt.quantize_torch_model(model, [_ids(i) for i in range(4)])
-    assert len(r.table.layers) >= 12  # q/k/v/o and the MLP of both blocks
+    assert len(r.table.layers) >= 8  # the attention and MLP projections of both blocks
     paths = r.save(tmp_path / kind)
     assert _cosine_to_torch(model, paths["deploy"]) > 0.95
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
 def test_qat_of_a_transformers_model(kind, tmp_path):
     model = _model(kind)
     ids = _ids(0)
@@ -87,9 +90,11 @@ def test_qat_of_a_transformers_model(kind, tmp_path):
     assert _cosine_to_torch(qat, paths["deploy"]) > 0.95
 
 
-def test_weight_only_of_a_transformers_model(tmp_path):
-    model = _model("llama")
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_weight_only_of_a_transformers_model(kind, tmp_path):
+    model = _model(kind)
     r = fqt.quantize_torch_weights_only(model, [_ids(i) for i in range(2)], algorithm="gptq", bits=4, group_size=64)
+    assert len(r.quants) == 14 if kind == "llama" else 8  # 7 or 4 projections in each of the 2 blocks
     axes = {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}
     paths = r.save(tmp_path / "w", input_data=_ids(0), dynamic_axes=axes)
     assert _cosine_to_torch(r.model, paths["deploy"], lengths=(7, 30)) > 0.99
@@ -102,3 +107,4 @@ def test_grouped_query_attention_needs_eager_attention(tmp_path):
     model = _model("llama", kv_heads=2, attn_implementation="eager")
     paths = fqt.quantize_torch_model(model, batches).save(tmp_path / "gqa")
     assert _cosine_to_torch(model, paths["deploy"]) > 0.95
+

@@ -51,7 +51,10 @@ class LayerType:
     - ``refuse(attr, weight_ndim)``: why a node of this type is not quantizable (None when it is).
     - ``fold``: the BatchNormalization fold that applies when this op produces a BN's input (``"conv"``,
       ``"gemm"``), or None.
-    - ``torch_modules`` / ``qat_modules``: ``torch.nn`` class names that export to this op, and those QAT swaps.
+    - ``torch_modules`` / ``qat_modules``: torch module classes that export to this op, and those QAT swaps:
+      ``torch.nn`` class names, or the dotted path of another library's class (``transformers``' ``Conv1D``).
+    - ``torch_attrs``: per torch class, the attributes of the op it exports to (``Linear``: ``transB=1``, its
+      weight is ``[out, in]``; ``Conv1D``: ``[in, out]``, no ``transB``).
     - ``placements``: per deploy target, where Q/DQ go (:class:`Placement`); targets not listed use ``amct``.
     - ``weight_only``: group-wise weight-only quantization applies (the weight is a ``[K, N]`` MatMul ``B``, or
       its transpose: ``MatMulNBits`` / blocked DequantizeLinear; :mod:`ferroquant.onnx.weight_only`).
@@ -66,6 +69,7 @@ class LayerType:
     fold: Optional[str] = None
     torch_modules: Tuple[str, ...] = ()
     qat_modules: Tuple[str, ...] = ()
+    torch_attrs: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     placements: Mapping[str, Placement] = field(default_factory=dict)
     weight_only: bool = False
 
@@ -142,6 +146,10 @@ OP_RULES: Dict[str, OpRule] = {r.op_type: r for r in (
 OPT_INS: Tuple[str, ...] = tuple(sorted({r.opt_in for r in OP_RULES.values() if r.opt_in}))
 
 
+#: GPT-2's projections: a Linear with its weight stored ``[in, out]``, exported as ``Gemm`` (``addmm``).
+HF_CONV1D = "transformers.pytorch_utils.Conv1D"
+
+
 def _gemm_refuse(attr: Attr, ndim: int) -> Optional[str]:
     if attr("transA", 0):
         return "Gemm with transA=1"
@@ -156,7 +164,8 @@ REGISTRY: Dict[str, LayerType] = {t.op_type: t for t in (
               torch_modules=("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
               qat_modules=("ConvTranspose2d",), placements={"tensorrt": TRT_IN}),
     LayerType("Gemm", axis=lambda attr, ndim: 0 if attr("transB", 0) else 1, refuse=_gemm_refuse, fold="gemm",
-              torch_modules=("Linear",), qat_modules=("Linear",),
+              torch_modules=("Linear", HF_CONV1D), qat_modules=("Linear", HF_CONV1D),
+              torch_attrs={"Linear": {"transB": 1}, HF_CONV1D: {"transB": 0}},
               placements={"onnxruntime": ORT_IO, "tensorrt": TRT_IN}, weight_only=True),
     LayerType("MatMul", axis=lambda attr, ndim: ndim - 1, bias_input=None,  # [.., K, N]: a scale per output
               refuse=lambda attr, ndim: None if ndim >= 2 else f"MatMul weight of rank {ndim}",
@@ -182,9 +191,9 @@ TABLES: Dict[str, TableType] = {t.op_type: t for t in (TableType("Gather", fused
 
 #: The op types a config may name, in registry order.
 QUANTIZABLE_TYPES: Tuple[str, ...] = tuple(REGISTRY)
-#: torch.nn class name -> its entry.
+#: torch class name (``torch.nn``'s, or a dotted path) -> its entry.
 TORCH_MODULES: Dict[str, LayerType] = {m: t for t in REGISTRY.values() for m in t.torch_modules}
-#: torch.nn class names QAT swaps for quantized layers.
+#: torch class names QAT swaps for quantized layers.
 QAT_MODULES: Tuple[str, ...] = tuple(m for t in REGISTRY.values() for m in t.qat_modules)
 
 

@@ -33,6 +33,7 @@ from ferroquant.onnx.weight_only import write_weight_only_files  # noqa: F401 - 
 from ferroquant.quant.table import ActivationQuant, LayerInfo, QuantTable, WeightQuant
 from ferroquant.quant.weight_only import WeightOnlyQuant
 from ferroquant.quant.weights import layer_quant
+from ferroquant.torch.layers import is_linear
 from ferroquant.torch.prepare import (
     InputData,
     RetrainConfig,
@@ -113,7 +114,8 @@ def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tu
                                                                         List[Tuple[str, str]]]:
     """The SmoothQuant groups of a torch model, found on its ONNX export by the ONNX flow's rules
     (:func:`ferroquant.onnx.smooth.smooth_groups`): ``(norm module, linear modules)`` for each ``nn.LayerNorm``
-    (a per-channel affine ``Mul -> Add`` in the export) whose output only ``nn.Linear`` layers read, and
+    (a per-channel affine ``Mul -> Add`` in the export) whose output only linear layers read (``nn.Linear``,
+    transformers' Conv1D), and
     ``(ONNX node, reason)`` for the normalizations left alone."""
     modules = dict(model.named_modules())
     groups, skipped = smooth_groups(export_layers_onnx(model, input_data))
@@ -122,9 +124,9 @@ def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tu
         norm = g.scale[:-len(".weight")] if g.scale.endswith(".weight") else None
         lins = [w[:-len(".weight")] if w.endswith(".weight") else None for w in g.weights]
         bias_ok = g.bias is None or g.bias == f"{norm}.bias"
-        if norm not in modules or not bias_ok or not all(isinstance(modules.get(n), nn.Linear) for n in lins):
+        if norm not in modules or not bias_ok or not all(n in modules and is_linear(modules[n]) for n in lins):
             skipped.append((g.norm, "its scale/bias or its readers' weights are not the parameters of one "
-                                    "normalization module and nn.Linear layers"))
+                                    "normalization module and linear layers (nn.Linear, Conv1D)"))
             continue
         out.append((norm, tuple(lins)))
     return out, skipped

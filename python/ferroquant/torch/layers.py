@@ -3,26 +3,62 @@ axis and groups, read from :mod:`ferroquant.quant.registry` (no op list of its o
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
+import numpy as np
+import torch
 from torch import nn
 
 from ferroquant.quant.registry import QAT_MODULES, TORCH_MODULES, Attr, LayerType
 
-#: torch.nn class -> registry entry (exact types, as the export maps them)
-CLASSES: Dict[type, LayerType] = {getattr(nn, name): t for name, t in TORCH_MODULES.items()}
-QAT_CLASSES = tuple(getattr(nn, name) for name in QAT_MODULES)
+
+def class_name(m: nn.Module) -> str:
+    """The registry's name for ``m``'s class: the bare name of a ``torch.nn`` class (``Linear``), else its dotted
+    path (``transformers.pytorch_utils.Conv1D``). Exact classes, as the export maps them: a subclass is not its
+    parent."""
+    cls = type(m)
+    if getattr(nn, cls.__name__, None) is cls:
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def layer_type_of(m: nn.Module) -> Optional[LayerType]:
     """The registry entry of module ``m`` (None when it is not a quantizable layer)."""
-    return CLASSES.get(type(m))
+    return TORCH_MODULES.get(class_name(m))
+
+
+def is_qat_module(m: nn.Module) -> bool:
+    """Whether QAT swaps ``m`` for a :class:`~ferroquant.torch.modules.QuantLayer`."""
+    return class_name(m) in QAT_MODULES
 
 
 def attrs(m: nn.Module) -> Attr:
-    """The ONNX attributes the module exports with (``group``; ``transB=1``: a Linear weight is ``[out, in]``)."""
-    values = {"group": int(getattr(m, "groups", 1)), "transB": 1}
+    """The ONNX attributes the module exports with (``group``; the registry's ``torch_attrs``: ``transB=1`` for a
+    Linear, whose weight is ``[out, in]``; none for transformers' Conv1D, ``[in, out]``)."""
+    t = layer_type_of(m)
+    values = {"group": int(getattr(m, "groups", 1)), **(t.torch_attrs.get(class_name(m), {}) if t else {})}
     return lambda name, default: values.get(name, default)
+
+
+def is_linear(m: nn.Module) -> bool:
+    """Whether ``m`` is a linear layer that exports to ``Gemm``: ``nn.Linear`` or transformers' Conv1D."""
+    t = layer_type_of(m)
+    return t is not None and t.op_type == "Gemm"
+
+
+def weight_kn(m: nn.Module) -> np.ndarray:
+    """A linear layer's weight as float32 ``[K, N]`` (inputs, outputs): ``nn.Linear`` stores ``[N, K]``
+    (``transB``), transformers' Conv1D ``[K, N]``."""
+    w = m.weight.detach().float().cpu().numpy()
+    return w.T if attrs(m)("transB", 0) else w
+
+
+@torch.no_grad()
+def scale_inputs_(m: nn.Module, s: np.ndarray) -> None:
+    """Multiply a linear layer's weight by ``s`` per input channel, in place (``(x / s) (s W) = x W``)."""
+    w = m.weight.detach().float().cpu().numpy()
+    w = w * s[None, :] if attrs(m)("transB", 0) else w * s[:, None]
+    m.weight.copy_(torch.from_numpy(w))
 
 
 def weight_axis(m: nn.Module) -> int:
@@ -42,4 +78,5 @@ def is_transposed(m: nn.Module) -> bool:
     return t is not None and t.transposed
 
 
-__all__ = ["CLASSES", "QAT_CLASSES", "attrs", "is_transposed", "layer_type_of", "weight_axis", "weight_groups"]
+__all__ = ["attrs", "class_name", "is_linear", "is_qat_module", "is_transposed", "layer_type_of", "scale_inputs_",
+           "weight_axis", "weight_groups", "weight_kn"]

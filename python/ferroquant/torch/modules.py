@@ -28,7 +28,7 @@ from ferroquant import ops
 from ferroquant.calibrate import IFMRCalibrator
 from ferroquant.torch import distributed as fqdist
 from ferroquant.torch.functions import FLT_EPSILON, arq_retrain, lsq, ulq
-from ferroquant.torch.layers import is_transposed
+from ferroquant.torch.layers import is_transposed, layer_type_of
 
 EPS = FLT_EPSILON
 
@@ -176,6 +176,8 @@ class QuantLayer(nn.Module):
         w = self.weight_quant(m.weight)
         if isinstance(m, nn.Linear):
             return F.linear(x, w, m.bias)
+        if layer_type_of(m).op_type == "Gemm":  # transformers' Conv1D: the weight is [in, out]
+            return F.linear(x, w.t(), m.bias)
         if is_transposed(m):
             fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[w.ndim - 2]
             return fn(x, w, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)

@@ -41,7 +41,8 @@ from ferroquant.config.fields import field_error
 from ferroquant.errors import ConfigError
 from ferroquant.quant.fold import BatchNormParams, fold_conv, fold_gemm
 from ferroquant.quant.registry import QAT_MODULES
-from ferroquant.torch.layers import QAT_CLASSES, is_transposed, layer_type_of, weight_axis, weight_groups
+from ferroquant.torch.layers import (class_name, is_qat_module, is_transposed, layer_type_of, weight_axis,
+                                     weight_groups)
 from ferroquant.torch.modules import ActivationULQ, ArqRetrainWeight, LsqWeight, QuantLayer
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -86,7 +87,7 @@ def _groups(readers: Mapping[Any, List[str]]) -> List[Tuple[str, ...]]:
 
 def _quantizable(model: nn.Module) -> Dict[str, nn.Module]:
     """The modules QAT swaps (the registry's QAT modules), by name."""
-    return {n: m for n, m in model.named_modules() if type(m) in QAT_CLASSES}
+    return {n: m for n, m in model.named_modules() if is_qat_module(m)}
 
 
 def _fx_facts(model: nn.Module) -> GraphFacts:
@@ -116,14 +117,14 @@ def _fx_facts(model: nn.Module) -> GraphFacts:
             continue
         m = mods[n.target]
         src = n.args[0] if n.args else None
-        if type(m) in QAT_CLASSES:
+        if is_qat_module(m):
             if src is not None:
                 readers.setdefault(src, []).append(n.target)
             while hasattr(src, "op") and keeps_sign(src) and src.args:
                 src = src.args[0]
             facts.after_relu[n.target] = bool(hasattr(src, "op") and is_relu(src))
         elif isinstance(m, _BNS) and hasattr(src, "op") and src.op == "call_module":
-            if type(mods[src.target]) in QAT_CLASSES and len(src.users) == 1:
+            if is_qat_module(mods[src.target]) and len(src.users) == 1:
                 facts.bn_pairs[src.target] = n.target
     facts.shared = _groups(readers)
     return facts
@@ -142,11 +143,11 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
             src = produced.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
             while src is not None and isinstance(src[1], _KEEP_SIGN_MODULES):
                 src = src[2] if len(src) > 2 else None  # type: ignore[misc]
-            if type(mod) in QAT_CLASSES:
+            if is_qat_module(mod):
                 facts.after_relu[name] = bool(src is not None and isinstance(src[1], _RELU_MODULES))
                 if args and isinstance(args[0], torch.Tensor):
                     inputs.setdefault(id(args[0]), (args[0], []))[1].append(name)
-            elif isinstance(mod, _BNS) and src is not None and type(src[1]) in QAT_CLASSES:
+            elif isinstance(mod, _BNS) and src is not None and is_qat_module(src[1]):
                 facts.bn_pairs[src[0]] = name
             if isinstance(out, torch.Tensor):
                 prev = produced.get(id(args[0])) if args and isinstance(args[0], torch.Tensor) else None
@@ -204,7 +205,7 @@ def create_quant_retrain_config(config_path: Optional[Union[str, Path]], model: 
     facts = analyse(model, input_data)
     layers: Dict[str, Any] = {}
     for name, m in mods.items():
-        lt = type(m).__name__
+        lt = class_name(m)
         fm = facts.after_relu.get(name, False) if fixed_min is None else fixed_min
         entry: Dict[str, Any] = {"layer_type": lt, "quant_enable": name not in skip and lt not in skip_types,
                                  "activation": {"bits": bits, "symmetric": symmetric, "fixed_min": bool(fm)},

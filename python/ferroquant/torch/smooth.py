@@ -1,9 +1,9 @@
 """SmoothQuant balancing of a torch model before static int8 PTQ (issue 12, item 2's torch half): for each
-``nn.LayerNorm`` whose output only ``nn.Linear`` layers read (q/k/v after ``ln1``, fc1 after ``ln2``; found on
-the model's ONNX export by the ONNX flow's rules), per input channel ``j``
+``nn.LayerNorm`` whose output only linear layers read (``nn.Linear``, transformers' Conv1D; q/k/v after ``ln1``,
+fc1 after ``ln2``; found on the model's ONNX export by the ONNX flow's rules), per input channel ``j``
 ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the readers' weights side by side, ``alpha`` fixed or
 searched on sampled rows by :func:`ferroquant.ops.smooth_search`, as the ONNX flow does); the normalization's
-weight and bias are divided by ``s`` and the Linear weights' input columns multiplied by it. ``(y / s) (s W)ᵀ
+weight and bias are divided by ``s`` and the linear weights' input channels multiplied by it. ``(y / s) (s W)ᵀ
 = y Wᵀ``: the float model computes the same up to rounding, in place."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ferroquant.errors import DataError, ModelError
 from ferroquant.quant.smooth import Smoothed
 from ferroquant.quant.smooth import report as neutral_report
 from ferroquant.quant.weight_only import RowSample
+from ferroquant.torch.layers import scale_inputs_, weight_kn
 from ferroquant.torch.prepare import call_model
 
 
@@ -84,7 +85,7 @@ def balance_(model: nn.Module, groups: List[Tuple[str, Tuple[str, ...]]], params
         beta = _vector(getattr(norm, "bias", None), k, f"normalization {norm_name!r} bias")
         if gamma is None:
             raise ModelError(f"normalization {norm_name!r} has no weight to absorb the balancing scales")
-        w_kn = np.concatenate([m.weight.detach().float().cpu().numpy().T for m in linears], axis=1)
+        w_kn = np.concatenate([weight_kn(m) for m in linears], axis=1)
         alphas = params.alphas if params.alpha is None else (params.alpha,)
         r = ops.smooth_search(cs.absmax, w_kn, rows.rows, alphas, 8, name=f"output of normalization {norm_name!r}")
         s = r.channel_scale.astype(np.float32)
@@ -93,7 +94,7 @@ def balance_(model: nn.Module, groups: List[Tuple[str, Tuple[str, ...]]], params
             if beta is not None:
                 norm.bias.copy_(torch.from_numpy(beta / s))
             for m in linears:
-                m.weight.copy_(torch.from_numpy(m.weight.detach().float().cpu().numpy() * s[None, :]))
+                scale_inputs_(m, s)
         done.append(Smoothed.of(norm_name, lins, r, s))
     return done
 

@@ -29,7 +29,7 @@ from ferroquant.errors import ConfigError, DataError, ModelError
 from ferroquant.ops import GroupQuant
 from ferroquant.quant.weight_only import InputStatistics, WeightOnlyLayer, WeightOnlyQuant, quantize_layer, record_entry
 from ferroquant.torch.export import export_weight_only_onnx, write_weight_only_files
-from ferroquant.torch.layers import layer_type_of
+from ferroquant.torch.layers import layer_type_of, weight_kn
 from ferroquant.torch.prepare import InputData, call_model
 
 
@@ -126,10 +126,10 @@ def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> Dict[str, nn.Mo
     return {n: m for n, m in found.items() if n not in set(skip)}
 
 
-def _layer(name: str, m: nn.Module) -> WeightOnlyLayer:
+def _layer(name: str, m: nn.Module, w_kn: np.ndarray) -> WeightOnlyLayer:
     return WeightOnlyLayer(name, "Linear", f"{name} (input)", f"{name}.weight",
-                           f"{name}.bias" if m.bias is not None else None, True, int(m.in_features),
-                           int(m.out_features))
+                           f"{name}.bias" if m.bias is not None else None, True, int(w_kn.shape[0]),
+                           int(w_kn.shape[1]))
 
 
 class InputTaps:
@@ -157,8 +157,7 @@ class InputTaps:
             if st is None:
                 st = self._batch.get(key)
                 if st is None:
-                    st = InputStatistics.for_config(f"input of layer {name!r}", self.layers[name].in_features,
-                                                    self.cfg)
+                    st = InputStatistics.for_config(f"input of layer {name!r}", int(x.shape[-1]), self.cfg)
                 self.stats[name] = st
                 self.readers.setdefault(id(st), []).append(name)
             self._keys.setdefault(name, set()).add(key)
@@ -311,8 +310,8 @@ def quantize_torch_weights_only(model: nn.Module, calibration_batches: Optional[
         stats, seen = calibrate(work, layers, cfg, batches)
     quants: Dict[str, WeightOnlyQuant] = {}
     for name, m in layers.items():
-        layer = _layer(name, m)
-        w_kn = m.weight.detach().float().cpu().numpy().T
+        w_kn = weight_kn(m)
+        layer = _layer(name, m, w_kn)
         wq = quantize_layer(layer, w_kn, cfg, stats.pop(name, None))
         quants[name] = wq
         new = WeightOnlyLinear(wq.quant, m.bias, wq.input_divisor).to(m.weight.device)
