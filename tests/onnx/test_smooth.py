@@ -79,6 +79,41 @@ def test_balancing_keeps_the_float_model_and_folds_the_scales(seed, alpha, rms):
     assert done[0].scale_min == pytest.approx(float(s.min()), rel=1e-5)
 
 
+
+def _gemm_block(seed: int):
+    """x [B, 16, K] -> LayerNorm, read by a Shape and, through a Reshape to ``[B*16, K]``, by a Gemm with a
+    ``[K, N]`` weight (GPT-2's Conv1D as torch exports it) and a Gemm with ``transB`` (``[N, K]``)."""
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    g[[3, 17]] *= 30.0
+    inits = {"g": g, "b": rng.normal(0, 0.1, K).astype(np.float32), "shape": np.array([-1, K], np.int64),
+             "wt": rng.normal(0, 0.2, (24, K)).astype(np.float32), "bt": rng.normal(0, 0.1, 24).astype(np.float32),
+             "wc": rng.normal(0, 0.2, (K, 40)).astype(np.float32), "bc": rng.normal(0, 0.1, 40).astype(np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], name="ln", axis=-1),
+             helper.make_node("Shape", ["h"], ["hs"], name="size"),  # reads no values
+             helper.make_node("Reshape", ["h", "shape"], ["h2"], name="flat"),
+             helper.make_node("Gemm", ["h2", "wc", "bc"], ["yc"], name="conv1d"),
+             helper.make_node("Gemm", ["h2", "wt", "bt"], ["yt"], name="linear", transB=1)]
+    return make_model(nodes, {"x": ["B", 16, K]}, ["yc", "yt"], inits, opset=17)
+
+
+def test_gemm_readers_through_a_reshape_are_balanced_exactly():
+    model = _gemm_block(3)
+    groups, skipped = smooth_groups(model)
+    assert skipped == []
+    assert [(g.norm, g.layers, g.weights, g.transposed) for g in groups] == [
+        ("ln", ("conv1d", "linear"), ("wc", "wt"), (False, True))]
+    data = [{"x": np.random.default_rng(i).normal(0, 1, (2, 16, K)).astype(np.float32)} for i in range(2)]
+    out, done, _ = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
+    for a, b in zip(run(model, data[0]), run(out, data[0])):
+        assert rel_diff(a, b) < 1e-5
+    init = lambda m, n: next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == n)  # noqa: E731
+    s = init(model, "g") / init(out, "g")
+    assert s.max() / s.min() > 2  # the outlier channels moved
+    np.testing.assert_allclose(init(out, "wc"), init(model, "wc") * s[:, None], rtol=1e-5)
+    np.testing.assert_allclose(init(out, "wt"), init(model, "wt") * s[None, :], rtol=1e-5)
+
+
 def _int8_error(model, data, methods, tmp_path, tag):
     cfg = create_quant_config(None, model, batch_num=None, config_defination={"methods": methods})
     cm = quantize_model(cfg, model, data, profile="onnxruntime", cpu_types="u8s8")

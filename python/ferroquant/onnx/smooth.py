@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -39,8 +39,8 @@ NORMS = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization
 
 @dataclass(frozen=True)
 class SmoothGroup:
-    """A normalization ``norm`` (node name) whose output ``tensor`` (``k`` channels) feeds only the MatMuls
-    ``layers`` (node names), whose weights are the initializers ``weights``; ``scale`` and ``bias``: the
+    """A normalization ``norm`` (node name) whose output ``tensor`` (``k`` channels) feeds only the MatMuls or
+    Gemms ``layers`` (node names), whose weights are the initializers ``weights``; ``scale`` and ``bias``: the
     normalization's initializers (``bias`` None when it has none)."""
 
     norm: str
@@ -50,6 +50,12 @@ class SmoothGroup:
     bias: Optional[str]
     layers: Tuple[str, ...]
     weights: Tuple[str, ...]
+    #: per weight, whether it is stored ``[N, K]`` (a Gemm with ``transB``)
+    transposed: Tuple[bool, ...] = ()
+
+
+#: A layer reading a group's tensor: the node, its weight initializer, whether the weight is ``[N, K]``.
+Reader = Tuple[onnx.NodeProto, str, bool]
 
 
 def _norm_ok(view: GraphView, node: onnx.NodeProto) -> Optional[str]:
@@ -86,19 +92,58 @@ def _through_identity(view: GraphView, tensor: str) -> Optional[List[Tuple[onnx.
     return out
 
 
-def _readers_ok(view: GraphView, tensor: str, k: int) -> Tuple[Optional[str], List[onnx.NodeProto]]:
+def _last_dim(view: GraphView, tensor: str) -> Optional[int]:
+    """The static size of ``tensor``'s last axis, from the model's value_info (None when it is not known)."""
+    g = view.graph
+    for vi in (*g.value_info, *g.input, *g.output):
+        if vi.name == tensor and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = vi.type.tensor_type.shape.dim
+            return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
+    return None
+
+
+def _weight_layer(view: GraphView, r: onnx.NodeProto, read: str, k: int) -> Union[str, Reader]:
+    """``r`` as a layer that multiplies ``read`` (``k`` channels) by a constant weight of its own: a MatMul
+    (weight ``[K, N]``) or a Gemm without ``transA`` (``[K, N]``, or ``[N, K]`` with ``transB``); else why not."""
+    gemm = r.op_type == "Gemm" and not get_attr(r, "transA", 0)
+    w = view.array(r.input[1]) if r.op_type in ("MatMul", "Gemm") and len(r.input) > 1 else None
+    if r.domain not in ("", "ai.onnx") or not (r.op_type == "MatMul" or gemm) or r.input[0] != read or w is None:
+        return f"its output is also read by {r.op_type} {node_label(r)!r} (not a MatMul/Gemm with a constant weight)"
+    transposed = bool(gemm and get_attr(r, "transB", 0))
+    if w.ndim != 2 or w.shape[1 if transposed else 0] != k:
+        return f"{r.op_type} {node_label(r)!r} has a weight of shape {list(w.shape)}, not [{k}, N]"
+    if not view.only_consumer(r.input[1], r):
+        return f"the weight of {r.op_type} {node_label(r)!r} is shared with other nodes"
+    return r, r.input[1], transposed
+
+
+def _readers_ok(view: GraphView, tensor: str, k: int, reshaped: bool = False) -> Tuple[Optional[str], List[Reader]]:
+    """The layers that read ``tensor`` (``k`` channels on its last axis), each with its weight and whether the
+    weight is stored ``[N, K]``; or why the tensor cannot be balanced. ``Shape`` readers are ignored (they read
+    no values), and one ``Reshape`` that keeps the channels last is looked through (``[B, T, K] -> [B*T, K]``
+    before a ``Gemm``, as GPT-2's Conv1D exports)."""
     found = _through_identity(view, tensor)
     if found is None:
         return "its output is a graph output or unused", []
-    readers = [r for r, _ in found]
+    readers: List[Reader] = []
     for r, read in found:
-        w = view.array(r.input[1]) if r.op_type == "MatMul" and len(r.input) > 1 else None
-        if r.op_type != "MatMul" or r.input[0] != read or w is None:
-            return f"its output is also read by {r.op_type} {node_label(r)!r} (not a MatMul with a constant weight)", []
-        if w.ndim != 2 or w.shape[0] != k:
-            return f"MatMul {node_label(r)!r} has a weight of shape {list(w.shape)}, not [{k}, N]", []
-        if not view.only_consumer(r.input[1], r):
-            return f"the weight of MatMul {node_label(r)!r} is shared with other nodes", []
+        if r.op_type == "Shape" and r.domain in ("", "ai.onnx"):
+            continue
+        if r.op_type == "Reshape" and r.domain in ("", "ai.onnx") and r.input[0] == read and not reshaped:
+            if _last_dim(view, r.output[0]) != k:
+                return (f"its output is reshaped by {node_label(r)!r} to a shape whose last axis is not (or not "
+                        f"known to be) its {k} channels"), []
+            why, more = _readers_ok(view, r.output[0], k, reshaped=True)
+            if why is not None:
+                return why, []
+            readers += more
+            continue
+        layer = _weight_layer(view, r, read, k)
+        if isinstance(layer, str):
+            return layer, []
+        readers.append(layer)
+    if not readers:
+        return "its output feeds no MatMul/Gemm with a constant weight", []
     return None, readers
 
 
@@ -128,7 +173,7 @@ def _affine(view: GraphView, add: onnx.NodeProto) -> Optional[Tuple[str, str, in
 
 
 def _reads_a_weight(view: GraphView, tensor: str) -> bool:
-    return any(r.op_type == "MatMul" and len(r.input) > 1 and view.array(r.input[1]) is not None
+    return any(r.op_type in ("MatMul", "Gemm") and len(r.input) > 1 and view.array(r.input[1]) is not None
                for r, _ in _through_identity(view, tensor) or ())
 
 
@@ -145,9 +190,13 @@ def _affine_groups(view: GraphView) -> Tuple[List[SmoothGroup], List[Tuple[str, 
         if why is not None:
             skipped.append((node_label(node), why))
             continue
-        groups.append(SmoothGroup(node_label(node), node.output[0], k, gamma, beta,
-                                  tuple(node_label(r) for r in readers), tuple(r.input[1] for r in readers)))
+        groups.append(_group(node, k, gamma, beta, readers))
     return groups, skipped
+
+
+def _group(node: onnx.NodeProto, k: int, scale: str, bias: Optional[str], readers: List[Reader]) -> SmoothGroup:
+    return SmoothGroup(node_label(node), node.output[0], k, scale, bias, tuple(node_label(r) for r, _, _ in readers),
+                       tuple(w for _, w, _ in readers), tuple(t for _, _, t in readers))
 
 
 def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
@@ -159,7 +208,7 @@ def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple
         if node.op_type not in NORMS or node.domain not in ("", "ai.onnx", "com.microsoft"):
             continue
         why = _norm_ok(view, node)
-        readers: List[onnx.NodeProto] = []
+        readers: List[Reader] = []
         if why is None:
             k = int(view.array(node.input[1]).shape[0])
             why, readers = _readers_ok(view, node.output[0], k)
@@ -168,8 +217,7 @@ def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple
             continue
         bias = node.input[2] if node.op_type == "LayerNormalization" and len(node.input) > 2 and node.input[2] \
             else None
-        groups.append(SmoothGroup(node_label(node), node.output[0], k, node.input[1], bias,
-                                  tuple(node_label(r) for r in readers), tuple(r.input[1] for r in readers)))
+        groups.append(_group(node, k, node.input[1], bias, readers))
     return groups, skipped
 
 
@@ -207,7 +255,9 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
     view = GraphView(out)
     done = []
     for g in groups:
+        flips = g.transposed or (False,) * len(g.weights)
         ws = [view.array(w).astype(np.float32) for w in g.weights]
+        ws = [w.T if t else w for w, t in zip(ws, flips)]  # [K, N]
         alphas = params.alphas if params.alpha is None else (params.alpha,)
         r = ops.smooth_search(stats[g.tensor][0].absmax, np.concatenate(ws, axis=1), stats[g.tensor][1].rows,
                               alphas, 8, name=g.tensor)
@@ -216,9 +266,10 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
             if name is not None:
                 a = view.array(name)
                 view.set_initializer(name, (a / s.reshape(a.shape).astype(a.dtype)).astype(a.dtype))
-        for name, w in zip(g.weights, ws):
+        for name, w, t in zip(g.weights, ws, flips):
             dtype = view.array(name).dtype
-            view.set_initializer(name, (w * s[:, None]).astype(dtype))
+            scaled = w * s[:, None]
+            view.set_initializer(name, np.ascontiguousarray(scaled.T if t else scaled).astype(dtype))
         done.append(Smoothed.of(g.norm, g.layers, r, s, g.tensor))
     return out, done, skipped
 
