@@ -65,13 +65,16 @@ def _cosine_to_torch(model: nn.Module, path, lengths=(16, 16)) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+SEQ = {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}  # a transformer's dynamic axes
+
+
 @pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
 def test_ptq_of_a_transformers_model(kind, tmp_path):
     model = _model(kind)
-    r = fqt.quantize_torch_model(model, [_ids(i) for i in range(4)])
+    r = fqt.quantize_torch_model(model, [_ids(i) for i in range(4)], dynamic_axes=SEQ)
     assert len(r.table.layers) >= 8  # the attention and MLP projections of both blocks
     paths = r.save(tmp_path / kind)
-    assert _cosine_to_torch(model, paths["deploy"]) > 0.95
+    assert _cosine_to_torch(model, paths["deploy"], lengths=(7, 30)) > 0.95
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama", "gpt2"])
@@ -86,8 +89,8 @@ def test_qat_of_a_transformers_model(kind, tmp_path):
         qat(_ids(i)).pow(2).mean().backward()
         opt.step()
     qat.eval()
-    paths = fqt.save_quant_retrain_model(cfg, qat, tmp_path / kind, ids)
-    assert _cosine_to_torch(qat, paths["deploy"]) > 0.95
+    paths = fqt.save_quant_retrain_model(cfg, qat, tmp_path / kind, ids, dynamic_axes=SEQ)
+    assert _cosine_to_torch(qat, paths["deploy"], lengths=(7, 30)) > 0.95
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -95,8 +98,7 @@ def test_weight_only_of_a_transformers_model(kind, tmp_path):
     model = _model(kind)
     r = fqt.quantize_torch_weights_only(model, [_ids(i) for i in range(2)], algorithm="gptq", bits=4, group_size=64)
     assert len(r.quants) == 14 if kind == "llama" else 8  # 7 or 4 projections in each of the 2 blocks
-    axes = {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}
-    paths = r.save(tmp_path / "w", input_data=_ids(0), dynamic_axes=axes)
+    paths = r.save(tmp_path / "w", input_data=_ids(0), dynamic_axes=SEQ)
     assert _cosine_to_torch(r.model, paths["deploy"], lengths=(7, 30)) > 0.99
 
 

@@ -97,16 +97,19 @@ def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bo
     return load_model(onnx.load_from_string(buf.getvalue()))
 
 
-def export_layers_onnx(model: nn.Module, input_data: InputData) -> onnx.ModelProto:
+def export_layers_onnx(model: nn.Module, input_data: InputData,
+                       dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> onnx.ModelProto:
     """:func:`export_float_onnx` with the ``Transpose`` of each constant folded (torch writes ``nn.Linear`` on
     3-D inputs, or without bias, as ``MatMul(x, Transpose(weight))``): every Linear is then a MatMul or Gemm with
     a constant weight, the weight initializer still named ``<layer>.weight`` when nothing else reads it."""
-    return _export_folded(model, input_data)[0]
+    return _export_folded(model, input_data, dynamic_axes)[0]
 
 
-def _export_folded(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelProto, Dict[str, str]]:
+def _export_folded(model: nn.Module, input_data: InputData,
+                   dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
+                   ) -> Tuple[onnx.ModelProto, Dict[str, str]]:
     """:func:`export_layers_onnx` and what it folded: {source initializer: folded (transposed) initializer}."""
-    m = export_float_onnx(model, input_data)
+    m = export_float_onnx(model, input_data, dynamic_axes=dynamic_axes)
     return m, fold_constant_transposes(m)
 
 
@@ -196,12 +199,14 @@ def write_quant_files(onnx_model: onnx.ModelProto, table: QuantTable, save_path:
     return write_outputs(onnx_model, table, save_path, extra)
 
 
-def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelProto, QuantTable]:
-    """The float ONNX model of a QAT model and the table of its learned qparams."""
+def retrain_table(model: nn.Module, input_data: InputData,
+                  dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> Tuple[onnx.ModelProto, QuantTable]:
+    """The float ONNX model of a QAT model (``dynamic_axes`` as :func:`export_float_onnx` takes them) and the table
+    of its learned qparams."""
     qls = quant_layers(model)
     if not qls:
         raise ModelError("the model has no QuantLayer: prepare it with create_quant_retrain_model first")
-    m, folded = _export_folded(float_copy(model), input_data)
+    m, folded = _export_folded(float_copy(model), input_data, dynamic_axes)
     infos = map_layers(m, qls)
     view = GraphView(m)
     table = QuantTable()
@@ -223,10 +228,13 @@ def retrain_table(model: nn.Module, input_data: InputData) -> Tuple[onnx.ModelPr
 
 
 def save_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], RetrainConfig], model: nn.Module,
-                             save_path: Union[str, Path], input_data: InputData) -> Dict[str, Path]:
-    """Write the fake-quant model, the deploy model (no BN, integer weights) and the record of a QAT model."""
+                             save_path: Union[str, Path], input_data: InputData,
+                             dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None) -> Dict[str, Path]:
+    """Write the fake-quant model, the deploy model (no BN, integer weights) and the record of a QAT model.
+    ``dynamic_axes``: the export's dynamic axes as torch takes them (default: axis 0 of each input and of the
+    output), e.g. ``{"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}`` for a transformer."""
     load_retrain_config(config)  # validated; the learned state lives in the model
-    m, table = retrain_table(model, input_data)
+    m, table = retrain_table(model, input_data, dynamic_axes)
     return write_quant_files(m, table, save_path, {"source": "torch-qat"})
 
 

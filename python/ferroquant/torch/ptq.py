@@ -73,11 +73,14 @@ def torch_ptq_config(model: nn.Module, **kwargs: Any) -> QuantConfig:
 def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
                          config: Optional[Union[str, Path, Mapping[str, Any], QuantConfig]] = None,
                          input_data: Optional[InputData] = None, batch_num: Optional[int] = None,
+                         dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None,
                          **config_kwargs: Any) -> TorchPtqResult:
     """PTQ of a torch model: calibrate each enabled layer's input on at most ``batch_num`` batches of
     ``calibration_batches`` (tensors or tuples of tensors; default: the config's ``batch_num``, or every batch
     when no config is given), quantize the weights, and return the table and float ONNX model ready to save.
-    ``input_data`` is the export example (default: the first calibration batch). The model is not modified."""
+    ``input_data`` is the export example (default: the first calibration batch); ``dynamic_axes`` the export's
+    dynamic axes as torch takes them (default: axis 0 of each input and of the output; a transformer's sequence
+    axis: ``{"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}``). The model is not modified."""
     if config is None:
         config_kwargs.setdefault("batch_num", None)
         cfg = torch_ptq_config(model, **config_kwargs)
@@ -108,7 +111,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
     methods: Dict[str, Any] = {}
     if sq.enabled:
         methods["smooth_quant"] = _smooth(work, example, sq, calibration_batches, limit)
-    m = export_layers_onnx(work, example)
+    m = export_layers_onnx(work, example, dynamic_axes)
     infos = map_layers(m, enabled)
     # One calibrator per activation tensor (as in the ONNX flow), fed by the first layer that reads it.
     cals: Dict[str, Any] = {}
