@@ -12,7 +12,7 @@ import onnx  # noqa: E402
 from torch import nn  # noqa: E402
 
 import ferroquant.torch as fqt  # noqa: E402
-from ferroquant.errors import ConfigError  # noqa: E402
+from ferroquant.errors import ConfigError, ModelError  # noqa: E402
 from tests.torch.models import SmallCNN, digits, train  # noqa: E402
 
 
@@ -230,3 +230,28 @@ def test_layers_reading_one_tensor_share_their_activation_clips(tmp_path):
                                           override_layer_configs={"b": {"activation": {"symmetric": True}}})
     with pytest.raises(ConfigError, match=r"\['a', 'b'\] read the same input tensor"):
         fqt.create_quant_retrain_model(bad, SharedInput(), x)
+
+
+class Attention(nn.Module):
+    """``scaled_dot_product_attention``, which torch exports from opset 14 on."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q = self.q(x).unsqueeze(1)
+        return self.o(torch.nn.functional.scaled_dot_product_attention(q, q, q).squeeze(1))
+
+
+def test_an_operator_newer_than_opset_13_exports_at_17(tmp_path):
+    torch.manual_seed(0)
+    model, batches = Attention().eval(), [torch.randn(2, 5, 8) for _ in range(3)]
+    r = fqt.quantize_torch_model(model, batches)
+    assert [o.version for o in r.onnx_model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    paths = r.save(tmp_path / "a")
+    with torch.no_grad():
+        want = model(batches[0]).numpy()
+    assert np.abs(_run(paths["deploy"], batches[0]) - want).max() < 0.05 * np.abs(want).max()
+    with pytest.raises(ModelError, match="opset 13: UnsupportedOperatorError.*scaled_dot_product_attention"):
+        fqt.export_float_onnx(model, batches[0], opset=13)

@@ -61,20 +61,29 @@ def _export_error(e: Exception, opset: int) -> ModelError:
     return ModelError(f"torch cannot export the model to ONNX at opset {opset}: {why}{hint}")
 
 
+def _opsets(model: nn.Module) -> List[int]:
+    """The opsets to try: ``NEWER_OPSET`` for a model built of ``transformers`` modules (their attention needs 14
+    or later, and a failed try makes torch print the whole graph), else ``OPSET``, then ``NEWER_OPSET``."""
+    if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
+        return [NEWER_OPSET]
+    return [OPSET, NEWER_OPSET]
+
+
 def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
                       opset: Optional[int] = None, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
                       ) -> onnx.ModelProto:
     """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (inputs ``input`` or
     ``input0``, ``input1``..., output ``output``; axis 0 of each dynamic, or ``dynamic_axes`` as torch takes
     them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred). ``opset`` None:
-    ``OPSET``, or ``NEWER_OPSET`` when one of the model's operators has no ONNX form at ``OPSET``; an operator
-    torch cannot export at the opset used is a ModelError naming it."""
+    ``OPSET``, or ``NEWER_OPSET`` when one of the model's operators has no ONNX form at ``OPSET`` (and from the
+    start for ``transformers`` models); an operator torch cannot export at the opset used is a ModelError naming
+    it."""
     args = input_data if isinstance(input_data, tuple) else (input_data,)
     names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
     if dynamic_axes is not None:
         dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
-    tries = [OPSET, NEWER_OPSET] if opset is None else [opset]
+    tries = _opsets(model) if opset is None else [opset]
     was = model.training
     model.eval()
     try:
