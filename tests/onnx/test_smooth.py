@@ -114,6 +114,42 @@ def test_gemm_readers_through_a_reshape_are_balanced_exactly():
     np.testing.assert_allclose(init(out, "wt"), init(model, "wt") * s[None, :], rtol=1e-5)
 
 
+
+def _rms_block(seed: int):
+    """x [B, 16, K] -> RMSNorm written out in elementary ops as torch exports Llama's (``x / sqrt(mean(x^2) + eps)``
+    then ``Mul`` by the per-channel weight, no bias) -> {q, v} MatMuls."""
+    rng = np.random.default_rng(seed)
+    g = rng.uniform(0.5, 1.5, K).astype(np.float32)
+    g[[3, 17]] *= 30.0
+    inits = {"two": np.array(2.0, np.float32), "eps": np.array(1e-6, np.float32), "g": g,
+             "wq": rng.normal(0, 0.2, (K, K)).astype(np.float32), "wv": rng.normal(0, 0.2, (K, 48)).astype(np.float32)}
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["ms"], axes=[-1], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]),
+             helper.make_node("Sqrt", ["mse"], ["rms"]),
+             helper.make_node("Div", ["x", "rms"], ["xn"]),
+             helper.make_node("Mul", ["g", "xn"], ["h"], name="norm_weight"),
+             helper.make_node("MatMul", ["h", "wq"], ["yq"], name="q"),
+             helper.make_node("MatMul", ["h", "wv"], ["yv"], name="v")]
+    return make_model(nodes, {"x": ["B", 16, K]}, ["yq", "yv"], inits, opset=17)
+
+
+def test_a_written_out_rmsnorm_is_balanced_through_its_weight_mul():
+    model = _rms_block(4)
+    groups, skipped = smooth_groups(model)
+    assert skipped == []
+    assert [(g.norm, g.layers, g.weights, g.scale, g.bias) for g in groups] == [
+        ("norm_weight", ("q", "v"), ("wq", "wv"), "g", None)]
+    data = [{"x": np.random.default_rng(i).normal(0, 1, (2, 16, K)).astype(np.float32)} for i in range(2)]
+    out, done, _ = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
+    for a, b in zip(run(model, data[0]), run(out, data[0])):
+        assert rel_diff(a, b) < 1e-5
+    init = lambda m, n: next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == n)  # noqa: E731
+    s = init(model, "g") / init(out, "g")
+    assert s.max() / s.min() > 2
+    np.testing.assert_allclose(init(out, "wq"), init(model, "wq") * s[:, None], rtol=1e-5)
+
+
 def _int8_error(model, data, methods, tmp_path, tag):
     cfg = create_quant_config(None, model, batch_num=None, config_defination={"methods": methods})
     cm = quantize_model(cfg, model, data, profile="onnxruntime", cpu_types="u8s8")

@@ -112,24 +112,30 @@ def test_grouped_query_attention_needs_eager_attention(tmp_path):
 
 
 def _trained_norms(model: nn.Module) -> nn.Module:
-    """LayerNorm parameters as training leaves them, each its own: a fresh model's are all ones and zeros, which
+    """Norm parameters as training leaves them, each its own: a fresh model's are all ones (and zeros), which
     torch's exporter writes as one shared initializer, and a shared scale cannot absorb one norm's balancing."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
+            if isinstance(m, nn.LayerNorm) or type(m).__name__ == "LlamaRMSNorm":
                 m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model
 
 
-def test_smooth_quant_balances_gpt2s_conv1d_layers():
-    model = _trained_norms(_model("gpt2"))
+@pytest.mark.parametrize("kind,groups", [
+    ("gpt2", ["attn.c_attn", "mlp.c_fc"]),  # Conv1D layers: Gemm after a Reshape in the export
+    ("llama", ["self_attn.q_proj self_attn.k_proj self_attn.v_proj", "mlp.gate_proj mlp.up_proj"]),  # RMSNorm
+])
+def test_smooth_quant_balances_the_norms_of_transformers_blocks(kind, groups):
+    model = _trained_norms(_model(kind))
     batches = [_ids(i) for i in range(4)]
     r = fqt.quantize_torch_model(model, batches, methods={"smooth_quant": {"enabled": True}})
     entry = r.extra["methods"]["smooth_quant"]
-    assert [g["layers"] for g in entry["groups"]] == [[f"model.h.{i}.{p}"] for i in range(2)
-                                                      for p in ("attn.c_attn", "mlp.c_fc")]
+    block = "model.h" if kind == "gpt2" else "model.layers"
+    assert [g["layers"] for g in entry["groups"]] == [[f"{block}.{i}.{p}" for p in ps.split()] for i in range(2)
+                                                      for ps in groups]
     assert entry["fp32_max_relative_difference"] < 1e-4  # the balanced float model computes the same
     with torch.no_grad():
-        assert torch.equal(model(batches[0]), _trained_norms(_model("gpt2"))(batches[0]))  # caller's model untouched
+        assert torch.equal(model(batches[0]), _trained_norms(_model(kind))(batches[0]))  # caller's model untouched

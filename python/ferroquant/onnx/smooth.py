@@ -2,9 +2,10 @@
 
 A *group* is a normalization (``LayerNormalization``, ``RMSNormalization`` or onnxruntime's
 ``SimplifiedLayerNormalization``, normalizing the last axis, with a constant scale and, when it has one, a
-constant bias) whose first output is read only by MatMuls that take it as their first input and have a
-constant 2-D weight ``[K, N]`` read by nobody else (q/k/v after ``ln1``, fc1 after ``ln2`` in a transformer
-block). For each group, per input channel ``j``, ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the
+constant bias) whose first output is read only by MatMuls or Gemms that take it as their first input and have
+a constant 2-D weight (``[K, N]``; ``[N, K]`` for a Gemm with ``transB``) read by nobody else (q/k/v after ``ln1``,
+fc1 after ``ln2`` in a transformer block). ``Shape`` readers are ignored and one ``Reshape`` that keeps the
+channels last is looked through (GPT-2's Conv1D exports as ``Reshape -> Gemm``). For each group, per input channel ``j``, ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the
 readers' weights side by side; ``ferroquant.ops.smooth_search``, which also searches ``alpha`` on sampled
 calibration rows when none is fixed); the normalization's scale and bias are divided by ``s`` and the weight
 rows multiplied by it. ``(y / s) @ (s W) = y @ W``: the float model computes the same up to rounding, and the
@@ -12,7 +13,8 @@ int8 activations of the MatMuls no longer have a few channels that take the whol
 
 A LayerNorm written out in elementary ops (``ReduceMean``, ``Sub``, ``Pow``, ``Sqrt``, ``Div``, then ``Mul`` by
 gamma and ``Add`` of beta, as opset-11 exports are) is balanced through its last ``Mul -> Add``: any per-channel
-affine ``x * gamma + beta`` on the last axis absorbs the division the same way.
+affine ``x * gamma + beta`` on the last axis absorbs the division the same way, and so does a per-channel
+``Mul`` alone (an RMSNorm written out, ``x / sqrt(mean(x^2) + eps) * gamma``, as torch exports Llama's).
 
 Normalizations whose output something else reads (a residual Add, a graph output) are left alone and reported:
 dividing them would change that reader's input."""
@@ -177,12 +179,27 @@ def _reads_a_weight(view: GraphView, tensor: str) -> bool:
                for r, _ in _through_identity(view, tensor) or ())
 
 
+def _scale_only(view: GraphView, mul: onnx.NodeProto) -> Optional[Tuple[str, None, int]]:
+    """For ``Mul(x, gamma)`` with a per-channel constant ``gamma`` (an RMSNorm written out in elementary ops, as
+    torch exports Llama's), ``(gamma, None, K)``; else None."""
+    if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.input) != 2:
+        return None
+    for j in (0, 1):
+        k = _channel_vector(view, mul.input[j], mul)
+        if k is not None and view.array(mul.input[1 - j]) is None:
+            return mul.input[j], None, k
+    return None
+
+
 def _affine_groups(view: GraphView) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
-    """Groups whose producer is a per-channel ``Mul -> Add`` (see :func:`_affine`); only Adds that feed a
-    MatMul with a constant weight are considered (and reported when they cannot be balanced)."""
+    """Groups whose producer is a per-channel ``Mul -> Add`` (see :func:`_affine`) or a per-channel ``Mul``
+    alone (see :func:`_scale_only`); only those that feed a MatMul/Gemm with a constant weight are considered
+    (and reported when they cannot be balanced)."""
     groups, skipped = [], []
-    for node in view.nodes("Add"):
-        found = _affine(view, node) if _reads_a_weight(view, node.output[0]) else None
+    for node in view.nodes():
+        if node.op_type not in ("Add", "Mul") or not _reads_a_weight(view, node.output[0]):
+            continue
+        found = _affine(view, node) if node.op_type == "Add" else _scale_only(view, node)
         if found is None:
             continue
         gamma, beta, k = found
@@ -201,7 +218,8 @@ def _group(node: onnx.NodeProto, k: int, scale: str, bias: Optional[str], reader
 
 def smooth_groups(model: onnx.ModelProto) -> Tuple[List[SmoothGroup], List[Tuple[str, str]]]:
     """The groups of ``model`` that can be balanced, and ``(norm, reason)`` for the normalizations that cannot:
-    normalization ops, then per-channel ``Mul -> Add`` pairs (``norm`` names the Add)."""
+    per-channel ``Mul -> Add`` pairs (``norm`` names the Add) and per-channel ``Mul`` nodes (RMSNorm written
+    out), then normalization ops."""
     view = GraphView(model)
     groups, skipped = _affine_groups(view)
     for node in view.nodes():
