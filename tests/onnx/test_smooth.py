@@ -97,22 +97,32 @@ def _gemm_block(seed: int):
     return make_model(nodes, {"x": ["B", 16, K]}, ["yc", "yt"], inits, opset=17)
 
 
+def _balanced_exactly(model):
+    """Balance ``model`` (norm scale ``g``, inputs ``x`` [B, 16, K]) at alpha 0.5; check that the float outputs
+    stay within 1e-5 and that the outlier channels moved. Returns (initializer by name, before=...) and the
+    scales."""
+    data = [{"x": np.random.default_rng(i).normal(0, 1, (2, 16, K)).astype(np.float32)} for i in range(2)]
+    out, _, _ = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
+    for a, b in zip(run(model, data[0]), run(out, data[0])):
+        assert rel_diff(a, b) < 1e-5
+
+    def init(name, before=False):
+        m = model if before else out
+        return next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == name)
+    s = init("g", before=True) / init("g")
+    assert s.max() / s.min() > 2  # the outlier channels moved
+    return init, s
+
+
 def test_gemm_readers_through_a_reshape_are_balanced_exactly():
     model = _gemm_block(3)
     groups, skipped = smooth_groups(model)
     assert skipped == []
     assert [(g.norm, g.layers, g.weights, g.transposed) for g in groups] == [
         ("ln", ("conv1d", "linear"), ("wc", "wt"), (False, True))]
-    data = [{"x": np.random.default_rng(i).normal(0, 1, (2, 16, K)).astype(np.float32)} for i in range(2)]
-    out, done, _ = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
-    for a, b in zip(run(model, data[0]), run(out, data[0])):
-        assert rel_diff(a, b) < 1e-5
-    init = lambda m, n: next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == n)  # noqa: E731
-    s = init(model, "g") / init(out, "g")
-    assert s.max() / s.min() > 2  # the outlier channels moved
-    np.testing.assert_allclose(init(out, "wc"), init(model, "wc") * s[:, None], rtol=1e-5)
-    np.testing.assert_allclose(init(out, "wt"), init(model, "wt") * s[None, :], rtol=1e-5)
-
+    init, s = _balanced_exactly(model)
+    np.testing.assert_allclose(init("wc"), init("wc", before=True) * s[:, None], rtol=1e-5)
+    np.testing.assert_allclose(init("wt"), init("wt", before=True) * s[None, :], rtol=1e-5)
 
 
 def _rms_block(seed: int):
@@ -140,14 +150,8 @@ def test_a_written_out_rmsnorm_is_balanced_through_its_weight_mul():
     assert skipped == []
     assert [(g.norm, g.layers, g.weights, g.scale, g.bias) for g in groups] == [
         ("norm_weight", ("q", "v"), ("wq", "wv"), "g", None)]
-    data = [{"x": np.random.default_rng(i).normal(0, 1, (2, 16, K)).astype(np.float32)} for i in range(2)]
-    out, done, _ = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
-    for a, b in zip(run(model, data[0]), run(out, data[0])):
-        assert rel_diff(a, b) < 1e-5
-    init = lambda m, n: next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == n)  # noqa: E731
-    s = init(model, "g") / init(out, "g")
-    assert s.max() / s.min() > 2
-    np.testing.assert_allclose(init(out, "wq"), init(model, "wq") * s[:, None], rtol=1e-5)
+    init, s = _balanced_exactly(model)
+    np.testing.assert_allclose(init("wq"), init("wq", before=True) * s[:, None], rtol=1e-5)
 
 
 def _int8_error(model, data, methods, tmp_path, tag):
