@@ -1,15 +1,16 @@
 """SmoothQuant balancing of an ONNX model (issue 12) before static int8 calibration.
 
 A *group* is a normalization (``LayerNormalization``, ``RMSNormalization`` or onnxruntime's
-``SimplifiedLayerNormalization``, normalizing the last axis, with a constant scale and, when it has one, a
-constant bias) whose first output is read only by MatMuls or Gemms that take it as their first input and have
-a constant 2-D weight (``[K, N]``; ``[N, K]`` for a Gemm with ``transB``) read by nobody else (q/k/v after ``ln1``,
-fc1 after ``ln2`` in a transformer block). ``Shape`` readers are ignored and one ``Reshape`` that keeps the
-channels last is looked through (GPT-2's Conv1D exports as ``Reshape -> Gemm``). For each group, per input channel ``j``, ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the
-readers' weights side by side; ``ferroquant.ops.smooth_search``, which also searches ``alpha`` on sampled
-calibration rows when none is fixed); the normalization's scale and bias are divided by ``s`` and the weight
-rows multiplied by it. ``(y / s) @ (s W) = y @ W``: the float model computes the same up to rounding, and the
-int8 activations of the MatMuls no longer have a few channels that take the whole range.
+``SimplifiedLayerNormalization``, normalizing the last axis, with a constant scale and, when it has one, a constant
+bias) whose first output is read only by MatMuls or Gemms that take it as their first input and have a constant 2-D
+weight (``[K, N]``; ``[N, K]`` for a Gemm with ``transB``) read by nobody else (q/k/v after ``ln1``, fc1 after
+``ln2`` in a transformer block). ``Shape`` readers are ignored and one ``Reshape`` that keeps the channels last is
+looked through (GPT-2's Conv1D exports as ``Reshape -> Gemm``). For each group, per input channel ``j``, ``s_j =
+max|X_j|^alpha / max|W_j|^(1-alpha)`` (``W``: the readers' weights side by side; ``ferroquant.ops.smooth_search``,
+which also searches ``alpha`` on sampled calibration rows when none is fixed); the normalization's scale and bias
+are divided by ``s`` and the weight rows multiplied by it. ``(y / s) @ (s W) = y @ W``: the float model computes
+the same up to rounding, and the int8 activations of the MatMuls no longer have a few channels that take the whole
+range.
 
 A LayerNorm written out in elementary ops (``ReduceMean``, ``Sub``, ``Pow``, ``Sqrt``, ``Div``, then ``Mul`` by
 gamma and ``Add`` of beta, as opset-11 exports are) is balanced through its last ``Mul -> Add``: any per-channel
