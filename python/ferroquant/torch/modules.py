@@ -17,6 +17,7 @@ Validity (every training forward, spec §5.1 and decision 6): ``fixed_min`` pins
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -48,7 +49,7 @@ class ActivationULQ(nn.Module):
         self.register_buffer("clip_min_pre", torch.tensor(0.0 if fixed_min else -1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self._calibrator: Optional[IFMRCalibrator] = None
-        self._last: Optional[torch.Tensor] = None  # the input observed last while initializing
+        self._last: Optional[weakref.ref] = None  # the input observed last while initializing
         if clip_max is not None or clip_min is not None:
             self.set_clips(0.0 if clip_min is None else clip_min, 1.0 if clip_max is None else clip_max)
 
@@ -74,12 +75,12 @@ class ActivationULQ(nn.Module):
 
     # -- initialisation ------------------------------------------------------------------------------------
     def _observe(self, x: torch.Tensor) -> None:
-        if x is self._last:  # one module shared by the layers that read the same tensor: observed once
+        if self._last is not None and self._last() is x:  # shared by the layers that read one tensor: once
             return
         if self._calibrator is None:
             self._calibrator = IFMRCalibrator(self.name, bits=self.bits, symmetric=True)
         self._calibrator.observe(x.detach().float().cpu().contiguous().numpy())
-        self._last = x
+        self._last = weakref.ref(x)
         if self._calibrator.batches >= self.batch_num:
             cal = fqdist.merge_calibrator(self._calibrator)
             r = cal.qparams()
