@@ -213,12 +213,13 @@ def test_layers_reading_one_tensor_share_their_activation_clips(tmp_path):
     q.train()
     q(x)
     assert not bool(qls["a"].act_quant.initialized)  # the shared tensor counts once per batch, not once per reader
+    q(x)  # the same batch again is a second batch
+    assert bool(qls["a"].act_quant.initialized)
     opt = torch.optim.SGD(q.parameters(), lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
         q(torch.randn(16, 8)).pow(2).mean().backward()
         opt.step()
-    assert bool(qls["a"].act_quant.initialized)
     q.eval()
     paths = fqt.save_quant_retrain_model(cfg, q, tmp_path / "s", x)  # one Q/DQ pair for the shared tensor
     deploy = onnx.load(str(paths["deploy"]))

@@ -17,7 +17,6 @@ Validity (every training forward, spec §5.1 and decision 6): ``fixed_min`` pins
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -49,7 +48,6 @@ class ActivationULQ(nn.Module):
         self.register_buffer("clip_min_pre", torch.tensor(0.0 if fixed_min else -1.0))
         self.register_buffer("initialized", torch.tensor(False))
         self._calibrator: Optional[IFMRCalibrator] = None
-        self._last: Optional[weakref.ref] = None  # the input observed last while initializing
         if clip_max is not None or clip_min is not None:
             self.set_clips(0.0 if clip_min is None else clip_min, 1.0 if clip_max is None else clip_max)
 
@@ -61,7 +59,7 @@ class ActivationULQ(nn.Module):
                      (self.clip_max_pre, float(clip_max))):
             p.fill_(v)
         self.initialized.fill_(True)
-        self._calibrator, self._last = None, None
+        self._calibrator = None
 
     def qparams(self) -> Tuple[float, int]:
         """The (scale, zero_point) the current clips stand for."""
@@ -75,12 +73,9 @@ class ActivationULQ(nn.Module):
 
     # -- initialisation ------------------------------------------------------------------------------------
     def _observe(self, x: torch.Tensor) -> None:
-        if self._last is not None and self._last() is x:  # shared by the layers that read one tensor: once
-            return
         if self._calibrator is None:
             self._calibrator = IFMRCalibrator(self.name, bits=self.bits, symmetric=True)
         self._calibrator.observe(x.detach().float().cpu().contiguous().numpy())
-        self._last = weakref.ref(x)
         if self._calibrator.batches >= self.batch_num:
             cal = fqdist.merge_calibrator(self._calibrator)
             r = cal.qparams()
@@ -113,9 +108,12 @@ class ActivationULQ(nn.Module):
         self.clip_max_pre.copy_(self.clip_max)
         self.clip_min_pre.copy_(self.clip_min)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        """ULQ of ``x``; before the clips are initialized, a training forward also streams ``x`` into the IFMR
+        initialization unless ``observe`` is False (a module shared by layers that read one tensor is fed by the
+        first of them only)."""
         if not bool(self.initialized):
-            if self.training:
+            if self.training and observe:
                 self._observe(x)
             if not bool(self.initialized):
                 lo, hi = self._batch_range(x)
@@ -170,10 +168,12 @@ class QuantLayer(nn.Module):
     def __init__(self, module: nn.Module, act_quant: ActivationULQ, weight_quant: nn.Module) -> None:
         super().__init__()
         self.module, self.act_quant, self.weight_quant = module, act_quant, weight_quant
+        #: whether this layer feeds its ULQ's initialization (False for the other readers of a shared tensor)
+        self.observes = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
-        x = self.act_quant(x)
+        x = self.act_quant(x, self.observes)
         w = self.weight_quant(m.weight)
         if isinstance(m, nn.Linear):
             return F.linear(x, w, m.bias)

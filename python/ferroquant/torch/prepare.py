@@ -319,6 +319,7 @@ def _share_activations(cfg: RetrainConfig, swapped: Mapping[str, QuantLayer],
                               "activation section")
         for n in names[1:]:
             swapped[n].act_quant = swapped[first].act_quant
+            swapped[n].observes = False  # the tensor feeds the clip initialization once per batch
 
 
 def quant_layers(model: nn.Module) -> Dict[str, QuantLayer]:
