@@ -102,13 +102,18 @@ def test_weight_only_of_a_transformers_model(kind, tmp_path):
     assert _cosine_to_torch(r.model, paths["deploy"], lengths=(7, 30)) > 0.99
 
 
-def test_grouped_query_attention_needs_eager_attention(tmp_path):
-    batches = [_ids(i) for i in range(2)]
-    with pytest.raises(ModelError, match="attn_implementation='eager'"):
-        fqt.quantize_torch_model(_model("llama", kv_heads=2), batches)
-    model = _model("llama", kv_heads=2, attn_implementation="eager")
-    paths = fqt.quantize_torch_model(model, batches).save(tmp_path / "gqa")
-    assert _cosine_to_torch(model, paths["deploy"]) > 0.95
+def test_grouped_query_attention_exports_with_its_attention_written_out(tmp_path):
+    """torch has no TorchScript export of scaled_dot_product_attention with grouped-query heads: the export runs
+    the model's eager attention (the same function) and gives the model its own setting back."""
+    model = _model("llama", kv_heads=2)
+    r = fqt.quantize_torch_model(model, [_ids(i) for i in range(2)], dynamic_axes=SEQ)
+    assert model.model.config._attn_implementation == "sdpa"
+    assert _cosine_to_torch(model, r.save(tmp_path / "gqa")["deploy"], lengths=(7, 30)) > 0.95
+    cfg = fqt.create_quant_retrain_config(None, model, _ids(0))
+    qat = fqt.create_quant_retrain_model(cfg, model.train(), _ids(0))
+    qat(_ids(1))
+    paths = fqt.save_quant_retrain_model(cfg, qat.eval(), tmp_path / "gqa_qat", _ids(0))
+    assert _cosine_to_torch(qat, paths["deploy"]) > 0.95
 
 
 def _trained_norms(model: nn.Module) -> nn.Module:

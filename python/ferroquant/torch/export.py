@@ -11,10 +11,11 @@ and :func:`~ferroquant.onnx.write_record` write the three files.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -56,7 +57,7 @@ def _export_error(e: Exception, opset: int) -> ModelError:
     why = f"{type(e).__name__}: {lines[0] if lines else ''}"
     hint = ""
     if "scaled_dot_product_attention" in why:
-        hint = (" (a transformers model exports with its attention written out: load it with "
+        hint = (" (a transformers model that cannot switch its attention implementation itself: load it with "
                 "attn_implementation='eager')")
     return ModelError(f"torch cannot export the model to ONNX at opset {opset}: {why}{hint}")
 
@@ -67,6 +68,27 @@ def _opsets(model: nn.Module) -> List[int]:
     if any(type(m).__module__.startswith("transformers.") for m in model.modules()):
         return [NEWER_OPSET]
     return [OPSET, NEWER_OPSET]
+
+
+@contextlib.contextmanager
+def _attention_written_out(model: nn.Module) -> Iterator[None]:
+    """Within: the ``transformers`` models in ``model`` run their eager attention (``softmax(q k^T) v`` as tensor
+    ops), which torch's TorchScript exporter writes at any opset; their default ``scaled_dot_product_attention``
+    has no export with grouped-query heads (Llama 3, Mistral, Qwen). Both compute the same function. Each model's
+    own setting comes back afterwards."""
+    changed = []
+    for m in model.modules():
+        impl = getattr(getattr(m, "config", None), "_attn_implementation", None)
+        can = getattr(m, "_can_set_attn_implementation", None)
+        if impl not in (None, "eager") and hasattr(m, "set_attn_implementation") and callable(can) and can():
+            changed.append((m, impl))
+    try:
+        for m, _ in changed:
+            m.set_attn_implementation("eager")
+        yield
+    finally:
+        for m, impl in reversed(changed):
+            m.set_attn_implementation(impl)
 
 
 def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
@@ -87,20 +109,21 @@ def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bo
     was = model.training
     model.eval()
     try:
-        for i, version in enumerate(tries):
-            buf = io.BytesIO()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False,
-                                      opset_version=version, input_names=names, output_names=["output"],
-                                      dynamic_axes=dynamic)
-                break
-            except torch.onnx.errors.UnsupportedOperatorError as e:
-                if i + 1 == len(tries):
-                    raise _export_error(e, version) from None
-            except Exception as e:  # noqa: BLE001 - the exporter raises what its converters raise
-                raise _export_error(e, version) from e
+        with _attention_written_out(model):
+            for i, version in enumerate(tries):
+                buf = io.BytesIO()
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        torch.onnx.export(model, args, buf, dynamo=False, do_constant_folding=False,
+                                          opset_version=version, input_names=names, output_names=["output"],
+                                          dynamic_axes=dynamic)
+                    break
+                except torch.onnx.errors.UnsupportedOperatorError as e:
+                    if i + 1 == len(tries):
+                        raise _export_error(e, version) from None
+                except Exception as e:  # noqa: BLE001 - the exporter raises what its converters raise
+                    raise _export_error(e, version) from e
     finally:
         model.train(was)
     return load_model(onnx.load_from_string(buf.getvalue()))
