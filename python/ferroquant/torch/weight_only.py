@@ -1,8 +1,9 @@
-"""Weight-only group-wise quantization of a torch model's ``nn.Linear`` layers (issue 12, item 4's torch half):
+"""Weight-only group-wise quantization of a torch model's linear layers (``nn.Linear``, and transformers'
+``Conv1D``, GPT-2's, whose weight is stored ``[in, out]``; issue 12, item 4's torch half):
 RTN, GPTQ and AWQ through the same middle as the ONNX flow (:mod:`ferroquant.quant.weight_only`: the streamed
 Hessian, AWQ's bounded row sample, the algorithm dispatch; the element work in the Rust core).
 
-:func:`quantize_torch_weights_only` copies the model, taps every ``nn.Linear``'s input with a forward pre-hook
+:func:`quantize_torch_weights_only` copies the model, taps every linear layer's input with a forward pre-hook
 (layers that read the same tensor, like q/k/v after one LayerNorm, share one set of statistics, as they share
 one tensor in ONNX), runs the calibration batches, then quantizes the layers one by one, each replaced by a
 :class:`WeightOnlyLinear` holding its codes, scales and zero points (the float weight it evaluates with is
@@ -116,13 +117,13 @@ def float_export_mode(model: nn.Module) -> Iterator[None]:
 
 
 def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> Dict[str, nn.Module]:
-    """The modules the registry marks for weight-only quantization (``nn.Linear``), by name, minus ``skip``
-    (names the model does not have are a ConfigError)."""
+    """The modules the registry marks for weight-only quantization (``nn.Linear``, ``Conv1D``), by name, minus
+    ``skip`` (names the model does not have are a ConfigError)."""
     found = {n: m for n, m in model.named_modules()
              if (t := layer_type_of(m)) is not None and t.weight_only and m.weight.ndim == 2}
     unknown = sorted(set(skip) - set(found))
     if unknown:
-        raise ConfigError(f"field 'weight_only.skip_layers': the model has no nn.Linear layers named {unknown}")
+        raise ConfigError(f"field 'weight_only.skip_layers': the model has no linear layers named {unknown}")
     return {n: m for n, m in found.items() if n not in set(skip)}
 
 
@@ -279,7 +280,7 @@ def quantize_torch_weights_only(model: nn.Module, calibration_batches: Optional[
                                 config: Union[str, Path, Mapping[str, Any], WeightOnlyConfig, None] = None,
                                 input_data: Optional[InputData] = None, batch_num: Optional[int] = None,
                                 inplace: bool = False, **config_kwargs: Any) -> TorchWeightOnlyResult:
-    """Group-wise weight-only quantization of every ``nn.Linear`` of ``model`` (a
+    """Group-wise weight-only quantization of every linear layer (``nn.Linear``, ``Conv1D``) of ``model`` (a
     :class:`~ferroquant.config.weight_only.WeightOnlyConfig`, a mapping or JSON file with a ``weight_only``
     section, or its fields as keyword arguments; ``skip_layers`` by module name). GPTQ and AWQ calibrate on at
     most ``batch_num`` batches of ``calibration_batches`` (tensors, tuples, or mappings of keyword arguments;
@@ -299,7 +300,7 @@ def quantize_torch_weights_only(model: nn.Module, calibration_batches: Optional[
     work.eval()
     layers = linear_layers(work, cfg.skip_layers)
     if not layers:
-        raise ConfigError("the model has no nn.Linear layer to quantize weight-only")
+        raise ConfigError("the model has no linear layer (nn.Linear, transformers' Conv1D) to quantize weight-only")
     first, batches = _first(calibration_batches if calibration_batches is not None else ())
     stats: Dict[str, InputStatistics] = {}
     seen = 0
