@@ -82,12 +82,17 @@ def _attention_written_out(model: nn.Module) -> Iterator[None]:
         can = getattr(m, "_can_set_attn_implementation", None)
         if impl not in (None, "eager") and hasattr(m, "set_attn_implementation") and callable(can) and can():
             changed.append((m, impl))
+    done = []
     try:
-        for m, _ in changed:
-            m.set_attn_implementation("eager")
+        for m, impl in changed:
+            try:
+                m.set_attn_implementation("eager")
+            except Exception:  # noqa: BLE001 - a model that refuses keeps its attention (the export may still work)
+                continue
+            done.append((m, impl))
         yield
     finally:
-        for m, impl in reversed(changed):
+        for m, impl in reversed(done):
             m.set_attn_implementation(impl)
 
 
