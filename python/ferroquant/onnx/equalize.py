@@ -82,8 +82,8 @@ def _clip_bounds(view: GraphView, node: onnx.NodeProto) -> Optional[Tuple[float,
 
 def _conv_weight(view: GraphView, node: Optional[onnx.NodeProto]) -> bool:
     return (node is not None and node.op_type == "Conv" and node.domain in ("", "ai.onnx") and len(node.input) > 1
-            and view.array(node.input[1]) is not None
-            and (len(node.input) < 3 or not node.input[2] or view.array(node.input[2]) is not None))
+            and view.is_constant(node.input[1])
+            and (len(node.input) < 3 or not node.input[2] or view.is_constant(node.input[2])))
 
 
 def _activation(view: GraphView, act: onnx.NodeProto, allow_relu6: bool) -> Tuple[bool, str]:

@@ -121,9 +121,9 @@ def _conv_candidate(view: GraphView, bn: onnx.NodeProto, skip: FrozenSet[str]) -
         return None, "named in skip_fusion_layers"
     if not view.only_consumer(bn.input[0], bn):
         return None, f"the output of {node_label(conv)} has other readers or is a graph output"
-    if view.array(conv.input[1]) is None:
+    if not view.is_constant(conv.input[1]):
         return None, f"the weight of {node_label(conv)} is not an initializer"
-    if len(conv.input) > 2 and conv.input[2] and view.array(conv.input[2]) is None:
+    if len(conv.input) > 2 and conv.input[2] and not view.is_constant(conv.input[2]):
         return None, f"the bias of {node_label(conv)} is not an initializer"
     return conv, ""
 
@@ -183,7 +183,7 @@ def _elementwise_candidate(view: GraphView, node: onnx.NodeProto) -> Optional[Tu
             return None
         bn = view.producer(node.input[i])
         const = node.input[1 - i]
-        if bn is not None and bn.op_type == "BatchNormalization" and view.array(const) is not None:
+        if bn is not None and bn.op_type == "BatchNormalization" and view.is_constant(const):
             return bn, const
     return None
 

@@ -159,6 +159,11 @@ class GraphView:
         users = self.consumers.get(tensor, [])
         return len(users) == 1 and users[0] is node and not self.is_graph_output(tensor)
 
+    def is_constant(self, name: str) -> bool:
+        """Whether ``name`` is a constant: an initializer that is not also a graph input (what :meth:`array`
+        returns an array for), told without converting it."""
+        return name in self.initializers and name not in self.overridable
+
     def array(self, name: str) -> Optional[np.ndarray]:
         """The constant ``name`` as a NumPy array (a copy), or None when it is not an initializer or is an
         overridable one (also a graph input)."""

@@ -207,7 +207,7 @@ def fold_constant_identities(model: onnx.ModelProto) -> List[str]:
     done = []
     for node in view.nodes("Identity"):
         src, out = node.input[0], node.output[0]
-        if view.array(src) is None:
+        if not view.is_constant(src):
             continue
         readers = view.consumers_of(out)
         for reader in readers:

@@ -22,7 +22,7 @@ def quantizable_layers(model: onnx.ModelProto) -> List[LayerInfo]:
         if t is None or node.domain not in ("", "ai.onnx") or len(node.input) <= t.weight_input:
             continue
         w = view.array(node.input[t.weight_input])
-        if w is None or w.dtype.kind != "f" or view.array(node.input[0]) is not None:
+        if w is None or w.dtype.kind != "f" or view.is_constant(node.input[0]):
             continue
 
         def attr(name, default, node=node):  # noqa: ANN001, ANN202
@@ -32,7 +32,7 @@ def quantizable_layers(model: onnx.ModelProto) -> List[LayerInfo]:
             continue
         bias = None
         if t.bias_input is not None and len(node.input) > t.bias_input and node.input[t.bias_input]:
-            bias = node.input[t.bias_input] if view.array(node.input[t.bias_input]) is not None else None
+            bias = node.input[t.bias_input] if view.is_constant(node.input[t.bias_input]) else None
         out.append(LayerInfo(node_label(node), node.op_type, node.input[0], node.input[t.weight_input], bias,
                              t.axis(attr, w.ndim), t.groups(attr)))
     return out

@@ -76,8 +76,7 @@ class _Planner:
         self.quantized_nodes: Set[str] = set()  # layers and ops that run on integers
 
     def is_activation(self, t: str) -> bool:
-        return bool(t) and self.view.array(t) is None and t not in self.view.initializers and \
-            self.types.get(t) in _FLOATS
+        return bool(t) and t not in self.view.initializers and self.types.get(t) in _FLOATS
 
     def clip_bounds(self, node: onnx.NodeProto) -> Optional[Tuple[float, float]]:
         """(lo, hi) of an absorbable activation, or None: Relu, or Clip with a constant min of 0."""

@@ -70,7 +70,7 @@ def _norm_ok(view: GraphView, node: onnx.NodeProto) -> Optional[str]:
     if axis != -1:
         return f"it normalizes axis {axis} (only the last axis, -1, is balanced)"
     params = [i for i in node.input[1:3] if i]
-    if node.op_type == "LayerNormalization" and len(params) == 2 and view.array(params[1]) is None:
+    if node.op_type == "LayerNormalization" and len(params) == 2 and not view.is_constant(params[1]):
         return "its bias is not a constant"
     if any(not view.only_consumer(p, node) for p in params):
         return "its scale or bias is shared with other nodes"
@@ -176,7 +176,7 @@ def _affine(view: GraphView, add: onnx.NodeProto) -> Optional[Tuple[str, str, in
 
 
 def _reads_a_weight(view: GraphView, tensor: str) -> bool:
-    return any(r.op_type in ("MatMul", "Gemm") and len(r.input) > 1 and view.array(r.input[1]) is not None
+    return any(r.op_type in ("MatMul", "Gemm") and len(r.input) > 1 and view.is_constant(r.input[1])
                for r, _ in _through_identity(view, tensor) or ())
 
 
@@ -187,7 +187,7 @@ def _scale_only(view: GraphView, mul: onnx.NodeProto) -> Optional[Tuple[str, Non
         return None
     for j in (0, 1):
         k = _channel_vector(view, mul.input[j], mul)
-        if k is not None and view.array(mul.input[1 - j]) is None:
+        if k is not None and not view.is_constant(mul.input[1 - j]):
             return mul.input[j], None, k
     return None
 

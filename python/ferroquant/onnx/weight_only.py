@@ -81,7 +81,7 @@ def weight_only_tables(model: onnx.ModelProto, cfg: WeightOnlyConfig) -> List[We
             continue
         w = view.array(node.input[t.table_input])
         if w is None or w.ndim != 2 or w.dtype != np.float32 or get_attr(node, "axis", 0) != 0 \
-                or view.array(node.input[t.indices_input]) is not None:
+                or view.is_constant(node.input[t.indices_input]):
             continue
         label = node_label(node)
         if cfg.format == "matmulnbits" and w.shape[1] % cfg.group_size:
