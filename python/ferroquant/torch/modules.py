@@ -28,7 +28,7 @@ from ferroquant import ops
 from ferroquant.calibrate import IFMRCalibrator
 from ferroquant.torch import distributed as fqdist
 from ferroquant.torch.functions import FLT_EPSILON, arq_retrain, lsq, ulq
-from ferroquant.torch.layers import is_transposed, layer_type_of
+from ferroquant.torch.layers import attrs, is_transposed, layer_type_of
 
 EPS = FLT_EPSILON
 
@@ -170,6 +170,8 @@ class QuantLayer(nn.Module):
         self.module, self.act_quant, self.weight_quant = module, act_quant, weight_quant
         #: whether this layer feeds its ULQ's initialization (False for the other readers of a shared tensor)
         self.observes = True
+        #: the module is a linear layer with its weight stored [in, out] (transformers' Conv1D)
+        self.weight_in_out = layer_type_of(module).op_type == "Gemm" and not attrs(module)("transB", 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
@@ -177,7 +179,7 @@ class QuantLayer(nn.Module):
         w = self.weight_quant(m.weight)
         if isinstance(m, nn.Linear):
             return F.linear(x, w, m.bias)
-        if layer_type_of(m).op_type == "Gemm":  # transformers' Conv1D: the weight is [in, out]
+        if self.weight_in_out:
             return F.linear(x, w.t(), m.bias)
         if is_transposed(m):
             fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[w.ndim - 2]
