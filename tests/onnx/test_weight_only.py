@@ -128,11 +128,16 @@ def test_gptq_hessian_comes_from_the_taps_and_batch_num_is_respected():
     m, feeds = _model(), _feeds(5)
     wom = quantize_weights_only(m, WeightOnlyConfig("gptq", batch_num=3), feeds)
     assert wom.batches == 3 and wom.quants["fc1"].details["rows"] == 30
+    assert wom.quants["fc1"].details["act_order"] is True  # the default: groups static, same model size
     x = np.concatenate([f["x"].reshape(-1, K) for f in feeds[:3]]).astype(np.float64)
     acc = ops.HessianAccumulator(K)
     acc.observe(x.astype(np.float32))
-    direct = ops.gptq(numpy_helper.to_array(m.graph.initializer[0]), acc.hessian(), ops.GroupSpec(4, 128, False))
+    w = numpy_helper.to_array(m.graph.initializer[0])
+    direct = ops.gptq(w, acc.hessian(), ops.GroupSpec(4, 128, False), act_order=True)
     assert_array_equal(wom.quants["fc1"].quant.codes, direct.quant.codes)
+    plain = quantize_weights_only(m, WeightOnlyConfig("gptq", batch_num=3, act_order=False), feeds)
+    assert_array_equal(plain.quants["fc1"].quant.codes,
+                       ops.gptq(w, acc.hessian(), ops.GroupSpec(4, 128, False)).quant.codes)
 
 
 def test_gptq_and_awq_beat_rtn_on_outlier_inputs():

@@ -43,6 +43,9 @@ class WeightOnlyConfig:
       ``symmetric`` or with a zero point per group, ``scale_dtype`` float32 or float16 (scales rounded to
       float16 before the codes are computed; ``MatMulNBits`` stores them in the activations' float32).
     - ``percdamp``, ``act_order``, ``block_size``: GPTQ's dampening, activation order and lazy block size.
+      ``act_order`` (on by default) quantizes the inputs with the largest Hessian diagonal first; the groups stay
+      contiguous in the original input order (the reference's ``static_groups``), so the model is the same size
+      and runs the same way with it on or off.
     - ``n_grid``: AWQ's scale grid; ``awq_max_rows``: calibration rows kept per input tensor for AWQ's loss
       (a uniform reservoir sample: memory is bounded whatever the number of batches).
     - ``accuracy_level``: ``MatMulNBits``' attribute (None: not written, onnxruntime's default 0 = float32
@@ -62,7 +65,7 @@ class WeightOnlyConfig:
     format: str = "matmulnbits"
     clip_search: bool = True
     percdamp: float = 0.01
-    act_order: bool = False
+    act_order: bool = True
     block_size: int = 128
     n_grid: int = 20
     awq_max_rows: int = 4096

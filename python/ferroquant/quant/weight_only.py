@@ -115,7 +115,8 @@ def quantize_layer(layer: WeightOnlyLayer, w_kn: np.ndarray, cfg: WeightOnlyConf
         r = ops.gptq(w_kn, stats.hessian.hessian(), spec, cfg.percdamp, cfg.act_order, cfg.block_size,
                      name=layer.weight)
         return WeightOnlyQuant(layer, r.quant, "gptq", None,
-                               {"damp": r.damp, "dead_inputs": r.dead.tolist(), "rows": stats.hessian.rows})
+                               {"damp": r.damp, "act_order": cfg.act_order, "dead_inputs": r.dead.tolist(),
+                                "rows": stats.hessian.rows})
     r = ops.awq(w_kn, stats.sample.rows, spec, cfg.n_grid, clip, name=layer.name)
     return WeightOnlyQuant(layer, r.quant, "awq", r.channel_scale,
                            {"alpha": r.alpha, "rows": int(stats.sample.rows.shape[0])})
