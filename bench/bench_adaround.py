@@ -4,6 +4,7 @@ error of every Conv's output on held-out crops, learned rounding against round-t
 
     python bench/bench_adaround.py [--calib 64] [--eval 128] [--bits 8,4] [--iterations 500]
     python bench/bench_adaround.py --scenes 8,24 [--layers NAME,...] [--polish]   # -> adaround_scenes.md
+    python bench/bench_adaround.py --oracle [--layers NAME,...] [--span 1]  # -> adaround_oracle[_span1].md
 
 A layer's output error given its FP32 input is ``(W - W_q) x``; its mean square over the input patches is
 ``Σ_o d_oᵀ G d_o`` with ``G`` the Gram matrix of the patches. One tapped FP32 run streams each layer's sampled
@@ -18,6 +19,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 
@@ -67,6 +69,106 @@ def _polish(rows, codes, a, gram, bits, sweeps=20):
         if not moved:
             break
     return c
+
+
+def _exact_codes(r: np.ndarray, q: np.ndarray, free: np.ndarray, start: np.ndarray, span: int
+                 ) -> Tuple[np.ndarray, int]:
+    """The codes ``c`` of one output channel minimizing ``(q - c)ᵀ G (q - c)`` exactly, with ``G = rᵀ r`` (``r``
+    upper triangular), ``q`` the scaled weights and each code free in ``lo - span .. lo + 1 + span`` (``lo`` the
+    grid neighbour below, ``floor(q)``; a code with ``free`` False keeps its value in ``start``). Depth-first
+    branch and bound from the last input to the first (sphere decoding, Schnorr-Euchner order), bounded by
+    ``start``'s value. Returns the codes and the number of nodes visited. NumPy, for the bench's oracle only."""
+    p = r.shape[0]
+    lo = np.floor(q)
+    c = start.astype(np.float64).copy()
+    e = q - c
+    best = [float(np.sum((r @ e) ** 2)) * (1 + 1e-12), c.copy()]
+    nodes = [0]
+    t = np.zeros(p)  # t[k] = Σ_{j > i} r[k, j] e_j for the inputs already fixed
+
+    def visit(i: int, acc: float) -> None:
+        nodes[0] += 1
+        if i < 0:
+            if acc < best[0]:
+                best[0], best[1] = acc, c.copy()
+            return
+        choices = np.arange(lo[i] - span, lo[i] + 2 + span) if free[i] else np.array([c[i]])
+        cost = (r[i, i] * (q[i] - choices) + t[i]) ** 2
+        for k in np.argsort(cost, kind="stable"):
+            if acc + cost[k] >= best[0]:
+                break
+            c[i] = choices[k]
+            d = r[:i, i] * (q[i] - c[i])
+            t[:i] += d
+            visit(i - 1, acc + cost[k])
+            t[:i] -= d
+
+    visit(p - 1, 0.0)
+    return best[1], nodes[0]
+
+
+def oracle_run(args, options) -> None:
+    """The lower bound of the held-out ratio: the exact best rounding of each layer's weights on its ARQ grid,
+    fit on the held-out Gram itself (no rounding learned from other data can do better there), beside learned
+    rounding fit on the calibration data, for several held-out sets."""
+    from ferroquant import ops
+    from ferroquant.examples.models import mobilenet_v2_onnx
+    from ferroquant.examples.scenes import scene_sets
+    from ferroquant.onnx.api import prepare_model
+    from ferroquant.onnx.graph import GraphView
+    from ferroquant.quant.adaround import reconstruction_error, weight_rows
+
+    names = args.layers.split(",") if args.layers else ORACLE_LAYERS
+    prepared = prepare_model(mobilenet_v2_onnx())
+    layers = [l for l in prepared.layers if l.name in names]
+    view = GraphView(prepared.model)
+    base = scene_sets(args.calib, args.eval, seed=0)  # adaround.md's calibration and held-out crops
+    helds = {f"adaround.md's: {args.eval} crops of {len(base.evaluation_scenes)} scenes": base.evaluation}
+    other = scene_sets(8, 4 * args.eval, seed=1, calibration_scenes=base.calibration_scenes)  # other crops
+    helds[f"{len(other.evaluation)} other crops of those scenes"] = other.evaluation
+    cal = _grams(prepared, layers, base.calibration, 512, 0)
+    grams = {k: _grams(prepared, layers, x, 1 << 30, 1) for k, x in helds.items()}
+    t = Table("MobileNetV2 1x1 expansion Convs, int8 ARQ weights: held-out reconstruction error / "
+              "round-to-nearest's",
+              ["layer", "inputs p"] + [f"{k}: learned rounding" for k in helds]
+              + [f"{k}: exact best (oracle)" for k in helds]
+              + ["oracle nodes", "oracle s"])
+    for l in layers:
+        rows = weight_rows(l, view.array(l.weight)).astype(np.float64)
+        a = ops.arq(rows.astype(np.float32), bits=8)
+        assert not np.any(a.zero_point), "symmetric ARQ grids only"
+        s = np.asarray(a.scale, np.float64).reshape(-1, 1)
+        learned = ops.adaround(rows.astype(np.float32), a.scale, a.zero_point, cal[l.name].gram(), 8, options,
+                               name=l.name).codes
+        q = rows / s
+        lo = np.floor(q)
+        free = (lo - args.span >= -128) & (lo + 1 + args.span <= 127)
+        ratios, exact, nodes, t0 = [], [], 0, time.perf_counter()
+        for h in grams.values():
+            g = h[l.name].gram()
+            assert g.shape[0] == 1, f"{l.name}: grouped Convs are not searched here"
+            near = reconstruction_error(rows, a.codes * s, g)
+            ratios.append(f"{reconstruction_error(rows, learned * s, g) / near:.3f}")
+            r = np.linalg.cholesky(g[0]).T
+            codes = np.empty_like(q)
+            for o in range(q.shape[0]):
+                codes[o], n = _exact_codes(r, q[o], free[o], a.codes[o], args.span)
+                nodes += n
+            exact.append(f"{reconstruction_error(rows, codes * s, g) / near:.3f}")
+        t.add(l.name, rows.shape[1], *ratios, *exact, nodes, f"{time.perf_counter() - t0:.1f}")
+        print(l.name, ratios, exact, nodes, flush=True)
+    write_report("adaround_oracle" + (f"_span{args.span}" if args.span else ""), [t],
+                 f"Issue 15: how low learned rounding can bring the held-out ratio of the 1x1 expansions. The exact "
+                 f"best codes on each weight's ARQ grid (scale unchanged; each code the grid neighbour below or above"
+                 f"{f', or up to {args.span} further' if args.span else ''}) are found by branch and bound on the "
+                 f"held-out Gram itself, with every patch of the held-out crops: an oracle that sees the data it is "
+                 f"measured on, so no rounding learned from calibration data can do better there. Learned rounding: "
+                 f"{args.calib} calibration crops from {len(base.calibration_scenes)} scenes as in adaround.md, "
+                 f"{options}.")
+
+
+ORACLE_LAYERS = ["features.2.conv.0.0", "features.3.conv.0.0", "features.4.conv.0.0", "features.5.conv.0.0",
+                 "features.6.conv.0.0", "features.7.conv.0.0"]
 
 
 def scenes_run(args, options) -> None:
@@ -130,6 +232,8 @@ def main() -> None:
     ap.add_argument("--scenes", help="comma-separated calibration scene counts: the adaround_scenes report")
     ap.add_argument("--layers", help="with --scenes: only these Convs")
     ap.add_argument("--polish", action="store_true", help="with --scenes: also the coordinate-descent polish")
+    ap.add_argument("--oracle", action="store_true", help="the exact best rounding fit on held-out data: the bound")
+    ap.add_argument("--span", type=int, default=0, help="with --oracle: codes this far past the grid neighbours")
     args = ap.parse_args()
     from ferroquant import ops
     from ferroquant.config.methods import AdaRoundParams
@@ -144,6 +248,9 @@ def main() -> None:
                                   reg_weight=p.reg_weight, lr=p.lr)
     if args.scenes:
         scenes_run(args, options)
+        return
+    if args.oracle:
+        oracle_run(args, options)
         return
     prepared = prepare_model(mobilenet_v2_onnx())
     layers = [l for l in prepared.layers if l.op_type == "Conv"]

@@ -9,7 +9,8 @@ ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accura
          "accuracy_output_clip", "accuracy",
          "accuracy_adaround",
          "accuracy_mixed", "bias_correction",
-         "adaround", "adaround_scenes", "ptq_time", "qat", "deploy",
+         "adaround", "adaround_scenes", "adaround_oracle", "adaround_oracle_span1",
+         "ptq_time", "qat", "deploy",
          "foreign", "weight_only", "weight_only_gptq", "llm", "awq_ablation"]
 
 INTRO = """# Benchmarks
@@ -26,7 +27,7 @@ package installed (`pip install '.[onnx,data]'`, plus torch for the torch column
 | `bench/bench_calibration.py` | HFMG, IFMR, MinMax, Percentile, KL vs onnxruntime's HistogramCollector and torch's HistogramObserver: time, peak memory, int8 MSE on 20-batch activation streams |
 | `bench/bench_onnx_ptq.py` | MobileNetV2 int8: ferroquant vs onnxruntime `quantize_static` and NNCF `nncf.quantize` (agreement with FP32 on held-out photos, time, peak memory vs number of calibration images) |
 | `bench/bench_accuracy.py` | MobileNetV2 int8: the share of each accuracy method (cross-layer equalization, bias correction, per-channel depthwise inputs, output-aware clips, learned rounding, mixed precision), alone and together, beside onnxruntime and NNCF, on crops of scenes disjoint from the calibration scenes, with a scene-bootstrap interval; `--report accuracy_all` is the run with every method (`accuracy_mixed`: mixed precision's budgets; `accuracy_output_clip`: output-aware clips) |
-| `bench/bench_adaround.py` | MobileNetV2, every Conv: output reconstruction error on held-out crops of learned rounding (AdaRound) vs round-to-nearest on the same ARQ grid, int8 and int4 weights, and the time per layer; `bench_accuracy.py --report accuracy_adaround` gives the top-1 agreement rows with AdaRound (int8, W4A8); `--scenes 8,24 --polish` the held-out ratio by the number of calibration scenes (`adaround_scenes`) |
+| `bench/bench_adaround.py` | MobileNetV2, every Conv: output reconstruction error on held-out crops of learned rounding (AdaRound) vs round-to-nearest on the same ARQ grid, int8 and int4 weights, and the time per layer; `bench_accuracy.py --report accuracy_adaround` gives the top-1 agreement rows with AdaRound (int8, W4A8); `--scenes 8,24 --polish` the held-out ratio by the number of calibration scenes (`adaround_scenes`); `--oracle [--span 1]` the exact best rounding of the 1x1 expansions fit on the held-out crops themselves, the bound no learned rounding can pass (`adaround_oracle`) |
 | `bench/bench_ptq_time.py` | where a whole quantization spends its time (load, taps, observes, searches, writing) against onnxruntime's own pass over the same batches: MobileNetV2, PP-OCRv6 det, BERT; HFMG and IFMR |
 | `bench/bench_deploy.py` | deploy models per profile (onnxruntime, tensorrt, amct) against FP32 and onnxruntime's `quantize_static` on MobileNetV2 (BN kept / folded): latency at 1 and 2 threads (interleaved medians), size, top-1 agreement as specified and with onnxruntime's integer kernels |
 | `bench/bench_qat.py` | QAT on Fashion-MNIST (when torch is installed) |
