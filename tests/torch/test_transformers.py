@@ -144,3 +144,92 @@ def test_smooth_quant_balances_the_norms_of_transformers_blocks(kind, groups):
     assert entry["fp32_max_relative_difference"] < 1e-4  # the balanced float model computes the same
     with torch.no_grad():
         assert torch.equal(model(batches[0]), _trained_norms(_model(kind))(batches[0]))  # caller's model untouched
+
+
+# -- tokenizer outputs as batches: the model's own forward, keyword inputs ----------------------------------------
+def _encoding(seed: int, batch: int = 2, length: int = 16) -> "tf.BatchEncoding":
+    """What a tokenizer returns (``return_tensors="pt"``): ids, a padding mask and segment ids, by keyword."""
+    ids = _ids(seed, batch, length)
+    mask = torch.ones_like(ids)
+    mask[0, length - 3:] = 0  # padding at the end of the first sequence
+    return tf.BatchEncoding({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
+
+
+def _classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return tf.BertForSequenceClassification(tf.BertConfig(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256, vocab_size=1000,
+        num_labels=3)).eval()
+
+
+def _keyword_cosine(model: nn.Module, path, pick=lambda out: out.logits) -> float:
+    """Cosine between the torch model and onnxruntime fed the same encodings by name, at other batch sizes and
+    lengths than the example."""
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in s.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    ref, got = [], []
+    for seed, (batch, length) in enumerate([(1, 7), (3, 30)]):
+        enc = _encoding(200 + seed, batch, length)
+        with torch.no_grad():
+            ref.append(pick(model(**enc)).float().numpy().ravel())
+        got.append(s.run(None, {k: v.numpy() for k, v in enc.items()})[0].ravel())
+    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_ptq_takes_tokenizer_outputs_and_exports_their_names():  # and SmoothQuant reads them too
+    """Batches that are mappings (a tokenizer's BatchEncoding) call the model's own forward by keyword; the export
+    takes the inputs by those names, with their batch and sequence axes dynamic, and the first float output
+    (the logits; a ModelOutput is not a tensor)."""
+    model = _classifier()
+    r = fqt.quantize_torch_model(model, [_encoding(i) for i in range(4)])
+    assert len(r.table.layers) >= 12  # q/k/v/o and both MLP layers of the 2 blocks
+    assert [i.name for i in r.onnx_model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        assert _keyword_cosine(model, r.save(f"{d}/bert")["deploy"]) > 0.95
+    llama = _trained_norms(_model("llama").model)  # pre-norm blocks: what balancing folds into (BERT's are post-)
+    encs = [{"input_ids": _ids(i), "attention_mask": torch.ones(2, 16, dtype=torch.long)} for i in range(2)]
+    entry = fqt.quantize_torch_model(llama, encs, methods={"smooth_quant": {"enabled": True}}).extra["methods"]
+    groups = entry["smooth_quant"]["groups"]
+    assert len(groups) == 4 and entry["smooth_quant"]["fp32_max_relative_difference"] < 1e-4  # q/k/v, gate/up x2
+
+
+def test_weight_only_and_qat_take_tokenizer_outputs(tmp_path):
+    model = _model("llama").model  # the bare LlamaModel: its output is a ModelOutput
+    encs = [tf.BatchEncoding({"input_ids": _ids(i), "attention_mask": torch.ones(2, 16, dtype=torch.long)})
+            for i in range(2)]
+    r = fqt.quantize_torch_weights_only(model, encs, algorithm="gptq", bits=4, group_size=64)
+    s = ort.InferenceSession(str(r.save(tmp_path / "w")["deploy"]), providers=["CPUExecutionProvider"])
+    enc = {"input_ids": _ids(9, 3, 30), "attention_mask": torch.ones(3, 30, dtype=torch.long)}
+    got = s.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+    with torch.no_grad():
+        ref = r.model(**enc).last_hidden_state.numpy()
+    assert got.shape == ref.shape and np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
+
+    bert = _classifier()
+    cfg = fqt.create_quant_retrain_config(None, bert, _encoding(0))
+    qat = fqt.create_quant_retrain_model(cfg, bert.train(), _encoding(0))
+    qat(**_encoding(1)).logits.pow(2).mean().backward()
+    paths = fqt.save_quant_retrain_model(cfg, qat.eval(), tmp_path / "qat", _encoding(0))
+    assert _keyword_cosine(qat, paths["deploy"]) > 0.95
+
+
+def test_keyword_batches_that_cannot_export_say_why():
+    from ferroquant.errors import DataError
+
+    model = _classifier()
+    bad = {"input_ids": _ids(0), "attention_mask": [[1] * 16] * 2}
+    with pytest.raises(DataError, match="attention_mask"):
+        fqt.quantize_torch_model(model, [bad])
+
+    class Ints(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> dict:
+            return {"label": self.fc(x).argmax(-1)}
+
+    with pytest.raises(ModelError, match="no float tensor"):
+        fqt.quantize_torch_model(Ints(), [{"x": torch.randn(2, 4)}])

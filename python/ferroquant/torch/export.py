@@ -39,6 +39,7 @@ from ferroquant.torch.prepare import (
     InputData,
     RetrainConfig,
     create_quant_retrain_model,
+    example_input,
     float_copy,
     load_retrain_config,
     quant_layers,
@@ -96,25 +97,82 @@ def _attention_written_out(model: nn.Module) -> Iterator[None]:
             m.set_attn_implementation(impl)
 
 
+def _float_output(out: Any) -> torch.Tensor:
+    """The first float tensor with at least one axis in a model's output: the output itself, or from a tuple, a
+    list or a mapping (``transformers``' ModelOutput: ``logits``, ``last_hidden_state``; a scalar ``loss`` is
+    passed over)."""
+    items = out.values() if isinstance(out, Mapping) else out if isinstance(out, (tuple, list)) else [out]
+    for t in items:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() > 0:
+            return t
+    raise ModelError(f"the model's output ({type(out).__name__}) has no float tensor to export")
+
+
+@contextlib.contextmanager
+def _keyword_forward(model: nn.Module, names: List[str]) -> Iterator[None]:
+    """Within: ``model(*tensors)`` runs ``model(**dict(zip(names, tensors)))`` and returns its first float output
+    tensor (:func:`_float_output`). That is what torch's TorchScript exporter can trace for a model fed keyword
+    batches: it does not map keyword arguments onto a ``forward`` with many optional parameters
+    (``transformers``), nor export a ModelOutput. The module, and so every parameter name, stays the model's."""
+    own = model.__dict__.get("forward")
+    bound = model.forward
+
+    def forward(*args: torch.Tensor) -> torch.Tensor:
+        return _float_output(bound(**dict(zip(names, args))))
+
+    model.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own  # type: ignore[method-assign]
+
+
+def _keyword_axes(batch: Mapping[str, torch.Tensor], output: torch.Tensor) -> Dict[str, Dict[int, str]]:
+    """Default dynamic axes of a keyword export: axis 0 of every input and of the output, and axis 1 (``seq``)
+    of integer inputs with two or more axes (token ids, masks) and of an output with three or more beside them
+    (hidden states, per-token logits)."""
+    axes = {k: {0: "batch", 1: "seq"} if v.dim() >= 2 and not v.is_floating_point() else {0: "batch"}
+            for k, v in batch.items()}
+    tokens = any(len(a) == 2 for a in axes.values())
+    axes["output"] = {0: "batch", 1: "seq"} if tokens and output.dim() >= 3 else {0: "batch"}
+    return axes
+
+
 def export_float_onnx(model: nn.Module, input_data: InputData, dynamic_batch: bool = True,
                       opset: Optional[int] = None, dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None
                       ) -> onnx.ModelProto:
     """``model`` (a float model) in eval mode as ONNX with parameter-named initializers (inputs ``input`` or
     ``input0``, ``input1``..., output ``output``; axis 0 of each dynamic, or ``dynamic_axes`` as torch takes
-    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred). ``opset`` None:
-    ``OPSET``, or ``NEWER_OPSET`` when one of the model's operators has no ONNX form at ``OPSET`` (and from the
-    start for ``transformers`` models); an operator torch cannot export at the opset used is a ModelError naming
-    it."""
-    args = input_data if isinstance(input_data, tuple) else (input_data,)
-    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
-    dynamic = {n: {0: "batch"} for n in names + ["output"]} if dynamic_batch else None
-    if dynamic_axes is not None:
-        dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
+    them), loaded through :func:`ferroquant.onnx.load_model` (checked, shapes inferred). ``input_data`` a
+    mapping (a tokenizer's output): the model is called by keyword, the inputs are named by its keys, the
+    output is the first float tensor of what the model returns, and the sequence axis (axis 1 of integer
+    inputs) is dynamic too by default. ``opset`` None: ``OPSET``, or ``NEWER_OPSET`` when one of the model's
+    operators has no ONNX form at ``OPSET`` (and from the start for ``transformers`` models); an operator torch
+    cannot export at the opset used is a ModelError naming it."""
+    keywords = isinstance(input_data, Mapping)
+    if keywords:
+        batch = example_input(input_data)
+        names, args = list(batch), tuple(batch.values())
+    else:
+        args = input_data if isinstance(input_data, tuple) else (input_data,)
+        names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     tries = _opsets(model) if opset is None else [opset]
     was = model.training
     model.eval()
     try:
-        with _attention_written_out(model):
+        with _attention_written_out(model), (_keyword_forward(model, names) if keywords
+                                             else contextlib.nullcontext()):
+            dynamic = None
+            if dynamic_axes is not None:
+                dynamic = {k: dict(v) for k, v in dynamic_axes.items()}
+            elif dynamic_batch and keywords:
+                with torch.no_grad():
+                    dynamic = _keyword_axes(batch, model(*args))
+            elif dynamic_batch:
+                dynamic = {n: {0: "batch"} for n in names + ["output"]}
             for i, version in enumerate(tries):
                 buf = io.BytesIO()
                 try:

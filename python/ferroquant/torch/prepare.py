@@ -38,7 +38,7 @@ from ferroquant.config import (
 )
 from ferroquant.config import amct
 from ferroquant.config.fields import field_error
-from ferroquant.errors import ConfigError
+from ferroquant.errors import ConfigError, DataError
 from ferroquant.quant.fold import BatchNormParams, fold_conv, fold_gemm
 from ferroquant.quant.registry import QAT_MODULES
 from ferroquant.torch.layers import (class_name, is_qat_module, is_transposed, layer_type_of, weight_axis,
@@ -55,7 +55,8 @@ _KEEP_SIGN_FUNCS = {torch.flatten, torch.nn.functional.max_pool2d, torch.nn.func
                     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.dropout}
 _KEEP_SIGN_METHODS = {"view", "reshape", "flatten", "contiguous"}
 
-InputData = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+#: an example input: a tensor, positional tensors, or keyword tensors (a tokenizer's output)
+InputData = Union[torch.Tensor, Tuple[torch.Tensor, ...], Mapping[str, torch.Tensor]]
 
 
 def call_model(model: nn.Module, batch: Any) -> Any:
@@ -66,6 +67,20 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     return model(batch)
+
+
+def example_input(batch: Any) -> InputData:
+    """A calibration batch as an export example: a tensor, a tuple (from a tuple or list), or a dict of keyword
+    tensors (from any mapping, e.g. a ``BatchEncoding``; each value must be a tensor: the exported model takes
+    them as its inputs, by those names)."""
+    if isinstance(batch, Mapping):
+        bad = [str(k) for k, v in batch.items() if not isinstance(v, torch.Tensor)]
+        if bad or not batch:
+            raise DataError(f"a keyword batch must map input names to tensors (the exported model's inputs); "
+                            f"{', '.join(repr(k) for k in bad) if bad else 'it is empty'}"
+                            f"{' is not a tensor' if len(bad) == 1 else ' are not tensors' if bad else ''}")
+        return {str(k): v for k, v in batch.items()}
+    return tuple(batch) if isinstance(batch, (tuple, list)) else batch
 
 
 # -- graph analysis --------------------------------------------------------------------------------------------
@@ -161,7 +176,7 @@ def _hook_facts(model: nn.Module, input_data: InputData) -> GraphFacts:
     try:
         model.eval()
         with torch.no_grad():
-            model(*(input_data if isinstance(input_data, tuple) else (input_data,)))
+            call_model(model, input_data)
     finally:
         model.train(was)
         for h in hooks:

@@ -36,7 +36,7 @@ from ferroquant.quant.weights import layer_quant, quantize_weight
 from ferroquant.torch import distributed as fqdist
 from ferroquant.torch.export import export_layers_onnx, initializer, map_layers, norm_linear_groups, write_quant_files
 from ferroquant.torch.layers import layer_type_of
-from ferroquant.torch.prepare import InputData, analyse, fold_batch_norm_
+from ferroquant.torch.prepare import InputData, analyse, call_model, example_input, fold_batch_norm_
 from ferroquant.torch.smooth import balance_
 from ferroquant.torch.smooth import report as smooth_report
 
@@ -57,10 +57,6 @@ class TorchPtqResult:
         return write_quant_files(self.onnx_model, self.table, save_path, {"source": "torch-ptq", **self.extra})
 
 
-def _args(batch: Any) -> tuple:
-    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-
-
 def torch_ptq_config(model: nn.Module, **kwargs: Any) -> QuantConfig:
     """A PTQ config (:mod:`ferroquant.config`) whose layers are the model's quantizable modules, by name, with
     their ONNX op types (Conv, ConvTranspose, Gemm); keyword arguments go to ``build_config``."""
@@ -76,11 +72,14 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
                          dynamic_axes: Optional[Mapping[str, Mapping[int, str]]] = None,
                          **config_kwargs: Any) -> TorchPtqResult:
     """PTQ of a torch model: calibrate each enabled layer's input on at most ``batch_num`` batches of
-    ``calibration_batches`` (tensors or tuples of tensors; default: the config's ``batch_num``, or every batch
-    when no config is given), quantize the weights, and return the table and float ONNX model ready to save.
+    ``calibration_batches`` (default: the config's ``batch_num``, or every batch when no config is given),
+    quantize the weights, and return the table and float ONNX model ready to save. A batch is a tensor, a tuple
+    of tensors, or a mapping of keyword tensors (a tokenizer's output): the model is then called by keyword and
+    exported with those names as its inputs and the first float tensor of its output (logits, hidden states).
     ``input_data`` is the export example (default: the first calibration batch); ``dynamic_axes`` the export's
-    dynamic axes as torch takes them (default: axis 0 of each input and of the output; a transformer's sequence
-    axis: ``{"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}``). The model is not modified."""
+    dynamic axes as torch takes them (default: axis 0 of each input and of the output, and for keyword batches
+    axis 1 of integer inputs and of a 3-D output, the sequence; positional inputs of a transformer:
+    ``{"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}``). The model is not modified."""
     if config is None:
         config_kwargs.setdefault("batch_num", None)
         cfg = torch_ptq_config(model, **config_kwargs)
@@ -106,7 +105,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
     first = next(it, None)
     if first is None:
         raise DataError("calibration_batches is empty")
-    example = _args(first) if input_data is None else input_data
+    example = example_input(first if input_data is None else input_data)
     fold_batch_norm_(work, analyse(work, example).bn_pairs)
     methods: Dict[str, Any] = {}
     if sq.enabled:
@@ -132,7 +131,7 @@ def quantize_torch_model(model: nn.Module, calibration_batches: Iterable[Any],
         with torch.no_grad():
             batch: Any = first
             while batch is not None and (limit is None or seen < limit):
-                work(*_args(batch))
+                call_model(work, batch)
                 seen += 1
                 batch = next(it, None)
     finally:
@@ -154,9 +153,9 @@ def _smooth(work: nn.Module, example: Any, params: SmoothQuantParams, batches: I
     how far the balanced float model's output moved (``max |after - before| / max |before|``, one batch)."""
     groups, skipped = norm_linear_groups(work, example)
     with torch.no_grad():
-        before = _tensors(work(*_args(example))) if groups else []
+        before = _tensors(call_model(work, example)) if groups else []
         done = balance_(work, groups, params, batches, limit)
-        after = _tensors(work(*_args(example))) if groups else []
+        after = _tensors(call_model(work, example)) if groups else []
     change = max((float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(after, before)),
                  default=None)
     return smooth_report(done, skipped, change)

@@ -31,7 +31,7 @@ from ferroquant.ops import GroupQuant
 from ferroquant.quant.weight_only import InputStatistics, WeightOnlyLayer, WeightOnlyQuant, quantize_layer, record_entry
 from ferroquant.torch.export import export_weight_only_onnx, write_weight_only_files
 from ferroquant.torch.layers import layer_type_of, weight_kn
-from ferroquant.torch.prepare import InputData, call_model
+from ferroquant.torch.prepare import InputData, call_model, example_input
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -271,9 +271,7 @@ def _first(batches: Iterable[Any]) -> Tuple[Optional[Any], Iterable[Any]]:
 
 
 def _example_of(batch: Any) -> Optional[InputData]:
-    if batch is None or isinstance(batch, Mapping):
-        return None
-    return tuple(batch) if isinstance(batch, (tuple, list)) else batch
+    return None if batch is None else example_input(batch)
 
 
 def quantize_torch_weights_only(model: nn.Module, calibration_batches: Optional[Iterable[Any]] = None,
