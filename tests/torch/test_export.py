@@ -233,6 +233,39 @@ def test_layers_reading_one_tensor_share_their_activation_clips(tmp_path):
         fqt.create_quant_retrain_model(bad, SharedInput(), x)
 
 
+class UntraceableShared(SharedInput):
+    """SharedInput with data-dependent control flow: torch.fx cannot trace it."""
+
+    def forward(self, x):
+        y = self.norm(x)
+        if bool(y.abs().sum() > 0):
+            y = y * 1.0
+        return self.out(self.a(y) * self.b(y))
+
+
+def test_a_checkpoint_restores_shared_clips_without_an_example(tmp_path):
+    """Without an example input, a model torch.fx cannot trace gives no sign of which layers read one tensor;
+    the checkpoint does: their shared ULQ module's clips are one tensor in it."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    cfg = fqt.create_quant_retrain_config(None, UntraceableShared(), x, batch_num=1)
+    q = fqt.create_quant_retrain_model(cfg, UntraceableShared(), x)  # found by the hooked forward of x
+    assert fqt.quant_layers(q)["a"].act_quant is fqt.quant_layers(q)["b"].act_quant
+    opt = torch.optim.SGD(q.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        q(torch.randn(16, 8)).pow(2).mean().backward()
+        opt.step()
+    torch.save(q.state_dict(), tmp_path / "ckpt.pt")
+    r = fqt.restore_quant_retrain_model(cfg, UntraceableShared(), tmp_path / "ckpt.pt")
+    qls = fqt.quant_layers(r)
+    assert qls["a"].act_quant is qls["b"].act_quant and qls["out"].act_quant is not qls["a"].act_quant
+    assert qls["a"].act_quant.clip_max.item() == fqt.quant_layers(q)["a"].act_quant.clip_max.item()
+    assert not qls["b"].observes  # the tensor feeds the clip initialization once
+    paths = fqt.save_quant_retrain_model(cfg, r.eval(), tmp_path / "r", x)
+    assert [n.op_type for n in onnx.load(str(paths["deploy"])).graph.node].count("QuantizeLinear") == 2
+
+
 class Attention(nn.Module):
     """``scaled_dot_product_attention``, which torch exports from opset 14 on."""
 

@@ -43,6 +43,7 @@ from ferroquant.torch.prepare import (
     float_copy,
     load_retrain_config,
     quant_layers,
+    share_as_saved,
 )
 
 OPSET = 13
@@ -338,10 +339,12 @@ def restore_quant_retrain_model(config: Union[str, Path, Mapping[str, Any], Retr
                                 map_location: Union[str, torch.device, Callable, None] = "cpu") -> nn.Module:
     """Prepare ``model`` like :func:`create_quant_retrain_model` and load a ``state_dict`` checkpoint of a QAT
     model (a bare state dict or ``{"state_dict": ...}``): the learned clips, their ``_pre`` values and the
-    ``initialized`` flags come back, so training resumes without a new IFMR initialisation."""
+    ``initialized`` flags come back, so training resumes without a new IFMR initialisation. Layers that shared one
+    ULQ module when the checkpoint was saved share one again, with or without ``input_data``."""
     create_quant_retrain_model(config, model, input_data)
     state = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
+    share_as_saved(config, model, state)
     model.load_state_dict(state)
     return model

@@ -337,6 +337,23 @@ def _share_activations(cfg: RetrainConfig, swapped: Mapping[str, QuantLayer],
             swapped[n].observes = False  # the tensor feeds the clip initialization once per batch
 
 
+def share_as_saved(config: Union[str, Path, Mapping[str, Any], RetrainConfig], model: nn.Module,
+                   state: Mapping[str, Any]) -> List[Tuple[str, ...]]:
+    """Give the layers of a prepared ``model`` whose ULQ clips a checkpoint ``state`` holds in one tensor (one
+    module, shared when the checkpoint was saved: torch saves a shared tensor once) one ULQ module again, as
+    :func:`create_quant_retrain_model` did: a model torch.fx cannot trace, prepared without an example input,
+    shows no other sign of it. Returns the groups."""
+    qls = quant_layers(model)
+    by_storage: Dict[Tuple[int, int], List[str]] = {}
+    for name in qls:
+        t = state.get(f"{name}.act_quant.clip_max")
+        if isinstance(t, torch.Tensor):
+            by_storage.setdefault((t.untyped_storage().data_ptr(), t.storage_offset()), []).append(name)
+    groups = [tuple(g) for g in by_storage.values() if len(g) > 1]
+    _share_activations(load_retrain_config(config), qls, groups)
+    return groups
+
+
 def quant_layers(model: nn.Module) -> Dict[str, QuantLayer]:
     """The QuantLayers of a prepared model, by the name of the layer they replaced."""
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
