@@ -37,7 +37,8 @@ def _common() -> argparse.ArgumentParser:
 METHOD_SWITCHES = (
     ("--equalize", "cross-layer equalization of Conv -> Relu -> Conv chains before calibration"),
     ("--relu6-to-relu", "with --equalize: replace ReLU6 between equalized Convs by Relu (changes the FP32 model)"),
-    ("--bias-correction", "empirical bias correction of every Conv (mean output error on the calibration data)"),
+    ("--bias-correction", "empirical bias correction of every Conv whose mean output error on the calibration data "
+                          "stands out from its batch-to-batch noise"),
     ("--adaround", "learned rounding (AdaRound) of Conv/Gemm/MatMul weights on their ARQ grid, by each layer's "
                    "output on the calibration data"),
     ("--per-channel-depthwise", "per-channel activation scales on depthwise-Conv inputs (not for the onnxruntime "

@@ -119,3 +119,55 @@ def test_bias_correction_field_is_validated():
     with pytest.raises(ConfigError, match="bias_correction"):
         create_quant_config(None, _net(np.random.default_rng(0)),
                             config_defination={"common_config": {"weight": {"bias_correction": "analytic"}}})
+
+
+def test_a_layer_whose_shift_is_noise_keeps_its_bias(tmp_path):
+    """A Conv reading zero-mean noise has no real output shift: what the calibration batches show is the noise of
+    their mean, which differs on other data. The test of the shifts against their fold-to-fold variation leaves
+    that layer's bias as it is (the record says why), and still corrects a layer with a real shift."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.5, (8, 4, 1, 1)).astype(np.float32)
+    b = rng.normal(0, 0.1, 8).astype(np.float32)
+    model = _conv_model(w, b, {}, ("N", 4, 6, 6))
+    common = {"weight": {"bits": 4, "channel_wise": False, "bias_correction": "empirical"}}
+    cfg = create_quant_config(None, model, config_defination={"common_config": common})
+    noise = [{"x": rng.normal(0, 1, (4, 4, 6, 6)).astype(np.float32)} for _ in range(8)]
+    cm = quantize_model(cfg, model, noise, batch_num=8, profile="amct")
+    layer = cm.table().layers["conv"]
+    test = cm.methods["bias_correction"]["tests"]["conv"]
+    assert test["unit"] == "batch" and test["folds"] == 8 and test["snr"] < 4 and not test["corrected"]
+    np.testing.assert_allclose(layer.bias.codes * layer.bias.scale, b, atol=float(np.max(layer.bias.scale)))
+    assert cm.methods["bias_correction"]["corrected"] == []
+
+    shifted = [{"x": (f["x"] + 2.0).astype(np.float32)} for f in noise]  # a mean of 2 on every input channel
+    cm = quantize_model(cfg, model, shifted, batch_num=8, profile="amct")
+    cm.table()  # the test runs where the biases are made
+    assert cm.methods["bias_correction"]["tests"]["conv"]["corrected"]
+    assert cm.methods["bias_correction"]["corrected"] == ["conv"]
+    rec = json.loads(save_model(cm, tmp_path / "m")["record"].read_text())
+    assert rec["extra"]["methods"]["bias_correction"]["tests"]["conv"]["corrected"] is True
+
+
+def test_folds_are_independent_estimates_of_the_mean():
+    """Batch folds when at least 3 batches were seen, else sample folds; either way the count-weighted mean of
+    the fold means is the mean, and merging two streams adds their folds."""
+    rng = np.random.default_rng(0)
+    spec = PatchSpec("conv", (3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    xs = [rng.normal(size=(n, 2, 5, 5)).astype(np.float32) for n in (3, 2, 4, 1)]
+    two, four = LayerMoments(spec), LayerMoments(spec)
+    for x in xs[:2]:
+        two.observe(x)
+    for x in xs:
+        four.observe(x)
+    means, counts, unit = two.fold_means()
+    assert unit == "sample" and len(counts) == 5  # 5 samples in 2 batches
+    np.testing.assert_allclose((means * counts[:, None, None]).sum(0) / counts.sum(), two.mean(), atol=1e-12)
+    means, counts, unit = four.fold_means()
+    assert unit == "batch" and len(counts) == 4
+    np.testing.assert_allclose((means * counts[:, None, None]).sum(0) / counts.sum(), four.mean(), atol=1e-12)
+    rest = LayerMoments(spec)
+    for x in xs[2:]:
+        rest.observe(x)
+    two.merge(rest)
+    np.testing.assert_allclose(two.mean(), four.mean(), atol=1e-12)
+    assert two.batches == 4 and two.samples == 10

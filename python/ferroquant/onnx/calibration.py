@@ -22,7 +22,7 @@ from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant import ops
 from ferroquant.onnx.session import cpu_session
-from ferroquant.quant.bias_correction import corrected_bias
+from ferroquant.quant.bias_correction import corrected_bias, shift_test
 from ferroquant.quant.calibrators import activation_quant, bounded, widened
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.ops.types import AdaRoundOptions
@@ -236,7 +236,8 @@ class CalibratedModel:
 
     def _bias(self, view: GraphView, layer: LayerInfo) -> Optional[np.ndarray]:
         """The layer's float bias; empirically corrected (:mod:`ferroquant.quant.bias_correction`) for the
-        layers with input statistics."""
+        layers with input statistics whose output shifts stand out from the noise of their estimate (the
+        record's ``methods.bias_correction.tests`` says, per layer)."""
         b = view.array(layer.bias) if layer.bias else None
         m = self.moments.get(layer.name)
         if m is None or m.count == 0:
@@ -244,7 +245,12 @@ class CalibratedModel:
         wq = self.weights[layer.name]
         w = view.array(layer.weight)
         w_deq = ops.dequantize(wq.codes, wq.scale, wq.zero_point, wq.bits, wq.axis, name=layer.weight)
-        return corrected_bias(b, w, w_deq.reshape(w.shape), m.mean(), m.spec.groups)
+        w_deq = w_deq.reshape(w.shape)
+        test = shift_test(w, w_deq, m)
+        done = self.methods.setdefault("bias_correction", {"method": "empirical"})
+        done.setdefault("tests", {})[layer.name] = test.to_json()
+        done["corrected"] = [n for n, t in done["tests"].items() if t["corrected"]]
+        return corrected_bias(b, w, w_deq, m.mean(), m.spec.groups) if test.corrects else b
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""

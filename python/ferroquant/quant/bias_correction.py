@@ -5,15 +5,30 @@ Quantizing a Conv's weight ``W`` to ``W_q`` shifts the mean of each output chann
 (zero padding included). :class:`~ferroquant.quant.moments.LayerMoments` streams the mean patch during
 calibration (bounded memory: one patch per group); :func:`corrected_bias` subtracts the shift from the bias, so
 the quantized layer's output has the float layer's mean on the calibration data.
+
+A layer whose shifts are small is not corrected: on MobileNetV2 the 1x1 expansions, whose inputs (the residual
+stream) have close to no mean, shift by a few 1e-5, less than their estimates vary from one calibration batch to
+another, and "correcting" them makes their mean error on other photos 1.4-2.4x larger
+(``bench/results/bias_correction.md``). :func:`shift_test` compares
+the shifts with that variation (from independent folds of the calibration data), and a layer is corrected only
+when its mean squared shift is at least :data:`MIN_SHIFT_SNR` times the mean variance of its estimate.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from ferroquant.errors import ShapeError
+from ferroquant.quant.moments import LayerMoments
+
+#: a layer is corrected when its mean squared shift is at least this many times the mean variance of the
+#: estimate (about 1-1.5 for a layer with no shift: the statistic is a mean of F(1, folds - 1) variables)
+MIN_SHIFT_SNR = 4.0
+#: the fewest independent estimates (folds of batches, else of samples) the test is made on
+MIN_FOLDS = 3
 
 
 def output_mean_error(w: np.ndarray, w_deq: np.ndarray, mean_patch: np.ndarray, groups: int) -> np.ndarray:
@@ -39,3 +54,36 @@ def corrected_bias(b: Optional[np.ndarray], w: np.ndarray, w_deq: np.ndarray, me
 
 
 __all__ = ["corrected_bias", "output_mean_error"]
+
+
+@dataclass(frozen=True)
+class ShiftTest:
+    """Whether a layer's output shifts stand out from the noise of their estimate."""
+
+    snr: float  # mean over channels of shift² over the mean variance of its estimate
+    folds: int  # independent estimates the variance comes from
+    unit: str  # what a fold is made of: "batch", or "sample" when fewer than MIN_FOLDS batches were seen
+
+    @property
+    def corrects(self) -> bool:
+        return self.folds >= MIN_FOLDS and self.snr >= MIN_SHIFT_SNR
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"snr": round(self.snr, 3) if np.isfinite(self.snr) else None, "folds": self.folds,
+                "unit": self.unit, "corrected": self.corrects}
+
+
+def shift_test(w: np.ndarray, w_deq: np.ndarray, moments: LayerMoments) -> ShiftTest:
+    """The shifts ``(W_q - W) E[x]`` over the variance of their estimate, from the fold means of ``moments``
+    (each fold an independent estimate, weighted by its count): ``var_j = F/(F-1) Σ_f (n_f/N)² (e_fj - e_j)²``."""
+    means, counts, unit = moments.fold_means()
+    groups = moments.spec.groups
+    shift = output_mean_error(w, w_deq, moments.mean(), groups)
+    f = len(counts)
+    if f < 2:
+        return ShiftTest(float("nan"), f, unit)
+    share = counts / counts.sum()
+    folds = np.stack([output_mean_error(w, w_deq, m, groups) for m in means])
+    var = f / (f - 1) * np.einsum("f,fc->c", share ** 2, (folds - shift) ** 2)
+    signal, noise = float(np.mean(shift ** 2)), float(np.mean(var))
+    return ShiftTest(signal / noise if noise > 0 else (float("inf") if signal > 0 else 0.0), f, unit)

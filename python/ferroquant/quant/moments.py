@@ -102,34 +102,92 @@ class SumStream:
         return self.sum / self.count
 
 
+#: how many folds the per-batch and per-sample input sums are spread over (bias correction's test)
+FOLDS = 16
+
+
 class LayerMoments(SumStream):
     """Streams a layer's input into the sum of its patches per group (float64): memory is one patch per group
-    whatever the number of batches, and the mean does not depend on batching (up to float64 rounding)."""
+    whatever the number of batches, and the mean does not depend on batching (up to float64 rounding).
+
+    The same sums are also kept in :data:`FOLDS` folds by batch (batch ``i`` in fold ``i mod FOLDS``) and by
+    sample (the stream's sample ``j``, along each batch's first axis, in fold ``j mod FOLDS``): independent
+    estimates of the mean, from which the bias correction tells a real shift of a layer's output from the noise
+    of its estimate (:func:`ferroquant.quant.bias_correction.shift_test`). Memory: ``2 * FOLDS`` patches more."""
 
     what = "input statistics"  # sum: [groups, patch]
+
+    def __init__(self, spec: PatchSpec) -> None:
+        super().__init__(spec)
+        self.batch_folds: Optional[np.ndarray] = None  # [FOLDS, groups, patch] sums
+        self.sample_folds: Optional[np.ndarray] = None
+        self.batch_counts = np.zeros(FOLDS, np.int64)
+        self.sample_counts = np.zeros(FOLDS, np.int64)
+        self.batches = 0
+        self.samples = 0
 
     def observe(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float32)
         if self.spec.kind == "conv":
-            self._observe_conv(x)
+            per_sample, rows = self._conv_sums(x)
         else:
-            rows = x.reshape(-1, x.shape[-1])
-            self._add(rows.sum(axis=0, dtype=np.float64)[None], rows.shape[0])
+            n = x.shape[0] if x.ndim >= 2 else 1
+            r = x.reshape(n, -1, x.shape[-1])
+            per_sample, rows = r.sum(axis=1, dtype=np.float64)[:, None], r.shape[1]
+        total = per_sample.sum(axis=0)
+        self._add(total, per_sample.shape[0] * rows)
+        if self.batch_folds is None:
+            self.batch_folds = np.zeros((FOLDS, *total.shape))
+            self.sample_folds = np.zeros((FOLDS, *total.shape))
+        f = self.batches % FOLDS
+        self.batch_folds[f] += total
+        self.batch_counts[f] += per_sample.shape[0] * rows
+        idx = (self.samples + np.arange(per_sample.shape[0])) % FOLDS
+        np.add.at(self.sample_folds, idx, per_sample)
+        np.add.at(self.sample_counts, idx, rows)
+        self.batches += 1
+        self.samples += per_sample.shape[0]
 
-    def _observe_conv(self, x: np.ndarray) -> None:
+    def _conv_sums(self, x: np.ndarray) -> Tuple[np.ndarray, int]:
+        """Each sample's sum of patches per group, ``[N, groups, patch]``, and the patches per sample."""
         sp = self.spec
         if x.ndim != len(sp.kernel) + 2:
             raise ShapeError(f"a conv input of rank {len(sp.kernel) + 2} was expected, got shape {x.shape}")
         xp, out = sp.windows(x)
-        c, g = x.shape[1], sp.groups
-        per_tap = np.empty((c, sp.taps), np.float64)
+        n, c, g = x.shape[0], x.shape[1], sp.groups
+        per_tap = np.empty((n, c, sp.taps), np.float64)
         for t, (_, view) in enumerate(sp.tap_slices(xp, out)):
-            per_tap[:, t] = view.sum(axis=(0, *range(2, view.ndim)), dtype=np.float64)
-        self._add(per_tap.reshape(g, (c // g) * sp.taps), x.shape[0] * int(np.prod(out)))
+            per_tap[:, :, t] = view.sum(axis=tuple(range(2, view.ndim)), dtype=np.float64)
+        return per_tap.reshape(n, g, (c // g) * sp.taps), int(np.prod(out))
+
+    def merge(self, other: "SumStream") -> None:
+        super().merge(other)
+        if isinstance(other, LayerMoments) and other.batch_folds is not None:
+            if self.batch_folds is None:
+                self.batch_folds, self.sample_folds = other.batch_folds.copy(), other.sample_folds.copy()
+            else:
+                self.batch_folds += other.batch_folds
+                self.sample_folds += other.sample_folds
+            self.batch_counts += other.batch_counts
+            self.sample_counts += other.sample_counts
+            self.batches += other.batches
+            self.samples += other.samples
 
     def mean(self) -> np.ndarray:
         """The mean patch per group, ``[groups, patch]``."""
         return self._normalized()
 
+    def fold_means(self) -> Tuple[np.ndarray, np.ndarray, str]:
+        """Independent estimates of :meth:`mean`: ``(means [F, groups, patch], counts [F], unit)``, one per
+        non-empty fold of batches (``unit`` ``"batch"``) or, when fewer than 3 batches were seen, of samples
+        (``"sample"``)."""
+        if self.batch_folds is None:
+            raise ShapeError("no input was observed")
+        by_batch = self.batch_counts > 0
+        sums, counts, unit = ((self.batch_folds, self.batch_counts, "batch") if by_batch.sum() >= 3
+                              else (self.sample_folds, self.sample_counts, "sample"))
+        keep = counts > 0
+        return sums[keep] / counts[keep].reshape(-1, 1, 1), counts[keep], unit
 
-__all__ = ["LayerMoments", "PatchSpec", "SumStream"]
+
+__all__ = ["FOLDS", "LayerMoments", "PatchSpec", "SumStream"]
