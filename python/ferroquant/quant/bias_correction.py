@@ -9,9 +9,9 @@ the quantized layer's output has the float layer's mean on the calibration data.
 A layer whose shifts are small is not corrected: on MobileNetV2 the 1x1 expansions, whose inputs (the residual
 stream) have close to no mean, shift by a few 1e-5, less than their estimates vary from one calibration batch to
 another, and "correcting" them makes their mean error on other photos 1.4-2.4x larger
-(``bench/results/bias_correction.md``). :func:`shift_test` compares
-the shifts with that variation (from independent folds of the calibration data), and a layer is corrected only
-when its mean squared shift is at least :data:`MIN_SHIFT_SNR` times the mean variance of its estimate.
+(``bench/results/bias_correction.md``). :func:`shift_test` compares the shifts with that variation (from
+independent folds of the calibration data), and a layer is corrected only when its mean squared shift is at least
+:data:`MIN_SHIFT_SNR` times the mean variance of its estimate.
 """
 
 from __future__ import annotations
@@ -53,8 +53,6 @@ def corrected_bias(b: Optional[np.ndarray], w: np.ndarray, w_deq: np.ndarray, me
     return (base - err).astype(w.dtype)
 
 
-__all__ = ["corrected_bias", "output_mean_error"]
-
 
 @dataclass(frozen=True)
 class ShiftTest:
@@ -87,3 +85,6 @@ def shift_test(w: np.ndarray, w_deq: np.ndarray, moments: LayerMoments) -> Shift
     var = f / (f - 1) * np.einsum("f,fc->c", share ** 2, (folds - shift) ** 2)
     signal, noise = float(np.mean(shift ** 2)), float(np.mean(var))
     return ShiftTest(signal / noise if noise > 0 else (float("inf") if signal > 0 else 0.0), f, unit)
+
+
+__all__ = ["MIN_FOLDS", "MIN_SHIFT_SNR", "ShiftTest", "corrected_bias", "output_mean_error", "shift_test"]
