@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ORDER = ["kernels", "search", "calibration", "onnx_ptq", "accuracy_all", "accuracy_all_adaround",
-         "accuracy_output_clip", "accuracy_bc_gated", "accuracy_bc_gated_adaround", "accuracy",
+         "accuracy_output_clip", "accuracy_bc_gated", "accuracy_bc_gated_adaround",
+         "accuracy_bc_gated_peers", "accuracy",
          "accuracy_adaround",
          "accuracy_mixed", "bias_correction",
          "adaround", "adaround_scenes", "adaround_oracle", "adaround_oracle_span1",
