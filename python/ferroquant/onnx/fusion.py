@@ -167,12 +167,10 @@ def _conv_pass(view: GraphView, log: _Log) -> None:
 
 def _rank(view: GraphView, names: Iterable[str]) -> Optional[int]:
     """The rank of the first of ``names`` whose shape is known (from shape inference or graph I/O)."""
-    infos = list(view.graph.value_info) + list(view.graph.input) + list(view.graph.output)
-    by_name = {vi.name: vi for vi in infos}
     for name in names:
-        vi = by_name.get(name)
-        if vi is not None and vi.type.tensor_type.HasField("shape"):
-            return len(vi.type.tensor_type.shape.dim)
+        shape = view.declared_shape(name)
+        if shape is not None:
+            return len(shape)
     return None
 
 

@@ -11,7 +11,7 @@ names defined inside subgraphs are never reused for new tensors.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import onnx
@@ -158,6 +158,17 @@ class GraphView:
         """Whether ``node`` is the one and only reader of ``tensor`` and ``tensor`` is not a graph output."""
         users = self.consumers.get(tensor, [])
         return len(users) == 1 and users[0] is node and not self.is_graph_output(tensor)
+
+    def declared_shape(self, name: str) -> Optional[Tuple[Optional[int], ...]]:
+        """The shape ``name`` is declared with in the graph (value_info, as shape inference leaves it, then the
+        graph inputs and outputs; the first entry that has a shape), each axis its size or None where it is
+        symbolic or unknown; None when no entry gives a shape."""
+        g = self.graph
+        for vi in (*g.value_info, *g.input, *g.output):
+            if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+                return tuple(int(d.dim_value) if d.HasField("dim_value") else None
+                             for d in vi.type.tensor_type.shape.dim)
+        return None
 
     def is_constant(self, name: str) -> bool:
         """Whether ``name`` is a constant: an initializer that is not also a graph input (what :meth:`array`

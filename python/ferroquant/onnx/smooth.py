@@ -95,16 +95,6 @@ def _through_identity(view: GraphView, tensor: str) -> Optional[List[Tuple[onnx.
     return out
 
 
-def _last_dim(view: GraphView, tensor: str) -> Optional[int]:
-    """The static size of ``tensor``'s last axis, from the model's value_info (None when it is not known)."""
-    g = view.graph
-    for vi in (*g.value_info, *g.input, *g.output):
-        if vi.name == tensor and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = vi.type.tensor_type.shape.dim
-            return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
-    return None
-
-
 def _weight_layer(view: GraphView, r: onnx.NodeProto, read: str, k: int) -> Union[str, Reader]:
     """``r`` as a layer that multiplies ``read`` (``k`` channels) by a constant weight of its own: a MatMul
     (weight ``[K, N]``) or a Gemm without ``transA`` (``[K, N]``, or ``[N, K]`` with ``transB``); else why not."""
@@ -133,7 +123,8 @@ def _readers_ok(view: GraphView, tensor: str, k: int, reshaped: bool = False) ->
         if r.op_type == "Shape" and r.domain in ("", "ai.onnx"):
             continue
         if r.op_type == "Reshape" and r.domain in ("", "ai.onnx") and r.input[0] == read and not reshaped:
-            if _last_dim(view, r.output[0]) != k:
+            shape = view.declared_shape(r.output[0])
+            if not shape or shape[-1] != k:
                 return (f"its output is reshaped by {node_label(r)!r} to a shape whose last axis is not (or not "
                         f"known to be) its {k} channels"), []
             why, more = _readers_ok(view, r.output[0], k, reshaped=True)
