@@ -46,18 +46,24 @@ def is_linear(m: nn.Module) -> bool:
     return t is not None and t.op_type == "Gemm"
 
 
+def weight_in_out(m: nn.Module) -> bool:
+    """Whether ``m`` is a linear layer whose weight is stored ``[in, out]`` (transformers' Conv1D; ``nn.Linear``
+    stores ``[out, in]`` and exports with ``transB``)."""
+    return is_linear(m) and not attrs(m)("transB", 0)
+
+
 def weight_kn(m: nn.Module) -> np.ndarray:
     """A linear layer's weight as float32 ``[K, N]`` (inputs, outputs): ``nn.Linear`` stores ``[N, K]``
     (``transB``), transformers' Conv1D ``[K, N]``."""
     w = m.weight.detach().float().cpu().numpy()
-    return w.T if attrs(m)("transB", 0) else w
+    return w if weight_in_out(m) else w.T
 
 
 @torch.no_grad()
 def scale_inputs_(m: nn.Module, s: np.ndarray) -> None:
     """Multiply a linear layer's weight by ``s`` per input channel, in place (``(x / s) (s W) = x W``)."""
     w = m.weight.detach().float().cpu().numpy()
-    w = w * s[None, :] if attrs(m)("transB", 0) else w * s[:, None]
+    w = w * s[:, None] if weight_in_out(m) else w * s[None, :]
     m.weight.copy_(torch.from_numpy(w))
 
 
@@ -79,4 +85,4 @@ def is_transposed(m: nn.Module) -> bool:
 
 
 __all__ = ["attrs", "class_name", "is_linear", "is_qat_module", "is_transposed", "layer_type_of", "scale_inputs_",
-           "weight_axis", "weight_groups", "weight_kn"]
+           "weight_axis", "weight_groups", "weight_in_out", "weight_kn"]

@@ -28,7 +28,7 @@ from ferroquant import ops
 from ferroquant.calibrate import IFMRCalibrator
 from ferroquant.torch import distributed as fqdist
 from ferroquant.torch.functions import FLT_EPSILON, arq_retrain, lsq, ulq
-from ferroquant.torch.layers import attrs, is_transposed, layer_type_of
+from ferroquant.torch.layers import is_transposed, weight_in_out
 
 EPS = FLT_EPSILON
 
@@ -171,7 +171,7 @@ class QuantLayer(nn.Module):
         #: whether this layer feeds its ULQ's initialization (False for the other readers of a shared tensor)
         self.observes = True
         #: the module is a linear layer with its weight stored [in, out] (transformers' Conv1D)
-        self.weight_in_out = layer_type_of(module).op_type == "Gemm" and not attrs(module)("transB", 0)
+        self.weight_in_out = weight_in_out(module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.module
