@@ -76,9 +76,8 @@ def example_input(batch: Any) -> InputData:
     if isinstance(batch, Mapping):
         bad = [str(k) for k, v in batch.items() if not isinstance(v, torch.Tensor)]
         if bad or not batch:
-            raise DataError(f"a keyword batch must map input names to tensors (the exported model's inputs); "
-                            f"{', '.join(repr(k) for k in bad) if bad else 'it is empty'}"
-                            f"{' is not a tensor' if len(bad) == 1 else ' are not tensors' if bad else ''}")
+            why = f"not tensors: {bad}" if bad else "it is empty"
+            raise DataError(f"a keyword batch must map input names to tensors (the exported model's inputs); {why}")
         return {str(k): v for k, v in batch.items()}
     return tuple(batch) if isinstance(batch, (tuple, list)) else batch
 
