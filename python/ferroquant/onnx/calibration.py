@@ -22,7 +22,7 @@ from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.placement import DeployPlan
 from ferroquant import ops
 from ferroquant.onnx.session import cpu_session
-from ferroquant.quant.bias_correction import corrected_bias, shift_test
+from ferroquant.quant.bias_correction import shift_test, subtract_shift
 from ferroquant.quant.calibrators import activation_quant, bounded, widened
 from ferroquant.quant.guard import guarded_tensors, warn_guarded
 from ferroquant.ops.types import AdaRoundOptions
@@ -250,7 +250,7 @@ class CalibratedModel:
         done = self.methods.setdefault("bias_correction", {"method": "empirical"})
         done.setdefault("tests", {})[layer.name] = test.to_json()
         done["corrected"] = [n for n, t in done["tests"].items() if t["corrected"]]
-        return corrected_bias(b, w, w_deq, m.mean(), m.spec.groups) if test.corrects else b
+        return subtract_shift(b, test.shift, w.dtype) if test.corrects else b
 
     def state_dict(self) -> Dict[str, Any]:
         """The calibrators' states by tensor (plain numbers and arrays)."""

@@ -16,7 +16,7 @@ independent folds of the calibration data), and a layer is corrected only when i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -33,25 +33,29 @@ MIN_FOLDS = 3
 
 def output_mean_error(w: np.ndarray, w_deq: np.ndarray, mean_patch: np.ndarray, groups: int) -> np.ndarray:
     """``(W_q - W) E[x]`` per output channel (float64) for a weight ``[C_out, C_in/g, k...]`` and the mean patch
-    per group ``[groups, C_in/g * prod(k)]``."""
+    per group ``[groups, C_in/g * prod(k)]``; or, for a stack of mean patches ``[F, groups, ...]``, ``[F, C_out]``
+    (one product for all)."""
     c_out = w.shape[0]
     dw = (np.asarray(w_deq, np.float64) - np.asarray(w, np.float64)).reshape(c_out, -1)
     m = np.asarray(mean_patch, np.float64)
-    if groups < 1 or c_out % groups or m.shape != (groups, dw.shape[1]):
+    if groups < 1 or c_out % groups or m.ndim not in (2, 3) or m.shape[-2:] != (groups, dw.shape[1]):
         raise ShapeError(f"mean patch of shape {m.shape} does not fit a weight {tuple(w.shape)} in {groups} groups")
     per = c_out // groups
-    return np.einsum("gop,gp->go", dw.reshape(groups, per, -1), m).reshape(c_out)
+    return np.einsum("gop,...gp->...go", dw.reshape(groups, per, -1), m).reshape(*m.shape[:-2], c_out)
+
+
+def subtract_shift(b: Optional[np.ndarray], shift: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``b - shift`` (a zero bias when ``b`` is None), in ``dtype``."""
+    base = np.zeros(shift.shape, np.float64) if b is None else np.asarray(b, np.float64).reshape(-1)
+    if base.shape != shift.shape:
+        raise ShapeError(f"bias of shape {np.shape(b)} for {shift.shape[0]} output channels")
+    return (base - shift).astype(dtype)
 
 
 def corrected_bias(b: Optional[np.ndarray], w: np.ndarray, w_deq: np.ndarray, mean_patch: np.ndarray,
                    groups: int) -> np.ndarray:
     """``b - (W_q - W) E[x]`` (a zero bias when ``b`` is None), in ``w``'s dtype."""
-    err = output_mean_error(w, w_deq, mean_patch, groups)
-    base = np.zeros(w.shape[0], np.float64) if b is None else np.asarray(b, np.float64).reshape(-1)
-    if base.shape != err.shape:
-        raise ShapeError(f"bias of shape {np.shape(b)} for {w.shape[0]} output channels")
-    return (base - err).astype(w.dtype)
-
+    return subtract_shift(b, output_mean_error(w, w_deq, mean_patch, groups), w.dtype)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class ShiftTest:
     snr: float  # mean over channels of shift² over the mean variance of its estimate
     folds: int  # independent estimates the variance comes from
     unit: str  # what a fold is made of: "batch", or "sample" when fewer than MIN_FOLDS batches were seen
+    shift: np.ndarray = field(repr=False, compare=False)  # (W_q - W) E[x] per output channel, float64
 
     @property
     def corrects(self) -> bool:
@@ -75,16 +80,16 @@ def shift_test(w: np.ndarray, w_deq: np.ndarray, moments: LayerMoments) -> Shift
     """The shifts ``(W_q - W) E[x]`` over the variance of their estimate, from the fold means of ``moments``
     (each fold an independent estimate, weighted by its count): ``var_j = F/(F-1) Σ_f (n_f/N)² (e_fj - e_j)²``."""
     means, counts, unit = moments.fold_means()
-    groups = moments.spec.groups
-    shift = output_mean_error(w, w_deq, moments.mean(), groups)
+    shifts = output_mean_error(w, w_deq, np.concatenate([moments.mean()[None], means]), moments.spec.groups)
+    shift, folds = shifts[0], shifts[1:]
     f = len(counts)
     if f < 2:
-        return ShiftTest(float("nan"), f, unit)
+        return ShiftTest(float("nan"), f, unit, shift)
     share = counts / counts.sum()
-    folds = np.stack([output_mean_error(w, w_deq, m, groups) for m in means])
     var = f / (f - 1) * np.einsum("f,fc->c", share ** 2, (folds - shift) ** 2)
     signal, noise = float(np.mean(shift ** 2)), float(np.mean(var))
-    return ShiftTest(signal / noise if noise > 0 else (float("inf") if signal > 0 else 0.0), f, unit)
+    return ShiftTest(signal / noise if noise > 0 else (float("inf") if signal > 0 else 0.0), f, unit, shift)
 
 
-__all__ = ["MIN_FOLDS", "MIN_SHIFT_SNR", "ShiftTest", "corrected_bias", "output_mean_error", "shift_test"]
+__all__ = ["MIN_FOLDS", "MIN_SHIFT_SNR", "ShiftTest", "corrected_bias", "output_mean_error", "shift_test",
+           "subtract_shift"]
