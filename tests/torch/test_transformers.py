@@ -50,6 +50,11 @@ def _ids(seed: int, batch: int = 2, length: int = 16) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).integers(0, 1000, (batch, length)))
 
 
+def _cosine(ref: list, got: list) -> float:
+    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def _cosine_to_torch(model: nn.Module, path, lengths=(16, 16)) -> float:
     """Cosine between the torch model's output and onnxruntime's on ``path``, at other batch sizes than the
     example (and ``lengths``: the sequence axis is dynamic only where the export was asked to make it so)."""
@@ -61,8 +66,7 @@ def _cosine_to_torch(model: nn.Module, path, lengths=(16, 16)) -> float:
         with torch.no_grad():
             ref.append(model(ids).float().numpy().ravel())
         got.append(s.run(None, {name: ids.numpy()})[0].ravel())
-    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return _cosine(ref, got)
 
 
 SEQ = {"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}  # a transformer's dynamic axes
@@ -162,7 +166,7 @@ def _classifier() -> nn.Module:
         num_labels=3)).eval()
 
 
-def _keyword_cosine(model: nn.Module, path, pick=lambda out: out.logits) -> float:
+def _keyword_cosine(model: nn.Module, path) -> float:
     """Cosine between the torch model and onnxruntime fed the same encodings by name, at other batch sizes and
     lengths than the example."""
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -171,10 +175,9 @@ def _keyword_cosine(model: nn.Module, path, pick=lambda out: out.logits) -> floa
     for seed, (batch, length) in enumerate([(1, 7), (3, 30)]):
         enc = _encoding(200 + seed, batch, length)
         with torch.no_grad():
-            ref.append(pick(model(**enc)).float().numpy().ravel())
+            ref.append(model(**enc).logits.float().numpy().ravel())
         got.append(s.run(None, {k: v.numpy() for k, v in enc.items()})[0].ravel())
-    a, b = np.concatenate(ref).astype(np.float64), np.concatenate(got).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return _cosine(ref, got)
 
 
 def test_ptq_takes_tokenizer_outputs_and_exports_their_names(tmp_path):  # and SmoothQuant reads them too
