@@ -35,7 +35,10 @@ def test_mobilenet_v2_exports(opset, keep_bn, dynamo, photos, tmp_path):
     path = export_mobilenet(tmp_path / "mnv2.onnx", opset, keep_bn, dynamo)
     _, report = fuse(load_model(path))
     assert len(report.folded) == (52 if keep_bn else 0)
-    out = fq.quantize(path, feeds_of(photos.calibration), tmp_path / "q.onnx")
+    # the integer types fixed, so that the answer does not depend on the CPU: with VNNI the default is u8s8,
+    # whose onnxruntime kernels land differently on these 24 photos (kept-BN exports 0.71 top-1, 0.92 top-5 on a
+    # Zen 4; on 96 photos u8s8 0.79 / 0.98 and u8s7 0.85 / 0.99, the simulated QDQ model 0.83 / 1.0 for both)
+    out = fq.quantize(path, feeds_of(photos.calibration), tmp_path / "q.onnx", cpu_types="u8s7")
     assert out["layers"] == 53
     ref_s, got_s = session(path, True), session(out["paths"]["deploy"])
     for batch in (1, 5):  # the batch axis stays dynamic

@@ -70,14 +70,17 @@ def _recon(gram_rows: np.ndarray, q: np.ndarray, c: np.ndarray, s: np.ndarray) -
 
 
 def _optimize(gn: np.ndarray, q, base, free, o: AdaRoundOptions) -> np.ndarray:  # noqa: ANN001
-    """Adam on ``v`` for every channel; ``gn`` ``[rows, p, p]`` the normalized Gram of each row's group."""
-    frac = np.clip(q - base, 1e-6, 1 - 1e-6)
-    v = np.where(free, -np.log((ZETA - GAMMA) / (frac - GAMMA) - 1.0), 0.0)
+    """Adam on ``v`` for every channel; ``gn`` ``[rows, p, p]`` the normalized Gram of each row's group. The
+    error is ``(frac - f0) - (h(v) - h(v0))``: exactly zero where ``v`` has not moved (see adaround.rs)."""
+    f0 = np.clip(q - base, 1e-6, 1 - 1e-6)
+    v = np.where(free, -np.log((ZETA - GAMMA) / (f0 - GAMMA) - 1.0), 0.0)
+    e0 = np.where(free, q - base - f0, q - base)
+    h0 = np.where(free, _rectified(v)[0], 0.0)
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
     for t in range(o.iterations):
         h, dh = _rectified(v)
         h, dh = np.where(free, h, 0.0), np.where(free, dh, 0.0)
-        e = q - base - h
+        e = e0 - (h - h0)
         grad_h = -2.0 * np.einsum("rj,rji->ri", e, gn)
         beta = beta_at(t, o)
         if beta is not None:

@@ -10,7 +10,10 @@
 //!
 //! Per free weight (one whose two neighbouring codes both lie in `[qmin, qmax]`) the code is
 //! `floor(w / s + z) + h(v)`, `h(v) = clip(sigmoid(v)(ζ - γ) + γ, 0, 1)` with `ζ = 1.1`, `γ = -0.1`, and `v`
-//! starts where `h(v)` equals the fractional part (the float weight). Adam minimizes, per channel,
+//! starts where `h(v)` equals the fractional part (the float weight; the error is computed as
+//! `(frac - f₀) - (h(v) - h(v₀))`, with `f₀` the clamped fraction `v₀` encodes, so it is exactly zero where `v`
+//! has not moved: rounding residues of `h(v₀) ≈ f₀` would otherwise be gradients that Adam, which divides by
+//! their size, turns into steps of up to `lr` during the warm start). Adam minimizes, per channel,
 //! `eᵀ Ĝ e + λ Σ (1 - |2h - 1|^β)` with `Ĝ = G / (tr G / p)` (the loss in code units, so `λ` means the same
 //! for every layer); the regularizer is off for the first `warm_start` share of the iterations, then `β`
 //! anneals from `beta_start` to `beta_end` along a cosine (AIMET's schedule). The code is rounded up where
@@ -33,6 +36,8 @@ pub const CHUNK_ROWS: usize = 16;
 /// The stretch of the rectified sigmoid.
 pub const ZETA: f64 = 1.1;
 pub const GAMMA: f64 = -0.1;
+/// How far inside `(0, 1)` a starting fraction is clamped (so that `v₀` is finite).
+const V_INIT_MARGIN: f64 = 1e-6;
 const ADAM_B1: f64 = 0.9;
 const ADAM_B2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
@@ -199,7 +204,7 @@ fn grid(w: &[f32], s: f32, z: i32, qmin: i32, qmax: i32) -> Grid {
 
 /// `v` whose `h(v)` is the fractional part `f` (clamped inside `(0, 1)` so that `v` is finite).
 fn v_init(f: f64) -> f64 {
-    let f = f.clamp(1e-6, 1.0 - 1e-6);
+    let f = f.clamp(V_INIT_MARGIN, 1.0 - V_INIT_MARGIN);
     -((ZETA - GAMMA) / (f - GAMMA) - 1.0).ln()
 }
 
@@ -230,6 +235,16 @@ struct Chunk {
 fn optimize(gn: &[f64], p: usize, m: usize, g: &Grid, o: &AdaRoundOptions, stop: &Stop) -> Result<Vec<f64>> {
     let n = m * p;
     let mut v: Vec<f64> = (0..n).map(|i| if g.free[i] { v_init(g.q[i] - g.base[i]) } else { 0.0 }).collect();
+    // per weight, the error at the start: `frac - f₀` (zero unless the fraction was clamped), and `h(v₀)`
+    let start: Vec<(f64, f64)> = (0..n)
+        .map(|k| {
+            let frac = g.q[k] - g.base[k];
+            match g.free[k] {
+                true => (frac - frac.clamp(V_INIT_MARGIN, 1.0 - V_INIT_MARGIN), rectified(v[k]).0),
+                false => (frac, 0.0),
+            }
+        })
+        .collect();
     let (mut m1, mut m2) = (vec![0f64; n], vec![0f64; n]);
     // column-major [m, p] buffers: element (r, i) at i * m + r
     let (mut e, mut r) = (vec![0f64; n], vec![0f64; n]);
@@ -244,7 +259,7 @@ fn optimize(gn: &[f64], p: usize, m: usize, g: &Grid, o: &AdaRoundOptions, stop:
             let (h, d) = if g.free[k] { rectified(v[k]) } else { (0.0, 0.0) };
             hv[k] = h;
             dh[k] = d;
-            e[i * m + row] = g.q[k] - g.base[k] - h;
+            e[i * m + row] = start[k].0 - (h - start[k].1);
         }
         r.iter_mut().for_each(|x| *x = 0.0);
         gemm_add(view_cm_mut(&mut r, m, p, m), view_cm(&e, m, p, m), view_cm(gn, p, p, p), 1.0);
