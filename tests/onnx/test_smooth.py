@@ -177,6 +177,18 @@ def test_static_int8_with_balancing_has_a_smaller_error_on_outlier_channels(tmp_
     assert [s["norm"] for s in entry["skipped"]] == ["ln2"]
 
 
+def test_the_search_models_the_weights_bits_the_cpu_types_deploy():
+    """u8s7 (onnxruntime's kernels on CPUs without VNNI) deploys 7-bit weights: the alpha search weighs their
+    error, not an 8-bit one's, and the record says which it modelled."""
+    model, data = _block(1, outlier=60.0), _data(1)
+    cfg = create_quant_config(None, model, batch_num=None, config_defination={"methods": {"smooth_quant": {
+        "enabled": True}}})
+    groups = {t: quantize_model(cfg, model, data, profile="onnxruntime", cpu_types=t).methods["smooth_quant"][
+        "groups"][0] for t in ("u8s8", "u8s7")}
+    assert groups["u8s8"]["weight_bits"] == 8 and groups["u8s7"]["weight_bits"] == 7
+    assert groups["u8s7"]["loss_unbalanced"] > groups["u8s8"]["loss_unbalanced"]
+
+
 def test_one_shot_calibration_data_is_read_once_for_balancing_and_calibration(tmp_path):
     model, data = _block(2), _data(2, 3)
     cfg = create_quant_config(None, model, batch_num=None,

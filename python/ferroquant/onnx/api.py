@@ -234,7 +234,8 @@ def calibration_setup(config: Union[str, Path, Mapping, QuantConfig], model: Uni
         if balance_data is None:
             raise ConfigError("methods.smooth_quant balances the model on calibration data, so it cannot be used "
                               "where the calibrators come from saved states (ferroquant merge / quantize --state)")
-        balanced, done, skipped = balance(original, cfg.methods.smooth_quant, balance_data, limit)
+        bits = {l.name: _weight_params(cfg.layers[l.name].weight, cpu).bits for l in layers}
+        balanced, done, skipped = balance(original, cfg.methods.smooth_quant, balance_data, limit, bits)
         methods["smooth_quant"] = smooth_report(done, skipped)
     methods_model, more = apply_methods(cfg, balanced, layers, prepared.fusion)
     methods.update(more)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import islice
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import onnx
@@ -253,9 +253,11 @@ def collect_inputs(model: onnx.ModelProto, groups: List[SmoothGroup], data: Cali
 
 
 def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: CalibrationData,
-            max_batches: Optional[int] = None) -> Tuple[onnx.ModelProto, List[Smoothed], List[Tuple[str, str]]]:
+            max_batches: Optional[int] = None, weight_bits: Optional[Mapping[str, int]] = None
+            ) -> Tuple[onnx.ModelProto, List[Smoothed], List[Tuple[str, str]]]:
     """A balanced copy of ``model`` (``model`` itself when no group is found), what was done per group, and the
-    normalizations skipped with the reason."""
+    normalizations skipped with the reason. ``weight_bits``: the bit width each layer's weight will deploy with
+    (by node name; 8 for a layer it does not name); a group's search models its readers' smallest."""
     groups, skipped = smooth_groups(model)
     if not groups:
         return model, [], skipped
@@ -269,8 +271,9 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
         ws = [view.array(w).astype(np.float32) for w in g.weights]
         ws = [w.T if t else w for w, t in zip(ws, flips)]  # [K, N]
         alphas = params.alphas if params.alpha is None else (params.alpha,)
+        bits = min((weight_bits or {}).get(l, 8) for l in g.layers)
         r = ops.smooth_search(stats[g.tensor][0].absmax, np.concatenate(ws, axis=1), stats[g.tensor][1].rows,
-                              alphas, 8, name=g.tensor)
+                              alphas, 8, name=g.tensor, w_bits=bits)
         s = r.channel_scale.astype(np.float32)
         for name in (g.scale, g.bias):
             if name is not None:
@@ -280,7 +283,7 @@ def balance(model: onnx.ModelProto, params: SmoothQuantParams, data: Calibration
             dtype = view.array(name).dtype
             scaled = w * s[:, None]
             view.set_initializer(name, np.ascontiguousarray(scaled.T if t else scaled).astype(dtype))
-        done.append(Smoothed.of(g.norm, g.layers, r, s, g.tensor))
+        done.append(Smoothed.of(g.norm, g.layers, r, s, g.tensor, bits))
     return out, done, skipped
 
 

@@ -314,16 +314,18 @@ DEFAULT_ALPHAS: Sequence[float] = tuple(i / 20 for i in range(21))
 
 
 def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[float] = DEFAULT_ALPHAS,
-                  bits: int = 8, name: Optional[str] = None) -> SmoothResult:
+                  bits: int = 8, name: Optional[str] = None, w_bits: Optional[int] = None) -> SmoothResult:
     """SmoothQuant balancing for a ``[K, N]`` weight: ``s_j = max|X_j|^a / max|W_j|^(1-a)``, ``a`` from
-    ``alphas`` by the output error on rows ``x`` after int``bits`` fake-quantization (activations per tensor,
-    weights per output column). ``act_absmax`` is ``ChannelStats.absmax`` from the calibration run."""
+    ``alphas`` by the output error on rows ``x`` after fake-quantization of the activations to int``bits`` per
+    tensor and of the weights to int``w_bits`` (``bits`` when None; 7 where the CPU's kernels take 7-bit weights)
+    per output column. ``act_absmax`` is ``ChannelStats.absmax`` from the calibration run."""
     a = _weight(w)
     act = np.ascontiguousarray(as_f32(act_absmax, "act_absmax").reshape(-1))
     xr = _rows(x, a.shape[0])
     _check_acts(xr, name)
     with named(name):
-        r = _native.smooth_search(act, a, xr, [float(v) for v in alphas], int(bits))
+        r = _native.smooth_search(act, a, xr, [float(v) for v in alphas], int(bits),
+                                  None if w_bits is None else int(w_bits))
         f = r.search
         return SmoothResult(f.scales, float(f.alpha), f.alphas, f.losses, float(r.loss_unbalanced))
 

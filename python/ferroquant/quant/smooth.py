@@ -15,7 +15,8 @@ from ferroquant.ops import SmoothResult
 class Smoothed:
     """What balancing did to one normalization ``norm``: the layers it feeds, the alpha used, the search's int8
     output error with and without the scales (mean squared, on the sampled rows), and the smallest and largest
-    scale; ``tensor``: the normalization's output tensor where the graph names one (ONNX)."""
+    scale; ``tensor``: the normalization's output tensor where the graph names one (ONNX); ``weight_bits``: the
+    weights' bit width the search modelled (7 where the CPU's kernels take 7-bit weights)."""
 
     norm: str
     layers: Tuple[str, ...]
@@ -25,20 +26,22 @@ class Smoothed:
     scale_min: float
     scale_max: float
     tensor: Optional[str] = None
+    weight_bits: int = 8
 
     @classmethod
     def of(cls, norm: str, layers: Sequence[str], found: SmoothResult, scales: np.ndarray,
-           tensor: Optional[str] = None) -> "Smoothed":
+           tensor: Optional[str] = None, weight_bits: int = 8) -> "Smoothed":
         """The entry for the search result ``found`` and the ``scales`` applied."""
         return cls(norm, tuple(layers), found.alpha, float(np.min(found.losses)), found.loss_unbalanced,
-                   float(scales.min()), float(scales.max()), tensor)
+                   float(scales.min()), float(scales.max()), tensor, weight_bits)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"norm": self.norm}
         if self.tensor is not None:
             out["tensor"] = self.tensor
         out.update(layers=list(self.layers), alpha=self.alpha, loss=self.loss,
-                   loss_unbalanced=self.loss_unbalanced, scale_min=self.scale_min, scale_max=self.scale_max)
+                   loss_unbalanced=self.loss_unbalanced, scale_min=self.scale_min, scale_max=self.scale_max,
+                   weight_bits=self.weight_bits)
         return out
 
 

@@ -4,7 +4,7 @@ axis) and smooth.rs (the SmoothQuant balancing search)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -61,19 +61,19 @@ def _fq(v: np.ndarray, step, bits: int) -> np.ndarray:
     return (np.clip(np.rint(v / step), qmin, qmax).astype(f32) * step).astype(f32)
 
 
-def balanced_error(act: np.ndarray, w: np.ndarray, x: np.ndarray, s: np.ndarray, bits: int) -> float:
+def balanced_error(act: np.ndarray, w: np.ndarray, x: np.ndarray, s: np.ndarray, bits: int, w_bits: int) -> float:
     rng = max(f32(0), np.max(act / s))
     step = f32(qparams_from_range(-rng, rng, bits, True).scale)
     xq = _fq((x / s).astype(f32), step, bits).astype(f64)
     ws = (w * s[:, None]).astype(f32)
-    wsteps = np.array([qparams_from_range(lo, hi, bits, True).scale for lo, hi in zip(ws.min(0), ws.max(0))], f32)
-    wq = _fq(ws, wsteps[None, :], bits).astype(f64)
+    wsteps = np.array([qparams_from_range(lo, hi, w_bits, True).scale for lo, hi in zip(ws.min(0), ws.max(0))], f32)
+    wq = _fq(ws, wsteps[None, :], w_bits).astype(f64)
     y = x.astype(f64) @ w.astype(f64) - xq @ wq
     return float((y * y).sum()) / (x.shape[0] * w.shape[1])
 
 
 def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[float] = DEFAULT_ALPHAS,
-                  bits: int = 8) -> SmoothResult:
+                  bits: int = 8, w_bits: Optional[int] = None) -> SmoothResult:
     """Specifies smooth.rs::smooth_search."""
     act, w = np.asarray(act_absmax, f32).reshape(-1), np.asarray(w, f32)
     k = act.shape[0]
@@ -88,11 +88,13 @@ def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[flo
     x = np.asarray(x, f32).reshape(-1, k)
     check_finite(w)
     check_finite(x)
+    w_bits = bits if w_bits is None else w_bits
     qrange(bits)
+    qrange(w_bits)
     w_absmax = np.abs(w).max(axis=1)
-    losses = np.array([balanced_error(act, w, x, smooth_scales(act, w_absmax, a), bits) for a in alphas])
+    losses = np.array([balanced_error(act, w, x, smooth_scales(act, w_absmax, a), bits, w_bits) for a in alphas])
     best = int(np.argmin(losses))
     return SmoothResult(smooth_scales(act, w_absmax, alphas[best]), float(alphas[best]), np.asarray(alphas, f64),
-                        losses, balanced_error(act, w, x, np.ones(k, f32), bits))
+                        losses, balanced_error(act, w, x, np.ones(k, f32), bits, w_bits))
 
 __all__ = ["channel_stats_merge", "channel_stats_update", "smooth_search"]

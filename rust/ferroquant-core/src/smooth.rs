@@ -6,7 +6,8 @@
 //! `mean((X W - FQ_a(X/s) FQ_w(s W))²)` in f64, with
 //! - activations per tensor, symmetric, range `max_j(a_j / s_j)` (scale `range / qmax`, as a static
 //!   calibration from the abs-max statistics would give);
-//! - weights per output column, symmetric, the 127/128 rule of spec §0.
+//! - weights per output column, symmetric, the 127/128 rule of spec §0, at their own bit width (`w_bits`: 7
+//!   where the deployment's CPU kernels take 7-bit weights, so the search weighs the error they will have).
 //!
 //! The first minimum wins. Parallel over fixed column tiles; deterministic whatever the thread count.
 
@@ -89,12 +90,14 @@ fn fq_acts(x: &[f32], k: usize, s: &[f32], step: f32, sch: &Scheme) -> Vec<f64> 
     out
 }
 
-/// The balancing search. `act_absmax` `[K]`, `w` `[K, N]`, `x` `[R, K]`, `bits` for both sides.
-pub fn smooth_search(act_absmax: &[f32], w: &[f32], n: usize, x: &[f32], alphas: &[f64], bits: u32)
+/// The balancing search. `act_absmax` `[K]`, `w` `[K, N]`, `x` `[R, K]`; `bits` for the activations, `w_bits`
+/// for the weights.
+pub fn smooth_search(act_absmax: &[f32], w: &[f32], n: usize, x: &[f32], alphas: &[f64], bits: u32, w_bits: u32)
     -> Result<SmoothResult> {
     let k = act_absmax.len();
     check(act_absmax, w, k, n, x, alphas)?;
     let sch = Scheme::new(bits, true)?;
+    let wsch = Scheme::new(w_bits, true)?;
     let rows = x.len() / k;
     let x64: Vec<f64> = x.par_iter().map(|&v| v as f64).collect();
     let w_absmax = row_absmax(w, n);
@@ -117,7 +120,7 @@ pub fn smooth_search(act_absmax: &[f32], w: &[f32], n: usize, x: &[f32], alphas:
             .zip(&yref)
             .map(|(cols, y0)| -> Result<f64> {
                 let nc = cols.len();
-                let wq = fq_weight_tile(w, n, s, cols.clone(), &sch)?;
+                let wq = fq_weight_tile(w, n, s, cols.clone(), &wsch)?;
                 let mut y = y0.clone();
                 gemm_add(view_mut(&mut y, rows, nc, nc), view(&xq, rows, k, k), view(&wq, k, nc, nc), -1.0);
                 Ok(y.iter().fold(0f64, |acc, v| acc + v * v))
@@ -176,9 +179,13 @@ mod tests {
             act.iter_mut().zip(r).for_each(|(a, v)| *a = a.max(v.abs()));
         }
         let alphas: Vec<f64> = (0..=10).map(|i| i as f64 / 10.0).collect();
-        let r = smooth_search(&act, &w, n, &x, &alphas, 8).unwrap();
+        let r = smooth_search(&act, &w, n, &x, &alphas, 8, 8).unwrap();
         assert!(r.alpha > 0.0);
         assert!(r.losses.iter().cloned().fold(f64::INFINITY, f64::min) < r.loss_unbalanced);
-        assert!(smooth_search(&act, &w, n, &x, &[1.5], 8).is_err());
+        assert!(smooth_search(&act, &w, n, &x, &[1.5], 8, 8).is_err());
+        // coarser weights: the unbalanced and the best balanced errors grow
+        let r7 = smooth_search(&act, &w, n, &x, &alphas, 8, 7).unwrap();
+        let best = |r: &SmoothResult| r.losses.iter().cloned().fold(f64::INFINITY, f64::min);
+        assert!(best(&r7) > best(&r) && r7.loss_unbalanced > r.loss_unbalanced);
     }
 }

@@ -106,9 +106,10 @@ pub struct PySmoothOutput {
     pub loss_unbalanced: f64,
 }
 
-/// SmoothQuant balancing search: `act_absmax` `[K]`, `w` `[K, N]`, `x` `[R, K]`, a grid of alphas.
+/// SmoothQuant balancing search: `act_absmax` `[K]`, `w` `[K, N]`, `x` `[R, K]`, a grid of alphas; `bits` for
+/// the activations, `w_bits` for the weights (`bits` when None).
 #[pyfunction]
-#[pyo3(signature = (act_absmax, w, x, alphas, bits=8))]
+#[pyo3(signature = (act_absmax, w, x, alphas, bits=8, w_bits=None))]
 fn smooth_search<'py>(
     py: Python<'py>,
     act_absmax: PyReadonlyArray1<'py, f32>,
@@ -116,11 +117,12 @@ fn smooth_search<'py>(
     x: PyReadonlyArray2<'py, f32>,
     alphas: Vec<f64>,
     bits: u32,
+    w_bits: Option<u32>,
 ) -> PyResult<PySmoothOutput> {
     let a = act_absmax.as_slice()?;
     let (ws, _, n) = slice2(py, &w, "w")?;
     let (xs, _, _) = slice2(py, &x, "x")?;
-    let r = run(py, || smooth::smooth_search(a, ws, n, xs, &alphas, bits))?;
+    let r = run(py, || smooth::smooth_search(a, ws, n, xs, &alphas, bits, w_bits.unwrap_or(bits)))?;
     let search = scale_search(py, (r.scales, r.alpha, r.alphas, r.losses))?;
     Ok(PySmoothOutput { search, loss_unbalanced: r.loss_unbalanced })
 }
