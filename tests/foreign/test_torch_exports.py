@@ -64,3 +64,26 @@ def test_transformers(kind, tmp_path):
     for feed in token_feeds(4, seed=1, batch=3, seq=(5, 30)):  # other batch sizes and lengths
         agree.add(ref_s.run(None, feed)[0], got_s.run(None, feed)[0])
     assert agree.metrics()["cosine"] > 0.95, agree.metrics()
+
+
+def test_bert_balances_what_its_layernorms_cannot_through_the_value_projection_and_the_gelu(tmp_path):
+    """BERT is post-LN: the residual Add reads every LayerNorm's output, so none can absorb a balancing. The
+    attention output projection's input is P.V of the value projection (which absorbs it through the heads'
+    reshapes and transposes), and the intermediate GELU, written out, ends in a scalar ``* 0.5`` (which becomes a
+    per-channel vector)."""
+    pytest.importorskip("transformers")
+    from tests.foreign.torch_models import export_transformer, token_feeds
+
+    path = export_transformer("bert", tmp_path / "bert.onnx", trained=True)
+    out = fq.quantize(path, token_feeds(6, seed=0), tmp_path / "q.onnx", latency_check=False,
+                      config_defination={"methods": {"smooth_quant": {"enabled": True}}})
+    entry = out["calibrated"].methods["smooth_quant"]
+    got = sorted((g["absorber"], g["norm"].split("/")[-2], g["layers"][0].split("/")[-2]) for g in entry["groups"])
+    assert got == [("linear", "value", "dense")] * 2 + [("normalization", "intermediate_act_fn", "dense")] * 2
+    assert {s["norm"].split("/")[-2] for s in entry["skipped"]} == {"LayerNorm"}
+    assert entry["fp32_max_relative_difference"] < 1e-5
+    ref_s, got_s = session(path, True), session(out["paths"]["deploy"])
+    agree = Agreement()
+    for feed in token_feeds(4, seed=1, batch=3, seq=(5, 30)):
+        agree.add(ref_s.run(None, feed)[0], got_s.run(None, feed)[0])
+    assert agree.metrics()["cosine"] > 0.99, agree.metrics()

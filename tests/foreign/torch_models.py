@@ -81,8 +81,11 @@ def export_mobilenet(path: Path, opset: int, keep_bn: bool, dynamo: bool = False
     return path
 
 
-def transformer(kind: str):  # noqa: ANN201 - a transformers model
-    """A small ``transformers`` model with random weights (seeded), eager attention, eval mode."""
+def transformer(kind: str, trained: bool = False):  # noqa: ANN201 - a transformers model
+    """A small ``transformers`` model with random weights (seeded), eager attention, eval mode. ``trained``:
+    every vector parameter (norm scales and biases, linear biases) moved off its initial value, as training
+    leaves them: a fresh model's are all ones or zeros, which torch's exporter writes as one shared initializer
+    (and a shared constant cannot absorb one layer's balancing)."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -90,13 +93,21 @@ def transformer(kind: str):  # noqa: ANN201 - a transformers model
     if kind == "bert":
         cfg = tf.BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
                             vocab_size=1000, **common)
-        return tf.BertModel(cfg).eval()
-    if kind == "gpt2":
+        model = tf.BertModel(cfg).eval()
+    elif kind == "gpt2":
         cfg = tf.GPT2Config(n_embd=128, n_layer=2, n_head=2, vocab_size=1000, n_positions=128, **common)
-        return tf.GPT2Model(cfg).eval()
-    cfg = tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=1000, max_position_embeddings=128, **common)
-    return tf.LlamaModel(cfg).eval()
+        model = tf.GPT2Model(cfg).eval()
+    else:
+        cfg = tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=1000, max_position_embeddings=128, **common)
+        model = tf.LlamaModel(cfg).eval()
+    if trained:
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
 
 
 class _Wrap(nn.Module):
@@ -108,9 +119,9 @@ class _Wrap(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
-def export_transformer(kind: str, path: Path, opset: int = 17) -> Path:
+def export_transformer(kind: str, path: Path, opset: int = 17, trained: bool = False) -> Path:
     """``(input_ids, attention_mask)`` int64 -> last hidden state, batch and sequence dynamic."""
-    model = _Wrap(transformer(kind))
+    model = _Wrap(transformer(kind, trained))
     ids = torch.randint(0, 1000, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.int64)
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 from ferroquant.config.methods import SmoothQuantParams, methods_from_json
 from ferroquant.errors import ConfigError, NonFiniteError
 from ferroquant.onnx import create_quant_config, quantize_model, save_model
+from ferroquant.onnx.graph import GraphView
 from ferroquant.onnx.smooth import balance, smooth_groups
 from tests.onnx.builders import make_model, rel_diff, run
 
@@ -268,3 +269,100 @@ def test_a_layernorm_written_out_is_balanced_through_its_mul_add_and_identities(
     assert done[0].scale_max / done[0].scale_min > 5  # the outlier channel is divided down
     model.graph.output.append(helper.make_tensor_value_info("hi", onnx.TensorProto.FLOAT, None))
     assert smooth_groups(model)[0] == []  # a graph output on the way: dividing would change it
+
+
+# -- what a linear layer or a scalar Mul absorbs: attention's output projection, fc2 after a written-out GELU --
+H, D = 4, 8  # heads x head size = K
+
+
+def _attention(seed: int, scramble: bool = False, outlier: float = 30.0):
+    """x [B, T, K] -> v = x Wv + bv -> heads [B, H, T, D] -> P.V (P a softmax of a graph input) -> back to
+    [B, T, K] -> o (MatMul with a constant weight). Two of v's output channels are ``outlier`` x larger, their
+    rows of Wo as much smaller. ``scramble``: the heads come back as [B, T, D, H] before the reshape, so o's
+    channel h*D+d reads v's channel d*H+h: no per-channel scale passes through."""
+    rng = np.random.default_rng(seed)
+    wv, wo = rng.normal(0, 0.2, (K, K)).astype(np.float32), rng.normal(0, 0.2, (K, K)).astype(np.float32)
+    wv[:, [5, 20]] *= outlier
+    wo[[5, 20]] /= outlier
+    inits = {"wv": wv, "bv": rng.normal(0, 0.1, K).astype(np.float32), "wo": wo,
+             "heads": np.array([0, 0, H, D], np.int64), "merged": np.array([0, 0, K], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "wv"], ["v0"], name="v"),
+             helper.make_node("Add", ["v0", "bv"], ["v1"], name="v_bias"),
+             helper.make_node("Reshape", ["v1", "heads"], ["v2"], name="split_heads"),
+             helper.make_node("Transpose", ["v2"], ["v3"], name="to_heads", perm=[0, 2, 1, 3]),
+             helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "v3"], ["a"], name="pv"),
+             helper.make_node("Transpose", ["a"], ["a1"], name="from_heads",
+                              perm=[0, 2, 3, 1] if scramble else [0, 2, 1, 3]),
+             helper.make_node("Reshape", ["a1", "merged"], ["a2"], name="merge_heads"),
+             helper.make_node("MatMul", ["a2", "wo"], ["y"], name="o")]
+    return make_model(nodes, {"x": ["B", 16, K], "s": ["B", H, 16, 16]}, ["y"], inits)
+
+
+def _attention_data(seed: int, n: int = 4):
+    rng = np.random.default_rng(seed + 1)
+    return [{"x": rng.normal(0, 1, (2, 16, K)).astype(np.float32),
+             "s": rng.normal(0, 2, (2, H, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+def test_the_value_projection_absorbs_the_output_projections_balancing():
+    model, data = _attention(0), _attention_data(0)
+    groups, _ = smooth_groups(model)
+    assert [(g.norm, g.tensor, g.layers, g.scale, g.bias, g.absorber) for g in groups] == [
+        ("v", "a2", ("o",), "wv", "bv", "linear")]
+    balanced, done, skipped = balance(model, SmoothQuantParams(enabled=True, alpha=0.5), data)
+    assert skipped == [] and done[0].absorber == "linear"
+    feed = _attention_data(7, 1)[0]
+    assert rel_diff(run(model, feed)[0], run(balanced, feed)[0]) < 1e-5  # the float model is unchanged
+    before, after = (GraphView(m) for m in (model, balanced))
+    s = after.array("wo")[:, 0] / before.array("wo")[:, 0]
+    np.testing.assert_allclose(after.array("wv"), before.array("wv") / s, rtol=1e-5)
+    np.testing.assert_allclose(after.array("bv"), before.array("bv") / s, rtol=1e-5)
+    assert s[5] > 3 * np.median(s) and s[20] > 3 * np.median(s)  # the outlier channels are scaled down
+
+
+def test_channels_that_a_transpose_reorders_are_not_balanced_and_the_record_says_why():
+    model, data = _attention(0, scramble=True), _attention_data(0)
+    assert [g.absorber for g in smooth_groups(model)[0]] == ["linear"]  # found by its ops ...
+    balanced, done, skipped = balance(model, SmoothQuantParams(enabled=True), data)
+    assert done == [] and balanced.SerializeToString() == model.SerializeToString()  # ... refused by the check
+    assert [n for n, _ in skipped] == ["v"] and "one to one" in skipped[0][1]
+
+
+def test_static_int8_of_the_output_projection_gains_from_balancing(tmp_path):
+    model, data = _attention(3, outlier=60.0), _attention_data(3)
+    feed = _attention_data(9, 1)[0]
+    errs = []
+    for methods in ({}, {"smooth_quant": {"enabled": True}}):
+        cfg = create_quant_config(None, model, batch_num=None, config_defination={"methods": methods})
+        cm = quantize_model(cfg, model, data, profile="onnxruntime", cpu_types="u8s8")
+        deploy = onnx.load(str(save_model(cm, tmp_path / str(len(methods)), latency_check=False)["deploy"]))
+        errs.append(rel_diff(run(model, feed)[0], run(deploy, feed)[0]))
+    assert errs[1] < 0.6 * errs[0], errs
+    assert cm.methods["smooth_quant"]["groups"][0]["absorber"] == "linear"
+
+
+def test_a_scalar_mul_before_a_matmul_becomes_a_per_channel_vector():
+    """fc1 -> a GELU written out, ending in ``* 0.5`` (as torch exports nn.GELU) -> fc2."""
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.normal(0, 0.3, (K, 48)).astype(np.float32), rng.normal(0, 0.3, (48, K)).astype(np.float32)
+    w1[:, 7] *= 40.0
+    w2[7] /= 40.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Div", ["h", "sqrt2"], ["h1"], name="div"),
+             helper.make_node("Erf", ["h1"], ["h2"], name="erf"),
+             helper.make_node("Add", ["h2", "one"], ["h3"], name="add"),
+             helper.make_node("Mul", ["h", "h3"], ["h4"], name="mul"),
+             helper.make_node("Mul", ["h4", "half"], ["h5"], name="half_mul"),
+             helper.make_node("MatMul", ["h5", "w2"], ["y"], name="fc2")]
+    inits = {"w1": w1, "w2": w2, "sqrt2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32),
+             "half": np.array(0.5, np.float32)}
+    model = make_model(nodes, {"x": ["B", 16, K]}, ["y"], inits)
+    groups, _ = smooth_groups(model)
+    assert [(g.norm, g.layers, g.scale, g.absorber) for g in groups] == [("half_mul", ("fc2",), "half",
+                                                                         "normalization")]
+    balanced, done, _ = balance(model, SmoothQuantParams(enabled=True), _data(4))
+    half = GraphView(balanced).array("half")
+    assert half.shape == (48,) and np.all(half > 0) and half[7] < np.median(half) / 3
+    feed = _data(8, 1)[0]
+    assert rel_diff(run(model, feed)[0], run(balanced, feed)[0]) < 1e-5

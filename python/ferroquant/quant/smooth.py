@@ -16,7 +16,9 @@ class Smoothed:
     """What balancing did to one normalization ``norm``: the layers it feeds, the alpha used, the search's int8
     output error with and without the scales (mean squared, on the sampled rows), and the smallest and largest
     scale; ``tensor``: the normalization's output tensor where the graph names one (ONNX); ``weight_bits``: the
-    weights' bit width the search modelled (7 where the CPU's kernels take 7-bit weights)."""
+    weights' bit width the search modelled (7 where the CPU's kernels take 7-bit weights); ``absorber``: what took
+    the division, ``normalization`` (``norm`` names it, or the ``Mul`` that ends it) or ``linear`` (``norm`` names
+    the MatMul/Gemm that makes the tensor, e.g. attention's value projection for its output projection)."""
 
     norm: str
     layers: Tuple[str, ...]
@@ -27,13 +29,14 @@ class Smoothed:
     scale_max: float
     tensor: Optional[str] = None
     weight_bits: int = 8
+    absorber: str = "normalization"
 
     @classmethod
     def of(cls, norm: str, layers: Sequence[str], found: SmoothResult, scales: np.ndarray,
-           tensor: Optional[str] = None, weight_bits: int = 8) -> "Smoothed":
+           tensor: Optional[str] = None, weight_bits: int = 8, absorber: str = "normalization") -> "Smoothed":
         """The entry for the search result ``found`` and the ``scales`` applied."""
         return cls(norm, tuple(layers), found.alpha, float(np.min(found.losses)), found.loss_unbalanced,
-                   float(scales.min()), float(scales.max()), tensor, weight_bits)
+                   float(scales.min()), float(scales.max()), tensor, weight_bits, absorber)
 
     def to_json(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"norm": self.norm}
@@ -41,7 +44,7 @@ class Smoothed:
             out["tensor"] = self.tensor
         out.update(layers=list(self.layers), alpha=self.alpha, loss=self.loss,
                    loss_unbalanced=self.loss_unbalanced, scale_min=self.scale_min, scale_max=self.scale_max,
-                   weight_bits=self.weight_bits)
+                   weight_bits=self.weight_bits, absorber=self.absorber)
         return out
 
 
