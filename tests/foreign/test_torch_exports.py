@@ -79,7 +79,7 @@ def test_bert_balances_what_its_layernorms_cannot_through_the_value_projection_a
                       config_defination={"methods": {"smooth_quant": {"enabled": True}}})
     entry = out["calibrated"].methods["smooth_quant"]
     got = sorted((g["absorber"], g["norm"].split("/")[-2], g["layers"][0].split("/")[-2]) for g in entry["groups"])
-    assert got == [("linear", "value", "dense")] * 2 + [("normalization", "intermediate_act_fn", "dense")] * 2
+    assert got == [("linear", "value", "dense")] * 2 + [("scalar", "intermediate_act_fn", "dense")] * 2
     assert {s["norm"].split("/")[-2] for s in entry["skipped"]} == {"LayerNorm"}
     assert entry["fp32_max_relative_difference"] < 1e-5
     ref_s, got_s = session(path, True), session(out["paths"]["deploy"])

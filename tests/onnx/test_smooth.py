@@ -359,8 +359,7 @@ def test_a_scalar_mul_before_a_matmul_becomes_a_per_channel_vector():
              "half": np.array(0.5, np.float32)}
     model = make_model(nodes, {"x": ["B", 16, K]}, ["y"], inits)
     groups, _ = smooth_groups(model)
-    assert [(g.norm, g.layers, g.scale, g.absorber) for g in groups] == [("half_mul", ("fc2",), "half",
-                                                                         "normalization")]
+    assert [(g.norm, g.layers, g.scale, g.absorber) for g in groups] == [("half_mul", ("fc2",), "half", "scalar")]
     balanced, done, _ = balance(model, SmoothQuantParams(enabled=True), _data(4))
     half = GraphView(balanced).array("half")
     assert half.shape == (48,) and np.all(half > 0) and half[7] < np.median(half) / 3

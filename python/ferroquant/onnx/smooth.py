@@ -66,8 +66,9 @@ class SmoothGroup:
     transposed: Tuple[bool, ...] = ()
     #: ``scale`` keeps the channels on its first axis (a producing Gemm's ``[K, K']`` weight with ``transB``)
     scale_transposed: bool = False
-    #: what absorbs the division: ``normalization`` (its scale/bias, or a per-channel or scalar ``Mul``) or
-    #: ``linear`` (the MatMul/Gemm that makes the tensor, through reshapes, transposes and attention's P.V)
+    #: what absorbs the division: ``normalization`` (its scale/bias, or a per-channel ``Mul``), ``scalar`` (a
+    #: ``Mul`` by a scalar constant, which becomes a vector) or ``linear`` (the MatMul/Gemm that makes the tensor,
+    #: through reshapes, transposes and attention's P.V)
     absorber: str = "normalization"
 
 
@@ -303,7 +304,8 @@ def _affine_groups(view: GraphView) -> Tuple[List[SmoothGroup], List[Tuple[str, 
         if why is not None:
             skipped.append((node_label(node), why))
             continue
-        groups.append(_group(node, k, gamma, beta, readers))
+        scalar = view.array(gamma).size == 1
+        groups.append(replace(_group(node, k, gamma, beta, readers), absorber="scalar" if scalar else "normalization"))
     return groups, skipped
 
 

@@ -314,7 +314,7 @@ DEFAULT_ALPHAS: Sequence[float] = tuple(i / 20 for i in range(21))
 
 
 def smooth_search(act_absmax: object, w: object, x: object, alphas: Sequence[float] = DEFAULT_ALPHAS,
-                  bits: int = 8, name: Optional[str] = None, w_bits: Optional[int] = None) -> SmoothResult:
+                  bits: int = 8, w_bits: Optional[int] = None, name: Optional[str] = None) -> SmoothResult:
     """SmoothQuant balancing for a ``[K, N]`` weight: ``s_j = max|X_j|^a / max|W_j|^(1-a)``, ``a`` from
     ``alphas`` by the output error on rows ``x`` after fake-quantization of the activations to int``bits`` per
     tensor and of the weights to int``w_bits`` (``bits`` when None; 7 where the CPU's kernels take 7-bit weights)

@@ -17,8 +17,9 @@ class Smoothed:
     output error with and without the scales (mean squared, on the sampled rows), and the smallest and largest
     scale; ``tensor``: the normalization's output tensor where the graph names one (ONNX); ``weight_bits``: the
     weights' bit width the search modelled (7 where the CPU's kernels take 7-bit weights); ``absorber``: what took
-    the division, ``normalization`` (``norm`` names it, or the ``Mul`` that ends it) or ``linear`` (``norm`` names
-    the MatMul/Gemm that makes the tensor, e.g. attention's value projection for its output projection)."""
+    the division, ``normalization`` (``norm`` names it, or the ``Mul`` that ends it), ``scalar`` (``norm`` names a
+    ``Mul`` by a scalar constant, which became a per-channel vector) or ``linear`` (``norm`` names the MatMul/Gemm
+    that makes the tensor, e.g. attention's value projection for its output projection)."""
 
     norm: str
     layers: Tuple[str, ...]

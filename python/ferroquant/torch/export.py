@@ -215,11 +215,12 @@ def norm_linear_groups(model: nn.Module, input_data: InputData) -> Tuple[List[Tu
     (:func:`ferroquant.onnx.smooth.smooth_groups`): ``(norm module, linear modules)`` for each ``nn.LayerNorm``
     (a per-channel affine ``Mul -> Add`` in the export) whose output only linear layers read (``nn.Linear``,
     transformers' Conv1D), and
-    ``(ONNX node, reason)`` for the normalizations left alone."""
+    ``(ONNX node, reason)`` for the normalizations left alone. The ONNX flow's other absorbers (a scalar ``Mul``,
+    a producing linear layer) are not modules this flow rescales: their groups are left out."""
     modules = dict(model.named_modules())
     groups, skipped = smooth_groups(export_layers_onnx(model, input_data))
     out = []
-    for g in groups:
+    for g in (g for g in groups if g.absorber == "normalization"):
         norm = g.scale[:-len(".weight")] if g.scale.endswith(".weight") else None
         lins = [w[:-len(".weight")] if w.endswith(".weight") else None for w in g.weights]
         bias_ok = g.bias is None or g.bias == f"{norm}.bias"
