@@ -170,7 +170,8 @@ def weight_only_calls(x, n, bits, scale, zp, steps, iters, val):
     stats = lambda c: (np.full(c, np.inf, f32), np.full(c, -np.inf, f32), np.zeros(c))  # noqa: E731
     # raw values past GroupSpec's checks: the native side must refuse them itself
     spec = SimpleNamespace(bits=bits, group_size=gs, symmetric=sym, scale_f16=f16)
-    clip = lambda grid: None if grid is None else SimpleNamespace(n_grid=grid, max_shrink=float(scale))  # noqa: E731
+    clip = lambda grid: None if grid is None else SimpleNamespace(  # noqa: E731
+        n_grid=grid, max_shrink=float(scale), refine=bool(zp % 2))
     return {
         "quantize_groupwise": lambda: _native.quantize_groupwise(x, spec, clip(None if steps % 3 else iters)),
         "dequantize_groupwise": lambda: _native.dequantize_groupwise(

@@ -23,11 +23,11 @@ def _data(seed, k, n, rows, outliers=2):
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 40), n=st.integers(1, 12), rows=st.integers(1, 50),
        bits=st.integers(2, 8), gs=st.integers(1, 45), sym=st.booleans(), n_grid=st.integers(1, 20),
-       clip=st.sampled_from([None, 20, 6]))
+       clip=st.sampled_from([None, 20, 6, -20]))
 def test_awq_parity(seed, k, n, rows, bits, gs, sym, n_grid, clip):
     w, x = _data(seed, k, n, rows)
     spec = ops.GroupSpec(bits, gs, sym)
-    args = (spec, n_grid, None if clip is None else ops.ClipSearch(clip))
+    args = (spec, n_grid, None if clip is None else ops.ClipSearch(abs(clip), refine=clip > 0))
     got, want = ops.awq(w, x, *args), reference.awq(w, x, *args)
     assert got.alpha == want.alpha
     assert_array_equal(got.alphas, want.alphas)
@@ -140,3 +140,20 @@ def test_smooth_search_weighs_the_weight_bits_it_is_given():
     r8, r7 = ops.smooth_search(act, w, x), ops.smooth_search(act, w, x, w_bits=7)
     assert r7.losses.min() > r8.losses.min() and r7.loss_unbalanced > r8.loss_unbalanced
     assert ops.smooth_search(act, w, x, w_bits=8).losses.tolist() == r8.losses.tolist()
+
+
+def test_awq_refined_clip_lowers_the_output_error_of_every_column():
+    """AWQ's clip search by output error, refined per bound: per group and column at most the joint search's
+    error (it starts there and keeps strict improvements), and lower in total on outlier-laden inputs."""
+    w, x = _data(11, 64, 48, 400, outliers=4)
+    spec = ops.GroupSpec(4, 32, False)
+    joint, refined = (ops.awq(w, x, spec, clip=ops.ClipSearch(refine=r)) for r in (False, True))
+    assert joint.alpha == refined.alpha  # the scales come first and do not depend on the clip
+
+    def err(r):  # per group and column: ||x_g (w_g s - deq_g)||^2 with the AWQ-scaled inputs
+        ws = w * r.channel_scale[:, None]
+        xs = x.astype(np.float64) / r.channel_scale.astype(np.float64)
+        d = (ws - r.quant.dequantize()).astype(np.float64)
+        return np.stack([((xs[:, g:g + 32] @ d[g:g + 32]) ** 2).sum(0) for g in (0, 32)])
+
+    assert np.all(err(refined) <= err(joint) * (1 + 1e-12)) and err(refined).sum() < 0.99 * err(joint).sum()

@@ -35,7 +35,8 @@ SECTION = "weight_only"
 class WeightOnlyConfig:
     """Group-wise weight-only quantization of every MatMul (constant 2-D ``B``) and Gemm (constant ``B``).
 
-    - ``algorithm``: ``rtn`` (round to nearest per group; ``clip_search`` adds the per-group MSE clip search),
+    - ``algorithm``: ``rtn`` (round to nearest per group; ``clip_search`` adds the per-group MSE clip search;
+      ``clip_refine``, asymmetric groups, then scans each bound's shrink alone, see ``ops.ClipSearch``),
       ``gptq`` (needs calibration data: the Hessian of each layer's input, streamed), ``awq`` (needs
       calibration data: per-input-channel scales by output error, then the per-group clip search; the input is
       divided by the scales in a ``Div`` node before the layer).
@@ -64,6 +65,7 @@ class WeightOnlyConfig:
     scale_dtype: str = "float32"
     format: str = "matmulnbits"
     clip_search: bool = True
+    clip_refine: bool = True
     percdamp: float = 0.01
     act_order: bool = True
     block_size: int = 128
@@ -85,7 +87,7 @@ class WeightOnlyConfig:
         check_choice(where, "format", self.format, WEIGHT_ONLY_FORMATS)
         if self.format == "matmulnbits" and (self.group_size < 16 or self.group_size & (self.group_size - 1)):
             raise field_error(where, "group_size", f"MatMulNBits needs a power of two >= 16, got {self.group_size}")
-        for k in ("symmetric", "clip_search", "act_order", "embeddings"):
+        for k in ("symmetric", "clip_search", "clip_refine", "act_order", "embeddings"):
             check_bool(where, k, getattr(self, k))
         check_choice(where, "scale_dtype", self.scale_dtype, ("float32", "float16"))
         check_num(where, "percdamp", self.percdamp, 0.0, 1.0)

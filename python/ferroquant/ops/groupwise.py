@@ -59,12 +59,17 @@ class GroupSpec:
 @dataclass(frozen=True)
 class ClipSearch:
     """The per-group clip search: ranges shrunk by ``r = 1 - i/n_grid`` for ``i < floor(max_shrink * n_grid)``
-    (llm-awq's ``auto_clip`` grid: 1.0, 0.95, ..., 0.55); the first minimum wins."""
+    (llm-awq's ``auto_clip`` grid: 1.0, 0.95, ..., 0.55); the first minimum wins. ``refine`` (asymmetric
+    groups): then the upper bound's ratio over the same grid with the lower one kept, then the lower one's with
+    the upper kept, each keeping only strict improvements per column (False: llm-awq's search exactly)."""
 
     n_grid: int = 20
     max_shrink: float = 0.5
+    refine: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.refine, bool):
+            raise ParameterError(f"ClipSearch.refine must be a bool, got {self.refine!r}")
         if not (isinstance(self.n_grid, int) and self.n_grid >= 1):
             raise ParameterError(f"ClipSearch.n_grid must be an int >= 1, got {self.n_grid!r}")
         if not 0.0 <= self.max_shrink < 1.0:

@@ -105,7 +105,7 @@ def group_spec(cfg: WeightOnlyConfig) -> GroupSpec:
 def quantize_layer(layer: WeightOnlyLayer, w_kn: np.ndarray, cfg: WeightOnlyConfig,
                    stats: Optional[InputStatistics] = None) -> WeightOnlyQuant:
     """RTN, GPTQ or AWQ of the layer's ``[K, N]`` weight per ``cfg`` (``stats`` of its input for GPTQ/AWQ)."""
-    spec, clip = group_spec(cfg), ClipSearch() if cfg.clip_search else None
+    spec, clip = group_spec(cfg), ClipSearch(refine=cfg.clip_refine) if cfg.clip_search else None
     if cfg.algorithm == "rtn":
         return WeightOnlyQuant(layer, ops.quantize_groupwise(w_kn, spec, clip, name=layer.weight), "rtn")
     if stats is None:

@@ -64,7 +64,7 @@ def awq(w: object, x: object, spec: GroupSpec = GroupSpec(), n_grid: int = 20,
     def params(j: int, block: np.ndarray):
         xg = xs[:, j * gs:j * gs + block.shape[0]]
         gram = xg.T @ xg
-        return best_params(block, spec, ratios, lambda d: np.einsum("an,an->n", d, gram @ d))
+        return best_params(block, spec, ratios, lambda d: np.einsum("an,an->n", d, gram @ d), clip.refine)
 
     return AwqResult(sc, float(alphas[best]), alphas, losses, quantize_params(ws, spec, params))
 

@@ -60,23 +60,34 @@ def clip_ratios(n_grid: int, max_shrink: float) -> list:
     return [f32(1.0 - i / n_grid) for i in range(n)]
 
 
-def best_params(block: np.ndarray, spec: GroupSpec, ratios: Optional[list], loss_fn) -> tuple[np.ndarray, np.ndarray]:
-    """Per column of ``block`` (one group's rows), the params of the ratio with the least ``loss_fn(d)`` (d the
-    float64 error of the dequantized block); ``ratios`` None: plain min/max."""
+def best_params(block: np.ndarray, spec: GroupSpec, ratios: Optional[list], loss_fn, refine: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Specifies groupwise.rs::search_clip. Per column of ``block`` (one group's rows), the params of the clip
+    with the least ``loss_fn(d)`` (d the float64 error of the dequantized block): both bounds shrunk by each
+    ratio, then with ``refine`` (asymmetric only) the upper bound's ratio with the lower kept, then the lower's
+    with the upper kept, strict improvements only; ``ratios`` None: plain min/max."""
     lo, hi = block.min(axis=0), block.max(axis=0)
     if ratios is None:
         return group_qparams(lo, hi, spec)
     qmax = (1 << spec.bits) - 1
     best = None
-    for r in ratios:
-        s, z = group_qparams(r * lo, r * hi, spec)
-        d = block.astype(f64) - dequant(codes_of(block, s, z, qmax), s, z).astype(f64)
-        loss = loss_fn(d)
-        if best is None:
-            best = [s.copy(), z.copy(), loss]
-        else:
+    rl, rh = np.ones_like(lo), np.ones_like(hi)
+    for stage in range(3 if refine and not spec.symmetric else 1):
+        for r in ratios:
+            same = np.full_like(lo, r)
+            cl, ch = (same, same) if stage == 0 else (rl.copy(), same) if stage == 1 else (same, rh.copy())
+            s, z = group_qparams(cl * lo, ch * hi, spec)
+            d = block.astype(f64) - dequant(codes_of(block, s, z, qmax), s, z).astype(f64)
+            loss = loss_fn(d)
+            if best is None:
+                best, rl, rh = [s.copy(), z.copy(), loss], same.copy(), same.copy()
+                continue
             better = loss < best[2]
             best[0][better], best[1][better], best[2][better] = s[better], z[better], loss[better]
+            if stage != 2:
+                rh[better] = r
+            if stage != 1:
+                rl[better] = r
     return best[0], best[1]
 
 
@@ -109,9 +120,9 @@ def weight_of(w: object) -> np.ndarray:
     return w
 
 
-def rtn(w: np.ndarray, spec: GroupSpec, ratios: Optional[list] = None) -> GroupQuant:
+def rtn(w: np.ndarray, spec: GroupSpec, ratios: Optional[list] = None, refine: bool = False) -> GroupQuant:
     """Group-wise round to nearest of a checked float32 ``[K, N]`` weight."""
-    return quantize_params(w, spec, lambda j, block: best_params(block, spec, ratios, sq_err))
+    return quantize_params(w, spec, lambda j, block: best_params(block, spec, ratios, sq_err, refine))
 
 
 def dequant_rows(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, group_size: int) -> np.ndarray:
@@ -121,7 +132,7 @@ def dequant_rows(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray,
 
 def quantize_groupwise(w: object, spec: GroupSpec = GroupSpec(), clip: Optional[ClipSearch] = None) -> GroupQuant:
     """Specifies groupwise.rs::quantize_groupwise."""
-    return rtn(weight_of(w), spec, ratios_of(clip))
+    return rtn(weight_of(w), spec, ratios_of(clip), clip is not None and clip.refine)
 
 
 def dequantize_groupwise(quant: GroupQuant) -> np.ndarray:

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
 use crate::groupwise::{
-    assemble, col_tiles, column_min_max, keep_best, shrunk_params, tasks, tile_params, ClipSearch, GroupParams, GroupQuant,
+    assemble, col_tiles, column_min_max, search_clip, tasks, tile_params, ClipSearch, GroupParams, GroupQuant,
     GroupSpec, MatShape,
 };
 use crate::linalg::{gemm_add, view, view_mut};
@@ -168,21 +168,20 @@ fn clip_search(ws: &[f32], s: MatShape, x64: &[f64], rows: usize, sc: &[f32], sp
         .collect();
     let params: Vec<Vec<GroupParams>> = tasks(s, spec)
         .into_par_iter()
-        .map(|(g, cols)| group_clip(ws, s, spec, g, cols, &ratios, &grams[g]))
+        .map(|(g, cols)| group_clip(ws, s, spec, g, cols, (&ratios, c.refine), &grams[g]))
         .collect::<Result<_>>()?;
     Ok(assemble(ws, s, spec, &params))
 }
 
-/// Per column of `cols`, the clip ratio of group `g` with the least `δᵀ G δ`.
-fn group_clip(ws: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>, ratios: &[f32],
-    gram: &[f64]) -> Result<Vec<GroupParams>> {
+/// Per column of `cols`, the clip of group `g` (the search `(ratios, refine)` of `ClipSearch`) with the least
+/// `δᵀ G δ`.
+fn group_clip(ws: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>,
+    (ratios, refine): (&[f32], bool), gram: &[f64]) -> Result<Vec<GroupParams>> {
     let rows = spec.rows(g, s.k);
     let (len, nc, qmax) = (rows.len(), cols.len(), spec.qmax() as f32);
     let (lo, hi) = column_min_max(ws, s.n, rows.clone(), cols.clone());
-    let mut best = None;
     let (mut d, mut gd) = (vec![0f64; len * nc], vec![0f64; len * nc]);
-    for &r in ratios {
-        let p = shrunk_params(&lo, &hi, r, spec, g, s.n, cols.start)?;
+    search_clip(&lo, &hi, ratios, refine, spec, g, s.n, cols.start, |p| {
         for (a, k) in rows.clone().enumerate() {
             for (c, p) in p.iter().enumerate() {
                 let v = ws[k * s.n + cols.start + c];
@@ -197,9 +196,8 @@ fn group_clip(ws: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::op
                 loss[c] += d[a * nc + c] * gd[a * nc + c];
             }
         }
-        keep_best(&mut best, p, loss);
-    }
-    Ok(best.map(|b| b.0).unwrap_or_default())
+        Ok(loss)
+    })
 }
 
 #[cfg(test)]

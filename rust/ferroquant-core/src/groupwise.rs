@@ -153,17 +153,64 @@ pub fn group_qparams(lo: f32, hi: f32, spec: &GroupSpec, index: usize) -> Result
 
 /// The MSE clip search: candidate ranges `[r*lo, r*hi]` for `r = 1 - i/n_grid`, `i = 0 .. n` with
 /// `n = floor(max_shrink * n_grid)` (at least 1), as llm-awq's `auto_clip` (`n_grid=20, max_shrink=0.5`:
-/// 1.0, 0.95, ..., 0.55). Both bounds shrink by the same ratio. The first minimum wins.
+/// 1.0, 0.95, ..., 0.55). Both bounds shrink by the same ratio; the first minimum wins. With `refine` (and a
+/// zero point: asymmetric groups), the upper bound's ratio is then scanned over the same grid with the lower
+/// one kept, then the lower one's with the upper kept, each keeping only strict improvements per column
+/// (`refine = false`: llm-awq's search exactly). See [`search_clip`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipSearch {
     pub n_grid: usize,
     pub max_shrink: f64,
+    pub refine: bool,
 }
 
 impl Default for ClipSearch {
     fn default() -> Self {
-        Self { n_grid: 20, max_shrink: 0.5 }
+        Self { n_grid: 20, max_shrink: 0.5, refine: true }
     }
+}
+
+/// The clip search of one block of columns with ranges `[lo, hi]` (group `g`, columns from `col0` of `n`):
+/// `loss(p)` is the per-column loss of params `p`. The joint shrink over `ratios`, then with `refine` and
+/// asymmetric groups the two coordinate scans of [`ClipSearch`]. The params of the least loss per column.
+#[allow(clippy::too_many_arguments)]
+pub fn search_clip(lo: &[f32], hi: &[f32], ratios: &[f32], refine: bool, spec: &GroupSpec, g: usize, n: usize,
+    col0: usize, mut loss: impl FnMut(&[GroupParams]) -> Result<Vec<f64>>) -> Result<Vec<GroupParams>> {
+    let nc = lo.len();
+    let params = |rl: &[f32], rh: &[f32]| -> Result<Vec<GroupParams>> {
+        (0..nc).map(|c| group_qparams(rl[c] * lo[c], rh[c] * hi[c], spec, g * n + col0 + c)).collect()
+    };
+    let (mut rl, mut rh) = (vec![1f32; nc], vec![1f32; nc]);
+    let mut best: Option<(Vec<GroupParams>, Vec<f64>)> = None;
+    // stage 0: both bounds by one ratio; 1: the upper bound's ratio; 2: the lower bound's
+    let stages = if refine && !spec.symmetric { 3 } else { 1 };
+    for stage in 0..stages {
+        for &r in ratios {
+            let same = vec![r; nc];
+            let p = match stage {
+                0 => params(&same, &same)?,
+                1 => params(&rl, &same)?,
+                _ => params(&same, &rh)?,
+            };
+            let l = loss(&p)?;
+            let Some((bp, bl)) = best.as_mut() else {
+                (rl, rh) = (same.clone(), same);
+                best = Some((p, l));
+                continue;
+            };
+            for c in 0..nc {
+                if l[c] < bl[c] {
+                    (bp[c], bl[c]) = (p[c], l[c]);
+                    match stage {
+                        0 => (rl[c], rh[c]) = (r, r),
+                        1 => rh[c] = r,
+                        _ => rl[c] = r,
+                    }
+                }
+            }
+        }
+    }
+    Ok(best.map(|b| b.0).unwrap_or_default())
 }
 
 impl ClipSearch {
@@ -286,24 +333,21 @@ pub fn keep_best(best: &mut Option<(Vec<GroupParams>, Vec<f64>)>, p: Vec<GroupPa
     }
 }
 
-/// Params for columns `cols` of group `g` from their min/max, shrunk by the clip ratio with the least squared
-/// weight error when `ratios` is given (`r = 1` first; the first minimum wins).
+/// Params for columns `cols` of group `g` from their min/max, clipped by the search `clip` (its ratios and
+/// whether it refines) with the least squared weight error when given.
 pub fn tile_params(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>,
-    ratios: Option<&[f32]>) -> Result<Vec<GroupParams>> {
+    clip: Option<(&[f32], bool)>) -> Result<Vec<GroupParams>> {
     let rows = spec.rows(g, s.k);
     let (lo, hi) = column_min_max(w, s.n, rows.clone(), cols.clone());
-    let Some(ratios) = ratios else { return shrunk_params(&lo, &hi, 1.0, spec, g, s.n, cols.start) };
+    let Some((ratios, refine)) = clip else { return shrunk_params(&lo, &hi, 1.0, spec, g, s.n, cols.start) };
     let qmax = spec.qmax() as f32;
-    let mut best = None;
-    for &r in ratios {
-        let p = shrunk_params(&lo, &hi, r, spec, g, s.n, cols.start)?;
+    search_clip(&lo, &hi, ratios, refine, spec, g, s.n, cols.start, |p| {
         let mut loss = vec![0f64; cols.len()];
         for k in rows.clone() {
-            sq_err_row(&w[k * s.n + cols.start..k * s.n + cols.end], &p, qmax, &mut loss);
+            sq_err_row(&w[k * s.n + cols.start..k * s.n + cols.end], p, qmax, &mut loss);
         }
-        keep_best(&mut best, p, loss);
-    }
-    Ok(best.map(|b| b.0).unwrap_or_default())
+        Ok(loss)
+    })
 }
 
 /// The fixed column tiles of `n` columns.
@@ -322,9 +366,10 @@ pub fn tasks(s: MatShape, spec: &GroupSpec) -> Vec<(usize, std::ops::Range<usize
 pub fn quantize_groupwise(w: &[f32], s: MatShape, spec: &GroupSpec, clip: Option<&ClipSearch>) -> Result<GroupQuant> {
     s.check("weight", w.len())?;
     let ratios = clip.map(|c| c.ratios()).transpose()?;
+    let search = ratios.as_deref().zip(clip.map(|c| c.refine));
     let tasks = tasks(s, spec);
     let outs: Vec<Result<(Vec<GroupParams>, Vec<u8>)>> =
-        tasks.par_iter().map(|(g, cols)| code_tile(w, s, spec, *g, cols.clone(), ratios.as_deref())).collect();
+        tasks.par_iter().map(|(g, cols)| code_tile(w, s, spec, *g, cols.clone(), search)).collect();
     let outs = first_error(outs)?;
     let groups = spec.groups(s.k);
     let per_group = col_tiles(s.n).len();
@@ -359,8 +404,8 @@ fn first_error<T>(outs: Vec<Result<T>>) -> Result<Vec<T>> {
 }
 
 /// One task of [`quantize_groupwise`]: the block's params and its codes `[rows, nc]`.
-fn code_tile(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>, ratios: Option<&[f32]>)
-    -> Result<(Vec<GroupParams>, Vec<u8>)> {
+fn code_tile(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>,
+    clip: Option<(&[f32], bool)>) -> Result<(Vec<GroupParams>, Vec<u8>)> {
     let rows = spec.rows(g, s.k);
     for r in rows.clone() {
         let row = &w[r * s.n + cols.start..r * s.n + cols.end];
@@ -369,7 +414,7 @@ fn code_tile(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops:
             return Err(QuantError::NonFinite { index: r * s.n + cols.start + c, value: row[c] });
         }
     }
-    let p = tile_params(w, s, spec, g, cols.clone(), ratios)?;
+    let p = tile_params(w, s, spec, g, cols.clone(), clip)?;
     let (sc, zp): (Vec<f32>, Vec<f32>) = p.iter().map(|p| (p.scale, p.zero_point as f32)).unzip();
     let nc = cols.len();
     let mut codes = vec![0u8; rows.len() * nc];
@@ -468,6 +513,27 @@ mod tests {
         }
         let c = quantize_groupwise(&w, s, &sp, Some(&ClipSearch::default())).unwrap();
         assert_eq!(c.codes.len(), k * n);
+    }
+
+    #[test]
+    fn refining_each_bound_keeps_or_lowers_every_columns_error() {
+        // a long upper tail: the joint shrink clips both bounds alike, the refinement can clip only the top
+        let (k, n) = (64, 24);
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| {
+                let v = ((i * 2654435761usize) % 1999) as f32 / 999.5 - 1.0;
+                if i % 37 == 0 { 6.0 * v.abs() } else { v }
+            })
+            .collect();
+        let (s, sp) = (MatShape { k, n }, spec(4, 32, false));
+        let err = |q: &GroupQuant| -> Vec<f64> {
+            let d = dequantize_groupwise(q, s, 32).unwrap();
+            (0..2 * n).map(|t| (t / n * 32..(t / n + 1) * 32).map(|r| ((w[r * n + t % n] - d[r * n + t % n]) as f64).powi(2)).sum()).collect()
+        };
+        let run = |refine| quantize_groupwise(&w, s, &sp, Some(&ClipSearch { refine, ..ClipSearch::default() })).unwrap();
+        let (joint, refined) = (err(&run(false)), err(&run(true)));
+        assert!(joint.iter().zip(&refined).all(|(j, r)| r <= j));
+        assert!(refined.iter().sum::<f64>() < joint.iter().sum::<f64>());
     }
 
     #[test]

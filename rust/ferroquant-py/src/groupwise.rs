@@ -22,16 +22,17 @@ impl SpecArg {
     }
 }
 
-/// The Python `ClipSearch` (`n_grid`, `max_shrink`), read once at the boundary.
+/// The Python `ClipSearch` (`n_grid`, `max_shrink`, `refine`), read once at the boundary.
 #[derive(FromPyObject)]
 pub struct ClipArg {
     n_grid: usize,
     max_shrink: f64,
+    refine: bool,
 }
 
 impl ClipArg {
     pub fn search(&self) -> ClipSearch {
-        ClipSearch { n_grid: self.n_grid, max_shrink: self.max_shrink }
+        ClipSearch { n_grid: self.n_grid, max_shrink: self.max_shrink, refine: self.refine }
     }
 }
 
