@@ -1,9 +1,10 @@
 """Learned rounding (AdaRound): native == reference, and what the method promises on its own terms.
 
 Both sides run the same float64 Adam steps; their Gram products are summed in different orders (faer tiles in
-the kernel, einsum here), so the rounding variables ``v`` agree within a tolerance, not bit for bit. A code can
-then differ only where ``v`` ends within that tolerance of 0: the codes are compared everywhere else, and the
-weights drawn here (continuous distributions, seeds from hypothesis) almost never end there."""
+the kernel, einsum here), so the rounding variables ``v`` agree within a tolerance, not bit for bit (bit for bit
+in practice from 3 inputs up; see the one-or-two-inputs test for the exception). A code can then differ only
+where ``v`` ends within that tolerance of 0: the codes are compared everywhere else, and the weights drawn here
+(continuous distributions, seeds from hypothesis) almost never end there."""
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def _arq(w, bits):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), per=st.integers(1, 20), p=st.integers(1, 24), groups=st.integers(1, 3),
+@given(seed=st.integers(0, 2**32 - 1), per=st.integers(1, 20), p=st.integers(3, 24), groups=st.integers(1, 3),
        bits=st.sampled_from([3, 4, 8]), iterations=st.integers(0, 80), warm=st.sampled_from([0.0, 0.2, 0.5]))
 @example(seed=0, per=2, p=20, groups=3, bits=3, iterations=2, warm=0.2)  # a row with no error (AVX-512 failure)
 @example(seed=0, per=3, p=8, groups=3, bits=4, iterations=2, warm=0.5)
@@ -50,6 +51,27 @@ def test_adaround_parity(seed, per, p, groups, bits, iterations, warm):
     clear = np.abs(want.v) > 1e-6
     assert_array_equal(got.codes[clear], want.codes[clear])
     assert_allclose([got.loss_nearest, got.loss], [want.loss_nearest, want.loss], rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), per=st.integers(1, 20), p=st.integers(1, 2), groups=st.integers(1, 3),
+       bits=st.sampled_from([3, 4, 8]), iterations=st.integers(0, 80), warm=st.sampled_from([0.0, 0.2, 0.5]))
+@example(seed=248, per=11, p=2, groups=1, bits=8, iterations=4, warm=0.0)  # 1.9e-7 apart after 4 steps
+@example(seed=3243651971, per=9, p=2, groups=2, bits=3, iterations=73, warm=0.0)  # 4e-3 apart
+def test_adaround_parity_one_or_two_inputs(seed, per, p, groups, bits, iterations, warm):
+    """With one or two inputs per channel the Gram product is a sum of one or two terms, which faer's small-matrix
+    kernels fuse (one rounding) where the twin rounds twice. Where the regularizer alone pulls (no reconstruction
+    error yet), the gradient is below Adam's epsilon, and Adam scales such differences up to a share of ``lr``
+    (seen: 1.9e-7 after 4 steps and 4e-3 after 73, in 2 of 1500 random cases, both with two inputs; every case
+    with 3 or more inputs was equal bit for bit). Compared within that: ``v`` to 0.05 (a step is 0.05), the
+    codes where ``v`` is clear of 0 by more."""
+    w, gram = _layer(seed, per * groups, p, groups)
+    _, s, z = _arq(w, bits)
+    o = AdaRoundOptions(iterations=iterations, warm_start=warm)
+    got, want = ops.adaround(w, s, z, gram, bits, o), reference.adaround(w, s, z, gram, bits, o)
+    assert_allclose(got.v, want.v, rtol=0, atol=0.05)
+    clear = np.abs(want.v) > 0.05
+    assert_array_equal(got.codes[clear], want.codes[clear])
 
 
 @settings(max_examples=10, deadline=None)
