@@ -75,7 +75,8 @@ def best_params(block: np.ndarray, spec: GroupSpec, ratios: Optional[list], loss
     for stage in range(3 if refine and not spec.symmetric else 1):
         for r in ratios:
             same = np.full_like(lo, r)
-            cl, ch = (same, same) if stage == 0 else (rl.copy(), same) if stage == 1 else (same, rh.copy())
+            # a stage reads the ratio it does not change (stage 1 reads rl, stage 2 rh)
+            cl, ch = (same, same) if stage == 0 else (rl, same) if stage == 1 else (same, rh)
             s, z = group_qparams(cl * lo, ch * hi, spec)
             d = block.astype(f64) - dequant(codes_of(block, s, z, qmax), s, z).astype(f64)
             loss = loss_fn(d)

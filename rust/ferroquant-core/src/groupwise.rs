@@ -319,20 +319,6 @@ pub fn shrunk_params(lo: &[f32], hi: &[f32], r: f32, spec: &GroupSpec, g: usize,
     lo.iter().zip(hi).enumerate().map(|(c, (&l, &h))| group_qparams(r * l, r * h, spec, g * n + col0 + c)).collect()
 }
 
-/// Keep, per column, the params of the smaller loss (the earlier candidate on ties).
-pub fn keep_best(best: &mut Option<(Vec<GroupParams>, Vec<f64>)>, p: Vec<GroupParams>, loss: Vec<f64>) {
-    match best {
-        None => *best = Some((p, loss)),
-        Some((bp, bl)) => {
-            for c in 0..bl.len() {
-                if loss[c] < bl[c] {
-                    (bp[c], bl[c]) = (p[c], loss[c]);
-                }
-            }
-        }
-    }
-}
-
 /// Params for columns `cols` of group `g` from their min/max, clipped by the search `clip` (its ratios and
 /// whether it refines) with the least squared weight error when given.
 pub fn tile_params(w: &[f32], s: MatShape, spec: &GroupSpec, g: usize, cols: std::ops::Range<usize>,
