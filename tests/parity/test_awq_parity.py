@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
 from ferroquant import ops, reference
-from ferroquant.errors import NonFiniteError, ParameterError, ShapeError
+from ferroquant.errors import BitsError, NonFiniteError, ParameterError, ShapeError
 
 
 def _data(seed, k, n, rows, outliers=2):
@@ -157,3 +157,18 @@ def test_awq_refined_clip_lowers_the_output_error_of_every_column():
         return np.stack([((xs[:, g:g + 32] @ d[g:g + 32]) ** 2).sum(0) for g in (0, 32)])
 
     assert np.all(err(refined) <= err(joint) * (1 + 1e-12)) and err(refined).sum() < 0.99 * err(joint).sum()
+
+
+def test_bad_weight_bits_and_refine_flags_are_clear_errors():
+    w, x = _data(3, 8, 4, 16)
+    act = np.abs(x).max(axis=0)
+    for f in (ops.smooth_search, reference.smooth_search):
+        with pytest.raises(BitsError, match="got 1"):
+            f(act, w, x, w_bits=1)
+    with pytest.raises(ParameterError, match="refine must be a bool"):
+        ops.ClipSearch(refine="yes")
+    from ferroquant.config import WeightOnlyConfig
+    from ferroquant.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clip_refine"):
+        WeightOnlyConfig(clip_refine=1)
