@@ -48,22 +48,29 @@ fn kept(chunk: &[f32], k: usize, largest: bool) -> Vec<f32> {
 }
 
 /// The `k_max`-th largest and the `k_min`-th smallest value of `chunk`, as the two ends of a copy that
-/// holds at least those values: the bottom `k_min` and the top `k_max` (the whole chunk when they overlap).
+/// holds at least those values: the bottom `k_min` and the top `k_max` (the whole chunk when they overlap). A
+/// side with `k = 0` is not wanted and costs nothing.
 fn extremes(chunk: &[f32], k_max: usize, k_min: usize) -> Vec<f32> {
     let n = chunk.len();
     if k_max + k_min >= n {
         return chunk.to_vec();
     }
     if k_max + k_min <= STREAM_K {
-        let mut out = kept(chunk, k_min, false);
-        out.extend(kept(chunk, k_max, true));
+        let mut out = if k_min > 0 { kept(chunk, k_min, false) } else { Vec::new() };
+        if k_max > 0 {
+            out.extend(kept(chunk, k_max, true));
+        }
         return out;
     }
     let mut v = chunk.to_vec();
-    v.select_nth_unstable_by(k_min - 1, f32::total_cmp);
+    if k_min > 0 {
+        v.select_nth_unstable_by(k_min - 1, f32::total_cmp);
+    }
     let rest = &mut v[k_min..];
     let m = rest.len();
-    rest.select_nth_unstable_by(m - k_max, f32::total_cmp);
+    if k_max > 0 {
+        rest.select_nth_unstable_by(m - k_max, f32::total_cmp);
+    }
     let mut out = v[..k_min].to_vec();
     out.extend_from_slice(&v[n - k_max..]);
     out
@@ -123,8 +130,11 @@ fn order_stats_in(x: &[f32], (lo, hi): (f32, f32), k_max: usize, k_min: usize) -
         (hi, lo)
     } else {
         // Each fixed chunk keeps only its own candidates for the two order statistics; the k-th values of
-        // the union are the k-th values of the data. Values, not positions, so the chunking cannot matter.
-        let keep = |c: &[f32]| extremes(c, k_max.min(c.len()), k_min.min(c.len()));
+        // the union are the k-th values of the data. Values, not positions, so the chunking cannot matter. A
+        // side with k = 1 is the range's end, known already: its chunks keep nothing (one pass fewer over the
+        // data, as on a ReLU's output, whose 1st smallest is its minimum).
+        let (want_max, want_min) = (if k_max > 1 { k_max } else { 0 }, if k_min > 1 { k_min } else { 0 });
+        let keep = |c: &[f32]| extremes(c, want_max.min(c.len()), want_min.min(c.len()));
         let parts: Vec<Vec<f32>> = if n < PAR_THRESHOLD || k_max + k_min > CHUNK / 4 {
             vec![x.to_vec()]
         } else {
@@ -132,8 +142,8 @@ fn order_stats_in(x: &[f32], (lo, hi): (f32, f32), k_max: usize, k_min: usize) -
         };
         let mut all: Vec<f32> = parts.concat();
         let m = all.len();
-        let (_, &mut mx, _) = all.select_nth_unstable_by(m - k_max, f32::total_cmp);
-        let (_, &mut mn, _) = all.select_nth_unstable_by(k_min - 1, f32::total_cmp);
+        let mx = if k_max == 1 { hi } else { *all.select_nth_unstable_by(m - k_max, f32::total_cmp).1 };
+        let mn = if k_min == 1 { lo } else { *all.select_nth_unstable_by(k_min - 1, f32::total_cmp).1 };
         (mx, mn)
     }
 }
@@ -319,6 +329,28 @@ mod tests {
         // The values are a permutation of -1000..=298999.
         let (mx, mn) = percentile_init(&x, 0, 0.9999, 0.9999).unwrap();
         assert_eq!((mx, mn), (298_999.0 - (k - 1.0), -1000.0 + (k - 1.0)));
+    }
+
+    #[test]
+    fn one_side_at_its_end_is_the_range_end() {
+        // Parallel chunks with k = 1 on one side (that side is the range's end, no chunk keeps anything for it)
+        // and k > 1 on the other, both ways round, with zeros beside the data too: the same order statistics
+        // as a full sort.
+        let n = 400_000usize;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % n) as f32 * 0.25 - 1000.0).collect();
+        let mut sorted = x.clone();
+        sorted.sort_by(f32::total_cmp);
+        for (pmax, pmin) in [(0.9999, 0.999999), (0.999999, 0.9999), (0.9999, 0.9999)] {
+            let (kmax, kmin) = (rank(pmax, n), rank(pmin, n));
+            let (mx, mn) = percentile_init(&x, 0, pmax, pmin).unwrap();
+            assert_eq!((mx, mn), (sorted[n - kmax].max(0.0), sorted[kmin - 1].min(0.0)), "{pmax} {pmin}");
+        }
+        let pos: Vec<f32> = x.iter().map(|v| v + 1001.0).collect();
+        let zeros = 123_456;
+        let (kmax, kmin) = (rank(0.9999, n + zeros), rank(0.999999, n + zeros));
+        assert!(kmax > 1 && kmin == 1);
+        let (mx, mn) = percentile_init(&pos, zeros, 0.9999, 0.999999).unwrap();
+        assert_eq!((mx, mn), (sorted[n - kmax] + 1001.0, 0.0));
     }
 
     #[test]
