@@ -107,6 +107,28 @@ def test_ill_formed_graph_names_the_node():
         load_model(empty)
 
 
+def test_malformed_weights_are_refused_by_name():
+    """The checker runs on the model without its weights (fast); each weight left out is still checked, by
+    the checker's own tensor check: a raw buffer of the wrong size or two value fields are refused."""
+    weight = np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32)  # 4.6 KB
+    model = B.make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], {"x": (1, 8, 6, 6)}, ["y"],
+                         {"w": weight})
+    w = model.graph.initializer[0]
+    short = onnx.ModelProto()
+    short.CopyFrom(model)
+    bad = next(t for t in short.graph.initializer if t.name == w.name)
+    bad.raw_data = bad.raw_data[:100]
+    with pytest.raises(ModelError, match=f"checker refuses.*{w.name}.*raw_data size"):
+        load_model(short)
+    twice = onnx.ModelProto()
+    twice.CopyFrom(model)
+    bad = next(t for t in twice.graph.initializer if t.name == w.name)
+    bad.float_data.extend([1.0])
+    with pytest.raises(ModelError, match="checker refuses"):
+        load_model(twice)
+    load_model(model)
+
+
 def test_a_model_onnxruntime_refuses_is_refused_naming_the_node(tmp_path):
     """A strict shape-inference failure is not taken as proof that the model is bad (onnx's inference has
     gaps of its own): the model loads, and the refusal comes from onnxruntime, naming the node."""
