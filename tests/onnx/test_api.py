@@ -84,6 +84,12 @@ def test_one_call_with_a_calibration_data_reader(mobilenet, photos, tmp_path):
     res = ferroquant.quantize(mobilenet, Reader(), out, activation_offset=False)
     assert out.is_file() and res["batches"] == 2 and res["layers"] == 53
     assert (tmp_path / "mnv2_int8_fake_quant.onnx").is_file()
+    # where the time went (bench_ptq_time's breakdown): each step timed, the parts within the whole
+    t = res["timings"]
+    steps = ("load_s", "prepare_s", "session_s", "taps_run_s", "observe_s", "search_s", "write_s")
+    assert all(t[k] > 0 for k in steps), t
+    assert sum(t[k] for k in steps) <= t["calibration_s"] + t["load_s"] + t["prepare_s"] + t["session_s"] + \
+        t["search_s"] + t["write_s"] + 1e-6
     rec = read_record(res["paths"]["record"])
     # symmetric mode: every zero point is 0 (for targets such as TensorRT)
     assert all(l["activation"]["zero_point"] == 0 for l in rec["layers"].values())

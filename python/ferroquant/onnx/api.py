@@ -379,15 +379,20 @@ def quantize(model: ModelLike, calibration_data: CalibrationData, output_path: U
         paths["deploy"] = out
         return {"paths": paths, "batches": wom.batches, "layers": len(wom.quants), "timings": wom.timings,
                 "calibrated": wom}
+    load_s = None
     if config is None:
         config_kwargs.setdefault("batch_num", None)
+        t0 = time.perf_counter()
         prepared = prepare_model(model, config_kwargs.get("do_fusion", True),
                                  config_kwargs.get("skip_fusion_layers", ()))
+        load_s = time.perf_counter() - t0
         config = create_quant_config(None, prepared, **config_kwargs)
         model = prepared  # type: ignore[assignment]
     elif config_kwargs:
         raise ConfigError(f"pass either a config or config options, not both ({sorted(config_kwargs)})")
     cm = quantize_model(config, model, calibration_data, progress=progress, profile=profile, cpu_types=cpu_types)
+    if load_s is not None:  # else the model was loaded and fused within prepare_s
+        cm.timings["load_s"] = load_s
     paths = save_model(cm, out.with_suffix(""), allow_float=allow_float, latency_check=latency_check,
                        deploy_path=out)
     return {"paths": paths, "batches": cm.batches, "layers": len(cm.layers), "timings": cm.timings,
