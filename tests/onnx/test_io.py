@@ -107,9 +107,15 @@ def test_ill_formed_graph_names_the_node():
         load_model(empty)
 
 
-def test_malformed_weights_are_refused_by_name():
-    """The checker runs on the model without its weights (fast); each weight left out is still checked, by
-    the checker's own tensor check: a raw buffer of the wrong size or two value fields are refused."""
+@pytest.mark.parametrize("skeleton_from", [0, None])
+def test_malformed_weights_are_refused_by_name(monkeypatch, skeleton_from):
+    """The checker runs on the model without its weights (fast) when they are large (here: from 0 bytes on),
+    each weight left out then checked by the checker's own tensor check; or on the whole model: either way a
+    raw buffer of the wrong size or two value fields are refused."""
+    import ferroquant.onnx.io as fio
+
+    if skeleton_from is not None:
+        monkeypatch.setattr(fio, "CHECK_SKELETON_BYTES", skeleton_from)
     weight = np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32)  # 4.6 KB
     model = B.make_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], {"x": (1, 8, 6, 6)}, ["y"],
                          {"w": weight})

@@ -246,25 +246,34 @@ def fold_constant_transposes(model: onnx.ModelProto) -> Dict[str, str]:
     return done
 
 
+#: weights above which :func:`check_model` checks a skeleton and the weights one by one
+CHECK_SKELETON_BYTES = 8 << 20
+
+
 def check_model(model: onnx.ModelProto) -> None:
     """``onnx.checker.check_model`` (structure, not shapes) that works on models over 2 GB and does not insist
     on shapes for graph inputs and outputs: onnxruntime runs models whose I/O declare a type without a shape,
     and nothing ferroquant does needs them. Raises ``ValidationError``.
 
-    The checker reads a skeleton without the weights (serializing them for it took 8-25 ms of MobileNetV2's
-    load, the skeleton 2); up to 64 MiB of weights, each weight left out then goes through the checker's own
-    tensor check (its size against its shape and type, one value field), one tensor at a time."""
-    sk = skeleton(model)
-    m = sk.model
+    Over :data:`CHECK_SKELETON_BYTES` of weights, the checker reads a skeleton without them (serializing
+    MobileNetV2's 14 MB for it took 8-25 ms of its load, the skeleton and the checks below 7-9); up to 64 MiB,
+    each weight left out then goes through the checker's own tensor check (its size against its shape and type,
+    one value field), one tensor at a time. Smaller models (the exports' weightless working copies) are checked
+    whole, which costs less than a skeleton."""
+    size = weights_size(model)
+    sk = skeleton(model) if size > CHECK_SKELETON_BYTES else None
+    m = sk.model if sk is not None else model
     io = [vi for vi in list(m.graph.input) + list(m.graph.output)
           if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape")]
-    if io:  # the skeleton is a copy: these changes stay there
+    if io:
+        if m is model:
+            m = _copy(model)
         names = {vi.name for vi in io}
         for vi in list(m.graph.input) + list(m.graph.output):
             if vi.name in names and not vi.type.tensor_type.HasField("shape"):
                 vi.type.tensor_type.shape.SetInParent()  # for the checker only: "some shape"
     onnx.checker.check_model(m, full_check=False)
-    if sk.detached and weights_size(model) <= MEDIUM:
+    if sk is not None and sk.detached and size <= MEDIUM:
         detached = set(sk.detached)
         for t in model.graph.initializer:
             if t.name in detached:
