@@ -4,14 +4,13 @@
 
 For each model (MobileNetV2 with 32 photos in 4 batches of 8; PP-OCRv6 det on 3 rendered pages; BERT from
 transformers with random weights on 4 token batches, when torch and transformers are installed), in one
-process, ``--repeats`` rounds of: one onnxruntime pass over the calibration batches with graph optimizations off
-and on (the yardstick, after a warm-up pass), then ``ferroquant.onnx.quantize`` with HFMG and with IFMR (the
-default). Times are medians over the rounds, ratios the medians of each round's ratio; the breakdown is the
-median run's ``timings``: load, check and fuse; plan, calibrators and weights; the tapped onnxruntime session
-(built and released) and its runs; histogram observes; clip searches; writing the three files; and the rest
-(rule checker, record...). Besides: each algorithm's first run in a new
-process (median of 3), and the latency check of the onnxruntime profile, timed separately (it runs the deploy
-model).
+process, ``--repeats`` rounds of: onnxruntime's pass over the calibration batches with graph optimizations off
+and on (the yardstick: the median of 3 passes after a warm-up pass), then ``ferroquant.onnx.quantize`` with HFMG
+and with IFMR (the default). Times are medians over the rounds, ratios the medians of each round's ratio; the
+breakdown is the median run's ``timings``: load, check and fuse; plan, calibrators and weights; the tapped
+onnxruntime session (built and released) and its runs; histogram observes; clip searches; writing the three
+files; and the rest (rule checker, record...). Besides: each algorithm's first run in a new process (median of
+3), and the latency check of the onnxruntime profile, timed separately (it runs the deploy model).
 Writes bench/results/ptq_time.md.
 """
 
@@ -138,8 +137,8 @@ def _rounds(path: Path, feeds: Feeds, tmp: Path, repeats: int) -> List[Dict[str,
     (its speed drifted by a third between runs of this bench)."""
     out = []
     for _ in range(repeats):
-        r: Dict[str, Dict[str, float]] = {"ort": {"off": _ort_pass(path, feeds, False, 1),
-                                                   "on": _ort_pass(path, feeds, True, 1)}}
+        r: Dict[str, Dict[str, float]] = {"ort": {"off": _ort_pass(path, feeds, False, 3),
+                                                   "on": _ort_pass(path, feeds, True, 3)}}
         for algo in ("hfmg", "ifmr"):
             r[algo] = _quantize(path, feeds, algo, tmp / f"q_{algo}.onnx", False)
         out.append(r)
