@@ -315,9 +315,8 @@ def _warn_switched(cm: CalibratedModel) -> None:
 def run_calibration(cm: CalibratedModel, data: CalibrationData, max_batches: Optional[int],
                     progress: Progress = False) -> None:
     """Stream the batches through the tapped model into ``cm.calibrators``. Timings: ``taps_run_s`` (the
-    onnxruntime runs), ``observe_s`` (the statistics), ``session_s`` (building the tapped session and giving it
-    back: onnxruntime's too; its memory arena holds every tap of a batch, about 350 MB on MobileNetV2 with 8
-    images, whose release takes 40-50 ms)."""
+    onnxruntime runs), ``observe_s`` (the statistics), ``session_s`` (building the tapped session and releasing
+    it: onnxruntime's time too)."""
     taps = list(cm.calibrators)
     t_session = time.perf_counter()
     sess = tapped_session(cm.model, taps)

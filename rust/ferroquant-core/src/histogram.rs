@@ -347,8 +347,8 @@ impl Histogram {
     ///
     /// Two passes, the range then the counts, even when the batch may lie inside the range: counting during
     /// the range pass and starting over when a chunk widens the range threw away the counts before that chunk,
-    /// and about half the later batches of a CNN widen some tensor's range (MobileNetV2's observes 4-12%
-    /// slower, PP-OCRv6 det's 5%, bench_ptq_time).
+    /// and about half the later batches of a CNN widen some tensor's range (with that one-pass path,
+    /// MobileNetV2's observes took 4-12% longer and PP-OCRv6 det's 5%, bench_ptq_time).
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
         let Some((bmin, bmax)) = batch_range(x, drop_nonfinite)? else {
             return Ok(());
