@@ -27,6 +27,9 @@ pub fn push_repr(v: f64, out: &mut String, scratch: &mut String) {
         digits[n] = b;
         n += 1;
     }
+    if let Some(even) = even_neighbour(v.abs(), &digits[..n], exp) {
+        digits[..n].copy_from_slice(&even[..n]); // n digits: a carry into an (n + 1)-th is never taken
+    }
     let digits = std::str::from_utf8(&digits[..n]).unwrap_or("0");
     // `decpt`: the value is 0.d1d2... x 10^decpt. Python writes fixed notation for -4 < decpt <= 16.
     let decpt = exp + 1;
@@ -54,6 +57,51 @@ pub fn push_repr(v: f64, out: &mut String, scratch: &mut String) {
         let e = decpt - 1;
         let _ = write!(out, "e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs());
     }
+}
+
+/// When `v` (finite, > 0) lies exactly halfway between the shortest decimal `digits` x 10^(exp - n + 1) (n
+/// digits, the last odd) and its neighbour one unit away in the last digit, and that neighbour also reads back
+/// as `v`, the neighbour's digits: Python's repr (David Gay's dtoa) takes the even last digit in that tie,
+/// Rust's formatter the digits above (`2^46 + 0.125` is `...664.12` there, `...664.13` here). The tie is
+/// tested exactly, in integers: `v = m 2^e` against `(2x +- 1) 10^q / 2`.
+fn even_neighbour(v: f64, digits: &[u8], exp: i32) -> Option<[u8; 24]> {
+    let n = digits.len();
+    if n == 0 || n > 19 || (digits[n - 1] - b'0') % 2 == 0 {
+        return None;
+    }
+    let x: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let q = exp - n as i32 + 1; // the decimal exponent of the last digit
+    // v = odd * 2^twos exactly
+    let bits = v.to_bits();
+    let (raw_e, frac) = ((bits >> 52) as i32 & 0x7ff, bits & ((1u64 << 52) - 1));
+    let (m, e) = if raw_e == 0 { (frac, -1074) } else { (frac | (1u64 << 52), raw_e - 1075) };
+    let tz = m.trailing_zeros() as i32;
+    let (odd, twos) = ((m >> tz) as u128, e + tz);
+    // halfway points (2x - 1) and (2x + 1), times 10^q / 2 = 5^q 2^(q - 1): equal to v when the odd parts and
+    // the powers of two agree (for q < 0, 5^-q moves to v's side)
+    let fives = |k: u32| 5u128.checked_pow(k);
+    for (mid, neighbour) in [(2 * x as u128 - 1, x - 1), (2 * x as u128 + 1, x + 1)] {
+        let tie = if q >= 0 {
+            fives(q as u32).and_then(|f| mid.checked_mul(f)) == Some(odd) && twos == q - 1
+        } else {
+            fives((-q) as u32).and_then(|f| odd.checked_mul(f)) == Some(mid) && twos == q - 1
+        };
+        if !tie {
+            continue;
+        }
+        let text = format!("{neighbour}");
+        if text.len() != n {
+            return None; // 10^n: the shorter form would have been the shortest
+        }
+        let back: f64 = format!("{text}e{q}").parse().ok()?;
+        if back != v {
+            return None;
+        }
+        let mut out = [0u8; 24];
+        out[..n].copy_from_slice(text.as_bytes());
+        return Some(out);
+    }
+    None
 }
 
 /// `json.dumps(list_of_floats)`: `[a, b, c]` with each value as `repr` writes it. Non-finite values are an error
@@ -93,6 +141,18 @@ mod tests {
             (1e-5, "1e-05"), (1.5e-5, "1.5e-05"), (123456.0, "123456.0"), (1e15, "1000000000000000.0"),
             (1e16, "1e+16"), (1.2345e17, "1.2345e+17"), (1e100, "1e+100"), (5e-324, "5e-324"),
             (0.0012345678918766975, "0.0012345678918766975"), (f32::MAX as f64, "3.4028234663852886e+38"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(repr(v), want, "{v:e}");
+        }
+    }
+
+    #[test]
+    fn halfway_values_take_the_even_last_digit() {
+        // Python 3.11: repr of each (exactly halfway between two shortest decimals).
+        let cases: [(f64, &str); 4] = [
+            (70368744177664.125, "70368744177664.12"), (70368744246530.625, "70368744246530.62"),
+            (-(140737488355328.25), "-140737488355328.25"), (4503599627370496.5, "4503599627370496.0"),
         ];
         for (v, want) in cases {
             assert_eq!(repr(v), want, "{v:e}");
