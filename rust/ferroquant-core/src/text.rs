@@ -66,7 +66,7 @@ pub fn push_repr(v: f64, out: &mut String, scratch: &mut String) {
 /// tested exactly, in integers: `v = m 2^e` against `(2x +- 1) 10^q / 2`.
 fn even_neighbour(v: f64, digits: &[u8], exp: i32) -> Option<[u8; 24]> {
     let n = digits.len();
-    if n == 0 || n > 19 || (digits[n - 1] - b'0') % 2 == 0 {
+    if n == 0 || n > 19 || (digits[n - 1] - b'0').is_multiple_of(2) {
         return None;
     }
     let x: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
