@@ -21,9 +21,14 @@ use crate::scheme::FLT_EPSILON;
 
 /// Largest accepted bin count (2^20); spec §4.4 uses 1024..8192.
 pub const MAX_BINS: usize = 1 << 20;
-/// Elements per chunk of a batch's range and counting passes (256 KB). Counts go to one counter per worker
-/// (integer sums: the same whatever the split).
+/// Elements per chunk when histogramming a batch: 256 KB, so the counting sweep after a chunk's min/max finds it
+/// in the core's L2 cache. Counts go to one counter per worker (integer sums: the same whatever the split).
 const HIST_CHUNK: usize = 1 << 16;
+/// Batches (of the size being added) a histogram holds before a batch is counted in one pass (see
+/// [`Histogram::observe`]). In `ferroquant.quantize`, two passes made MobileNetV2's observes of 4 batches 5-10%
+/// faster and PP-OCRv6 det's of 3 4% faster; on 20 batches of one Gaussian, where few batches widen the range,
+/// one pass was 22% faster than two (bench_calibration's stream), and this threshold keeps that speed.
+const SETTLED_BATCHES: u64 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Histogram {
@@ -248,6 +253,76 @@ fn count<const DROP: bool>(x: &[f32], g: &Grid) -> Vec<u64> {
         .reduce(|| vec![0u64; g.n], add_counts)
 }
 
+/// What one pass over a later batch found: its counts on the current grid, or, when the batch widens the
+/// range, only its `(min, max)`.
+enum InRange {
+    Counts(Vec<u64>),
+    Widens(f32, f32),
+}
+
+/// One worker's share of [`range_and_counts`]: the min/max of its chunks, the first non-finite value it met,
+/// and its counts.
+struct Scan<'g> {
+    lo: f32,
+    hi: f32,
+    bad: Option<(usize, f32)>,
+    counter: Counter<'g>,
+}
+
+/// One pass over `x` (chunk by chunk, so each chunk is read from memory once): its counts on grid `g` when all
+/// of it lies in `[lo, hi]` (`g`'s range), else its `(min, max)`; or the first non-finite value. Once a chunk
+/// is seen to widen the range, the chunks that come after it only take their min/max: their counts would be
+/// thrown away (about half the later batches of a CNN widen some tensor's range).
+fn range_and_counts<'g>(x: &[f32], g: &'g Grid, lo: f32, hi: f32) -> Result<InRange> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let chunk = HIST_CHUNK.max(4 * g.n);
+    let widens = AtomicBool::new(false);
+    let step = |mut s: Scan<'g>, (i, c): (usize, &[f32])| -> Scan<'g> {
+        let (l, h, non_finite) = min_max_run(c);
+        if non_finite {
+            let at = c.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            if s.bad.is_none_or(|(j, _)| i * chunk + at < j) {
+                s.bad = Some((i * chunk + at, c[at]));
+            }
+            return s;
+        }
+        (s.lo, s.hi) = (s.lo.min(l), s.hi.max(h));
+        if l < lo || h > hi {
+            widens.store(true, Ordering::Relaxed);
+        }
+        if !widens.load(Ordering::Relaxed) {
+            s.counter.add::<false>(c);
+        }
+        s
+    };
+    let fresh = || Scan { lo: f32::INFINITY, hi: f32::NEG_INFINITY, bad: None, counter: Counter::new(g) };
+    let join = |a: (f32, f32, Option<(usize, f32)>, Vec<u64>), b: (f32, f32, Option<(usize, f32)>, Vec<u64>)| {
+        let bad = match (a.2, b.2) {
+            (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+            (x, y) => x.or(y),
+        };
+        (a.0.min(b.0), a.1.max(b.1), bad, add_counts(a.3, b.3))
+    };
+    let done = |s: Scan<'g>| (s.lo, s.hi, s.bad, s.counter.finish());
+    let (bmin, bmax, bad, counts) = if x.len() < PAR_THRESHOLD {
+        done(x.chunks(chunk).enumerate().fold(fresh(), step))
+    } else {
+        x.par_chunks(chunk)
+            .enumerate()
+            .fold(fresh, step)
+            .map(done)
+            .reduce(|| (f32::INFINITY, f32::NEG_INFINITY, None, vec![0u64; g.n]), join)
+    };
+    if let Some((index, value)) = bad {
+        return Err(QuantError::NonFinite { index, value });
+    }
+    Ok(if !widens.load(Ordering::Relaxed) && bmin >= lo && bmax <= hi {
+        InRange::Counts(counts)
+    } else {
+        InRange::Widens(bmin, bmax)
+    })
+}
+
 fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
     let counts = if drop_nonfinite { count::<true>(x, g) } else { count::<false>(x, g) };
     let mut added = 0u64;
@@ -345,12 +420,29 @@ impl Histogram {
     /// Add a later batch: widen the range to cover it, re-bin the old counts, histogram the batch on the new
     /// grid. A batch with no (finite) value leaves the histogram unchanged.
     ///
-    /// Two passes, the range then the counts, even when the batch may lie inside the range: counting during
-    /// the range pass and starting over when a chunk widens the range threw away the counts before that chunk,
-    /// and about half the later batches of a CNN widen some tensor's range (with that one-pass path,
-    /// MobileNetV2's observes took 4-12% longer and PP-OCRv6 det's 5%, bench_ptq_time).
+    /// Once the histogram holds [`SETTLED_BATCHES`] batches of this size, a batch is counted on the current
+    /// grid in the pass that takes its range, which gives up counting at the first chunk that widens the range
+    /// (one read of the batch from memory). Before that, batches often widen some tensor's range (about half
+    /// the later batches of MobileNetV2's first four), and the counts made before the widening chunk would be
+    /// thrown away: the range is taken first, then the counts (two reads). The counts are the same either way.
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
-        let Some((bmin, bmax)) = batch_range(x, drop_nonfinite)? else {
+        let mut range = None;
+        let current = self.grid();
+        let settled = self.total >= SETTLED_BATCHES * x.len() as u64;
+        if settled && !drop_nonfinite && !current.is_constant() && !x.is_empty() {
+            match range_and_counts(x, &current, self.lo, self.hi)? {
+                InRange::Counts(counts) => {
+                    self.total = plus(self.total, sum_counts(&counts)?)?;
+                    self.counts.iter_mut().zip(&counts).for_each(|(d, v)| *d += v);
+                    return Ok(());
+                }
+                InRange::Widens(bmin, bmax) => range = Some((bmin, bmax)),
+            }
+        }
+        let Some((bmin, bmax)) = (match range {
+            Some(r) => Some(r),
+            None => batch_range(x, drop_nonfinite)?,
+        }) else {
             return Ok(());
         };
         let (lo, hi) = (self.lo.min(bmin), self.hi.max(bmax));
@@ -429,16 +521,24 @@ mod tests {
 
     #[test]
     fn a_batch_that_widens_in_any_chunk_is_counted_as_by_the_general_path() {
-        // Without `drop_nonfinite` against with it (which filters each value) on finite data: equal wherever
-        // the widening value lies, with several chunks counted in parallel.
+        // The one-pass path of a settled histogram (counts on the current grid, given up once a chunk widens
+        // the range) against the general one (range first, then counts), which `drop_nonfinite` takes on
+        // finite data: equal wherever the widening value lies, with several chunks counted in parallel.
         let n = 5 * HIST_CHUNK + 123;
         let first = lcg(n, 1, 2.0);
+        let settled = || {
+            let mut h = Histogram::build(&first, 2048, false).unwrap();
+            for _ in 1..SETTLED_BATCHES {
+                h.observe(&first, false).unwrap();
+            }
+            h
+        };
         for at in [None, Some(0), Some(2 * HIST_CHUNK + 7), Some(n - 1)] {
             let mut x = lcg(n, 2, 1.9);
             if let Some(i) = at {
                 x[i] = 3.5;
             }
-            let mut fast = Histogram::build(&first, 2048, false).unwrap();
+            let mut fast = settled();
             let mut general = fast.clone();
             fast.observe(&x, false).unwrap();
             general.observe(&x, true).unwrap();
@@ -449,10 +549,11 @@ mod tests {
         let mut x = lcg(n, 3, 1.9);
         x[10] = 5.0;
         x[4 * HIST_CHUNK + 1] = f32::NAN;
-        let mut h = Histogram::build(&first, 2048, false).unwrap();
-        let before = h.clone();
-        assert!(matches!(h.observe(&x, false), Err(QuantError::NonFinite { index, .. }) if index == 4 * HIST_CHUNK + 1));
-        assert_eq!(h, before);
+        for mut h in [settled(), Histogram::build(&first, 2048, false).unwrap()] {
+            let before = h.clone();
+            assert!(matches!(h.observe(&x, false), Err(QuantError::NonFinite { index, .. }) if index == 4 * HIST_CHUNK + 1));
+            assert_eq!(h, before);
+        }
     }
 
     #[test]
@@ -469,17 +570,26 @@ mod tests {
             rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
                 let mut h = Histogram::build(&first, 4096, false).unwrap();
                 h.observe(&later, false).unwrap();
-                let mut inside = h.clone();
-                inside.observe(&first, false).unwrap();
-                let err = match h.clone().observe(&bad, false) {
-                    Err(QuantError::NonFinite { index, .. }) => index,
-                    other => panic!("{other:?}"),
-                };
-                (h, inside, err)
+                // a young histogram (two passes a batch) and a settled one (one pass)
+                let mut settled = h.clone();
+                for _ in 2..SETTLED_BATCHES {
+                    settled.observe(&later, false).unwrap();
+                }
+                let mut out = vec![];
+                for h in [h, settled] {
+                    let mut inside = h.clone();
+                    inside.observe(&first, false).unwrap();
+                    let err = match h.clone().observe(&bad, false) {
+                        Err(QuantError::NonFinite { index, .. }) => index,
+                        other => panic!("{other:?}"),
+                    };
+                    out.push((h, inside, err));
+                }
+                out
             })
         };
         let one = run(1);
-        assert_eq!(one.2, 9 * HIST_CHUNK + 1);
+        assert!(one.iter().all(|r| r.2 == 9 * HIST_CHUNK + 1));
         for threads in [2, 3, 8] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
