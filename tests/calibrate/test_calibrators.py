@@ -174,6 +174,23 @@ def test_memory_is_bounded():
     assert e.stored_bytes <= 40_000
 
 
+def test_ifmr_switch_histograms_the_stored_samples_and_their_zeros():
+    """A calibrator that outgrows its budget histograms what it held (the zeros counted, not stored) as one batch,
+    then the batch that did not fit: the histogram of those values, however they are held."""
+    rng = np.random.default_rng(5)
+    data = [np.maximum(rng.standard_normal((2, 8, 16, 16)), 0).astype(np.float32) for _ in range(3)]
+    budget = (data[0].size * 2 + 10) * 4  # two batches fit, zeros included; the third does not
+    c = IFMRCalibrator("relu", memory_budget=budget)
+    with pytest.warns(RuntimeWarning, match="switching"):
+        for x in data:
+            c.observe(x)
+    held = np.concatenate([data[0].ravel(), data[1].ravel()])
+    want = ops.histogram_observe(ops.histogram_observe(None, held, 4096), data[2].ravel())
+    assert c.in_histogram_mode and c.stored_bytes == 0
+    np.testing.assert_array_equal(c.counts, want.counts)
+    assert (c.lo, c.hi) == (want.lo, want.hi)
+
+
 def test_ifmr_histogram_mode_close_to_exact():
     data = list(_batches(6, shape=(4, 64, 16, 16), seed=3))
     exact, hist = IFMRCalibrator("t"), IFMRCalibrator("t", mode="histogram", num_of_bins=8192)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ferroquant import _native as N
+from ferroquant import ops
 from ferroquant import reference as R
 from ferroquant.errors import EmptyInputError, NonFiniteError, ParameterError, QuantError, ShapeError
 from ferroquant.ops import Histogram as H
@@ -44,6 +45,34 @@ def test_special_inputs_build_and_observe(name, nbins):
     assert int(a.counts.sum()) == x.size
     y = np.concatenate([x * np.float32(0.5), x[:1]])
     same(N.histogram_observe(a, y), R.histogram_observe(b, y))
+
+
+@settings(max_examples=50, deadline=None)
+@given(first=small, x=arrays(np.float32, st.integers(0, 300), elements=F32), zeros=st.integers(0, 400),
+       nbins=nbins_st, start=st.booleans())
+def test_zeros_beside_a_batch_are_zeros_in_it(first, x, zeros, nbins, start):
+    """``zeros=`` (an exact-IFMR calibrator's counted zeros) gives the histogram of ``x`` with the zeros
+    appended, natively and in the twin, for a new histogram and a later batch."""
+    if x.size == 0 and zeros == 0:
+        return
+    cat = np.concatenate([x, np.zeros(zeros, np.float32)])
+    h0 = None if start else N.histogram_observe(None, first, nbins)
+    nb = nbins if start else None
+    a = N.histogram_observe(h0, x, nb, zeros=zeros)
+    same(a, N.histogram_observe(h0, cat, nb))
+    same(a, R.histogram_observe(h0, x, nb, zeros=zeros))
+    assert int(a.counts.sum()) == cat.size + (0 if start else first.size)
+
+
+def test_zeros_are_checked_and_nonfinite_values_still_named():
+    with pytest.raises(ParameterError, match="zeros"):
+        ops.histogram_observe(None, np.ones(3, np.float32), zeros=-1)
+    with pytest.raises(NonFiniteError):
+        ops.histogram_observe(None, np.array([1.0, np.nan], np.float32), zeros=5)
+    with pytest.raises(EmptyInputError):
+        ops.histogram_observe(None, np.zeros(0, np.float32), zeros=0)
+    h = ops.histogram_observe(None, np.zeros(0, np.float32), 64, zeros=7)
+    assert (h.lo, h.hi, int(h.counts.sum())) == (0.0, 0.0, 7)
 
 
 @settings(max_examples=50, deadline=None)

@@ -54,11 +54,12 @@ class HistogramState:
     def hi(self) -> float:
         return 0.0 if self._hist is None else self._hist.hi
 
-    def _hist_observe(self, flat: np.ndarray, drop_nonfinite: bool) -> None:
-        if flat.size == 0:
+    def _hist_observe(self, flat: np.ndarray, drop_nonfinite: bool, zeros: int = 0) -> None:
+        """Add ``flat`` and ``zeros`` more values of 0 (one batch) to the histogram."""
+        if flat.size == 0 and zeros == 0:
             return
         with named(self.name):
-            self._hist = self._k.histogram_observe(self._hist, flat, self.num_of_bins, drop_nonfinite)
+            self._hist = self._k.histogram_observe(self._hist, flat, self.num_of_bins, drop_nonfinite, zeros)
 
     def _hist_merge(self, other: "HistogramState") -> None:
         if other._hist is None:

@@ -150,8 +150,8 @@ class IFMRCalibrator(HistogramState):
             self._append(flat)
         self.batches += 1
 
-    def _observe_hist(self, flat: np.ndarray) -> None:
-        self._hist_observe(flat, self.nonfinite == "drop")
+    def _observe_hist(self, flat: np.ndarray, zeros: int = 0) -> None:
+        self._hist_observe(flat, self.nonfinite == "drop", zeros)
 
     def _append(self, flat: np.ndarray, zeros: int = 0) -> None:
         """Store the non-zero values of ``flat`` and count its zeros (and ``zeros`` more), in one native pass
@@ -169,7 +169,7 @@ class IFMRCalibrator(HistogramState):
                     f"memory_budget of {self.memory_budget / 2**20:.1f} MiB; raise memory_budget, calibrate on "
                     "fewer batches, or use mode='auto' or 'histogram'")
             self._switch_to_histogram(need)
-            self._observe_hist(flat if not zeros else np.concatenate([flat, np.zeros(zeros, np.float32)]))
+            self._observe_hist(flat, zeros)
             return
         if self._buf.size == 0:
             # One buffer of the whole budget, reserved but not touched: the operating system backs only the
@@ -187,13 +187,12 @@ class IFMRCalibrator(HistogramState):
             f"IFMR calibrator {self.name!r}: samples would take {need / 2**20:.1f} MiB, over the "
             f"{self.memory_budget / 2**20:.1f} MiB memory_budget; switching to the histogram percentile mode "
             f"({self.num_of_bins} bins)", RuntimeWarning, stacklevel=3)
-        stored = self._all_samples()
+        stored, zeros = self._samples(), self._zeros  # a view: the buffer is released once it is observed
         self.switched = True
         if self.pool is not None:
             self.pool.release(self.name)
         self._buf, self._n, self._zeros = np.empty(0, np.float32), 0, 0
-        if stored.size:
-            self._observe_hist(stored)
+        self._observe_hist(stored, zeros)  # the zeros counted, not appended (PP-OCRv6 det: 0.13 s of copies)
 
     def merge(self, other: "IFMRCalibrator") -> None:
         """Fold another IFMR calibrator in: samples are appended (within the budget), histograms merged."""
@@ -207,7 +206,7 @@ class IFMRCalibrator(HistogramState):
             self._hist_merge(other)
         elif other._n or other._zeros:
             if self.in_histogram_mode:
-                self._observe_hist(other._all_samples())
+                self._observe_hist(other._samples(), other._zeros)
             else:
                 self._append(other._samples(), other._zeros)
         self.batches += other.batches
@@ -219,11 +218,6 @@ class IFMRCalibrator(HistogramState):
     def _samples(self) -> np.ndarray:
         """The stored (non-zero) samples (a view, exact mode)."""
         return self._buf[: self._n]
-
-    def _all_samples(self) -> np.ndarray:
-        """The stored samples and the zeros counted beside them (a copy when there are zeros; exact mode)."""
-        s = self._samples()
-        return np.concatenate([s, np.zeros(self._zeros, np.float32)]) if self._zeros else s
 
     def _require_data(self) -> None:
         if (self._hist is None or self._hist.total == 0) if self.in_histogram_mode else self._n + self._zeros == 0:
@@ -254,7 +248,7 @@ class IFMRCalibrator(HistogramState):
         if self.in_histogram_mode:
             return self._hist
         with named(self.name):
-            return self._k.histogram_observe(None, self._all_samples(), REPORT_BINS)
+            return self._k.histogram_observe(None, self._samples(), REPORT_BINS, zeros=self._zeros)
 
     def observed_range(self) -> Tuple[float, float]:
         """Min and max of everything observed (exact in exact mode)."""

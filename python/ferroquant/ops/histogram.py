@@ -28,11 +28,14 @@ def _nbins(nbins: Optional[int]) -> Optional[int]:
 
 
 def histogram_observe(hist: Optional[Histogram], x: ArrayLike, nbins: Optional[int] = None,
-                      drop_nonfinite: bool = False) -> Histogram:
+                      drop_nonfinite: bool = False, zeros: int = 0) -> Histogram:
     """Add batch ``x`` to ``hist`` (the range grows to cover it; old counts re-binned exactly); with ``hist``
-    None, a new histogram of ``x`` over its own range with ``nbins`` bins (4096 when None)."""
+    None, a new histogram of ``x`` over its own range with ``nbins`` bins (4096 when None). ``zeros``: that
+    many values of 0 more in the batch, as if appended to ``x`` (an exact-IFMR calibrator counts its zeros
+    rather than storing them)."""
     h = None if hist is None else _hist(hist)
-    return _native.histogram_observe(h, as_f32(x, "x", allow_empty=True), _nbins(nbins), bool(drop_nonfinite))
+    return _native.histogram_observe(h, as_f32(x, "x", allow_empty=True), _nbins(nbins), bool(drop_nonfinite),
+                                     int_param(zeros, "zeros", 0, _BIG * _BIG - 1))
 
 
 def histogram_observe_many(hists: Sequence[Optional[Histogram]], xs: Sequence[ArrayLike],

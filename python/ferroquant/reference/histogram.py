@@ -111,9 +111,13 @@ def _check_state(counts: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def histogram_observe(
-    hist: Optional[Histogram], x: np.ndarray, nbins: Optional[int] = None, drop_nonfinite: bool = False
+    hist: Optional[Histogram], x: np.ndarray, nbins: Optional[int] = None, drop_nonfinite: bool = False,
+    zeros: int = 0
 ) -> Histogram:
-    """Specifies histogram.rs::Histogram::observe (and ``build`` when ``hist`` is None)."""
+    """Specifies histogram.rs::Histogram::observe (and ``build`` when ``hist`` is None); ``zeros``:
+    ``observe_with_zeros``, the batch ``x`` with that many values of 0 appended."""
+    if zeros:
+        x = np.concatenate([np.asarray(x, np.float32).reshape(-1), np.zeros(int(zeros), np.float32)])
     if hist is None:
         return histogram_build(x, 4096 if nbins is None else nbins, drop_nonfinite)
     counts = hist.counts

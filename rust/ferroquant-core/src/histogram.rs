@@ -323,6 +323,24 @@ fn range_and_counts<'g>(x: &[f32], g: &'g Grid, lo: f32, hi: f32) -> Result<InRa
     })
 }
 
+/// The range of a batch with `zeros` more values of 0 beside it.
+fn with_zeros(range: Option<(f32, f32)>, zeros: u64) -> Option<(f32, f32)> {
+    if zeros == 0 {
+        return range;
+    }
+    Some(range.map_or((0.0, 0.0), |(l, h)| (l.min(0.0), h.max(0.0))))
+}
+
+/// Add `zeros` values of 0 into `dst` on grid `g`, in the bin where [`count`] puts a 0; returns how many.
+fn add_zeros(zeros: u64, g: &Grid, dst: &mut [u64]) -> Result<u64> {
+    if zeros > 0 {
+        let one = count::<false>(&[0.0], g);
+        let k = one.iter().position(|&c| c == 1).unwrap_or(g.n / 2);
+        dst[k] = plus(dst[k], zeros)?;
+    }
+    Ok(zeros)
+}
+
 fn add_batch(x: &[f32], g: &Grid, drop_nonfinite: bool, dst: &mut [u64]) -> u64 {
     let counts = if drop_nonfinite { count::<true>(x, g) } else { count::<false>(x, g) };
     let mut added = 0u64;
@@ -386,12 +404,20 @@ impl Histogram {
 
     /// The histogram of a first batch over its own `[min, max]`.
     pub fn build(x: &[f32], nbins: usize, drop_nonfinite: bool) -> Result<Self> {
+        Self::build_with_zeros(x, 0, nbins, drop_nonfinite)
+    }
+
+    /// [`build`](Self::build) of `x` with `zeros` more values of 0 beside it (what an exact-IFMR calibrator
+    /// holds: its non-zero samples and a count of zeros), without the array of zeros.
+    pub fn build_with_zeros(x: &[f32], zeros: u64, nbins: usize, drop_nonfinite: bool) -> Result<Self> {
         check_nbins(nbins)?;
-        let Some((lo, hi)) = batch_range(x, drop_nonfinite)? else {
+        let Some((lo, hi)) = with_zeros(batch_range(x, drop_nonfinite)?, zeros) else {
             return Err(QuantError::EmptyInput { what: "no finite value to build a histogram from" });
         };
+        let g = Grid::new(lo, hi, nbins);
         let mut counts = vec![0u64; nbins];
-        let total = add_batch(x, &Grid::new(lo, hi, nbins), drop_nonfinite, &mut counts);
+        let added = add_batch(x, &g, drop_nonfinite, &mut counts);
+        let total = plus(added, add_zeros(zeros, &g, &mut counts)?)?;
         Ok(Self { lo, hi, counts, total })
     }
 
@@ -426,10 +452,16 @@ impl Histogram {
     /// the later batches of MobileNetV2's first four), and the counts made before the widening chunk would be
     /// thrown away: the range is taken first, then the counts (two reads). The counts are the same either way.
     pub fn observe(&mut self, x: &[f32], drop_nonfinite: bool) -> Result<()> {
+        self.observe_with_zeros(x, 0, drop_nonfinite)
+    }
+
+    /// [`observe`](Self::observe) of a batch made of `x` and `zeros` more values of 0 (the same histogram as
+    /// observing the concatenation, without it).
+    pub fn observe_with_zeros(&mut self, x: &[f32], zeros: u64, drop_nonfinite: bool) -> Result<()> {
         let mut range = None;
         let current = self.grid();
         let settled = self.total >= SETTLED_BATCHES * x.len() as u64;
-        if settled && !drop_nonfinite && !current.is_constant() && !x.is_empty() {
+        if settled && zeros == 0 && !drop_nonfinite && !current.is_constant() && !x.is_empty() {
             match range_and_counts(x, &current, self.lo, self.hi)? {
                 InRange::Counts(counts) => {
                     self.total = plus(self.total, sum_counts(&counts)?)?;
@@ -441,7 +473,7 @@ impl Histogram {
         }
         let Some((bmin, bmax)) = (match range {
             Some(r) => Some(r),
-            None => batch_range(x, drop_nonfinite)?,
+            None => with_zeros(batch_range(x, drop_nonfinite)?, zeros),
         }) else {
             return Ok(());
         };
@@ -449,7 +481,7 @@ impl Histogram {
         let g = Grid::new(lo, hi, self.nbins());
         let mut counts = vec![0u64; self.nbins()];
         rebin_into(&self.counts, self.lo, self.hi, &g, hi, &mut counts);
-        let added = add_batch(x, &g, drop_nonfinite, &mut counts);
+        let added = plus(add_batch(x, &g, drop_nonfinite, &mut counts), add_zeros(zeros, &g, &mut counts)?)?;
         self.total = plus(self.total, added)?;
         (self.lo, self.hi, self.counts) = (lo, hi, counts);
         Ok(())
@@ -593,6 +625,39 @@ mod tests {
         for threads in [2, 3, 8] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn zeros_beside_a_batch_count_as_zeros_in_it() {
+        // An IFMR calibrator holds its non-zero samples and a count of zeros: the histogram of both, built or
+        // observed, is the histogram of the concatenation, whatever the side of 0 the values are on.
+        let cat = |x: &[f32], z: usize| [x, &vec![0.0f32; z][..]].concat();
+        let pos: Vec<f32> = lcg(50_000, 3, 8.0).iter().map(|v| v.abs() + 0.25).collect();
+        let mixed = lcg(70_001, 4, 6.0);
+        let neg: Vec<f32> = pos.iter().map(|v| -v).collect();
+        for (x, z) in [(&pos, 12_345usize), (&mixed, 7), (&neg, 1), (&pos, 0), (&vec![], 9), (&vec![2.5f32; 40], 3)] {
+            for nb in [2usize, 64, 4096] {
+                if !x.is_empty() || z > 0 {
+                    let got = Histogram::build_with_zeros(x, z as u64, nb, false).unwrap();
+                    assert_eq!(got, Histogram::build(&cat(x, z), nb, false).unwrap(), "build {nb} {z}");
+                }
+                for (first, young) in [(&mixed[..1000], true), (&pos[..], false)] {
+                    let mut h = Histogram::build(first, nb, false).unwrap();
+                    if !young {
+                        for _ in 0..SETTLED_BATCHES {
+                            h.observe(first, false).unwrap();
+                        }
+                    }
+                    let (mut a, mut b) = (h.clone(), h);
+                    a.observe_with_zeros(x, z as u64, false).unwrap();
+                    b.observe(&cat(x, z), false).unwrap();
+                    assert_eq!(a, b, "observe {nb} {z} young {young}");
+                }
+            }
+        }
+        assert!(matches!(Histogram::build_with_zeros(&[], 0, 64, false), Err(QuantError::EmptyInput { .. })));
+        let mut h = Histogram::build(&pos, 64, false).unwrap();
+        assert!(matches!(h.observe_with_zeros(&[1.0, f32::NAN], 3, false), Err(QuantError::NonFinite { index: 1, .. })));
     }
 
     #[test]

@@ -15,15 +15,15 @@ use crate::types::{build, histogram, HistArg};
 type F64s<'py> = Bound<'py, PyArray1<f64>>;
 type Bounds<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
 
-fn observe(prev: Option<State>, xs: &[f32], nbins: Option<usize>, drop: bool) -> Result<Histogram, QuantError> {
+fn observe(prev: Option<State>, xs: &[f32], nbins: Option<usize>, drop: bool, zeros: u64) -> Result<Histogram, QuantError> {
     match prev {
-        None => Histogram::build(xs, nbins.unwrap_or(4096), drop),
+        None => Histogram::build_with_zeros(xs, zeros, nbins.unwrap_or(4096), drop),
         Some((c, lo, hi)) => {
             if let Some(n) = nbins.filter(|&n| n != c.len()) {
                 return Err(QuantError::ShapeMismatch { what: "counts (nbins)", expected: n, got: c.len() });
             }
             let mut h = Histogram::from_parts(c, lo, hi)?;
-            h.observe(xs, drop)?;
+            h.observe_with_zeros(xs, zeros, drop)?;
             Ok(h)
         }
     }
@@ -35,20 +35,21 @@ fn state(py: Python<'_>, h: &Option<HistArg<'_>>) -> PyResult<Option<State>> {
     h.as_ref().map(|h| Ok((h.counts(py)?, h.lo(), h.hi()))).transpose()
 }
 
-/// Add batch `x` to `hist`; with `hist` None, build one from `x` over its own range with `nbins` bins (4096
-/// when None). Returns the new `Histogram`.
+/// Add batch `x` (and `zeros` more values of 0) to `hist`; with `hist` None, build one from them over their
+/// own range with `nbins` bins (4096 when None). Returns the new `Histogram`.
 #[pyfunction]
-#[pyo3(signature = (hist, x, nbins=None, drop_nonfinite=false))]
+#[pyo3(signature = (hist, x, nbins=None, drop_nonfinite=false, zeros=0))]
 fn histogram_observe<'py>(
     py: Python<'py>,
     hist: Option<HistArg<'py>>,
     x: PyReadonlyArrayDyn<'py, f32>,
     nbins: Option<usize>,
     drop_nonfinite: bool,
+    zeros: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let xs = slice(py, &x, "x")?;
     let prev = state(py, &hist)?;
-    let h = run(py, || observe(prev, xs, nbins, drop_nonfinite))?;
+    let h = run(py, || observe(prev, xs, nbins, drop_nonfinite, zeros))?;
     histogram(py, h)
 }
 
@@ -76,7 +77,7 @@ fn histogram_observe_many<'py>(
         let r: Vec<Result<Histogram, QuantError>> = states
             .into_par_iter()
             .zip(slices.par_iter())
-            .map(|(prev, xs)| observe(prev, xs, nbins, drop_nonfinite))
+            .map(|(prev, xs)| observe(prev, xs, nbins, drop_nonfinite, 0))
             .collect();
         r.into_iter().collect::<Result<Vec<_>, _>>()
     })?;
