@@ -13,9 +13,9 @@
 //! `n_j`, `D1_j = sum(v - ref_j)` and `D2_j = sum((v - ref_j)^2)`, so nothing large cancels. A candidate's
 //! levels are runs of consecutive intervals; the values of interval `j`, at level `r`, dequantize to
 //! `cv = f32(r * s)` and their squared error is `max(n_j * d * d - 2 * d * D1_j + D2_j, 0)` with
-//! `d = cv - ref_j` (f64, in that order). The loss is those terms added in interval order, over the count of
-//! all values (`zeros` more, not stored, at level 0 with no error). The result is the loss of quantizing every
-//! value (`err` of `loss.rs`, its error taken in f64) up to f64 rounding, at the cost of locating each value
+//! `d = cv - ref_j` (f64, in that order). The loss is those terms added in four sums by interval index
+//! (`j % 4`, each in interval order), then `(s0 + s1) + (s2 + s3)`, over the count of all values (`zeros`
+//! more, not stored, at level 0 with no error). The result is the loss of quantizing every value (`err` of `loss.rs`, its error taken in f64) up to f64 rounding, at the cost of locating each value
 //! among the thresholds once per batch instead of quantizing it once per candidate.
 
 use rayon::prelude::*;
@@ -29,6 +29,10 @@ use super::loss::{level, Cand, Loss};
 
 /// Values per chunk of a pass (the per-interval sums of a chunk are added in chunk order).
 pub const PASS_CHUNK: usize = 1 << 20;
+/// Partial sums of a candidate's per-interval terms: term `j` goes to sum `j % LANES`, and the loss is
+/// `(s0 + s1) + (s2 + s3)` over the count.
+const LANES: usize = 4;
+const _: () = assert!(LANES == 4);
 /// Thresholds of one batch of candidates, at most (one candidate may exceed it alone).
 pub const MAX_THRESHOLDS: usize = 1 << 14;
 /// Cells of the table that narrows a value's search to the thresholds of its cell: about two per threshold,
@@ -245,22 +249,37 @@ impl RunLoss<'_> {
         let sums = pass(self.x, &loc);
         let count = (self.x.len() + self.zeros).max(1) as f64;
         let loss = |(c, th): (&Cand, &Vec<u32>)| {
-            // Level `r0 + i` runs from interval `bounds[i - 1]` (0 for the first) up to `bounds[i]` (the end for
-            // the last): one past each threshold's position.
+            // Interval `j` (its values at or above `t[j - 1]`) is at level `r0 + #{th <= t[j - 1]}` (`th` is a
+            // sorted subset of `t`, with repeats where a level holds no float), found by a walk along `th`.
+            // The terms go into `LANES` sums by interval index, so the adds do not wait on each other (one sum
+            // took 4 cycles an interval: most of a small tensor's search).
             let r0 = level(c.lo, c);
-            let mut total = 0f64;
-            let mut start = 0;
-            for i in 0..=th.len() {
-                let end = th.get(i).map_or(refs.len(), |k| t.partition_point(|x| x < k) + 1);
-                let cv = ((r0 + i as f32) * c.scale) as f64;
-                for (&[n, d1, d2], &rf) in sums[start..end].iter().zip(&refs[start..end]) {
-                    let cj = cv - rf;
-                    // A sum of squares: a negative rounding residue is 0.
-                    total += (n * cj * cj - 2.0 * cj * d1 + d2).max(0.0);
+            let mut i = 0;
+            let mut cv = (r0 * c.scale) as f64;
+            let mut term = |j: usize| {
+                if j > 0 && i < th.len() && th[i] <= t[j - 1] {
+                    while i < th.len() && th[i] <= t[j - 1] {
+                        i += 1;
+                    }
+                    cv = ((r0 + i as f32) * c.scale) as f64;
                 }
-                start = end;
+                let [n, d1, d2] = sums[j];
+                let cj = cv - refs[j];
+                // A sum of squares: a negative rounding residue is 0.
+                (n * cj * cj - 2.0 * cj * d1 + d2).max(0.0)
+            };
+            let mut lanes = [0f64; LANES];
+            let mut j = 0;
+            while j + LANES <= refs.len() {
+                for (k, lane) in lanes.iter_mut().enumerate() {
+                    *lane += term(j + k);
+                }
+                j += LANES;
             }
-            total / count
+            for (k, lane) in lanes.iter_mut().enumerate().take(refs.len() - j) {
+                *lane += term(j + k);
+            }
+            ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) / count
         };
         cands.par_iter().zip(ths.par_iter()).map(loss).collect()
     }
