@@ -69,6 +69,15 @@ impl Grid {
         (if p < self.last { p } else { self.last }) as usize
     }
 
+    /// The bin [`count`] puts finite value `v` in: the middle bin on a constant grid, else [`bin`](Self::bin).
+    pub fn slot(&self, v: f32) -> usize {
+        if self.is_constant() {
+            self.n / 2
+        } else {
+            self.bin(v as f64)
+        }
+    }
+
     /// Lower edge of bin `k`.
     #[inline]
     pub fn edge(&self, k: usize) -> f64 {
@@ -334,8 +343,7 @@ fn with_zeros(range: Option<(f32, f32)>, zeros: u64) -> Option<(f32, f32)> {
 /// Add `zeros` values of 0 into `dst` on grid `g`, in the bin where [`count`] puts a 0; returns how many.
 fn add_zeros(zeros: u64, g: &Grid, dst: &mut [u64]) -> Result<u64> {
     if zeros > 0 {
-        let one = count::<false>(&[0.0], g);
-        let k = one.iter().position(|&c| c == 1).unwrap_or(g.n / 2);
+        let k = g.slot(0.0);
         dst[k] = plus(dst[k], zeros)?;
     }
     Ok(zeros)
